@@ -1,0 +1,166 @@
+"""The normonnx command line: parses options, calls one library function, prints (installed as normonnx.cli)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+import normonnx
+from normonnx import errors
+from normonnx.export import DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_VARIANT
+from normonnx.spec import DTYPES, KINDS, NormSpec
+
+
+def _csv(ctx, param, value):
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def spec_options(f):
+    """The spec options every command shares, with the same meaning everywhere."""
+    opts = [
+        click.option("--norm", type=click.Choice(KINDS), default=None, help="bn, ln, in or gn (default: ln)."),
+        click.option("--channels", type=int, default=None, help="C for bn/in/gn; the normalized last dim for ln."),
+        click.option("--normalized-shape", default=None, help="ln: several trailing dims, e.g. 16x64."),
+        click.option("--groups", type=int, default=None, help="gn: number of groups (must divide C; default 4)."),
+        click.option("--shape", default=None, help="Input shape, e.g. 2x8x16x16."),
+        click.option("--eps", type=float, default=1e-5, show_default=True),
+        click.option("--no-affine", is_flag=True, help="No learnable scale/shift."),
+        click.option("--no-bias", is_flag=True, help="ln: scale but no shift (LayerNorm(bias=False))."),
+        click.option("--track-running-stats/--no-track-running-stats", default=None,
+                     help="in: normalize with running statistics (bn always does)."),
+        click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def export_options(f):
+    from normonnx.exporters import REGISTRY as EXPORTERS
+    from normonnx.variants import REGISTRY as VARIANTS
+
+    opts = [
+        click.option("--variant", type=click.Choice(list(VARIANTS)), default=DEFAULT_VARIANT, show_default=True),
+        click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True),
+        click.option("--exporter", type=click.Choice(list(EXPORTERS)), default=DEFAULT_EXPORTER, show_default=True),
+        click.option("--dynamic", is_flag=True, help="Symbolic batch (and spatial/sequence) dims."),
+        click.option("--allow-mismatch", is_flag=True,
+                     help="Keep a model whose opset/op set differs from the request (reported, not refused)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def make_spec(norm, channels, normalized_shape, groups, shape, eps, no_affine, no_bias, track_running_stats, dtype,
+              default_norm: str | None = "ln") -> NormSpec | None:
+    kind = norm or default_norm
+    if kind is None:
+        return None
+    return NormSpec.make(kind, shape=shape, channels=channels, normalized_shape=normalized_shape, groups=groups,
+                         eps=eps, affine=not no_affine, bias=not no_bias, track_running_stats=track_running_stats,
+                         dtype=dtype)
+
+
+def _spec_args(kw: dict) -> dict:
+    keys = ("norm", "channels", "normalized_shape", "groups", "shape", "eps", "no_affine", "no_bias",
+            "track_running_stats", "dtype")
+    return {k: kw.pop(k) for k in keys}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(normonnx.__version__, prog_name="normonnx")
+def cli():
+    """Export normalization layers from PyTorch to ONNX and check them on ONNX Runtime."""
+
+
+@cli.command()
+@spec_options
+@export_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the .onnx file (default: ./<case id>.onnx).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
+def export(variant, opset, exporter, dynamic, allow_mismatch, output, as_json, **kw):
+    """Export one norm to a self-contained, checked ONNX file."""
+    spec = make_spec(**_spec_args(kw))
+    rep = normonnx.export_report(spec, variant, opset, exporter, dynamic, output, allow_mismatch)
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), indent=2))
+        return
+    from normonnx.render import ops_line
+
+    click.echo(f"wrote {rep.path}")
+    click.echo(f"  spec     {spec.id}")
+    click.echo(f"  variant  {variant} via {exporter}" + ("  (dynamic)" if dynamic else ""))
+    click.echo(f"  opset    {rep.opset}" + (f" (requested {opset})" if rep.opset != opset else ""))
+    click.echo(f"  ops      {ops_line(rep.ops)}")
+    click.echo(f"  size     {rep.size_bytes} bytes")
+    if rep.mismatch:
+        click.echo(f"  MISMATCH {rep.mismatch}")
+
+
+@cli.command()
+@spec_options
+@export_options
+@click.option("--model", type=click.Path(), default=None, help="Validate this .onnx file instead of exporting.")
+@click.option("--runtimes", callback=_csv, default=None,
+              help="Comma list: cpu, cuda, reference, torch, torch-cuda (default: all available).")
+@click.option("--inputs", callback=_csv, default=None, help="Comma list of input suites (default: all that apply).")
+@click.option("--opt-level", type=click.Choice(["all", "extended", "basic", "disabled"]), default="all",
+              show_default=True, help="ORT graph optimization level (disabled shows a decomposed graph's own numerics).")
+@click.option("--threads", type=int, default=None, help="ORT intra-op threads (default: ORT's).")
+@click.option("--atol", type=float, default=None, help="Override the dtype's absolute tolerance.")
+@click.option("--rtol", type=float, default=None, help="Override the dtype's relative tolerance.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--save-inputs", type=click.Path(file_okay=False), default=None,
+              help="Write every input, oracle output and runtime output as .npz here.")
+@click.option("--skip-missing", is_flag=True, help="Skip requested runtimes that are unavailable instead of exit 3.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
+def validate(variant, opset, exporter, dynamic, allow_mismatch, model, runtimes, inputs, opt_level, threads, atol, rtol,
+             seed, save_inputs, skip_missing, as_json, **kw):
+    """Check an exported norm against the float64 oracle on every runtime and input suite."""
+    from normonnx.render import validation_text
+    from normonnx.runtimes import SessionConfig
+    from normonnx.validate import validate as run_validate
+
+    spec = make_spec(**_spec_args(kw), default_norm=None if model else "ln")
+    report = run_validate(spec, variant=variant, opset=opset, exporter=exporter, dynamic=dynamic, model=model,
+                          runtimes=runtimes, inputs=inputs, config=SessionConfig(opt_level, threads), atol=atol,
+                          rtol=rtol, save_inputs=save_inputs, skip_missing=skip_missing, seed=seed,
+                          allow_mismatch=allow_mismatch)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else validation_text(report))
+    sys.exit(0 if report.passed else 1)
+
+
+@cli.command("list")
+def list_():
+    """Show norms, variants (with their opset ranges), exporters, runtimes and input suites."""
+    from normonnx.registries import describe
+
+    click.echo(describe())
+
+
+def main(argv=None) -> None:
+    """Entry point: one-line errors, exit 0 pass / 1 check failed / 2 bad input / 3 runtime unavailable."""
+    try:
+        rv = cli.main(args=argv, prog_name="normonnx", standalone_mode=False)
+        sys.exit(rv if isinstance(rv, int) else 0)
+    except errors.NormonnxError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()} (see 'normonnx {_command(argv)}--help')", err=True)
+        sys.exit(2)
+
+
+def _command(argv) -> str:
+    args = sys.argv[1:] if argv is None else argv
+    return f"{args[0]} " if args and args[0] in cli.commands else ""
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""PyTorch reference implementations of the four norms (installed as `normonnx.models`).
+
+`native` wraps torch.nn's own modules; `decomposed` spells each norm out with mean/sub/mul/sqrt/div
+so that exporters write plain arithmetic instead of a *Normalization op; `InstanceTrickGroupNorm`
+is GroupNorm as Reshape -> InstanceNorm -> Reshape -> affine, the form torch's exporters fall back to.
+"""
+from .decomposed import (
+    DecomposedBatchNorm,
+    DecomposedGroupNorm,
+    DecomposedInstanceNorm,
+    DecomposedLayerNorm,
+    InstanceTrickGroupNorm,
+)
+from .native import native_module
+
+__all__ = [
+    "native_module",
+    "DecomposedBatchNorm",
+    "DecomposedLayerNorm",
+    "DecomposedInstanceNorm",
+    "DecomposedGroupNorm",
+    "InstanceTrickGroupNorm",
+]

@@ -1,0 +1,115 @@
+"""Norms written out with mean/sub/mul/sqrt/div only, so exporters emit ReduceMean/Sub/Mul/Sqrt/Div.
+
+All use a centered variance mean((x - mean)^2), eps inside the sqrt, and affine as Mul then Add:
+the same maths as torch.nn, spelled so that no *Normalization op appears in the exported graph.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _Affine(nn.Module):
+    """Holds optional weight/bias (and running stats) under torch.nn's names, so load_params works."""
+
+    def __init__(self, param_shape, affine: bool, bias: bool = True, running: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(param_shape)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(param_shape)) if affine and bias else None
+        if running:
+            self.register_buffer("running_mean", torch.zeros(param_shape))
+            self.register_buffer("running_var", torch.ones(param_shape))
+
+    def _affine(self, y: torch.Tensor, view) -> torch.Tensor:
+        if self.weight is not None:
+            y = y * self.weight.reshape(view)
+        if self.bias is not None:
+            y = y + self.bias.reshape(view)
+        return y
+
+
+def _channel_view(rank: int) -> tuple[int, ...]:
+    return (-1,) + (1,) * (rank - 2)
+
+
+class DecomposedBatchNorm(_Affine):
+    """(x - running_mean) / sqrt(running_var + eps) * weight + bias."""
+
+    def __init__(self, channels: int, eps: float = 1e-5, affine: bool = True):
+        super().__init__((channels,), affine, running=True)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        view = _channel_view(x.dim())
+        y = (x - self.running_mean.reshape(view)) / torch.sqrt(self.running_var.reshape(view) + self.eps)
+        return self._affine(y, view)
+
+
+def _centered_normalize(x: torch.Tensor, dims: list[int], eps: float) -> torch.Tensor:
+    mean = x.mean(dim=dims, keepdim=True)
+    d = x - mean
+    var = (d * d).mean(dim=dims, keepdim=True)  # two-pass: no E[x^2]-E[x]^2 cancellation
+    return d / torch.sqrt(var + eps)
+
+
+class DecomposedLayerNorm(_Affine):
+    """LayerNorm over the trailing len(normalized_shape) dims."""
+
+    def __init__(self, normalized_shape, eps: float = 1e-5, affine: bool = True, bias: bool = True):
+        super().__init__(tuple(normalized_shape), affine, bias)
+        self.ndim = len(tuple(normalized_shape))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = _centered_normalize(x, list(range(-self.ndim, 0)), self.eps)
+        if self.weight is not None:
+            y = y * self.weight
+        if self.bias is not None:
+            y = y + self.bias
+        return y
+
+
+class DecomposedInstanceNorm(_Affine):
+    """InstanceNorm over the spatial dims; with track_running_stats it normalizes like inference BN."""
+
+    def __init__(self, channels: int, eps: float = 1e-5, affine: bool = False, track_running_stats: bool = False):
+        super().__init__((channels,), affine, running=track_running_stats)
+        self.eps = eps
+        self.track_running_stats = track_running_stats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        view = _channel_view(x.dim())
+        if self.track_running_stats:
+            y = (x - self.running_mean.reshape(view)) / torch.sqrt(self.running_var.reshape(view) + self.eps)
+        else:
+            y = _centered_normalize(x, list(range(2, x.dim())), self.eps)
+        return self._affine(y, view)
+
+
+class DecomposedGroupNorm(_Affine):
+    """GroupNorm: reshape to (N, G, -1), normalize the last dim, reshape back, per-channel affine."""
+
+    def __init__(self, groups: int, channels: int, eps: float = 1e-5, affine: bool = True):
+        super().__init__((channels,), affine)
+        self.groups = groups
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = _centered_normalize(x.reshape(x.shape[0], self.groups, -1), [2], self.eps).reshape(x.shape)
+        return self._affine(y, _channel_view(x.dim()))
+
+
+class InstanceTrickGroupNorm(_Affine):
+    """GroupNorm as Reshape(N, G, -1) -> InstanceNorm (no affine) -> Reshape -> Mul -> Add.
+
+    This is what torch's exporters write for GroupNorm below opset 21: InstanceNormalization's
+    per-(n, c) statistics become per-(n, group) statistics once the channels are folded into G."""
+
+    def __init__(self, groups: int, channels: int, eps: float = 1e-5, affine: bool = True):
+        super().__init__((channels,), affine)
+        self.groups = groups
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.instance_norm(x.reshape(x.shape[0], self.groups, -1), eps=self.eps).reshape(x.shape)
+        return self._affine(y, _channel_view(x.dim()))

@@ -1,0 +1,170 @@
+"""Export a spec to one self-contained, checked ONNX file, and refuse files that are not as asked."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+
+from . import __version__
+from .errors import BadInput, ExportMismatch
+from .exporters import TORCH_DTYPES, get_exporter, quiet_export
+from .graph import model_facts, op_histogram, opset_of, set_metadata
+from .params import make_params
+from .spec import NormSpec
+from .variants import get_variant
+
+DEFAULT_OPSET = 18
+DEFAULT_EXPORTER = "dynamo"
+DEFAULT_VARIANT = "native"
+
+
+def case_id(spec: NormSpec, variant: str, opset: int, exporter: str, dynamic: bool = False) -> str:
+    """Stable, readable id of one export, e.g. gn-g4-c8-2x8x16x16-fp32-native-op18-dynamo."""
+    return f"{spec.id}-{variant}-op{opset}-{exporter}" + ("-dyn" if dynamic else "")
+
+
+def tool_versions() -> dict[str, str]:
+    import onnxscript
+
+    return {"normonnx": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxscript": onnxscript.__version__}
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What was written and what it holds; `mismatch` says how it differs from the request, if it does."""
+
+    path: Path
+    spec: NormSpec
+    variant: str
+    exporter: str
+    opset_requested: int
+    opset: int
+    ops: dict
+    size_bytes: int
+    dynamic: bool
+    mismatch: str | None
+    log: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "spec_id": self.spec.id, "spec": self.spec.to_dict(), "variant": self.variant,
+                "exporter": self.exporter, "opset_requested": self.opset_requested, "opset": self.opset,
+                "ops": self.ops, "size_bytes": self.size_bytes, "dynamic": self.dynamic, "mismatch": self.mismatch}
+
+
+def check_request(spec: NormSpec, variant: str, opset: int, exporter: str) -> None:
+    """Raise BadInput if the combination cannot be exported at all (before doing any work)."""
+    get_variant(variant).check(spec, opset)
+    get_exporter(exporter).check(opset)
+
+
+def verify_export(model: onnx.ModelProto, spec: NormSpec, variant: str, opset: int) -> str | None:
+    """Why the written model is not what was asked for, or None. Opset first, then op set."""
+    problems = []
+    actual = opset_of(model)
+    if actual != opset:
+        problems.append(f"requested opset {opset} but the model declares opset {actual}")
+    reason = get_variant(variant).expect(spec, opset, set(op_histogram(model)))
+    if reason:
+        problems.append(reason)
+    return "; ".join(problems) or None
+
+
+def check_model(model: onnx.ModelProto, allow_deprecated_gn18: bool = False) -> str:
+    """onnx.checker with full (strict) shape inference; raise ExportMismatch if it fails.
+
+    GroupNormalization-18 is deprecated (its per-group scale was a spec bug, onnx/onnx#5466) and the
+    checker refuses every deprecated op, while ORT and onnx.reference still run it. For the native
+    GN variant at opset 18..20 we accept exactly that refusal and check the graph with strict shape
+    and type inference instead. Returns how the model was checked."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        return "onnx.checker(full_check)"
+    except Exception as e:
+        msg = str(e).splitlines()[0]
+        if not (allow_deprecated_gn18 and "GroupNormalization is deprecated" in msg):
+            raise ExportMismatch(f"exported model fails onnx.checker: {msg[:300]}") from e
+    try:
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as e:
+        raise ExportMismatch(f"exported model fails strict shape inference: {str(e).splitlines()[0][:300]}") from e
+    return "strict shape inference (onnx.checker refuses the deprecated GroupNormalization-18)"
+
+
+def _writable(path: Path) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise BadInput(f"output path {path} is a directory: give a file name ending in .onnx")
+    if not parent.is_dir():
+        raise BadInput(f"cannot write {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise BadInput(f"cannot write {path}: folder {parent} is not writable")
+
+
+def export_report(
+    spec: NormSpec,
+    variant: str = DEFAULT_VARIANT,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = DEFAULT_EXPORTER,
+    dynamic: bool = False,
+    output: str | Path | None = None,
+    allow_mismatch: bool = False,
+) -> ExportReport:
+    """Export `spec` as `variant` at `opset` with `exporter` into one .onnx file (no side file).
+
+    The file passes onnx.checker with full shape inference and carries the spec, variant, exporter
+    and tool versions in metadata_props. If the exporter wrote another opset or op set than asked,
+    raise ExportMismatch, or with allow_mismatch=True keep the file and say so in the report."""
+    check_request(spec, variant, opset, exporter)
+    out = Path(output) if output is not None else Path(case_id(spec, variant, opset, exporter, dynamic) + ".onnx")
+    _writable(out)
+    v = get_variant(variant)
+    module = v.build(spec, make_params(spec)).to(TORCH_DTYPES[spec.dtype])
+    example = torch.randn(spec.shape, generator=torch.Generator().manual_seed(0)).to(TORCH_DTYPES[spec.dtype])
+    log: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="normonnx-export-") as tmp:
+        raw = Path(tmp) / "model.onnx"
+        try:
+            with quiet_export(log), torch.inference_mode(False), torch.no_grad():
+                get_exporter(exporter).run(module, example, raw, opset, spec, variant, dynamic)
+        except Exception as e:
+            import re
+
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+            first = text.splitlines()[0] if text else ""
+            raise ExportMismatch(f"{exporter} exporter failed on {case_id(spec, variant, opset, exporter, dynamic)}: "
+                                 f"{type(e).__name__}: {first[:300]}") from e
+        model = onnx.load(str(raw))  # pulls any .onnx.data side file in, so we write one file
+    checker_note = check_model(model, allow_deprecated_gn18=variant == "native" and spec.kind == "gn")
+    mismatch = verify_export(model, spec, variant, opset)
+    if mismatch and not allow_mismatch:
+        raise ExportMismatch(f"{exporter} export of {spec.id} as {variant}: {mismatch} "
+                             f"(pass allow_mismatch / --allow-mismatch to keep it)")
+    set_metadata(model, {
+        "spec": spec.to_json(), "variant": variant, "exporter": exporter, "opset_requested": str(opset),
+        "dynamic": json.dumps(dynamic), "versions": tool_versions(), "checker": checker_note, **({"mismatch": mismatch} if mismatch else {}),
+    })
+    tmp_out = out.with_name(out.name + ".tmp")
+    onnx.save_model(model, str(tmp_out), save_as_external_data=False)
+    os.replace(tmp_out, out)  # atomic: a reader never sees half a model
+    facts = model_facts(model, out)
+    return ExportReport(out, spec, variant, exporter, opset, facts["opset"], facts["ops"], facts["size_bytes"],
+                        dynamic, mismatch, tuple(log))
+
+
+def export(
+    spec: NormSpec,
+    variant: str = DEFAULT_VARIANT,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = DEFAULT_EXPORTER,
+    dynamic: bool = False,
+    output: str | Path | None = None,
+    allow_mismatch: bool = False,
+) -> Path:
+    """Export and return the written path (see export_report for what it checks)."""
+    return export_report(spec, variant, opset, exporter, dynamic, output, allow_mismatch).path

@@ -1,0 +1,191 @@
+"""The registry of torch exporters: the default dynamo-based one and the legacy TorchScript one.
+
+Each entry exports a module to a file at an opset and declares the opsets it accepts. Neither is
+trusted: normonnx.export checks the opset and op set of every file either one writes.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .errors import BadInput
+from .spec import NormSpec
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _max_opset(name: str, default: int) -> int:
+    try:
+        from torch.onnx import _constants
+
+        return int(getattr(_constants, name))
+    except Exception:  # pragma: no cover - private module moved
+        return default
+
+
+@dataclass(frozen=True)
+class Exporter:
+    name: str
+    description: str
+    opsets: range  # what torch accepts as opset_version
+    native_from: int  # below this the exporter converts (and may silently fail to)
+    run: Callable[..., None] = field(repr=False, compare=False)
+
+    def check(self, opset: int) -> None:
+        if opset not in self.opsets:
+            raise BadInput(
+                f"exporter {self.name!r} writes opsets {self.opsets.start}..{self.opsets.stop - 1}, not {opset}"
+                + ("; use --exporter dynamo for newer opsets" if opset >= self.opsets.stop and self.name != "dynamo" else "")
+            )
+
+
+@contextlib.contextmanager
+def quiet_export(log: list[str]):
+    """Silence the exporters' prints, warnings and log lines (torch's logging writes to fd 2 through
+    handlers of its own), keeping their text in `log` so a report can show it."""
+    import os
+    import sys
+    import tempfile
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()) as out:
+                warnings.simplefilter("always")
+                yield
+            log.extend(str(w.message) for w in caught)
+            log.extend(out.getvalue().splitlines())
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            sink.seek(0)
+            log.extend(line for line in sink.read().decode(errors="replace").splitlines() if line.strip())
+
+
+def _dynamic_dims(spec: NormSpec) -> list[int]:
+    """Dims that may vary at run time: batch and spatial for bn/in/gn; the leading dims for ln."""
+    if spec.kind == "ln":
+        return list(range(len(spec.shape) - spec.normalized_ndim))
+    return [0] + list(range(2, len(spec.shape)))
+
+
+# -- GroupNormalization with the right per-opset semantics --------------------------------------
+# torch writes GroupNormalization only from opset 21 (and the TorchScript exporter never does),
+# because GroupNormalization-18 takes scale/bias per *group* while torch's are per *channel*.
+# For the native variant we emit the op ourselves: at 18..20 with identity per-group scale and the
+# per-channel affine as Mul/Add after it; from 21 with per-channel scale/bias.
+
+def _gn_dynamo_translation(spec: NormSpec, opset: int):
+    import onnxscript
+
+    op = getattr(onnxscript, f"opset{min(opset, 23)}", onnxscript.opset18)
+    c, g, rank = spec.channels, spec.groups, len(spec.shape)
+    view = [c] + [1] * (rank - 2)
+
+    def group_norm(input, num_groups: int, weight=None, bias=None, eps: float = 1e-5, cudnn_enabled: bool = True):
+        n = c if opset >= 21 else g
+        ones = op.Expand(op.CastLike(op.Constant(value_float=1.0), input), op.Constant(value_ints=[n]))
+        zeros = op.Expand(op.CastLike(op.Constant(value_float=0.0), input), op.Constant(value_ints=[n]))
+        if opset >= 21:
+            return op.GroupNormalization(input, ones if weight is None else weight,
+                                         zeros if bias is None else bias, num_groups=num_groups, epsilon=eps)
+        y = op.GroupNormalization(input, ones, zeros, num_groups=num_groups, epsilon=eps)
+        if weight is not None:
+            y = op.Mul(y, op.Reshape(weight, op.Constant(value_ints=view)))
+        if bias is not None:
+            y = op.Add(y, op.Reshape(bias, op.Constant(value_ints=view)))
+        return y
+
+    return {torch.ops.aten.group_norm.default: group_norm}
+
+
+@contextlib.contextmanager
+def _gn_torchscript_symbolic(spec: NormSpec, opset: int):
+    from torch.onnx import symbolic_helper as sh
+
+    c, g, rank = spec.channels, spec.groups, len(spec.shape)
+    dt = TORCH_DTYPES[spec.dtype]
+
+    @sh.parse_args("v", "i", "v", "v", "f", "none")
+    def group_norm(gr, input, num_groups, weight, bias, eps, cudnn_enabled):
+        n = c if opset >= 21 else g
+        ones = gr.op("Constant", value_t=torch.ones(n, dtype=dt))
+        zeros = gr.op("Constant", value_t=torch.zeros(n, dtype=dt))
+        w = None if sh._is_none(weight) else weight
+        b = None if sh._is_none(bias) else bias
+        if opset >= 21:
+            return gr.op("GroupNormalization", input, w if w is not None else ones, b if b is not None else zeros,
+                         num_groups_i=num_groups, epsilon_f=eps)
+        y = gr.op("GroupNormalization", input, ones, zeros, num_groups_i=num_groups, epsilon_f=eps)
+        view = gr.op("Constant", value_t=torch.tensor([c] + [1] * (rank - 2), dtype=torch.int64))
+        if w is not None:
+            y = gr.op("Mul", y, gr.op("Reshape", w, view))
+        if b is not None:
+            y = gr.op("Add", y, gr.op("Reshape", b, view))
+        return y
+
+    torch.onnx.register_custom_op_symbolic("::group_norm", group_norm, opset)
+    try:
+        yield
+    finally:
+        torch.onnx.unregister_custom_op_symbolic("::group_norm", opset)
+
+
+def _native_gn(spec: NormSpec, variant: str) -> bool:
+    return spec.kind == "gn" and variant == "native"
+
+
+def _run_dynamo(module, example, path: Path, opset: int, spec: NormSpec, variant: str, dynamic: bool) -> None:
+    kwargs = {}
+    if dynamic:
+        kwargs["dynamic_shapes"] = ({d: torch.export.Dim.DYNAMIC for d in _dynamic_dims(spec)},)
+    if _native_gn(spec, variant):
+        kwargs["custom_translation_table"] = _gn_dynamo_translation(spec, opset)
+    torch.onnx.export(module, (example,), str(path), opset_version=opset, dynamo=True, external_data=False,
+                      input_names=["x"], output_names=["y"], verbose=False, **kwargs)
+
+
+def _run_torchscript(module, example, path: Path, opset: int, spec: NormSpec, variant: str, dynamic: bool) -> None:
+    kwargs = {}
+    if dynamic:
+        dims = {d: f"d{d}" for d in _dynamic_dims(spec)}
+        kwargs["dynamic_axes"] = {"x": dims, "y": dims}
+    ctx = _gn_torchscript_symbolic(spec, opset) if _native_gn(spec, variant) else contextlib.nullcontext()
+    with ctx:
+        torch.onnx.export(module, (example,), str(path), opset_version=opset, dynamo=False,
+                          input_names=["x"], output_names=["y"], do_constant_folding=True, **kwargs)
+
+
+_TS_MAX = _max_opset("ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
+_DYNAMO_MAX = _max_opset("ONNX_MAX_OPSET", 23)
+
+REGISTRY: dict[str, Exporter] = {
+    "dynamo": Exporter(
+        "dynamo", "torch.onnx.export(dynamo=True), torch's default; implements opset >= 18 and "
+        "converts down with the ONNX version converter, which may silently keep 18",
+        range(7, _DYNAMO_MAX + 1), 18, _run_dynamo),
+    "torchscript": Exporter(
+        "torchscript", "torch.onnx.export(dynamo=False), the legacy TorchScript-based exporter",
+        range(7, _TS_MAX + 1), 7, _run_torchscript),
+}
+
+
+def get_exporter(name: str) -> Exporter:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise BadInput(f"unknown exporter {name!r}: valid exporters are {', '.join(REGISTRY)}") from None

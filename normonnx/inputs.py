@@ -1,0 +1,185 @@
+"""The registry of input suites: seeded, reproducible stress inputs aimed at how norms really break.
+
+A suite says whether it applies to a spec (and why not), may ask for its own export shape (a
+65536-wide LayerNorm row, a 1x1 spatial map), and makes one or more named samples.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .errors import BadInput
+from .spec import NormSpec, numpy_dtype
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One input tensor, already rounded to the model's dtype; `name` is e.g. 'offset-1e4'."""
+
+    name: str
+    x: np.ndarray
+
+
+@dataclass(frozen=True)
+class Context:
+    spec: NormSpec
+    dynamic: bool  # the model has symbolic batch/spatial dims
+    can_reexport: bool  # the source is a spec (not a user's file), so a suite may export its own shape
+
+
+@dataclass(frozen=True)
+class InputSuite:
+    name: str
+    description: str
+    applies: Callable[[Context], str | None] = field(repr=False)  # None, or why it does not apply
+    make: Callable[[NormSpec, np.random.Generator], list[tuple[str, np.ndarray]]] = field(repr=False)
+    derive_spec: Callable[[NormSpec], NormSpec] | None = field(default=None, repr=False)
+
+
+REGISTRY: dict[str, InputSuite] = {}
+
+
+def register(s: InputSuite) -> InputSuite:
+    assert s.name not in REGISTRY, s.name
+    REGISTRY[s.name] = s
+    return s
+
+
+def get_suites(names: list[str] | None) -> list[InputSuite]:
+    if not names:
+        return list(REGISTRY.values())
+    bad = [n for n in names if n not in REGISTRY]
+    if bad:
+        raise BadInput(f"unknown input suite {bad[0]!r}: valid suites are {', '.join(REGISTRY)}")
+    return [REGISTRY[n] for n in names]
+
+
+def samples(suite: InputSuite, spec: NormSpec, seed: int = 0) -> list[Sample]:
+    """The suite's samples for `spec`, deterministic in (suite, spec shape, seed)."""
+    rng = np.random.default_rng([seed, zlib.crc32(f"{suite.name}:{spec.id}".encode())])
+    dt = numpy_dtype(spec.dtype)
+    return [Sample(name, np.asarray(x, dtype=np.float64).astype(dt)) for name, x in suite.make(spec, rng)]
+
+
+def _uses_running_stats(spec: NormSpec) -> bool:
+    return spec.kind == "bn" or (spec.kind == "in" and spec.track_running_stats)
+
+
+def _always(ctx: Context) -> None:
+    return None
+
+
+# -- the suites ----------------------------------------------------------------------------------
+register(InputSuite(
+    "normal", "standard normal",
+    _always, lambda spec, rng: [("normal", rng.standard_normal(spec.shape))],
+))
+
+# ORT runs GroupNormalization-18/21 by inlining the op's function body, whose variance is
+# E[x^2] - E[x]^2: at offset 1e4 in float32 that cancels to garbage or NaN. A centered variance
+# loses only ~eps*|offset|/std, which compare.py allows for.
+OFFSETS = (1e2, 1e3, 1e4)
+register(InputSuite(
+    "offset", "standard normal plus a large common offset (1e2, 1e3, 1e4): variance cancellation",
+    _always,
+    lambda spec, rng: [(f"offset-{o:.0e}".replace("e+0", "e"), o + rng.standard_normal(spec.shape)) for o in OFFSETS],
+))
+
+
+def _const_applies(ctx: Context) -> str | None:
+    if _uses_running_stats(ctx.spec):
+        return f"{ctx.spec.kind} normalizes with running statistics: no per-input variance to make zero"
+    return None
+
+
+def _constant(spec: NormSpec, rng) -> list:
+    # one random constant per normalization set: every set has zero variance, output must be the bias
+    shape = spec.shape
+    if spec.kind == "ln":
+        lead = shape[: len(shape) - spec.normalized_ndim]
+        x = np.broadcast_to(rng.normal(0, 3, lead + (1,) * spec.normalized_ndim), shape)
+    elif spec.kind == "in":
+        x = np.broadcast_to(rng.normal(0, 3, shape[:2] + (1,) * (len(shape) - 2)), shape)
+    else:  # gn: constant per (n, group)
+        n, c = shape[:2]
+        per_group = rng.normal(0, 3, (n, spec.groups, 1))
+        x = np.broadcast_to(per_group, (n, spec.groups, int(np.prod(shape[1:])) // spec.groups)).reshape(shape)
+    return [("constant", x)]
+
+
+register(InputSuite("constant", "zero-variance rows/groups: eps decides everything, output = bias",
+                    _const_applies, _constant))
+register(InputSuite("tiny-scale", "values ~1e-4: variance far below eps",
+                    _always, lambda spec, rng: [("tiny-scale", 1e-4 * rng.standard_normal(spec.shape))]))
+register(InputSuite("wide", "|x| up to 300: x*x overflows float16",
+                    _always, lambda spec, rng: [("wide", rng.uniform(-300, 300, spec.shape))]))
+
+
+def _big_row_spec(spec: NormSpec) -> NormSpec:
+    return spec.replace(shape=(2, 65536), normalized_ndim=1)
+
+
+def _needs_reexport(kinds: tuple[str, ...]):
+    def applies(ctx: Context) -> str | None:
+        if ctx.spec.kind not in kinds:
+            return f"applies to {', '.join(kinds)} only"
+        if not ctx.can_reexport:
+            return "needs its own export shape; not available for a given model file"
+        return None
+
+    return applies
+
+
+register(InputSuite(
+    "big-row", "LayerNorm over 65536 features (exported at 2x65536)",
+    _needs_reexport(("ln",)), lambda spec, rng: [("big-row", 3 + rng.standard_normal(spec.shape))],
+    derive_spec=_big_row_spec,
+))
+
+
+def _spatial1_spec(spec: NormSpec) -> NormSpec:
+    return spec.replace(shape=spec.shape[:2] + (1,) * max(len(spec.shape) - 2, 1))
+
+
+register(InputSuite(
+    "spatial-1", "InstanceNorm/GroupNorm on a 1x1 spatial map: a single element per channel",
+    _needs_reexport(("in", "gn")), lambda spec, rng: [("spatial-1", rng.standard_normal(spec.shape))],
+    derive_spec=_spatial1_spec,
+))
+
+
+def _nonfinite(spec: NormSpec, rng) -> list:
+    x = rng.standard_normal(spec.shape)
+    flat = x.reshape(-1)
+    pos = rng.choice(flat.size, size=min(3, flat.size), replace=False)
+    for p, v in zip(pos, (np.nan, np.inf, -np.inf)):
+        flat[p] = v
+    return [("nonfinite", x)]
+
+
+register(InputSuite("nonfinite", "NaN and +/-Inf in a few positions: non-finite exactly where the oracle's are",
+                    _always, _nonfinite))
+
+
+def _dynamic_applies(ctx: Context) -> str | None:
+    return None if ctx.dynamic else "the model has static shapes (export with --dynamic)"
+
+
+def _dynamic(spec: NormSpec, rng) -> list:
+    s = list(spec.shape)
+    if spec.kind == "ln":
+        lead = len(s) - spec.normalized_ndim
+        for i in range(lead):
+            s[i] = s[i] + 1 + i
+    else:
+        s[0] += 1
+        for i in range(2, len(s)):
+            s[i] = s[i] + 3
+    return [(f"dynamic-{'x'.join(map(str, s))}", rng.standard_normal(tuple(s)))]
+
+
+register(InputSuite("dynamic", "for --dynamic models: a shape different from the export shape",
+                    _dynamic_applies, _dynamic))

@@ -1,0 +1,61 @@
+"""Plain-text rendering of reports for the terminal (the CLI prints what these return)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def _cell(v: object) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.2e}" if v and (abs(v) < 1e-2 or abs(v) >= 1e4) else f"{v:.3g}"
+    return str(v)
+
+
+def ops_line(ops: dict) -> str:
+    return ", ".join(f"{k}" + (f"x{v}" if v > 1 else "") for k, v in ops.items())
+
+
+def validation_text(report) -> str:
+    """Table of a normonnx.validate.ValidationReport: one row per runtime x input sample."""
+    rows = []
+    for r in report.results:
+        detail = r.reason or r.error or ""
+        if r.status == "pass":
+            detail = ""
+        rows.append([r.runtime, r.inputs, r.status.upper() if r.status != "pass" else "pass", r.max_abs_err,
+                     r.max_rel_err, r.max_ulp, r.vs_torch_max_abs, detail[:110]])
+    m = report.model
+    head = [f"{report.case_id}  (source: {report.source})",
+            f"model: opset {m['opset']}" + (f" (requested {m['opset_requested']})" if m.get("opset_requested") not in
+                                          (None, m["opset"]) else "") + f"; ops: {ops_line(m['ops'])}"]
+    for name, f in report.runtimes.items():
+        notes = []
+        if f.get("error"):
+            notes.append(f["error"])
+        if f.get("opt_level"):
+            notes.append(f"opt={f['opt_level']}")
+        if f.get("fused"):
+            notes.append(f"fused into {', '.join(f['fused'])}")
+        elif "fused" in f:
+            notes.append("not fused")
+        if f.get("inlined"):
+            notes.append(f["inlined"])
+        if f.get("casts_inserted"):
+            notes.append(f"ORT inserted {f['casts_inserted']} Cast nodes: {report.spec.dtype} ops ran in float32 here")
+        if f.get("placement"):
+            notes.append(f"placement: {f['placement']}")
+        if notes:
+            head.append(f"{name}: " + "; ".join(str(n) for n in notes))
+    body = table(["runtime", "inputs", "status", "max_abs", "max_rel", "max_ulp", "vs_torch", "reason"], rows)
+    c = report.counts
+    verdict = "PASSED" if report.passed else "FAILED"
+    tail = f"{verdict}: {c['pass']} passed, {c['fail']} failed, {c['error']} errors, {c['skipped']} skipped"
+    return "\n".join(head) + "\n\n" + body + "\n\n" + tail

@@ -1,0 +1,266 @@
+"""The registry of runtimes a model can run on: ORT CPU, ORT CUDA, onnx.reference, and torch eager.
+
+Each runtime says whether it is available here (and why not), and opens a session on a model that
+runs numpy inputs and reports facts: which ops ran after ORT's optimizations, what was placed where.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from .errors import BadInput, RuntimeUnavailable
+
+OPT_LEVELS = ("all", "extended", "basic", "disabled")
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Session options that change numerics or speed, recorded with every result."""
+
+    opt_level: str = "all"
+    threads: int | None = None  # None: ORT's default (all cores)
+
+    def __post_init__(self):
+        if self.opt_level not in OPT_LEVELS:
+            raise BadInput(f"unknown optimization level {self.opt_level!r}: valid levels are {', '.join(OPT_LEVELS)}")
+        if self.threads is not None and self.threads < 1:
+            raise BadInput(f"threads must be >= 1, got {self.threads}")
+
+
+@dataclass
+class Session:
+    """An open model on one runtime: run(x) -> y, plus facts about what actually ran."""
+
+    runtime: str
+    run: Callable[[np.ndarray], np.ndarray]
+    facts: dict = field(default_factory=dict)
+    handle: object = None  # the underlying ORT session / module, for the bench harness
+    model_path: str | None = None
+
+
+@dataclass(frozen=True)
+class Runtime:
+    name: str
+    description: str
+    unavailable: Callable[[], str | None] = field(repr=False)  # None when usable here
+    open: Callable[..., Session] = field(repr=False)  # (model_path, SessionConfig, torch_module) -> Session
+    kind: str = "onnx"  # "onnx" runs the exported file; "torch" runs the source module
+
+
+REGISTRY: dict[str, Runtime] = {}
+
+
+def register(r: Runtime) -> Runtime:
+    assert r.name not in REGISTRY, r.name
+    REGISTRY[r.name] = r
+    return r
+
+
+def get_runtime(name: str) -> Runtime:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise BadInput(f"unknown runtime {name!r}: valid runtimes are {', '.join(REGISTRY)}") from None
+
+
+def available_runtimes() -> list[str]:
+    return [n for n, r in REGISTRY.items() if r.unavailable() is None]
+
+
+def require(name: str) -> Runtime:
+    r = get_runtime(name)
+    why = r.unavailable()
+    if why:
+        raise RuntimeUnavailable(f"runtime {name!r} is unavailable: {why}")
+    return r
+
+
+# -- ONNX Runtime ---------------------------------------------------------------------------------
+_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def _ort():
+    import onnxruntime as ort
+
+    return ort
+
+
+def _ort_providers() -> list[str]:
+    ort = _ort()
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        try:  # the CUDA build wants torch's CUDA libraries loaded first (see the device README)
+            import torch  # noqa: F401
+
+            ort.preload_dlls()
+        except Exception:
+            pass
+    return ort.get_available_providers()
+
+
+def session_options(config: SessionConfig, optimized_path: str | None = None, profile_prefix: str | None = None):
+    ort = _ort()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }[config.opt_level]
+    if config.threads:
+        so.intra_op_num_threads = config.threads
+        so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if optimized_path:
+        so.optimized_model_filepath = optimized_path
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    return so
+
+
+def _placement(profile_file: str) -> dict[str, int]:
+    """Provider -> number of node runs, from an ORT profile (each node event names its provider)."""
+    with open(profile_file) as f:
+        events = json.load(f)
+    c = Counter(e["args"]["provider"] for e in events
+                if e.get("cat") == "Node" and "provider" in e.get("args", {}) and e["name"].endswith("_kernel_time"))
+    return dict(c)
+
+
+def _open_ort(provider: str):
+    def open_(model_path: str | Path, config: SessionConfig, module=None) -> Session:
+        ort = _ort()
+        with tempfile.TemporaryDirectory(prefix="normonnx-ort-") as tmp:
+            opt_path = os.path.join(tmp, "optimized.onnx")
+            so = session_options(config, optimized_path=opt_path)
+            try:
+                sess = ort.InferenceSession(str(model_path), so, providers=[_PROVIDERS[provider]])
+            except Exception as e:
+                raise SessionError(f"ORT {provider} cannot load the model: {_first_line(e)}") from e
+            facts = {"provider": sess.get_providers()[0], "opt_level": config.opt_level,
+                     "threads": config.threads or "default", "ort_version": ort.__version__}
+            try:
+                opt = onnx.load(opt_path, load_external_data=False)
+                facts["optimized_ops"] = dict(sorted(Counter(
+                    n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+                    for n in opt.graph.node).items()))
+            except Exception:  # ORT may not serialize some optimized graphs
+                facts["optimized_ops"] = None
+        in_name = sess.get_inputs()[0].name
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return sess.run(None, {in_name: x})[0]
+
+        return Session(provider, run, facts, sess, str(model_path))
+
+    return open_
+
+
+def _ort_unavailable(provider: str) -> Callable[[], str | None]:
+    def why() -> str | None:
+        try:
+            if _PROVIDERS[provider] in _ort_providers():
+                return None
+        except Exception as e:  # onnxruntime not importable
+            return f"onnxruntime cannot be imported ({_first_line(e)})"
+        if provider == "cuda":
+            return ("the installed onnxruntime has no CUDAExecutionProvider (PyPI's onnxruntime is CPU-only; "
+                    "install onnxruntime-gpu on a machine with an NVIDIA GPU)")
+        return "onnxruntime lacks CPUExecutionProvider"
+
+    return why
+
+
+def placement(session: Session, x: np.ndarray) -> dict[str, int]:
+    """Run once with ORT profiling and count node runs per provider (CUDA nodes that fell back to CPU)."""
+    ort = _ort()
+    sess, path = session.handle, session.model_path
+    with tempfile.TemporaryDirectory(prefix="normonnx-prof-") as tmp:
+        so = session_options(SessionConfig(session.facts["opt_level"]), profile_prefix=os.path.join(tmp, "p"))
+        prof = ort.InferenceSession(path, so, providers=sess.get_providers())
+        prof.run(None, {prof.get_inputs()[0].name: x})
+        return _placement(prof.end_profiling())
+
+
+class SessionError(Exception):
+    """A runtime could not open or run a model; the message is one line."""
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    for line in text.splitlines():
+        line = line.strip()
+        if line:
+            return line[:300]
+    return type(e).__name__
+
+
+register(Runtime("cpu", "ONNX Runtime, CPUExecutionProvider", _ort_unavailable("cpu"), _open_ort("cpu")))
+register(Runtime("cuda", "ONNX Runtime, CUDAExecutionProvider", _ort_unavailable("cuda"), _open_ort("cuda")))
+
+
+# -- onnx.reference -----------------------------------------------------------------------------
+def _open_reference(model_path, config: SessionConfig, module=None) -> Session:
+    from onnx.reference import ReferenceEvaluator
+
+    try:
+        ev = ReferenceEvaluator(str(model_path))
+    except Exception as e:
+        raise SessionError(f"onnx.reference cannot load the model: {_first_line(e)}") from e
+    name = ev.input_names[0]
+
+    def run(x):
+        with np.errstate(all="ignore"):
+            return ev.run(None, {name: x})[0]
+
+    return Session("reference", run, {"evaluator": "onnx.reference.ReferenceEvaluator"}, ev)
+
+
+register(Runtime("reference", "onnx.reference.ReferenceEvaluator (the ONNX spec's Python implementation)",
+                 lambda: None, _open_reference))
+
+
+# -- torch eager --------------------------------------------------------------------------------
+def _open_torch(device: str):
+    def open_(model_path, config: SessionConfig, module=None) -> Session:
+        import torch
+
+        if module is None:
+            raise SessionError("no PyTorch source module for this model")
+        m = module.to(device)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+
+        def run(x: np.ndarray) -> np.ndarray:
+            t = torch.from_numpy(np.ascontiguousarray(x)) if x.dtype.name != "bfloat16" else \
+                torch.from_numpy(x.astype(np.float32)).to(torch.bfloat16)
+            with torch.inference_mode():
+                y = m(t.to(device))
+            if device == "cuda":
+                torch.cuda.synchronize()
+            y = y.cpu()
+            return y.float().numpy() if y.dtype == torch.bfloat16 else y.numpy()
+
+        return Session(f"torch-{device}" if device != "cpu" else "torch", run,
+                       {"torch_version": torch.__version__, "device": device}, m)
+
+    return open_
+
+
+def _torch_cuda_unavailable() -> str | None:
+    import torch
+
+    return None if torch.cuda.is_available() else "torch has no CUDA device here"
+
+
+register(Runtime("torch", "the source PyTorch module, eager, on CPU", lambda: None, _open_torch("cpu"), kind="torch"))
+register(Runtime("torch-cuda", "the source PyTorch module, eager, on CUDA", _torch_cuda_unavailable,
+                 _open_torch("cuda"), kind="torch"))

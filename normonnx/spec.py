@@ -1,0 +1,235 @@
+"""The norm specification: one small immutable value that says exactly what to normalize."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import BadInput
+
+KINDS = ("bn", "ln", "in", "gn")
+KIND_NAMES = {"bn": "BatchNorm", "ln": "LayerNorm", "in": "InstanceNorm", "gn": "GroupNorm"}
+
+# name -> (short tag used in ids, numpy dtype used for host buffers)
+DTYPES = {
+    "float32": ("fp32", np.dtype(np.float32)),
+    "float16": ("fp16", np.dtype(np.float16)),
+    "bfloat16": ("bf16", None),  # numpy has no bfloat16; ml_dtypes provides it (see numpy_dtype)
+}
+
+DEFAULT_SHAPES = {"bn": (2, 8, 16, 16), "ln": (2, 16, 64), "in": (2, 8, 16, 16), "gn": (2, 8, 16, 16)}
+DEFAULT_GROUPS = 4
+
+
+def numpy_dtype(dtype: str) -> np.dtype:
+    if dtype == "bfloat16":
+        import ml_dtypes  # installed with onnx
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return DTYPES[dtype][1]
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """'2x8x16x16' -> (2, 8, 16, 16)."""
+    try:
+        dims = tuple(int(d) for d in str(text).lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise BadInput(f"bad shape {text!r}: write positive integers joined by 'x', e.g. 2x8x16x16") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise BadInput(f"bad shape {text!r}: every dimension must be a positive integer, e.g. 2x8x16x16")
+    return dims
+
+
+def format_shape(shape: tuple[int, ...]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def _fmt_float(v: float) -> str:
+    return f"{v:.0e}".replace("e-0", "e-").replace("e+0", "e")
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    """What to normalize.
+
+    kind: bn, ln, in, gn. shape: the input shape (N, C, *spatial) for bn/in/gn, (*, *normalized)
+    for ln. normalized_ndim: ln only, how many trailing dims are normalized. groups: gn only.
+    affine: learnable scale/shift. bias: ln only (torch's LayerNorm(bias=False)).
+    track_running_stats: bn (always) and in: normalize with stored running mean/var.
+    """
+
+    kind: str
+    shape: tuple[int, ...]
+    groups: int = 1
+    normalized_ndim: int = 1
+    eps: float = 1e-5
+    affine: bool = True
+    bias: bool = True
+    track_running_stats: bool = False
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        self._validate()
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def make(
+        cls,
+        kind: str,
+        *,
+        shape: tuple[int, ...] | str | None = None,
+        channels: int | None = None,
+        normalized_shape: tuple[int, ...] | str | None = None,
+        groups: int | None = None,
+        eps: float = 1e-5,
+        affine: bool = True,
+        bias: bool = True,
+        track_running_stats: bool | None = None,
+        dtype: str = "float32",
+    ) -> "NormSpec":
+        """Build a spec from the loose options the CLI takes, filling sensible defaults."""
+        if kind not in KINDS:
+            raise BadInput(f"unknown norm {kind!r}: valid norms are {', '.join(KINDS)}")
+        if isinstance(shape, str):
+            shape = parse_shape(shape)
+        if isinstance(normalized_shape, str):
+            normalized_shape = parse_shape(normalized_shape)
+        if kind == "ln":
+            if normalized_shape is None and channels is not None:
+                normalized_shape = (channels,)
+            if shape is None:
+                lead = DEFAULT_SHAPES["ln"][:-1]
+                shape = lead + tuple(normalized_shape or DEFAULT_SHAPES["ln"][-1:])
+            normalized_shape = tuple(normalized_shape or shape[-1:])
+            if tuple(shape[len(shape) - len(normalized_shape):]) != normalized_shape:
+                raise BadInput(
+                    f"normalized shape {format_shape(normalized_shape)} must be the trailing dims of "
+                    f"shape {format_shape(shape)}, e.g. --normalized-shape {format_shape(shape[-1:])}"
+                )
+            nd = len(normalized_shape)
+        else:
+            if normalized_shape is not None:
+                raise BadInput(f"--normalized-shape applies to ln only, not {kind}; use --channels")
+            if shape is None:
+                default = DEFAULT_SHAPES[kind]
+                shape = (default[0], channels or default[1], *default[2:])
+            elif channels is not None and len(shape) > 1 and shape[1] != channels:
+                raise BadInput(
+                    f"--channels {channels} disagrees with shape {format_shape(shape)} (dim 1 is {shape[1]})"
+                )
+            nd = 1
+        if groups is not None and kind != "gn":
+            raise BadInput(f"--groups applies to gn only, not {kind}")
+        if kind == "gn" and groups is None:
+            groups = DEFAULT_GROUPS if len(shape) > 1 and shape[1] % DEFAULT_GROUPS == 0 else 1
+        if track_running_stats is None:
+            track_running_stats = kind == "bn"
+        return cls(
+            kind=kind,
+            shape=tuple(shape),
+            groups=groups or 1,
+            normalized_ndim=nd,
+            eps=float(eps),
+            affine=affine,
+            bias=bias,
+            track_running_stats=track_running_stats,
+            dtype=dtype,
+        )
+
+    def _validate(self) -> None:
+        k, s = self.kind, self.shape
+        if k not in KINDS:
+            raise BadInput(f"unknown norm {k!r}: valid norms are {', '.join(KINDS)}")
+        if self.dtype not in DTYPES:
+            raise BadInput(f"unknown dtype {self.dtype!r}: valid dtypes are {', '.join(DTYPES)}")
+        if any(d <= 0 for d in s):
+            raise BadInput(f"bad shape {format_shape(s)}: every dimension must be positive")
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            raise BadInput(f"bad eps {self.eps}: eps must be a positive finite number, e.g. 1e-5")
+        ranks = {"bn": (2, 5), "in": (3, 5), "gn": (3, 5), "ln": (1, 8)}[k]
+        if not ranks[0] <= len(s) <= ranks[1]:
+            hint = "N, C, *spatial" if k != "ln" else "*, *normalized"
+            raise BadInput(
+                f"{k} takes a rank {ranks[0]}..{ranks[1]} input ({hint}); got shape {format_shape(s)}"
+            )
+        if k == "ln" and not 1 <= self.normalized_ndim <= len(s):
+            raise BadInput(f"ln normalizes 1..{len(s)} trailing dims of {format_shape(s)}")
+        if k == "gn":
+            c = s[1]
+            valid = [g for g in range(1, c + 1) if c % g == 0]
+            if self.groups not in valid:
+                raise BadInput(
+                    f"groups={self.groups} does not divide channels={c}: valid group counts are "
+                    f"{', '.join(map(str, valid))}"
+                )
+        elif self.groups != 1:
+            raise BadInput(f"groups applies to gn only, not {k}")
+        if k == "bn" and not self.track_running_stats:
+            raise BadInput("bn is exported for inference and needs running statistics (track_running_stats)")
+        if k in ("ln", "gn") and self.track_running_stats:
+            raise BadInput(f"track_running_stats applies to bn and in only, not {k}")
+        if not self.bias and k != "ln":
+            raise BadInput(f"bias=False applies to ln only; use affine=False for {k}")
+
+    # -- derived ------------------------------------------------------------------------------
+    @property
+    def channels(self) -> int:
+        """C for bn/in/gn; the size of the last normalized dim for ln."""
+        return self.shape[-1] if self.kind == "ln" else self.shape[1]
+
+    @property
+    def normalized_shape(self) -> tuple[int, ...]:
+        return self.shape[len(self.shape) - self.normalized_ndim:] if self.kind == "ln" else ()
+
+    @property
+    def param_shape(self) -> tuple[int, ...]:
+        return self.normalized_shape if self.kind == "ln" else (self.channels,)
+
+    @property
+    def spatial_rank(self) -> int:
+        return 0 if self.kind == "ln" else len(self.shape) - 2
+
+    @property
+    def id(self) -> str:
+        k = self.kind
+        parts = [k]
+        if k == "gn":
+            parts.append(f"g{self.groups}")
+        if k == "ln":
+            parts.append("n" + format_shape(self.normalized_shape))
+        else:
+            parts.append(f"c{self.channels}")
+        parts.append(format_shape(self.shape))
+        if self.eps != 1e-5:
+            parts.append("e" + _fmt_float(self.eps))
+        if not self.affine:
+            parts.append("noaffine")
+        elif not self.bias:
+            parts.append("nobias")
+        if k == "in" and self.track_running_stats:
+            parts.append("rs")
+        parts.append(DTYPES[self.dtype][0])
+        return "-".join(parts)
+
+    def replace(self, **changes) -> "NormSpec":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NormSpec":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - fields
+        if unknown:
+            raise BadInput(f"unknown spec fields {sorted(unknown)}: valid fields are {sorted(fields)}")
+        return cls(**{**d, "shape": tuple(d["shape"])})

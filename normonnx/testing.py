@@ -1,0 +1,36 @@
+"""Helpers for users' own test suites: one call that exports, validates, and raises on failure."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .spec import NormSpec
+from .validate import ValidationReport, validate
+
+
+def assert_export_matches(
+    spec: NormSpec | None = None,
+    *,
+    model: str | Path | None = None,
+    variant: str = "native",
+    opset: int = 18,
+    exporter: str = "dynamo",
+    runtimes: list[str] | None = None,
+    inputs: list[str] | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    **kwargs,
+) -> ValidationReport:
+    """Validate and raise AssertionError naming every failing runtime x input with its worst element.
+
+    Returns the report when everything passed, so a test can assert more on it."""
+    report = validate(spec, model=model, variant=variant, opset=opset, exporter=exporter, runtimes=runtimes,
+                      inputs=inputs, atol=atol, rtol=rtol, **kwargs)
+    bad = report.failures()
+    if bad:
+        lines = [f"{report.case_id}: {len(bad)} of {len(report.results)} checks failed"]
+        for r in bad:
+            lines.append(f"  {r.runtime} on {r.inputs}: {r.reason or r.error}")
+        raise AssertionError("\n".join(lines))
+    if not any(r.status == "pass" for r in report.results):
+        raise AssertionError(f"{report.case_id}: nothing was checked (every runtime or input suite was skipped)")
+    return report
