@@ -95,6 +95,8 @@ def params_from_graph(model, spec: NormSpec) -> dict[str, np.ndarray]:
     InstanceNormalization(X, scale, B), LayerNormalization(X, Scale, B), GroupNormalization(X, scale, bias)."""
     from onnx import numpy_helper
 
+    if not spec.affine and not spec.track_running_stats:
+        return {}  # nothing to read: the spec alone defines the function
     consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     for n in model.graph.node:
         if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
@@ -160,10 +162,10 @@ def _graph_notes(model_ops: dict, optimized: dict | None, variant: str, kind: st
         return {"optimized_ops": None}
     notes: dict = {"optimized_ops": optimized}
     native = NATIVE_OPS[kind]
-    norm_like = [o for o in optimized if o.endswith("LayerNormalization") or o.endswith("Normalization")
-                 or o.endswith("GroupNorm")]
-    if variant == "decomposed":
-        notes["fused"] = norm_like or None
+    # a norm op that ORT's optimizer created (e.g. LayerNormFusion re-fusing ReduceMean..Div)
+    created = sorted(o for o in optimized if (o.endswith("Normalization") or o.endswith("GroupNorm"))
+                     and o not in model_ops)
+    notes["fused"] = created or None
     if native in model_ops and not any(o.endswith(native) for o in optimized):
         notes["inlined"] = f"{native} was expanded into its ONNX function body ({', '.join(sorted(optimized))})"
     added = optimized.get("Cast", 0) - model_ops.get("Cast", 0)

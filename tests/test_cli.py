@@ -1,0 +1,167 @@
+"""The command line as a user types it: outputs, exit codes, and one-line errors without tracebacks."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from conftest import has_cuda_ep, run_cli
+
+
+def _one_line_error(proc, code: int, *needles: str) -> None:
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    err = proc.stderr.strip()
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ")
+    for n in needles:
+        assert n in err, (n, err)
+
+
+def test_readme_export_command_as_typed(tmp_path):
+    import sys
+    from pathlib import Path
+
+    exe = shutil.which("normonnx") or shutil.which("normonnx", path=str(Path(sys.executable).parent))
+    assert exe, "the normonnx command is not installed"
+    proc = subprocess.run([exe, "export", "--norm", "gn", "--groups", "4"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["gn-g4-c8-2x8x16x16-fp32-native-op18-dynamo.onnx"]
+    from normonnx.graph import metadata
+
+    assert metadata(onnx.load(str(tmp_path / files[0])))["variant"] == "native"
+    for word in ("wrote", "opset    18", "GroupNormalization", "bytes"):
+        assert word in proc.stdout
+
+
+def test_export_json(tmp_path):
+    proc = run_cli("export", "--norm", "ln", "--opset", "17", "-o", str(tmp_path / "ln.onnx"), "--json")
+    doc = json.loads(proc.stdout)
+    assert doc["opset"] == 17 and doc["ops"] == {"LayerNormalization": 1} and doc["mismatch"] is None
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--norm", "gn", "--groups", "3"], ["does not divide", "1, 2, 4, 8"]),
+    (["--norm", "ln", "--opset", "13"], ["needs opset >= 17", "--variant decomposed"]),
+    (["--norm", "gn", "--variant", "instance-trick", "--opset", "9"], ["needs opset >= 11"]),
+    (["--norm", "ln", "--variant", "instance-trick"], ["does not support ln", "gn"]),
+    (["--norm", "ln", "--exporter", "torchscript", "--opset", "21"], ["7..20"]),
+    (["--norm", "bn", "--dtype", "float64"], ["float64", "float32"]),
+    (["--norm", "xx"], ["'xx' is not one of"]),
+    (["--shape", "2xfoo"], ["bad shape", "2x8x16x16"]),
+    (["--norm", "ln", "-o", "/nonexistent-dir/m.onnx"], ["does not exist"]),
+    (["--norm", "ln", "--eps", "-1"], ["positive"]),
+    (["--norm", "ln", "--opset", "abc"], ["'abc' is not a valid integer"]),
+    (["--bogus"], ["No such option"]),
+])
+def test_export_bad_input_is_exit_2_one_line(args, needles):
+    _one_line_error(run_cli("export", *args), 2, *needles)
+
+
+def test_export_unwritable_folder(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        proc = run_cli("export", "-o", str(ro / "m.onnx"))
+        import os
+
+        if os.access(ro, os.W_OK):  # root can write anywhere: an existing directory as output instead
+            proc = run_cli("export", "-o", str(tmp_path))
+        _one_line_error(proc, 2)
+    finally:
+        ro.chmod(0o700)
+
+
+def test_export_opset_mismatch_is_exit_1_and_allowed_on_request(tmp_path):
+    proc = run_cli("export", "--norm", "ln", "--variant", "decomposed", "--opset", "13", "-o", str(tmp_path / "a.onnx"))
+    if proc.returncode == 0:
+        pytest.skip("this torch converts decomposed LN to opset 13 by itself")
+    _one_line_error(proc, 1, "requested opset 13 but the model declares opset 18", "--allow-mismatch")
+    ok = run_cli("export", "--norm", "ln", "--variant", "decomposed", "--opset", "13", "--allow-mismatch",
+                 "-o", str(tmp_path / "a.onnx"))
+    assert ok.returncode == 0 and "MISMATCH" in ok.stdout
+
+
+def test_validate_as_typed_reports_table_and_verdict():
+    proc = run_cli("validate", "--norm", "gn", "--groups", "4")
+    # ORT runs GroupNormalization through its E[x^2]-E[x]^2 function body: the default GN fails
+    assert proc.returncode == 1, proc.stderr
+    assert "FAILED:" in proc.stdout.splitlines()[-1]
+    assert "offset:offset-1e4" in proc.stdout and "expanded into its ONNX function body" in proc.stdout
+
+
+def test_validate_passing_case_exit_0_and_json():
+    proc = run_cli("validate", "--norm", "ln", "--runtimes", "cpu,reference", "--inputs", "normal,offset", "--json")
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    doc = json.loads(proc.stdout)
+    assert doc["passed"] and {r["runtime"] for r in doc["results"]} == {"cpu", "reference"}
+    assert all({"runtime", "inputs", "passed", "max_abs_err", "max_rel_err", "spec_id"} <= set(r) for r in doc["results"])
+    text = run_cli("validate", "--norm", "ln", "--runtimes", "cpu", "--inputs", "normal")
+    assert text.stdout.strip().splitlines()[-1].startswith("PASSED")
+
+
+def test_validate_unavailable_runtime_is_exit_3_unless_skipped():
+    if has_cuda_ep():
+        pytest.skip("CUDA is available here")
+    _one_line_error(run_cli("validate", "--runtimes", "cuda"), 3, "CUDAExecutionProvider", "--skip-missing")
+    proc = run_cli("validate", "--runtimes", "cuda,cpu", "--skip-missing", "--inputs", "normal")
+    assert proc.returncode == 0 and "SKIPPED" in proc.stdout
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--runtimes", "gpu"], ["unknown runtime 'gpu'", "cpu, cuda"]),
+    (["--inputs", "huge"], ["unknown input suite 'huge'", "normal"]),
+    (["--opt-level", "max"], ["'max' is not one of"]),
+    (["--threads", "0"], ["threads must be >= 1"]),
+    (["--atol", "-1"], ["tolerances must be >= 0"]),
+])
+def test_validate_bad_options_exit_2(args, needles):
+    _one_line_error(run_cli("validate", *args), 2, *needles)
+
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return str(path)
+
+
+def test_validate_malformed_models_exit_2(tmp_path):
+    good = tmp_path / "good.onnx"
+    assert run_cli("export", "--norm", "ln", "-o", str(good)).returncode == 0
+    raw = good.read_bytes()
+    _one_line_error(run_cli("validate", "--model", _write(tmp_path / "t.onnx", raw[: len(raw) // 3])), 2, "t.onnx")
+    _one_line_error(run_cli("validate", "--model", _write(tmp_path / "n.onnx", b"hello, not onnx\n" * 10)), 2)
+    _one_line_error(run_cli("validate", "--model", str(tmp_path / "missing.onnx")), 2, "no such model file")
+    # wrong input rank: an LN spec of rank 3 against a rank-2 model
+    _one_line_error(run_cli("validate", "--model", str(good), "--norm", "ln", "--shape", "16x64"), 2, "rank")
+    # an op no runtime implements
+    node = helper.make_node("FancyNorm", ["x"], ["y"], domain="com.example")
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 16, 64])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.example", 1)])
+    onnx.save(m, str(tmp_path / "u.onnx"))
+    _one_line_error(run_cli("validate", "--model", str(tmp_path / "u.onnx"), "--norm", "ln", "--no-affine"), 2,
+                    "cannot be loaded by ONNX Runtime")
+    # a model without normonnx metadata and no spec flags
+    _one_line_error(run_cli("validate", "--model", str(tmp_path / "u.onnx")), 2, "no normonnx metadata")
+
+
+def test_validate_model_file_round_trip(tmp_path):
+    path = tmp_path / "bn.onnx"
+    assert run_cli("export", "--norm", "bn", "-o", str(path)).returncode == 0
+    proc = run_cli("validate", "--model", str(path), "--runtimes", "cpu")
+    assert proc.returncode == 0, proc.stdout[-1500:]
+    assert "source: " + str(path) in proc.stdout
+
+
+def test_list_shows_registries():
+    proc = run_cli("list")
+    assert proc.returncode == 0
+    for word in ("native", "decomposed", "instance-trick", ">= 17", "dynamo", "torchscript", "big-row", "reference"):
+        assert word in proc.stdout
