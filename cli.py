@@ -133,6 +133,44 @@ def validate(variant, opset, exporter, dynamic, allow_mismatch, model, runtimes,
     sys.exit(0 if report.passed else 1)
 
 
+@cli.command()
+@spec_options
+@click.option("--variant", "variant_names", default="all", show_default=True,
+              help="Comma list of variants, or all.")
+@click.option("--providers", callback=_csv, default="cpu", show_default=True, help="Comma list: cpu, cuda.")
+@click.option("--opset", type=int, default=21, show_default=True)
+@click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default=DEFAULT_EXPORTER, show_default=True)
+@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed runs first.")
+@click.option("--min-time", type=float, default=1.0, show_default=True, help="Seconds to time each form for.")
+@click.option("--min-runs", type=int, default=10, show_default=True)
+@click.option("--threads", type=int, default=None, help="Threads for ORT, torch and the copy (default: all cores).")
+@click.option("--opt-level", type=click.Choice(["all", "extended", "basic", "disabled"]), default="all",
+              show_default=True)
+@click.option("--no-validate", is_flag=True, help="Skip the validation that picks the fastest correct variant.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
+def bench(variant_names, providers, opset, exporter, warmup, min_time, min_runs, threads, opt_level, no_validate,
+          as_json, **kw):
+    """Time each graph form on ORT next to PyTorch eager and a copy of the same tensor.
+
+    Without --shape, each norm runs its standard benchmark shape (LN 8x512x768, GN 8x320x64x64 with
+    32 groups, IN 8x64x128x128, BN 32x64x56x56)."""
+    from normonnx.bench import benchmark, bench_spec
+    from normonnx.render import bench_text
+
+    args = _spec_args(kw)
+    kind = args.pop("norm") or "ln"
+    spec = bench_spec(kind, args.pop("dtype"), shape=args.pop("shape"), groups=args.pop("groups"),
+                      channels=args.pop("channels"), normalized_shape=args.pop("normalized_shape"), eps=args.pop("eps"),
+                      affine=not args.pop("no_affine"), bias=not args.pop("no_bias"),
+                      track_running_stats=args.pop("track_running_stats"))
+    variants = None if variant_names in (None, "all") else [v.strip() for v in variant_names.split(",") if v.strip()]
+    progress = None if as_json else (lambda s: click.echo(f"  .. {s}", err=True))
+    report = benchmark(spec, variants, providers, opset=opset, exporter=exporter, warmup=warmup, min_time=min_time,
+                       min_runs=min_runs, threads=threads, opt_level=opt_level, validate_first=not no_validate,
+                       progress=progress)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else bench_text(report))
+
+
 @cli.command("list")
 def list_():
     """Show norms, variants (with their opset ranges), exporters, runtimes and input suites."""

@@ -59,3 +59,22 @@ def validation_text(report) -> str:
     verdict = "PASSED" if report.passed else "FAILED"
     tail = f"{verdict}: {c['pass']} passed, {c['fail']} failed, {c['error']} errors, {c['skipped']} skipped"
     return "\n".join(head) + "\n\n" + body + "\n\n" + tail
+
+
+def bench_text(report) -> str:
+    """Table of a normonnx.bench.BenchReport; '*' marks the fastest variant that passed validation."""
+    rows = []
+    for r in report.records:
+        if r.error:
+            rows.append([r.form, r.provider, None, None, None, None, None, "ERROR", r.error[:80]])
+            continue
+        check = {True: "pass", False: "FAIL", None: "-"}[r.passed]
+        rows.append([r.form + (" *" if r.fastest else ""), r.provider, f"{r.p50_ms:.4g}", f"{r.p90_ms:.4g}",
+                     f"{r.gbps:.1f}", f"{r.x_copy:.2f}x", f"{r.x_torch:.2f}x", check,
+                     "" if r.passed is not False else (r.validation or "")[:80]])
+    m = report.machine
+    head = (f"{report.spec.id}: {m.get('cpu')} ({m.get('cores')} cores), threads {m.get('threads')}"
+            + (f", GPU {m['gpu']}" if m.get("gpu") else "") + f"; torch {m.get('torch')}, onnxruntime {m.get('onnxruntime')}")
+    body = table(["form", "provider", "p50 ms", "p90 ms", "GB/s", "x copy", "x torch", "valid", "note"], rows)
+    return head + "\n\n" + body + "\n\n* fastest variant that also passed validation on normal inputs; " \
+        "x copy/x torch: p50 over the copy's/torch's p50 in the same run; GB/s counts x read once and y written once"

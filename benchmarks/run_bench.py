@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""The benchmark suite: standard shapes x float32/float16 x every variant x every provider here.
+
+Prints a Markdown table and writes it (and the JSON records) to --out. Not a test: timings on shared
+machines are noisy, so nothing here asserts a time; the README quotes the table with its machine.
+
+    python benchmarks/run_bench.py --out benchmarks/results
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from normonnx.bench import BENCH_SHAPES, bench_spec, benchmark
+from normonnx.runtimes import get_runtime
+
+
+def markdown(reports) -> str:
+    m = reports[0].machine
+    lines = [f"Machine: {m.get('cpu')} ({m.get('cores')} cores)" + (f", GPU {m['gpu']}" if m.get("gpu") else "")
+             + f"; torch {m.get('torch')}, onnxruntime {m.get('onnxruntime')}; threads {m.get('threads')}.", "",
+             "| norm | shape | dtype | provider | form | p50 ms | GB/s | x copy | x torch | valid (normal) |",
+             "|---|---|---|---|---|---:|---:|---:|---:|---|"]
+    for rep in reports:
+        for r in rep.records:
+            if r.error:
+                lines.append(f"| {r.norm} | {r.shape} | {r.dtype} | {r.provider} | {r.form} | error: {r.error[:60]} |||||")
+                continue
+            valid = {True: "pass", False: "FAIL", None: ""}[r.passed]
+            form = f"**{r.form}**" if r.fastest else r.form
+            lines.append(f"| {r.norm} | {r.shape} | {r.dtype} | {r.provider} | {form} | {r.p50_ms:.4g} | {r.gbps:.1f} "
+                         f"| {r.x_copy:.2f} | {r.x_torch:.2f} | {valid} |")
+    lines += ["", "Bold: the fastest variant that passed validation on normal inputs. x copy / x torch: p50 over the "
+              "p50 of a copy of the same tensor / of PyTorch eager, measured side by side in the same run."]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/results", help="folder for the .md and .json files")
+    ap.add_argument("--name", default=None, help="file stem (default: the first provider, e.g. cpu)")
+    ap.add_argument("--norms", default=",".join(BENCH_SHAPES))
+    ap.add_argument("--dtypes", default="float32,float16")
+    ap.add_argument("--providers", default=None, help="default: every provider available here")
+    ap.add_argument("--min-time", type=float, default=1.0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="multiply the batch dim (e.g. 16 on a GPU to reach ~100M-element tensors)")
+    args = ap.parse_args()
+    providers = args.providers.split(",") if args.providers else [p for p in ("cpu", "cuda")
+                                                                  if get_runtime(p).unavailable() is None]
+    reports = []
+    for kind in args.norms.split(","):
+        for dtype in args.dtypes.split(","):
+            shape = list(BENCH_SHAPES[kind])
+            shape[0] = max(1, int(round(shape[0] * args.scale)))
+            spec = bench_spec(kind, dtype, shape=tuple(shape))
+            print(f"== {spec.id} on {','.join(providers)}", file=sys.stderr, flush=True)
+            reports.append(benchmark(spec, providers=providers, min_time=args.min_time, threads=args.threads))
+    md = markdown(reports)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = args.name or providers[-1]
+    (out / f"{stem}.md").write_text(md + "\n")
+    (out / f"{stem}.json").write_text(json.dumps([r.to_dict() for r in reports], indent=1))
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

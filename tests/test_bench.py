@@ -1,0 +1,69 @@
+"""The timing harness: structure and sanity only (ordered percentiles, same-run ratios, IOBinding,
+provider). Never a wall-clock threshold: machines here are shared and noisy."""
+import time
+
+import pytest
+
+from normonnx import BadInput, NormSpec
+from normonnx.bench import BenchRecord, bench_spec, benchmark, measure
+
+
+def test_measure_counts_runs_and_orders_percentiles():
+    calls = []
+    t = measure(lambda: calls.append(time.perf_counter()), lambda: None, warmup=3, min_time=0.0, min_runs=25)
+    assert len(calls) == 3 + t.runs and t.runs == 25
+    assert t.min_ms <= t.p50_ms <= t.p90_ms <= t.p99_ms <= t.max_ms
+    assert t.std_ms >= 0
+
+
+@pytest.fixture(scope="module")
+def report():
+    spec = NormSpec.make("gn", shape="2x8x16x16", groups=4)
+    return benchmark(spec, providers=["cpu"], warmup=1, min_time=0.0, min_runs=5, threads=1)
+
+
+def test_records_cover_baselines_and_every_variant(report):
+    forms = [r.form for r in report.records]
+    assert forms == ["copy", "torch", "native", "decomposed", "instance-trick"]
+    assert all(isinstance(r, BenchRecord) and r.error is None for r in report.records)
+
+
+def test_ratios_come_from_the_same_run(report):
+    by = {r.form: r for r in report.records}
+    assert by["copy"].x_copy == 1.0 and by["torch"].x_torch == 1.0
+    for r in report.records:
+        assert r.x_copy == pytest.approx(r.p50_ms / by["copy"].p50_ms)
+        assert r.x_torch == pytest.approx(r.p50_ms / by["torch"].p50_ms)
+        assert r.min_ms <= r.p50_ms <= r.p90_ms <= r.p99_ms <= r.max_ms
+        assert r.runs >= 5
+        assert r.gbps == pytest.approx(2 * 2 * 8 * 16 * 16 * 4 / (r.p50_ms / 1e3) / 1e9)
+
+
+def test_variants_use_iobinding_on_the_requested_provider(report):
+    for r in report.records:
+        if r.form in ("copy", "torch"):
+            assert not r.io_binding and r.ort_provider is None
+        else:
+            assert r.io_binding and r.ort_provider == "CPUExecutionProvider" and r.opt_level == "all"
+            assert r.threads == 1
+
+
+def test_fastest_is_one_validated_variant(report):
+    fastest = [r for r in report.records if r.fastest]
+    assert len(fastest) == 1 and fastest[0].passed is True and fastest[0].form not in ("copy", "torch")
+    timed = [r for r in report.records if r.form not in ("copy", "torch") and r.passed]
+    assert fastest[0].p50_ms == min(r.p50_ms for r in timed)
+
+
+def test_bench_spec_defaults_to_the_standard_shapes():
+    assert bench_spec("ln").shape == (8, 512, 768)
+    assert bench_spec("gn").groups == 32 and bench_spec("gn").shape == (8, 320, 64, 64)
+
+
+def test_bench_rejects_bad_input():
+    with pytest.raises(BadInput, match="needs opset >= 17"):
+        benchmark(NormSpec.make("ln"), ["native"], opset=13)
+    with pytest.raises(BadInput, match="valid providers are cpu, cuda"):
+        benchmark(NormSpec.make("ln"), providers=["tpu"])
+    with pytest.raises(BadInput, match="bfloat16"):
+        benchmark(NormSpec.make("ln", dtype="bfloat16"))
