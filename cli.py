@@ -171,6 +171,88 @@ def bench(variant_names, providers, opset, exporter, warmup, min_time, min_runs,
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else bench_text(report))
 
 
+def _ints(ctx, param, value):
+    if not value:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give comma-separated integers, e.g. 17,18,21") from None
+
+
+@cli.command()
+@click.option("-o", "--out", type=click.Path(file_okay=False), default="normonnx-out", show_default=True,
+              help="Folder for results.jsonl and meta.json.")
+@click.option("--norms", callback=_csv, default=None, help="Comma list (default: bn,ln,in,gn).")
+@click.option("--variants", callback=_csv, default=None, help="Comma list (default: every variant).")
+@click.option("--opsets", callback=_ints, default=None, help="Comma list (default: 13,17,18,21,23).")
+@click.option("--exporters", callback=_csv, default=None, help="Comma list (default: dynamo,torchscript).")
+@click.option("--dtypes", callback=_csv, default=None, help="Comma list (default: float32,float16).")
+@click.option("--providers", callback=_csv, default=None,
+              help="Comma list of runtimes (default: every ORT provider available here).")
+@click.option("--inputs", callback=_csv, default=None, help="Comma list of input suites (default: all that apply).")
+@click.option("--resume", is_flag=True, help="Skip the cases OUT/results.jsonl already holds.")
+@click.option("--force", is_flag=True, help="Discard OUT/results.jsonl and start over.")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Parallel processes for accuracy cases.")
+@click.option("--shard", default=None, help="Run shard K/N of the matrix, e.g. 2/3 (merge them with normonnx merge).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Export cache (default: $NORMONNX_CACHE or ~/.cache/normonnx).")
+@click.option("--no-cache", is_flag=True, help="Export every case afresh.")
+@click.option("--bench", is_flag=True, help="Also time every variant (standard shapes, after the accuracy cases).")
+@click.option("--bench-opset", type=int, default=21, show_default=True)
+@click.option("--bench-min-time", type=float, default=0.3, show_default=True)
+@click.option("--strict", is_flag=True, help="Exit 1 if any case failed (default: exit 0 once the matrix is recorded).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def sweep(out, norms, variants, opsets, exporters, dtypes, providers, inputs, resume, force, jobs, shard, cache_dir,
+          no_cache, bench, bench_opset, bench_min_time, strict, as_json):
+    """Validate (and with --bench, time) the whole matrix into OUT/results.jsonl, resumably."""
+    from normonnx.cache import default_cache_dir
+    from normonnx.sweep import Matrix, parse_shard, sweep as run_sweep
+
+    given = {k: tuple(v) for k, v in dict(norms=norms, variants=variants, opsets=opsets, exporters=exporters,
+                                          dtypes=dtypes, providers=providers).items() if v}
+    matrix = Matrix(**given)
+    summary = run_sweep(out, matrix, inputs=inputs, resume=resume, force=force, jobs=jobs, shard=parse_shard(shard),
+                        cache_dir=None if no_cache else (cache_dir or default_cache_dir()), bench=bench,
+                        bench_opset=bench_opset, bench_min_time=bench_min_time, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+    else:
+        counts = ", ".join(f"{v} {k}" for k, v in sorted(summary.counts.items())) or "nothing new"
+        click.echo(f"{summary.out}/results.jsonl: {counts}"
+                   + (f"; {summary.skipped_done} already done" if summary.skipped_done else ""))
+    if summary.interrupted:
+        click.echo(f"interrupted: finished cases are in {summary.out}/results.jsonl; rerun with --resume", err=True)
+        sys.exit(130)
+    if strict and (summary.counts.get("fail") or summary.counts.get("error")):
+        sys.exit(1)
+    if not as_json:
+        click.echo(f"next: normonnx report {summary.out} -o report.html")
+
+
+@cli.command()
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("-o", "--out", type=click.Path(file_okay=False), required=True, help="Folder for the merged results.")
+def merge(dirs, out):
+    """Combine shard folders into one results file (refuses duplicates and mixed tool versions)."""
+    from normonnx.sweep import merge as run_merge
+
+    n = run_merge(dirs, out)
+    click.echo(f"merged {n} records from {len(dirs)} folders into {out}/results.jsonl")
+
+
+@cli.command()
+@click.argument("out", type=click.Path(file_okay=False), default="normonnx-out")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="report.html", show_default=True,
+              help="report.html (self-contained) or report.md (for a CI job summary).")
+def report(out, output):
+    """Write the report of a sweep folder: matrix, error and latency plots, recommendations."""
+    from normonnx.report import write_report
+
+    path = write_report(out, output)
+    click.echo(f"wrote {path}")
+
+
 @cli.command("list")
 def list_():
     """Show norms, variants (with their opset ranges), exporters, runtimes and input suites."""

@@ -203,11 +203,18 @@ def validate(
     allow_mismatch: bool = False,
     workdir: str | Path | None = None,
     progress=None,
+    cache=None,
 ) -> ValidationReport:
     """Validate a spec (exported on the fly) or a model file against the float64 oracle.
 
     runtimes: names from normonnx.runtimes (default: every one available here). A requested runtime
-    that is missing raises RuntimeUnavailable, or with skip_missing is recorded as skipped."""
+    that is missing raises RuntimeUnavailable, or with skip_missing is recorded as skipped.
+    cache: a normonnx.cache.ExportCache to serve every export (the main one and the suites' own)."""
+    def do_export(s: NormSpec, out: Path) -> Path:
+        if cache is not None:
+            return cache.export(s, variant, opset, exporter, dynamic, None, allow_mismatch)
+        return export_report(s, variant, opset, exporter, dynamic, out, allow_mismatch).path
+
     if spec is None and model is None:
         raise BadInput("give a spec (--norm ...) or a model file (--model FILE.onnx)")
     suites = suites_mod.get_suites(inputs)
@@ -257,8 +264,8 @@ def validate(
 
                 raise BadInput(f"{path} cannot be loaded by ONNX Runtime: {_first_line(e)}") from None
         else:
-            rep = export_report(spec, variant, opset, exporter, dynamic, work / "model.onnx", allow_mismatch)
-            path, m = rep.path, load_model(rep.path)
+            path = do_export(spec, work / "model.onnx")
+            m = load_model(path)
             params = make_params(spec)
             cid = case_id(spec, variant, opset, exporter, dynamic)
             source = "export"
@@ -307,8 +314,7 @@ def validate(
                                                f"{'x'.join(map(str, s_spec.shape))}: {refused}"))
                     continue
                 try:
-                    s_path = export_report(s_spec, variant, opset, exporter, dynamic,
-                                           work / f"{suite.name}.onnx", allow_mismatch).path
+                    s_path = do_export(s_spec, work / f"{suite.name}.onnx")
                 except Exception as e:
                     report.results.append(_row(cid, spec, variant, opset, exporter, "*", suite.name, "error", False,
                                                tol, error=f"export for {suite.name} failed: {e}"))

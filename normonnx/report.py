@@ -1,0 +1,298 @@
+"""The sweep report: compatibility matrix, error and latency plots, a recommended graph form per
+norm x provider x dtype, and the environment. One self-contained HTML file (images embedded, no
+network), or Markdown for a CI job summary."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from .errors import BadInput
+from .spec import KINDS
+from .sweep import META, RESULTS, read_results
+from .variants import REGISTRY as VARIANTS
+
+STATUS_STYLE = {"pass": ("#d7f5d7", "pass"), "fail": ("#f8d0d0", "FAIL"), "mismatch": ("#fde6c4", "mismatch"),
+                "unsupported": ("#eeeeee", "n/a"), "error": ("#e6d5f5", "error")}
+# without timings, prefer the form with the fewest nodes
+UNTIMED_PREFERENCE = ("native", "instance-trick", "decomposed")
+SAMPLE_ORDER = ["normal", "offset-1e2", "offset-1e3", "offset-1e4", "constant", "tiny-scale", "wide", "big-row",
+                "spatial-1", "nonfinite"]
+
+
+def load(out_dir: str | Path) -> tuple[list[dict], dict]:
+    d = Path(out_dir)
+    if not (d / RESULTS).is_file():
+        raise BadInput(f"{d} holds no {RESULTS}: run 'normonnx sweep -o {d}' first")
+    records = read_results(d / RESULTS)
+    if not records:
+        raise BadInput(f"{d / RESULTS} is empty: run 'normonnx sweep -o {d}' first")
+    meta = json.loads((d / META).read_text()) if (d / META).is_file() else {}
+    return records, meta
+
+
+# -- tables --------------------------------------------------------------------------------------
+def matrix(records: list[dict]) -> tuple[list[tuple], list[tuple], dict]:
+    """(rows: (norm, variant), columns: (opset, exporter, provider, dtype), cell record by (row, col))."""
+    cases = [r for r in records if r.get("type", "case") == "case"]
+    rows = sorted({(r["norm"], r["variant"]) for r in cases},
+                  key=lambda k: (KINDS.index(k[0]) if k[0] in KINDS else 9, list(VARIANTS).index(k[1])
+                                 if k[1] in VARIANTS else 9))
+    dorder = {"float32": 0, "float16": 1, "bfloat16": 2}
+    cols = sorted({(r["opset"], r["exporter"], r["provider"], r["dtype"]) for r in cases},
+                  key=lambda c: (c[0], c[1], c[2], dorder.get(c[3], 9)))
+    cells = {((r["norm"], r["variant"]), (r["opset"], r["exporter"], r["provider"], r["dtype"])): r for r in cases}
+    return rows, cols, cells
+
+
+def cell_text(r: dict | None) -> tuple[str, str, str]:
+    """(status, short text, hover text) for one matrix cell."""
+    if r is None:
+        return "unsupported", "", "not in this sweep"
+    st = r["status"]
+    short = STATUS_STYLE.get(st, ("", st))[1]
+    if st == "fail":
+        short = f"FAIL {r.get('worst_input') or ''}".strip()
+    return st, short, r.get("reason") or r.get("error") or ""
+
+
+def bench_rows(records: list[dict]) -> list[dict]:
+    out = []
+    for r in records:
+        if r.get("type") == "bench" and r.get("status") == "timed":
+            out.extend(r["records"])
+    return out
+
+
+def recommendations(records: list[dict]) -> list[dict]:
+    """Per norm x provider x dtype: the fastest variant that passed every input suite in every case
+    it was tested in (timed by `sweep --bench`); without timings, the passing variants, untimed."""
+    cases = [r for r in records if r.get("type", "case") == "case"]
+    status = defaultdict(list)
+    for r in cases:
+        status[(r["norm"], r["provider"], r["dtype"], r["variant"])].append(r["status"])
+    timing = {}
+    for b in bench_rows(records):
+        if b["form"] not in ("copy", "torch") and not b.get("error"):
+            timing[(b["norm"], b["provider"], b["dtype"], b["form"])] = b
+    out = []
+    for norm, provider, dtype in sorted({(k[0], k[1], k[2]) for k in status},
+                                        key=lambda k: (KINDS.index(k[0]) if k[0] in KINDS else 9, k[1], k[2])):
+        ok, bad = [], []
+        for v in VARIANTS:
+            sts = status.get((norm, provider, dtype, v))
+            if not sts:
+                continue
+            if "pass" in sts and not any(s in ("fail", "error") for s in sts):
+                ok.append(v)
+            elif "fail" in sts or "error" in sts:
+                bad.append(v)
+        timed = [v for v in ok if (norm, provider, dtype, v) in timing]
+        if timed:
+            best = min(timed, key=lambda v: timing[(norm, provider, dtype, v)]["p50_ms"])
+            t = timing[(norm, provider, dtype, best)]
+            why = f"fastest passing: {t['p50_ms']:.3g} ms, {t['x_copy']:.2f}x copy, {t['x_torch']:.2f}x torch"
+        elif ok:
+            best = min(ok, key=lambda v: UNTIMED_PREFERENCE.index(v) if v in UNTIMED_PREFERENCE else 99)
+            why = "passes every suite (untimed: run sweep --bench for the fastest)"
+        else:
+            best, why = None, "no variant passed every input suite"
+        out.append({"norm": norm, "provider": provider, "dtype": dtype, "recommended": best, "why": why,
+                    "passing": ok, "failing": bad})
+    return out
+
+
+# -- plots ---------------------------------------------------------------------------------------
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def error_plot(records: list[dict]) -> str | None:
+    """Worst max-abs error per input suite, log scale, one panel per norm, one line per variant x dtype.
+    Non-finite mismatches (NaN where the oracle is finite) are drawn as x at the top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = [r for r in records if r.get("type", "case") == "case" and r.get("inputs")]
+    if not cases:
+        return None
+    norms = [n for n in KINDS if any(r["norm"] == n for r in cases)]
+    fig, axes = plt.subplots(1, len(norms), figsize=(4.2 * len(norms), 3.6), squeeze=False)
+    nan_level = 1e3
+    for ax, norm in zip(axes[0], norms):
+        series = defaultdict(dict)
+        for r in cases:
+            if r["norm"] != norm:
+                continue
+            for sample, v in r["inputs"].items():
+                if sample == "*" or v["status"] == "skipped":
+                    continue
+                err = nan_level if v.get("nonfinite_mismatch") else (v.get("max_abs_err") or 1e-12)
+                key = f"{r['variant']} {r['dtype']}"
+                series[key][sample] = max(series[key].get(sample, 0.0), max(err, 1e-12))
+        samples = [s for s in SAMPLE_ORDER if any(s in d for d in series.values())]
+        for key, d in sorted(series.items()):
+            xs = [i for i, s in enumerate(samples) if s in d]
+            ys = [d[samples[i]] for i in xs]
+            ax.plot(xs, ys, marker="o", ms=3, lw=1, label=key)
+            nan_x = [x for x, y in zip(xs, ys) if y >= nan_level]
+            ax.plot(nan_x, [nan_level] * len(nan_x), "kx", ms=7)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(samples)))
+        ax.set_xticklabels(samples, rotation=60, ha="right", fontsize=7)
+        ax.set_title(f"{norm}: worst |error| vs float64 oracle", fontsize=9)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("max abs error (x = NaN/Inf mismatch)")
+    return _png(fig)
+
+
+def latency_plot(records: list[dict]) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [b for b in bench_rows(records) if not b.get("error")]
+    if not rows:
+        return None
+    groups = sorted({(b["norm"], b["dtype"], b["provider"]) for b in rows},
+                    key=lambda g: (KINDS.index(g[0]) if g[0] in KINDS else 9, g[1], g[2]))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(rows) + 1.5))
+    labels, xc, xt, colors = [], [], [], []
+    for g in groups:
+        for b in rows:
+            if (b["norm"], b["dtype"], b["provider"]) == g and b["form"] != "copy":
+                labels.append(f"{g[0]} {g[1]} {g[2]}: {b['form']}")
+                xc.append(b["x_copy"])
+                xt.append(b["x_torch"])
+                colors.append("#888888" if b["form"] == "torch" else ("#2a9d2a" if b.get("fastest") else "#4a78c2"))
+    y = range(len(labels))
+    for ax, vals, title in ((axes[0], xc, "x copy (1 = memory-bandwidth floor)"), (axes[1], xt, "x torch eager")):
+        ax.barh(list(y), vals, color=colors)
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_yticks(list(y))
+        ax.set_yticklabels(labels if ax is axes[0] else [""] * len(labels), fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(title, fontsize=9)
+        ax.grid(True, axis="x", alpha=0.3)
+    return _png(fig)
+
+
+# -- documents -----------------------------------------------------------------------------------
+def _col_label(c) -> str:
+    return f"op{c[0]}<br>{c[1]}<br>{c[2]}<br>{c[3]}"
+
+
+def summary_counts(records: list[dict]) -> dict:
+    c = defaultdict(int)
+    for r in records:
+        if r.get("type", "case") == "case":
+            c[r["status"]] += 1
+    return dict(c)
+
+
+def render_html(records: list[dict], meta: dict) -> str:
+    rows, cols, cells = matrix(records)
+    e = html.escape
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>normonnx report</title><style>",
+             "body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;"
+             "font-size:12px}td,th{border:1px solid #ccc;padding:3px 5px;text-align:center}"
+             "th.row{text-align:left}h2{margin-top:1.6em}.legend span{padding:2px 8px;margin-right:6px}"
+             "img{max-width:100%}code{background:#f4f4f4;padding:1px 3px}</style></head><body>",
+             "<h1>normonnx compatibility report</h1>"]
+    counts = summary_counts(records)
+    parts.append("<p>" + ", ".join(f"<b>{v}</b> {e(k)}" for k, v in sorted(counts.items())) + " cases.</p>")
+    parts.append("<h2>Compatibility matrix</h2><p class='legend'>" + "".join(
+        f"<span style='background:{c}'>{e(t)}</span>" for c, t in STATUS_STYLE.values())
+        + " Hover a cell for the reason. FAIL names the worst input suite.</p>")
+    parts.append("<table><tr><th class='row'>norm / variant</th>" + "".join(f"<th>{_col_label(c)}</th>" for c in cols)
+                 + "</tr>")
+    for row in rows:
+        parts.append(f"<tr><th class='row'>{e(row[0])} / {e(row[1])}</th>")
+        for col in cols:
+            st, short, hover = cell_text(cells.get((row, col)))
+            parts.append(f"<td style='background:{STATUS_STYLE.get(st, ('#fff',))[0]}' title='{e(hover)}'>"
+                         f"{e(short)}</td>")
+        parts.append("</tr>")
+    parts.append("</table>")
+    parts.append("<h2>Recommended graph form</h2><table><tr><th>norm</th><th>provider</th><th>dtype</th>"
+                 "<th>recommended</th><th>why</th><th>fails some suite</th></tr>")
+    for rec in recommendations(records):
+        parts.append(f"<tr><td>{e(rec['norm'])}</td><td>{e(rec['provider'])}</td><td>{e(rec['dtype'])}</td>"
+                     f"<td><b>{e(rec['recommended'] or '-')}</b></td><td>{e(rec['why'])}</td>"
+                     f"<td>{e(', '.join(rec['failing']) or '-')}</td></tr>")
+    parts.append("</table>")
+    img = error_plot(records)
+    parts.append("<h2>Errors by input suite</h2>")
+    parts.append(f"<img alt='error plot' src='data:image/png;base64,{img}'>" if img else "<p>No validated cases.</p>")
+    parts.append("<h2>Latency</h2>")
+    lat = latency_plot(records)
+    parts.append(f"<img alt='latency plot' src='data:image/png;base64,{lat}'>" if lat else
+                 "<p>No timings in this sweep: run <code>normonnx sweep --bench</code>.</p>")
+    failures = [r for r in records if r.get("type", "case") == "case" and r["status"] in ("fail", "error", "mismatch")]
+    if failures:
+        parts.append("<h2>Failures and mismatches</h2><table><tr><th>case</th><th>status</th><th>reason</th></tr>")
+        for r in failures:
+            parts.append(f"<tr><td style='text-align:left'>{e(r['case_id'])}</td><td>{e(r['status'])}</td>"
+                         f"<td style='text-align:left'>{e((r.get('reason') or r.get('error') or '')[:300])}</td></tr>")
+        parts.append("</table>")
+    parts.append("<h2>Environment</h2><table>")
+    env = {**meta.get("versions", {}), **{f"machine.{k}": v for k, v in meta.get("machine", {}).items()},
+           "shard": meta.get("shard"), "matrix": json.dumps(meta.get("matrix"))}
+    for k, v in env.items():
+        parts.append(f"<tr><th class='row'>{e(str(k))}</th><td style='text-align:left'>{e(str(v))}</td></tr>")
+    parts.append("</table></body></html>")
+    return "\n".join(parts)
+
+
+def render_markdown(records: list[dict], meta: dict) -> str:
+    rows, cols, cells = matrix(records)
+    icon = {"pass": "✅", "fail": "❌", "mismatch": "⚠️", "unsupported": "·", "error": "💥"}
+    lines = ["# normonnx compatibility report", "",
+             ", ".join(f"**{v}** {k}" for k, v in sorted(summary_counts(records).items())) + " cases.", "",
+             "✅ pass · ❌ fail (worst input suite) · ⚠️ exporter wrote another opset/op set · `·` unsupported · 💥 error",
+             "", "| norm / variant | " + " | ".join(f"op{c[0]} {c[1]} {c[2]} {c[3]}" for c in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for row in rows:
+        out = []
+        for col in cols:
+            r = cells.get((row, col))
+            st = r["status"] if r else "unsupported"
+            out.append(icon.get(st, st) + (f" {r.get('worst_input')}" if st == "fail" and r.get("worst_input") else ""))
+        lines.append(f"| {row[0]} / {row[1]} | " + " | ".join(out) + " |")
+    lines += ["", "## Recommended graph form", "", "| norm | provider | dtype | recommended | why | fails some suite |",
+              "|---|---|---|---|---|---|"]
+    for rec in recommendations(records):
+        lines.append(f"| {rec['norm']} | {rec['provider']} | {rec['dtype']} | **{rec['recommended'] or '-'}** | "
+                     f"{rec['why']} | {', '.join(rec['failing']) or '-'} |")
+    v = meta.get("versions", {})
+    m = meta.get("machine", {})
+    lines += ["", "## Environment", "", ", ".join(f"{k} {val}" for k, val in v.items())
+              + f"; {m.get('cpu', '?')} ({m.get('cores', '?')} cores)" + (f", GPU {m['gpu']}" if m.get("gpu") else "")]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: str | Path, output: str | Path) -> Path:
+    """Write OUT's report to `output` (.html, or .md for Markdown)."""
+    records, meta = load(out_dir)
+    output = Path(output)
+    if output.suffix.lower() not in (".html", ".htm", ".md"):
+        raise BadInput(f"report output {output} must end in .html or .md")
+    if output.parent and not output.parent.is_dir():
+        raise BadInput(f"cannot write {output}: folder {output.parent} does not exist")
+    text = render_markdown(records, meta) if output.suffix.lower() == ".md" else render_html(records, meta)
+    tmp = output.with_name(output.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(output)
+    return output

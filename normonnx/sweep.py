@@ -1,0 +1,414 @@
+"""The sweep: validate (and optionally bench) every case of a matrix, one JSON line per case.
+
+Each record is appended to OUT/results.jsonl and flushed as its case finishes, so an interrupted
+sweep loses at most the case in flight; `resume` skips the cases already recorded. A case that
+raises is recorded with its error and the sweep goes on. Shards split the matrix deterministically.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .errors import BadInput, ExportMismatch
+from .export import check_request, tool_versions
+from .spec import DTYPES, KINDS, NormSpec
+from .variants import REGISTRY as VARIANTS
+
+DEFAULT_OPSETS = (13, 17, 18, 21, 23)
+RESULTS = "results.jsonl"
+META = "meta.json"
+
+
+@dataclass(frozen=True)
+class Case:
+    norm: str
+    variant: str
+    opset: int
+    exporter: str
+    dtype: str
+    provider: str
+
+    @property
+    def spec(self) -> NormSpec:
+        return NormSpec.make(self.norm, dtype=self.dtype)
+
+    @property
+    def id(self) -> str:
+        return f"{self.spec.id}-{self.variant}-op{self.opset}-{self.exporter}-{self.provider}"
+
+
+@dataclass(frozen=True)
+class Matrix:
+    norms: tuple[str, ...] = KINDS
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    opsets: tuple[int, ...] = DEFAULT_OPSETS
+    exporters: tuple[str, ...] = ("dynamo", "torchscript")
+    dtypes: tuple[str, ...] = ("float32", "float16")
+    providers: tuple[str, ...] = ()  # empty: every ORT provider available here
+
+    def __post_init__(self):
+        from .exporters import REGISTRY as EXPORTERS
+        from .runtimes import REGISTRY as RUNTIMES, available_runtimes
+
+        checks = [("norm", self.norms, KINDS), ("variant", self.variants, tuple(VARIANTS)),
+                  ("exporter", self.exporters, tuple(EXPORTERS)), ("dtype", self.dtypes, tuple(DTYPES)),
+                  ("provider", self.providers, tuple(RUNTIMES))]
+        for what, given, valid in checks:
+            bad = [g for g in given if g not in valid]
+            if bad:
+                raise BadInput(f"unknown {what} {bad[0]!r}: valid {what}s are {', '.join(valid)}")
+        if not self.providers:
+            object.__setattr__(self, "providers", tuple(p for p in ("cpu", "cuda") if p in available_runtimes()))
+
+    def cases(self) -> list[Case]:
+        """Every combination with the variant supporting the norm (others are not cases at all)."""
+        out = [Case(n, v, o, e, d, p) for n in self.norms for v in self.variants if n in VARIANTS[v].min_opset
+               for o in self.opsets for e in self.exporters for d in self.dtypes for p in self.providers]
+        return sorted(out, key=lambda c: c.id)
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise BadInput(f"bad shard {text!r}: write K/N with 1 <= K <= N, e.g. 2/3") from None
+    if not 1 <= k <= n:
+        raise BadInput(f"bad shard {text!r}: write K/N with 1 <= K <= N, e.g. 2/3")
+    return k, n
+
+
+def shard_cases(cases: list[Case], shard: tuple[int, int] | None) -> list[Case]:
+    """Shard K of N: the cases whose id hashes to K-1 mod N (independent of order and of other cases)."""
+    if shard is None:
+        return cases
+    k, n = shard
+    return [c for c in cases if zlib.crc32(c.id.encode()) % n == k - 1]
+
+
+def versions() -> dict:
+    import onnxruntime
+
+    return {**tool_versions(), "onnxruntime": onnxruntime.__version__}
+
+
+# -- one case ------------------------------------------------------------------------------------
+def run_case(case: Case, inputs: list[str] | None = None, cache_dir: str | None = None, seed: int = 0) -> dict:
+    """Validate one case on its provider and return its flat record. Never raises."""
+    from .cache import ExportCache
+    from .validate import validate
+
+    t0 = time.perf_counter()
+    rec = {"type": "case", "case_id": case.id, **asdict(case), "spec_id": case.spec.id, "versions": versions()}
+    try:
+        check_request(case.spec, case.variant, case.opset, case.exporter)
+    except BadInput as e:
+        return {**rec, "status": "unsupported", "reason": str(e), "duration_s": 0.0}
+    cache = None
+    try:
+        cache = ExportCache(cache_dir) if cache_dir else None
+        report = validate(case.spec, variant=case.variant, opset=case.opset, exporter=case.exporter,
+                          runtimes=[case.provider], inputs=inputs, cache=cache, seed=seed)
+    except ExportMismatch as e:
+        return {**rec, "status": "mismatch", "reason": str(e), "duration_s": time.perf_counter() - t0,
+                "exports": cache.misses if cache else None}
+    except Exception as e:  # recorded, never fatal to the sweep
+        return {**rec, "status": "error", "error_type": type(e).__name__, "error": str(e).strip()[:500],
+                "traceback": traceback.format_exc(limit=3)[-1500:], "duration_s": time.perf_counter() - t0}
+    samples = [r for r in report.results if r.runtime == case.provider]
+    bad = [r for r in samples if r.status in ("fail", "error")]
+    worst = max(bad, key=lambda r: (r.nonfinite_mismatch or 0, r.max_abs_err or 0.0), default=None)
+    finite_errs = [r.max_abs_err for r in samples if r.max_abs_err is not None]
+    return {
+        **rec,
+        "status": "fail" if bad else "pass",
+        "reason": (f"{worst.inputs}: {worst.reason or worst.error}" if worst else None),
+        "worst_input": worst.inputs.split(":")[-1] if worst else None,
+        "max_abs_err": max(finite_errs) if finite_errs else None,
+        "inputs": {r.inputs.split(":")[-1] if r.inputs != "*" else r.inputs: {
+            "status": r.status, "max_abs_err": r.max_abs_err, "max_rel_err": r.max_rel_err,
+            "nonfinite_mismatch": r.nonfinite_mismatch, "reason": r.reason or r.error}
+            for r in report.results if r.runtime in (case.provider, "*")},
+        "model_opset": report.model["opset"],
+        "ops": report.model["ops"],
+        "runtime_facts": report.runtimes.get(case.provider, {}),
+        "exports": cache.misses if cache else None,  # 0 when every export came from the cache
+        "duration_s": time.perf_counter() - t0,
+    }
+
+
+def run_bench_group(norm: str, dtype: str, provider: str, opset: int, min_time: float) -> dict:
+    """Time every variant of a norm at its standard shape (one record holding all forms). Never raises."""
+    from .bench import bench_spec, benchmark
+
+    rec = {"type": "bench", "case_id": f"bench-{norm}-{dtype}-{provider}-op{opset}", "norm": norm, "dtype": dtype,
+           "provider": provider, "opset": opset, "versions": versions()}
+    try:
+        spec = bench_spec(norm, dtype)
+        variants = [v for v in VARIANTS if norm in VARIANTS[v].min_opset and VARIANTS[v].min_opset[norm] <= opset]
+        rep = benchmark(spec, variants, [provider], opset=opset, min_time=min_time, warmup=2, min_runs=5)
+        return {**rec, "status": "timed", "spec_id": spec.id, "machine": rep.machine,
+                "records": [r.to_dict() for r in rep.records]}
+    except Exception as e:
+        return {**rec, "status": "error", "error_type": type(e).__name__, "error": str(e).strip()[:500]}
+
+
+# -- results file --------------------------------------------------------------------------------
+def read_results(path: Path) -> list[dict]:
+    """Records of a results.jsonl; a torn last line (a kill mid-write) is ignored."""
+    out = []
+    if not path.is_file():
+        return out
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """A kill mid-write leaves a last line without its newline: cut it, so appends start clean."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+class ResultsWriter:
+    def __init__(self, path: Path):
+        self.path = path
+        _drop_torn_tail(path)
+        self._f = open(path, "a")
+
+    def write(self, record: dict) -> None:
+        self._f.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+# -- progress ------------------------------------------------------------------------------------
+class Progress:
+    """A bar with count and ETA on a terminal; plain lines otherwise."""
+
+    def __init__(self, total: int, stream=None, enabled: bool = True):
+        self.total, self.done, self.t0 = total, 0, time.perf_counter()
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = self.stream.isatty()
+
+    def step(self, record: dict) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / self.done * (self.total - self.done)
+        if self.tty:
+            width = 30
+            filled = int(width * self.done / max(self.total, 1))
+            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
+                              f"ETA {_fmt_s(eta)}  {record['case_id'][:60]:<60}")
+            if self.done == self.total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(f"{self.done}/{self.total} {record.get('status', '?'):<11} {record['case_id']} "
+                              f"(ETA {_fmt_s(eta)})\n")
+        self.stream.flush()
+
+
+def _fmt_s(s: float) -> str:
+    return f"{int(s // 60)}m{int(s % 60):02d}s" if s >= 60 else f"{s:.0f}s"
+
+
+# -- the sweep -----------------------------------------------------------------------------------
+@dataclass
+class SweepSummary:
+    out: Path
+    total: int
+    skipped_done: int
+    counts: dict = field(default_factory=dict)
+    cache_hits: int = 0
+    interrupted: bool = False
+
+    def to_dict(self) -> dict:
+        return {"out": str(self.out), "total": self.total, "already_done": self.skipped_done, "counts": self.counts,
+                "interrupted": self.interrupted}
+
+
+def sweep(
+    out: str | Path,
+    matrix: Matrix = Matrix(),
+    *,
+    inputs: list[str] | None = None,
+    resume: bool = False,
+    force: bool = False,
+    jobs: int = 1,
+    shard: tuple[int, int] | None = None,
+    cache_dir: str | Path | None = None,
+    bench: bool = False,
+    bench_opset: int = 21,
+    bench_min_time: float = 0.3,
+    progress: bool = True,
+    seed: int = 0,
+    case_runner: Callable[..., dict] = run_case,
+) -> SweepSummary:
+    """Run the matrix into OUT/results.jsonl. cache_dir=None disables the export cache."""
+    from . import inputs as suites
+
+    suites.get_suites(inputs)  # validate names before any work
+    if jobs < 1:
+        raise BadInput(f"--jobs must be >= 1, got {jobs}")
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"cannot create output folder {out}: {e.strerror}") from None
+    results = out / RESULTS
+    existing = read_results(results)
+    if existing and not resume and not force:
+        raise BadInput(f"{results} already holds {len(existing)} results: pass --resume to finish that sweep, "
+                       "or --force to start over")
+    if force and results.exists():
+        results.unlink()
+        existing = []
+    meta = {"versions": versions(), "matrix": {k: list(v) for k, v in asdict(matrix).items()},
+            "inputs": inputs, "shard": f"{shard[0]}/{shard[1]}" if shard else None, "bench": bench}
+    from .bench import machine_info
+
+    meta["machine"] = machine_info()
+    (out / META).write_text(json.dumps(meta, indent=1))
+    done = {r["case_id"] for r in existing}
+    cases = shard_cases(matrix.cases(), shard)
+    todo = [c for c in cases if c.id not in done]
+    groups = []
+    if bench:
+        groups = [(n, d, p) for n in matrix.norms for d in matrix.dtypes for p in matrix.providers]
+        groups = [g for g in groups if f"bench-{g[0]}-{g[1]}-{g[2]}-op{bench_opset}" not in done]
+        if shard:
+            k, n = shard
+            groups = [g for g in groups if zlib.crc32(f"bench-{g[0]}-{g[1]}-{g[2]}".encode()) % n == k - 1]
+    summary = SweepSummary(out, len(cases) + len(groups), len(cases) - len(todo))
+    bar = Progress(len(todo) + len(groups), enabled=progress)
+    writer = ResultsWriter(results)
+    cache = str(cache_dir) if cache_dir is not None else None
+
+    def record(rec: dict) -> None:
+        writer.write(rec)
+        summary.counts[rec["status"]] = summary.counts.get(rec["status"], 0) + 1
+        bar.step(rec)
+
+    try:
+        if jobs == 1:
+            for c in todo:
+                try:
+                    rec = case_runner(c, inputs, cache, seed)
+                except Exception as e:  # a case that raises is recorded, and the sweep goes on
+                    rec = {"type": "case", "case_id": c.id, **asdict(c), "status": "error", "versions": versions(),
+                           "error_type": type(e).__name__, "error": str(e)[:500]}
+                record(rec)
+        else:
+            _parallel(todo, jobs, lambda c: (case_runner, (c, inputs, cache, seed)), record)
+        # timing runs alone, after the accuracy cases, so nothing else competes for the cores
+        for n, d, p in groups:
+            record(run_bench_group(n, d, p, bench_opset, bench_min_time))
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        writer.close()
+    return summary
+
+
+def _parallel(todo: list[Case], jobs: int, call, record) -> None:
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    ctx = mp.get_context("spawn")  # torch and fork do not mix
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init) as pool:
+        pending = {}
+        queue = list(todo)
+        try:
+            while queue or pending:
+                while queue and len(pending) < jobs * 2:
+                    c = queue.pop(0)
+                    fn, args = call(c)
+                    pending[pool.submit(fn, *args)] = c
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    c = pending.pop(fut)
+                    try:
+                        record(fut.result())
+                    except Exception as e:  # a worker died: record it, go on
+                        record({"type": "case", "case_id": c.id, **asdict(c), "status": "error",
+                                "error_type": type(e).__name__, "error": str(e)[:500], "versions": versions()})
+        except KeyboardInterrupt:
+            for fut in pending:
+                fut.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # accuracy cases in parallel: one core each
+
+
+# -- merge ---------------------------------------------------------------------------------------
+def merge(dirs: Iterable[str | Path], out: str | Path) -> int:
+    """Combine shard outputs into OUT/results.jsonl; refuse duplicate cases or mixed tool versions."""
+    seen: dict[str, str] = {}
+    records: list[dict] = []
+    ref_versions, ref_dir = None, None
+    metas = []
+    for d in dirs:
+        d = Path(d)
+        path = d / RESULTS
+        if not path.is_file():
+            raise BadInput(f"{d} holds no {RESULTS}: give folders written by normonnx sweep")
+        if (d / META).is_file():
+            metas.append(json.loads((d / META).read_text()))
+        for r in read_results(path):
+            if r["case_id"] in seen:
+                raise BadInput(f"case {r['case_id']} appears in both {seen[r['case_id']]} and {d}: "
+                               "merge each shard once")
+            v = r.get("versions")
+            if ref_versions is None:
+                ref_versions, ref_dir = v, d
+            elif v != ref_versions:
+                diff = sorted(k for k in set(v or {}) | set(ref_versions or {})
+                              if (v or {}).get(k) != (ref_versions or {}).get(k))
+                raise BadInput(f"{d} was run with other tool versions than {ref_dir} ({', '.join(diff)}): "
+                               "merge results of one environment")
+            seen[r["case_id"]] = str(d)
+            records.append(r)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / RESULTS
+    if target.exists() and any(Path(d).resolve() == out.resolve() for d in dirs):
+        raise BadInput(f"the merge output {out} is also an input: choose another folder")
+    tmp = target.with_name(RESULTS + ".tmp")
+    with open(tmp, "w") as f:
+        for r in sorted(records, key=lambda r: r["case_id"]):
+            f.write(json.dumps(r, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, target)
+    if metas:
+        meta = dict(metas[0], shard=None, merged_from=[str(d) for d in dirs])
+        (out / META).write_text(json.dumps(meta, indent=1))
+    return len(records)
