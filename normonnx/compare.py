@@ -120,9 +120,9 @@ def compare(got: np.ndarray, ref: np.ndarray, dtype: str, tol: Tolerance,
     e_fin = err[both]
     max_abs = float(e_fin.max()) if e_fin.size else 0.0
     rel = e_fin / np.maximum(abs_ref[both], max(tol.atol, np.finfo(np.float64).tiny))
-    # ULPs of the output dtype at the expected value, the spacing floored at atol's so that outputs
-    # near zero (where any absolute error is a huge number of tiny ulps) do not dominate
-    ulps = e_fin / np.maximum(ulp(ref[both], dtype), ulp(np.full(1, tol.atol), dtype)) if e_fin.size else np.zeros(0)
+    # ULPs of the output dtype at max(|expected|, 1): normalized outputs are O(1), and near zero any
+    # absolute error would be a huge count of tiny subnormal-scale ulps
+    ulps = e_fin / ulp(np.maximum(np.abs(ref[both]), 1.0), dtype) if e_fin.size else np.zeros(0)
     # worst element: a non-finite mismatch first, else the largest excess over the allowed error
     if nf_count:
         idx = tuple(int(i) for i in np.argwhere(nf_bad)[0])
