@@ -9,7 +9,7 @@ import click
 import normonnx
 from normonnx import errors
 from normonnx.export import DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_VARIANT
-from normonnx.spec import DTYPES, KINDS, NormSpec
+from normonnx.spec import ALL_KINDS, DTYPES, NormSpec
 
 
 def _csv(ctx, param, value):
@@ -19,7 +19,7 @@ def _csv(ctx, param, value):
 def spec_options(f):
     """The spec options every command shares, with the same meaning everywhere."""
     opts = [
-        click.option("--norm", type=click.Choice(KINDS), default=None, help="bn, ln, in or gn (default: ln)."),
+        click.option("--norm", type=click.Choice(ALL_KINDS), default=None, help="bn, ln, in, gn or rms (default: ln)."),
         click.option("--channels", type=int, default=None, help="C for bn/in/gn; the normalized last dim for ln."),
         click.option("--normalized-shape", default=None, help="ln: several trailing dims, e.g. 16x64."),
         click.option("--groups", type=int, default=None, help="gn: number of groups (must divide C; default 4)."),
@@ -251,6 +251,24 @@ def report(out, output):
 
     path = write_report(out, output)
     click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--validate", "do_validate", is_flag=True, help="Extract each norm and validate it against the oracle.")
+@click.option("--runtimes", callback=_csv, default=None, help="Runtimes for --validate (default: cpu).")
+@click.option("--inputs", callback=_csv, default=None, help="Input suites for --validate (default: all that apply).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
+def scan(model, do_validate, runtimes, inputs, as_json):
+    """Find every normalization layer in MODEL, with its risks; --validate checks each one."""
+    from normonnx.render import scan_text
+    from normonnx.scan import scan as run_scan
+
+    progress = None if as_json or not do_validate else (
+        lambda i, n, f: click.echo(f"  .. validating {i + 1}/{n}: {f.kind} {f.form} at {f.nodes[0]}", err=True))
+    report = run_scan(model, validate=do_validate, runtimes=runtimes, inputs=inputs, progress=progress)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else scan_text(report))
+    sys.exit(0 if report.passed else 1)
 
 
 @cli.command("list")

@@ -9,6 +9,7 @@ from .decomposed import (
     DecomposedGroupNorm,
     DecomposedInstanceNorm,
     DecomposedLayerNorm,
+    DecomposedRMSNorm,
     InstanceTrickGroupNorm,
 )
 from .native import native_module
@@ -19,5 +20,6 @@ __all__ = [
     "DecomposedLayerNorm",
     "DecomposedInstanceNorm",
     "DecomposedGroupNorm",
+    "DecomposedRMSNorm",
     "InstanceTrickGroupNorm",
 ]

@@ -113,3 +113,16 @@ class InstanceTrickGroupNorm(_Affine):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = nn.functional.instance_norm(x.reshape(x.shape[0], self.groups, -1), eps=self.eps).reshape(x.shape)
         return self._affine(y, _channel_view(x.dim()))
+
+
+class DecomposedRMSNorm(_Affine):
+    """RMSNorm over the trailing dims: x / sqrt(mean(x*x) + eps) * weight (no centering, no shift)."""
+
+    def __init__(self, normalized_shape, eps: float = 1e-5, affine: bool = True):
+        super().__init__(tuple(normalized_shape), affine, bias=False)
+        self.ndim = len(tuple(normalized_shape))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x / torch.sqrt((x * x).mean(dim=list(range(-self.ndim, 0)), keepdim=True) + self.eps)
+        return y * self.weight if self.weight is not None else y

@@ -33,6 +33,8 @@ def native_module(spec, params: dict) -> nn.Module:
     elif k == "ln":
         m = nn.LayerNorm(spec.normalized_shape, eps=spec.eps, elementwise_affine=spec.affine,
                          bias=spec.bias and spec.affine)
+    elif k == "rms":
+        m = nn.RMSNorm(spec.normalized_shape, eps=spec.eps, elementwise_affine=spec.affine)
     elif k == "gn":
         m = nn.GroupNorm(spec.groups, spec.channels, eps=spec.eps, affine=spec.affine)
     else:  # pragma: no cover - NormSpec validates kind

@@ -78,7 +78,7 @@ def quiet_export(log: list[str]):
 
 def _dynamic_dims(spec: NormSpec) -> list[int]:
     """Dims that may vary at run time: batch and spatial for bn/in/gn; the leading dims for ln."""
-    if spec.kind == "ln":
+    if spec.kind in ("ln", "rms"):
         return list(range(len(spec.shape) - spec.normalized_ndim))
     return [0] + list(range(2, len(spec.shape)))
 

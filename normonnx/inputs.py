@@ -98,7 +98,7 @@ def _const_applies(ctx: Context) -> str | None:
 def _constant(spec: NormSpec, rng) -> list:
     # one random constant per normalization set: every set has zero variance, output must be the bias
     shape = spec.shape
-    if spec.kind == "ln":
+    if spec.kind in ("ln", "rms"):
         lead = shape[: len(shape) - spec.normalized_ndim]
         x = np.broadcast_to(rng.normal(0, 3, lead + (1,) * spec.normalized_ndim), shape)
     elif spec.kind == "in":
@@ -110,7 +110,7 @@ def _constant(spec: NormSpec, rng) -> list:
     return [("constant", x)]
 
 
-register(InputSuite("constant", "zero-variance rows/groups: eps decides everything, output = bias",
+register(InputSuite("constant", "zero-variance rows/groups: eps decides everything, output = bias (rms: sign*scale)",
                     _const_applies, _constant))
 register(InputSuite("tiny-scale", "values ~1e-4: variance far below eps",
                     _always, lambda spec, rng: [("tiny-scale", 1e-4 * rng.standard_normal(spec.shape))]))
@@ -135,7 +135,7 @@ def _needs_reexport(kinds: tuple[str, ...]):
 
 register(InputSuite(
     "big-row", "LayerNorm over 65536 features (exported at 2x65536)",
-    _needs_reexport(("ln",)), lambda spec, rng: [("big-row", 3 + rng.standard_normal(spec.shape))],
+    _needs_reexport(("ln", "rms")), lambda spec, rng: [("big-row", 3 + rng.standard_normal(spec.shape))],
     derive_spec=_big_row_spec,
 ))
 
@@ -170,7 +170,7 @@ def _dynamic_applies(ctx: Context) -> str | None:
 
 def _dynamic(spec: NormSpec, rng) -> list:
     s = list(spec.shape)
-    if spec.kind == "ln":
+    if spec.kind in ("ln", "rms"):
         lead = len(s) - spec.normalized_ndim
         for i in range(lead):
             s[i] = s[i] + 1 + i

@@ -107,6 +107,8 @@ def reference(spec: NormSpec, params: dict[str, np.ndarray], x: np.ndarray) -> n
                           ones if w is None else w, zeros if b is None else b, spec.eps)
     if spec.kind == "ln":
         return layer_norm(x, -spec.normalized_ndim, w, b, spec.eps)
+    if spec.kind == "rms":
+        return rms_norm(x, -spec.normalized_ndim, w, spec.eps)
     if spec.kind == "in":
         return instance_norm(x, w, b, spec.eps)
     return group_norm(x, spec.groups, w, b, spec.eps)
@@ -123,6 +125,9 @@ def normalized_stats(spec: NormSpec, params: dict[str, np.ndarray], x: np.ndarra
         std = np.sqrt(_channel_view(params["running_var"], x.ndim) + spec.eps)
         mag = np.maximum(np.abs(x), np.abs(_channel_view(params["running_mean"], x.ndim)))
         return mag, np.broadcast_to(std, x.shape)
+    if spec.kind == "rms":
+        # no centering, no cancellation: |x| / rms(x) is the normalized value itself, well conditioned
+        return np.ones_like(x), np.ones_like(x)
     if spec.kind == "ln":
         axes = tuple(range(x.ndim - spec.normalized_ndim, x.ndim))
         xs = x

@@ -5,7 +5,7 @@ from .exporters import REGISTRY as EXPORTERS
 from .inputs import REGISTRY as SUITES
 from .render import table
 from .runtimes import REGISTRY as RUNTIMES
-from .spec import KIND_NAMES, KINDS
+from .spec import ALL_KINDS as KINDS, KIND_NAMES
 from .variants import REGISTRY as VARIANTS
 
 TEST_OPSETS = (13, 15, 17, 18, 21, 23)

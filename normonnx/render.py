@@ -78,3 +78,34 @@ def bench_text(report) -> str:
     body = table(["form", "provider", "p50 ms", "p90 ms", "GB/s", "x copy", "x torch", "valid", "note"], rows)
     return head + "\n\n" + body + "\n\n* fastest variant that also passed validation on normal inputs; " \
         "x copy/x torch: p50 over the copy's/torch's p50 in the same run; GB/s counts x read once and y written once"
+
+
+def scan_text(report) -> str:
+    """Table of a normonnx.scan.ScanReport: one row per norm found."""
+    head = f"{report.model}: opset {report.opset}, {report.producer or 'unknown producer'}; {len(report.norms)} norms"
+    if not report.norms:
+        return head + " found"
+    rows = []
+    for i, f in enumerate(report.norms):
+        where = f.nodes[0] if len(f.nodes) == 1 else f"{f.nodes[0]} .. {f.nodes[-1]} ({len(f.nodes)} nodes)"
+        shape = f"groups={f.groups}" if f.groups else (f"axes={list(f.axes)}" if f.axes is not None else "")
+        fused = {True: "fused", False: "no", None: "-"}[report.fused.get(i)]
+        row = [i, f.kind, f.form, where[:60], shape, f"{f.eps:.3g}" if f.eps is not None else "-",
+               "yes" if f.affine else "no", f.dtype or "-", fused, "; ".join(f.risks)[:90] or "-"]
+        if report.validated:
+            v = report.validations.get(i, {})
+            status = {True: "pass", False: "FAIL", None: "-"}[v.get("passed")]
+            row.append(status if v.get("passed") is not False else f"FAIL {v.get('validation', '')}"[:100])
+            if v.get("passed") is None and v.get("validation"):
+                row[-1] = v["validation"][:100]
+        rows.append(row)
+    headers = ["#", "kind", "form", "nodes", "axes/groups", "eps", "affine", "dtype", "ORT fuses", "risks"]
+    if report.validated:
+        headers.append("validate")
+    out = head + "\n\n" + table(headers, rows)
+    if report.validated:
+        vals = [v.get("passed") for v in report.validations.values()]
+        verdict = "PASSED" if report.passed else "FAILED"
+        out += (f"\n\n{verdict}: {vals.count(True)} passed, {vals.count(False)} failed, "
+                f"{vals.count(None)} not validated")
+    return out

@@ -10,8 +10,9 @@ import numpy as np
 
 from .errors import BadInput
 
-KINDS = ("bn", "ln", "in", "gn")
-KIND_NAMES = {"bn": "BatchNorm", "ln": "LayerNorm", "in": "InstanceNorm", "gn": "GroupNorm"}
+KINDS = ("bn", "ln", "in", "gn")  # the four norms every default matrix covers
+ALL_KINDS = KINDS + ("rms",)  # RMSNorm too, for transformer decoders (and `normonnx scan`)
+KIND_NAMES = {"bn": "BatchNorm", "ln": "LayerNorm", "in": "InstanceNorm", "gn": "GroupNorm", "rms": "RMSNorm"}
 
 # name -> (short tag used in ids, numpy dtype used for host buffers)
 DTYPES = {
@@ -20,7 +21,8 @@ DTYPES = {
     "bfloat16": ("bf16", None),  # numpy has no bfloat16; ml_dtypes provides it (see numpy_dtype)
 }
 
-DEFAULT_SHAPES = {"bn": (2, 8, 16, 16), "ln": (2, 16, 64), "in": (2, 8, 16, 16), "gn": (2, 8, 16, 16)}
+DEFAULT_SHAPES = {"bn": (2, 8, 16, 16), "ln": (2, 16, 64), "in": (2, 8, 16, 16), "gn": (2, 8, 16, 16),
+                  "rms": (2, 16, 64)}
 DEFAULT_GROUPS = 4
 
 
@@ -92,18 +94,20 @@ class NormSpec:
         dtype: str = "float32",
     ) -> "NormSpec":
         """Build a spec from the loose options the CLI takes, filling sensible defaults."""
-        if kind not in KINDS:
-            raise BadInput(f"unknown norm {kind!r}: valid norms are {', '.join(KINDS)}")
+        if kind not in ALL_KINDS:
+            raise BadInput(f"unknown norm {kind!r}: valid norms are {', '.join(ALL_KINDS)}")
+        if kind == "rms":
+            bias = False  # RMSNorm has a scale and no shift
         if isinstance(shape, str):
             shape = parse_shape(shape)
         if isinstance(normalized_shape, str):
             normalized_shape = parse_shape(normalized_shape)
-        if kind == "ln":
+        if kind in ("ln", "rms"):
             if normalized_shape is None and channels is not None:
                 normalized_shape = (channels,)
             if shape is None:
-                lead = DEFAULT_SHAPES["ln"][:-1]
-                shape = lead + tuple(normalized_shape or DEFAULT_SHAPES["ln"][-1:])
+                lead = DEFAULT_SHAPES[kind][:-1]
+                shape = lead + tuple(normalized_shape or DEFAULT_SHAPES[kind][-1:])
             normalized_shape = tuple(normalized_shape or shape[-1:])
             if tuple(shape[len(shape) - len(normalized_shape):]) != normalized_shape:
                 raise BadInput(
@@ -113,7 +117,7 @@ class NormSpec:
             nd = len(normalized_shape)
         else:
             if normalized_shape is not None:
-                raise BadInput(f"--normalized-shape applies to ln only, not {kind}; use --channels")
+                raise BadInput(f"--normalized-shape applies to ln and rms only, not {kind}; use --channels")
             if shape is None:
                 default = DEFAULT_SHAPES[kind]
                 shape = (default[0], channels or default[1], *default[2:])
@@ -142,21 +146,21 @@ class NormSpec:
 
     def _validate(self) -> None:
         k, s = self.kind, self.shape
-        if k not in KINDS:
-            raise BadInput(f"unknown norm {k!r}: valid norms are {', '.join(KINDS)}")
+        if k not in ALL_KINDS:
+            raise BadInput(f"unknown norm {k!r}: valid norms are {', '.join(ALL_KINDS)}")
         if self.dtype not in DTYPES:
             raise BadInput(f"unknown dtype {self.dtype!r}: valid dtypes are {', '.join(DTYPES)}")
         if any(d <= 0 for d in s):
             raise BadInput(f"bad shape {format_shape(s)}: every dimension must be positive")
         if not (math.isfinite(self.eps) and self.eps > 0):
             raise BadInput(f"bad eps {self.eps}: eps must be a positive finite number, e.g. 1e-5")
-        ranks = {"bn": (2, 5), "in": (3, 5), "gn": (3, 5), "ln": (1, 8)}[k]
+        ranks = {"bn": (2, 5), "in": (3, 5), "gn": (3, 5), "ln": (1, 8), "rms": (1, 8)}[k]
         if not ranks[0] <= len(s) <= ranks[1]:
-            hint = "N, C, *spatial" if k != "ln" else "*, *normalized"
+            hint = "N, C, *spatial" if k not in ("ln", "rms") else "*, *normalized"
             raise BadInput(
                 f"{k} takes a rank {ranks[0]}..{ranks[1]} input ({hint}); got shape {format_shape(s)}"
             )
-        if k == "ln" and not 1 <= self.normalized_ndim <= len(s):
+        if k in ("ln", "rms") and not 1 <= self.normalized_ndim <= len(s):
             raise BadInput(f"ln normalizes 1..{len(s)} trailing dims of {format_shape(s)}")
         if k == "gn":
             c = s[1]
@@ -170,28 +174,28 @@ class NormSpec:
             raise BadInput(f"groups applies to gn only, not {k}")
         if k == "bn" and not self.track_running_stats:
             raise BadInput("bn is exported for inference and needs running statistics (track_running_stats)")
-        if k in ("ln", "gn") and self.track_running_stats:
+        if k in ("ln", "gn", "rms") and self.track_running_stats:
             raise BadInput(f"track_running_stats applies to bn and in only, not {k}")
-        if not self.bias and k != "ln":
+        if not self.bias and k not in ("ln", "rms"):
             raise BadInput(f"bias=False applies to ln only; use affine=False for {k}")
 
     # -- derived ------------------------------------------------------------------------------
     @property
     def channels(self) -> int:
         """C for bn/in/gn; the size of the last normalized dim for ln."""
-        return self.shape[-1] if self.kind == "ln" else self.shape[1]
+        return self.shape[-1] if self.kind in ("ln", "rms") else self.shape[1]
 
     @property
     def normalized_shape(self) -> tuple[int, ...]:
-        return self.shape[len(self.shape) - self.normalized_ndim:] if self.kind == "ln" else ()
+        return self.shape[len(self.shape) - self.normalized_ndim:] if self.kind in ("ln", "rms") else ()
 
     @property
     def param_shape(self) -> tuple[int, ...]:
-        return self.normalized_shape if self.kind == "ln" else (self.channels,)
+        return self.normalized_shape if self.kind in ("ln", "rms") else (self.channels,)
 
     @property
     def spatial_rank(self) -> int:
-        return 0 if self.kind == "ln" else len(self.shape) - 2
+        return 0 if self.kind in ("ln", "rms") else len(self.shape) - 2
 
     @property
     def id(self) -> str:
@@ -199,7 +203,7 @@ class NormSpec:
         parts = [k]
         if k == "gn":
             parts.append(f"g{self.groups}")
-        if k == "ln":
+        if k in ("ln", "rms"):
             parts.append("n" + format_shape(self.normalized_shape))
         else:
             parts.append(f"c{self.channels}")
@@ -208,7 +212,7 @@ class NormSpec:
             parts.append("e" + _fmt_float(self.eps))
         if not self.affine:
             parts.append("noaffine")
-        elif not self.bias:
+        elif not self.bias and k != "rms":
             parts.append("nobias")
         if k == "in" and self.track_running_stats:
             parts.append("rs")

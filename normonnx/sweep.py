@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 
 from .errors import BadInput, ExportMismatch
 from .export import check_request, tool_versions
-from .spec import DTYPES, KINDS, NormSpec
+from .spec import ALL_KINDS, DTYPES, KINDS, NormSpec
 from .variants import REGISTRY as VARIANTS
 
 DEFAULT_OPSETS = (13, 17, 18, 21, 23)
@@ -57,7 +57,7 @@ class Matrix:
         from .exporters import REGISTRY as EXPORTERS
         from .runtimes import REGISTRY as RUNTIMES, available_runtimes
 
-        checks = [("norm", self.norms, KINDS), ("variant", self.variants, tuple(VARIANTS)),
+        checks = [("norm", self.norms, ALL_KINDS), ("variant", self.variants, tuple(VARIANTS)),
                   ("exporter", self.exporters, tuple(EXPORTERS)), ("dtype", self.dtypes, tuple(DTYPES)),
                   ("provider", self.providers, tuple(RUNTIMES))]
         for what, given, valid in checks:

@@ -179,7 +179,7 @@ def _scale_broadcast(spec: NormSpec, params: dict, shape) -> np.ndarray | None:
     if w is None:
         return None
     w = np.asarray(w, dtype=np.float64)
-    if spec.kind == "ln":
+    if spec.kind in ("ln", "rms"):
         return np.broadcast_to(w, shape)
     return np.broadcast_to(w.reshape((1, -1) + (1,) * (len(shape) - 2)), shape)
 
@@ -204,6 +204,7 @@ def validate(
     workdir: str | Path | None = None,
     progress=None,
     cache=None,
+    params: dict | None = None,
 ) -> ValidationReport:
     """Validate a spec (exported on the fly) or a model file against the float64 oracle.
 
@@ -248,7 +249,10 @@ def validate(
         if model is not None:
             path = Path(model)
             m = load_model(path)
-            spec, params, variant, exporter = _model_spec(m, spec, path)
+            if params is not None and spec is not None:  # the caller knows the parameters (normonnx scan)
+                variant, exporter = "native", None
+            else:
+                spec, params, variant, exporter = _model_spec(m, spec, path)
             dynamic = _check_input_shape(m, spec, path)
             opset = opset_of(m)
             exporter = exporter or "unknown"

@@ -14,7 +14,7 @@ from .errors import BadInput
 from .spec import NormSpec
 
 NATIVE_OPS = {"bn": "BatchNormalization", "ln": "LayerNormalization", "in": "InstanceNormalization",
-              "gn": "GroupNormalization"}
+              "gn": "GroupNormalization", "rms": "RMSNormalization"}
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def _emits_native(kind: str, opset: int) -> str:
 register(Variant(
     name="native",
     description="the ONNX norm op (BatchNormalization, InstanceNormalization, LayerNormalization, GroupNormalization)",
-    min_opset={"bn": 9, "in": 6, "ln": 17, "gn": 18},
+    min_opset={"bn": 9, "in": 6, "ln": 17, "gn": 18, "rms": 23},
     build=_build_native, expect=_expect_native, emits=_emits_native,
 ))
 
@@ -104,6 +104,8 @@ def _build_decomposed(spec: NormSpec, params: dict) -> nn.Module:
         m = models.DecomposedBatchNorm(spec.channels, spec.eps, spec.affine)
     elif k == "ln":
         m = models.DecomposedLayerNorm(spec.normalized_shape, spec.eps, spec.affine, spec.bias)
+    elif k == "rms":
+        m = models.DecomposedRMSNorm(spec.normalized_shape, spec.eps, spec.affine)
     elif k == "in":
         m = models.DecomposedInstanceNorm(spec.channels, spec.eps, spec.affine, spec.track_running_stats)
     else:
@@ -123,10 +125,10 @@ def _expect_decomposed(spec: NormSpec, opset: int, ops: set[str]) -> str | None:
 register(Variant(
     name="decomposed",
     description="ReduceMean/Sub/Mul/Sqrt/Div with a centered variance, affine as Mul/Add; no *Normalization op",
-    min_opset={"bn": 11, "ln": 11, "in": 11, "gn": 11},
+    min_opset={"bn": 11, "ln": 11, "in": 11, "gn": 11, "rms": 11},
     build=_build_decomposed, expect=_expect_decomposed,
     emits=lambda kind, opset: "Sub/Div/Sqrt/Mul/Add" if kind == "bn" else "ReduceMean/Sub/Mul/Sqrt/Div" + (
-        " + Reshape" if kind == "gn" else ""),
+        " + Reshape" if kind == "gn" else "") if kind != "rms" else "ReduceMean/Mul/Sqrt/Div",
 ))
 
 

@@ -21,7 +21,8 @@ from normonnx.variants import variants_for
 OPSETS = (13, 15, 17, 18, 21, 23)
 DTYPES = ("float32", "float16")
 SPEC_BY_KIND = {"bn": NormSpec.make("bn", shape="2x4x6x6"), "ln": NormSpec.make("ln", shape="2x8x32"),
-                "in": NormSpec.make("in", shape="2x4x6x6", affine=True), "gn": NormSpec.make("gn", shape="2x8x6x6", groups=4)}
+                "in": NormSpec.make("in", shape="2x4x6x6", affine=True), "gn": NormSpec.make("gn", shape="2x8x6x6", groups=4),
+                "rms": NormSpec.make("rms", shape="2x8x32")}
 
 
 def _matrix():

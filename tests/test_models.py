@@ -23,6 +23,8 @@ SPECS = [
     NormSpec.make("gn", groups=4),
     NormSpec.make("gn", shape="2x6x10", groups=3, eps=1e-3),
     NormSpec.make("gn", shape="2x8x3x3x3", groups=2, affine=False),
+    NormSpec.make("rms"),
+    NormSpec.make("rms", normalized_shape="4x8", shape="3x4x8", eps=1e-6),
 ]
 CASES = [(s, v) for s in SPECS for v in variants_for(s.kind) if v != "native"]
 

@@ -1,0 +1,268 @@
+"""The scan test corpus, generated in code (no binaries): realistic PyTorch blocks exported by real
+exporters, and hand-built decomposed chains the way exporters and people write them. Each builder
+writes a model and returns the detections it must yield, as (kind, form) in graph order."""
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from normonnx.exporters import quiet_export
+
+
+# -- PyTorch blocks -------------------------------------------------------------------------------
+class EncoderLayer(nn.Module):
+    """A post-norm transformer encoder layer written out (torch's own uses fused SDPA the TorchScript
+    exporter cannot write)."""
+
+    def __init__(self, d: int = 32, heads: int = 4, ff: int = 64):
+        super().__init__()
+        self.h, self.d = heads, d
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.ff1, self.ff2 = nn.Linear(d, ff), nn.Linear(ff, d)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = (z.reshape(b, t, self.h, d // self.h).transpose(1, 2) for z in self.qkv(x).chunk(3, -1))
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // self.h), dim=-1)
+        x = self.ln1(x + self.proj((att @ v).transpose(1, 2).reshape(b, t, d)))
+        return self.ln2(x + self.ff2(torch.relu(self.ff1(x))))
+
+
+class UNetBlock(nn.Module):
+    def __init__(self, c: int = 16, groups: int = 4):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(4, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+        self.n1, self.n2 = nn.GroupNorm(groups, c), nn.GroupNorm(groups, c)
+
+    def forward(self, x):
+        h = nn.functional.silu(self.n1(self.c1(x)))
+        return h + nn.functional.silu(self.n2(self.c2(h)))
+
+
+class PreActResBlock(nn.Module):
+    """BatchNorm on the block input and after the residual Add: neither can fold into a Conv."""
+
+    def __init__(self, c: int = 8):
+        super().__init__()
+        self.bn_in, self.bn_out = nn.BatchNorm2d(c), nn.BatchNorm2d(c)
+        self.c1, self.c2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.bn_out(x + self.c2(torch.relu(self.c1(torch.relu(self.bn_in(x)))))))
+
+
+class StyleBlock(nn.Module):
+    def __init__(self, c: int = 8):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+        self.n1, self.n2 = nn.InstanceNorm2d(c, affine=True), nn.InstanceNorm2d(c, affine=True)
+
+    def forward(self, x):
+        return x + self.n2(self.c2(torch.relu(self.n1(self.c1(x)))))
+
+
+class RMSDecoderBlock(nn.Module):
+    def __init__(self, d: int = 32):
+        super().__init__()
+        self.n1, self.n2 = nn.RMSNorm(d, eps=1e-6), nn.RMSNorm(d, eps=1e-6)
+        self.attn, self.up, self.down = nn.Linear(d, d), nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+
+    def forward(self, x):
+        x = x + self.attn(self.n1(x))
+        return x + self.down(nn.functional.silu(self.up(self.n2(x))))
+
+
+def _randomize(m: nn.Module) -> nn.Module:
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("weight") and p.dim() == 1:
+                p.copy_(0.5 + torch.rand(p.shape, generator=g))
+            elif name.endswith("bias") and p.dim() == 1:
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+        for name, b in m.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(torch.randn(b.shape, generator=g))
+            elif name.endswith("running_var"):
+                b.copy_(0.5 + torch.rand(b.shape, generator=g))
+    return m.eval()
+
+
+def export_block(module: nn.Module, shape, path: Path, opset: int, exporter: str) -> Path:
+    x = torch.randn(shape)
+    with quiet_export([]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            torch.onnx.export(_randomize(module), (x,), str(path), opset_version=opset, dynamo=True,
+                              external_data=False, verbose=False)
+        else:
+            torch.onnx.export(_randomize(module), (x,), str(path), opset_version=opset, dynamo=False)
+    return path
+
+
+# name -> (module factory, input shape, opset, exporter, expected detections)
+TORCH_CORPUS = {
+    "encoder-op14-torchscript": (EncoderLayer, (2, 5, 32), 14, "torchscript", [("ln", "decomposed")] * 2),
+    "encoder-op17-torchscript": (EncoderLayer, (2, 5, 32), 17, "torchscript", [("ln", "native")] * 2),
+    "encoder-op14-dynamo": (EncoderLayer, (2, 5, 32), 14, "dynamo", [("ln", "native")] * 2),
+    "encoder-op17-dynamo": (EncoderLayer, (2, 5, 32), 17, "dynamo", [("ln", "native")] * 2),
+    "unet-op18-dynamo": (UNetBlock, (2, 4, 8, 8), 18, "dynamo", [("gn", "instance-trick")] * 2),
+    "unet-op17-torchscript": (UNetBlock, (2, 4, 8, 8), 17, "torchscript", [("gn", "instance-trick")] * 2),
+    "unet-op21-dynamo": (UNetBlock, (2, 4, 8, 8), 21, "dynamo", [("gn", "native")] * 2),
+    "resnet-op17-torchscript": (PreActResBlock, (2, 8, 8, 8), 17, "torchscript", [("bn", "native")] * 2),
+    "resnet-op18-dynamo": (PreActResBlock, (2, 8, 8, 8), 18, "dynamo", [("bn", "native")] * 2),
+    "style-op17-torchscript": (StyleBlock, (2, 8, 8, 8), 17, "torchscript", [("in", "native")] * 2),
+    "style-op18-dynamo": (StyleBlock, (2, 8, 8, 8), 18, "dynamo", [("in", "native")] * 2),
+    "rms-decoder-op18-dynamo": (RMSDecoderBlock, (2, 5, 32), 18, "dynamo", [("rms", "decomposed")] * 2),
+    "rms-decoder-op23-dynamo": (RMSDecoderBlock, (2, 5, 32), 23, "dynamo", [("rms", "native")] * 2),
+}
+
+
+# -- hand-built ONNX graphs -----------------------------------------------------------------------
+class Builder:
+    def __init__(self, opset: int = 18):
+        self.opset, self.nodes, self.inits, self.n = opset, [], [], 0
+
+    def name(self, p="t"):
+        self.n += 1
+        return f"{p}{self.n}"
+
+    def const(self, value, as_node: bool = False, dtype=np.float32):
+        nm = self.name("c")
+        arr = np.asarray(value, dtype=dtype)
+        if as_node:
+            self.nodes.append(helper.make_node("Constant", [], [nm], value=numpy_helper.from_array(arr)))
+        else:
+            self.inits.append(numpy_helper.from_array(arr, nm))
+        return nm
+
+    def op(self, op_type, *inputs, domain="", **attrs):
+        out = self.name(op_type.lower())
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=out, domain=domain, **attrs))
+        return out
+
+    def mean(self, x, axes):
+        if self.opset >= 18:
+            return self.op("ReduceMean", x, self.const(axes, dtype=np.int64))
+        return self.op("ReduceMean", x, axes=list(axes))
+
+    def model(self, x_shape, y, x_type=TensorProto.FLOAT, extra_inputs=(), domains=()) -> onnx.ModelProto:
+        out_shape = None
+        g = helper.make_graph(self.nodes, "g", [helper.make_tensor_value_info("x", x_type, x_shape)] + list(extra_inputs),
+                              [helper.make_tensor_value_info(y, x_type, out_shape)], self.inits)
+        ops = [helper.make_opsetid("", self.opset)] + [helper.make_opsetid(d, 1) for d in domains]
+        return helper.make_model(g, opset_imports=ops)
+
+
+def ln_chain(*, square="pow", denom="div_sqrt", affine=True, fp16=False, opset=18, eps_node=False, eps=1e-5,
+             naive=False, eps_outside=False, rms=False, d=16) -> onnx.ModelProto:
+    """LayerNorm (or RMSNorm) over the last dim of a (2, 4, d) input, written out op by op."""
+    b = Builder(opset)
+    x = "x"
+    if fp16:
+        x = b.op("Cast", x, to=TensorProto.FLOAT)  # the float32 island
+    sq = (lambda v: b.op("Pow", v, b.const(2.0))) if square == "pow" else (lambda v: b.op("Mul", v, v))
+    if rms:
+        num = x
+        var = b.mean(sq(x), [-1])
+    else:
+        m = b.mean(x, [-1])
+        num = b.op("Sub", x, m)
+        var = b.op("Sub", b.mean(sq(x), [-1]), b.op("Mul", m, m)) if naive else b.mean(sq(num), [-1])
+    e = b.const(eps, as_node=eps_node)
+    if eps_outside:
+        den = b.op("Add", b.op("Sqrt", var), e)
+        y = b.op("Div", num, den)
+    else:
+        ve = b.op("Add", var, e)
+        if denom == "div_sqrt":
+            y = b.op("Div", num, b.op("Sqrt", ve))
+        elif denom == "mul_recip":
+            y = b.op("Mul", num, b.op("Reciprocal", b.op("Sqrt", ve)))
+        else:
+            y = b.op("Div", num, b.op("Pow", ve, b.const(0.5)))
+    if fp16:
+        y = b.op("Cast", y, to=TensorProto.FLOAT16)
+    rng = np.random.default_rng(3)
+    pdt = np.float16 if fp16 else np.float32
+    if affine:
+        y = b.op("Mul", y, b.const(rng.uniform(0.5, 1.5, d), dtype=pdt))
+        if not rms:
+            y = b.op("Add", y, b.const(rng.normal(0, 0.5, d), dtype=pdt))
+    return b.model([2, 4, d], y, TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT)
+
+
+def centering_only() -> onnx.ModelProto:
+    b = Builder()
+    y = b.op("Sub", "x", b.mean("x", [-1]))
+    return b.model([2, 4, 16], y)
+
+
+def global_average_pool() -> onnx.ModelProto:
+    b = Builder()
+    y = b.op("Sub", "x", b.op("GlobalAveragePool", "x"))
+    return b.model([2, 8, 4, 4], y)
+
+
+def contrib_ops() -> onnx.ModelProto:
+    """ORT contrib norms in a row: com.microsoft LayerNormalization and SimplifiedLayerNormalization,
+    SimplifiedLayerNormalization as ORT's own fusion writes it (default domain), then the Skip* ops."""
+    b = Builder(17)
+    rng = np.random.default_rng(1)
+    y = b.op("LayerNormalization", "x", b.const(rng.uniform(0.5, 1.5, 16)), b.const(rng.normal(0, 0.5, 16)),
+             domain="com.microsoft", axis=-1, epsilon=1e-5)
+    y = b.op("SimplifiedLayerNormalization", y, b.const(rng.uniform(0.5, 1.5, 16)), domain="com.microsoft",
+             axis=-1, epsilon=1e-6)
+    y = b.op("SimplifiedLayerNormalization", y, b.const(rng.uniform(0.5, 1.5, 16)), axis=-1, epsilon=1e-6)
+    y = b.op("SkipLayerNormalization", y, "skip", b.const(rng.uniform(0.5, 1.5, 16)),
+             b.const(rng.normal(0, 0.5, 16)), domain="com.microsoft", epsilon=1e-5)
+    y = b.op("SkipSimplifiedLayerNormalization", y, "skip", b.const(rng.uniform(0.5, 1.5, 16)),
+             domain="com.microsoft", epsilon=1e-5)
+    return b.model([2, 4, 16], y, extra_inputs=[helper.make_tensor_value_info("skip", TensorProto.FLOAT, [2, 4, 16])],
+                   domains=("com.microsoft",))
+
+
+def gn18_native() -> onnx.ModelProto:
+    b = Builder(18)
+    rng = np.random.default_rng(2)
+    y = b.op("GroupNormalization", "x", b.const(rng.uniform(0.5, 1.5, 2)), b.const(rng.normal(0, 0.5, 2)),
+             num_groups=2, epsilon=1e-5)
+    return b.model([2, 8, 4, 4], y)
+
+
+# name -> (builder, expected detections)
+HAND_CORPUS = {
+    "ln-pow-div-sqrt": (lambda: ln_chain(), [("ln", "decomposed")]),
+    "ln-mul-recip-attr-axes": (lambda: ln_chain(square="mul", denom="mul_recip", opset=13), [("ln", "decomposed")]),
+    "ln-div-pow-const-eps-noaffine": (lambda: ln_chain(denom="div_pow", eps_node=True, affine=False),
+                                      [("ln", "decomposed")]),
+    "ln-fp16-cast-island": (lambda: ln_chain(fp16=True), [("ln", "decomposed")]),
+    "ln-naive-variance": (lambda: ln_chain(naive=True), [("ln", "decomposed")]),
+    "ln-eps-outside-sqrt": (lambda: ln_chain(eps_outside=True), [("ln", "decomposed")]),
+    "rms-pow-mul-recip": (lambda: ln_chain(rms=True, denom="mul_recip"), [("rms", "decomposed")]),
+    "rms-mul-div-sqrt-attr-axes": (lambda: ln_chain(rms=True, square="mul", opset=13), [("rms", "decomposed")]),
+    "centering-only": (centering_only, []),
+    "global-average-pool": (global_average_pool, []),
+    "contrib-ops": (contrib_ops, [("ln", "contrib"), ("rms", "contrib"), ("rms", "contrib"), ("ln", "contrib"),
+                                  ("rms", "contrib")]),
+    "gn18-native-per-group": (gn18_native, [("gn", "native")]),
+}
+
+
+def build(name: str, folder: Path) -> tuple[Path, list[tuple[str, str]]]:
+    path = Path(folder) / f"{name}.onnx"
+    if name in TORCH_CORPUS:
+        factory, shape, opset, exporter, expected = TORCH_CORPUS[name]
+        export_block(factory(), shape, path, opset, exporter)
+        return path, expected
+    builder, expected = HAND_CORPUS[name]
+    onnx.save(builder(), str(path))
+    return path, expected

@@ -1,0 +1,160 @@
+"""scan: every norm in the generated corpus found with the right kind and form, nothing else;
+--validate passes the correct ones and fails the broken ones; untrusted files are handled safely."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import corpus
+from conftest import run_cli
+from normonnx import BadInput
+from normonnx.scan import scan
+
+NAMES = list(corpus.TORCH_CORPUS) + list(corpus.HAND_CORPUS)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus")
+    return {name: corpus.build(name, folder) for name in NAMES}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_detections_match_the_corpus(built, name):
+    path, expected = built[name]
+    report = scan(path)
+    assert [(f.kind, f.form) for f in report.norms] == expected
+    for f in report.norms:
+        assert f.nodes and f.eps is not None and f.eps > 0
+
+
+def _one(built, name, i=0):
+    return scan(built[name][0]).norms[i]
+
+
+def test_details_of_what_is_found(built):
+    gn = _one(built, "unet-op18-dynamo")
+    assert gn.groups == 4 and gn.affine and "Reshape" in gn.op and gn.dtype == "float32"
+    rms = _one(built, "rms-decoder-op18-dynamo")
+    assert rms.eps == pytest.approx(1e-6) and rms.affine
+    ln = _one(built, "ln-mul-recip-attr-axes")
+    assert ln.axes == (-1,) and "Reciprocal" in ln.op and dict(ln.params).keys() == {"weight", "bias"}
+    assert _one(built, "ln-div-pow-const-eps-noaffine").affine is False
+    assert _one(built, "ln-fp16-cast-island").dtype == "float16"
+    assert len(_one(built, "encoder-op14-torchscript").nodes) == 9  # ReduceMean .. affine Add
+    bn = _one(built, "resnet-op18-dynamo")
+    assert dict(bn.params).keys() == {"weight", "bias", "running_mean", "running_var"}
+
+
+@pytest.mark.parametrize("name, risk", [
+    ("ln-naive-variance", "E[x^2]-E[x]^2"),
+    ("ln-eps-outside-sqrt", "eps added outside the sqrt"),
+    ("gn18-native-per-group", "per group, not per channel"),
+    ("unet-op21-dynamo", "inlines the function body"),
+])
+def test_risk_flags(built, name, risk):
+    assert any(risk in r for r in _one(built, name).risks)
+
+
+@pytest.mark.parametrize("name", ["ln-pow-div-sqrt", "ln-mul-recip-attr-axes", "encoder-op14-torchscript"])
+def test_risks_are_not_raised_on_sound_chains(built, name):
+    assert not _one(built, name).risks
+
+
+def test_fusion_is_reported(built):
+    assert scan(built["encoder-op14-torchscript"][0]).fused == {0: True, 1: True}  # the Pow pattern ORT fuses
+    assert scan(built["ln-mul-recip-attr-axes"][0]).fused == {0: False}
+
+
+@pytest.mark.parametrize("name", ["encoder-op14-torchscript", "encoder-op17-dynamo", "unet-op18-dynamo",
+                                  "unet-op17-torchscript", "resnet-op17-torchscript", "resnet-op18-dynamo",
+                                  "style-op18-dynamo", "rms-decoder-op18-dynamo", "rms-decoder-op23-dynamo",
+                                  "ln-pow-div-sqrt", "ln-mul-recip-attr-axes", "ln-div-pow-const-eps-noaffine",
+                                  "ln-fp16-cast-island", "rms-pow-mul-recip"])
+def test_validate_passes_correct_layers(built, name):
+    report = scan(built[name][0], validate=True)
+    assert report.validations and report.passed, report.to_dict()
+    assert all(v["passed"] is True for v in report.validations.values())
+
+
+@pytest.mark.parametrize("name, failing_input", [
+    ("ln-eps-outside-sqrt", "tiny-scale"),  # eps in the wrong place: the deliberately broken chain
+    ("ln-naive-variance", "offset"),
+    ("unet-op21-dynamo", "offset"),  # ORT's GroupNormalization function body
+    ("gn18-native-per-group", "offset"),
+])
+def test_validate_fails_broken_layers(built, name, failing_input):
+    report = scan(built[name][0], validate=True)
+    assert not report.passed
+    assert any(v["passed"] is False and failing_input in v["validation"] for v in report.validations.values())
+
+
+def test_layers_that_cannot_be_isolated_say_why(built):
+    report = scan(built["contrib-ops"][0], validate=True)
+    notes = [v["validation"] for v in report.validations.values()]
+    assert any("residual input" in n for n in notes)
+    assert report.validations[2]["passed"] is True  # SimplifiedLayerNormalization as ORT writes it
+
+
+# -- untrusted files --------------------------------------------------------------------------------
+def _with_external(tmp_path, location: str, name="w") -> str:
+    """A norm model plus an unrelated MatMul weight stored as external data at `location`."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), name)
+    w.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", "0"), ("length", str(16 * 16 * 4))):
+        e = w.external_data.add()
+        e.key, e.value = k, v
+    w.ClearField("raw_data")
+    scale = numpy_helper.from_array(rng.uniform(0.5, 1.5, 16).astype(np.float32), "s")
+    bias = numpy_helper.from_array(rng.normal(0, 0.5, 16).astype(np.float32), "b")
+    nodes = [helper.make_node("LayerNormalization", ["x", "s", "b"], ["n"], axis=-1),
+             helper.make_node("MatMul", ["n", name], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 16])], [w, scale, bias])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("location", ["/etc/passwd", "../../outside.bin", "sub/../../escape.bin"])
+def test_external_data_escaping_the_folder_is_refused(tmp_path, location):
+    path = _with_external(tmp_path, location)
+    with pytest.raises(BadInput, match="escapes the model's folder"):
+        scan(path)
+    proc = run_cli("scan", path)
+    assert proc.returncode == 2 and "escapes the model's folder" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_external_weights_not_needed_are_not_read(tmp_path):
+    # the MatMul weight's file does not even exist: scanning and validating the LayerNorm never reads it
+    path = _with_external(tmp_path, "weights.bin")
+    report = scan(path, validate=True)
+    assert [(f.kind, f.form) for f in report.norms] == [("ln", "native")]
+    assert report.passed and report.validations[0]["passed"] is True
+
+
+def test_truncated_and_non_onnx_files_exit_2(built, tmp_path):
+    raw = built["unet-op18-dynamo"][0].read_bytes()
+    (tmp_path / "t.onnx").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "n.onnx").write_text("not a model")
+    for f in ("t.onnx", "n.onnx", "missing.onnx"):
+        proc = run_cli("scan", str(tmp_path / f))
+        assert proc.returncode == 2, (f, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_cli_scan_json_and_exit_codes(built):
+    proc = run_cli("scan", str(built["encoder-op14-torchscript"][0]))
+    assert proc.returncode == 0 and "2 norms" in proc.stdout and "decomposed" in proc.stdout
+    good = run_cli("scan", str(built["style-op18-dynamo"][0]), "--validate", "--json")
+    doc = json.loads(good.stdout)
+    assert good.returncode == 0 and doc["passed"] is True and doc["count"] == 2
+    for n in doc["norms"]:
+        assert {"kind", "form", "nodes", "eps", "passed"} <= set(n)
+    bad = run_cli("scan", str(built["ln-eps-outside-sqrt"][0]), "--validate")
+    assert bad.returncode == 1 and bad.stdout.strip().splitlines()[-1].startswith("FAILED")
