@@ -288,6 +288,13 @@ def sweep(
     if force and results.exists():
         results.unlink()
         existing = []
+    now = versions()
+    older = next((r for r in existing if r.get("versions") != now), None)
+    if older is not None:
+        diff = sorted(k for k in set(now) | set(older.get("versions") or {})
+                      if now.get(k) != (older.get("versions") or {}).get(k))
+        raise BadInput(f"{results} was recorded with other tool versions ({', '.join(diff)}): "
+                       "pass --force to start over, or choose another --out")
     meta = {"versions": versions(), "matrix": {k: list(v) for k, v in asdict(matrix).items()},
             "inputs": inputs, "shard": f"{shard[0]}/{shard[1]}" if shard else None, "bench": bench}
     from .bench import machine_info

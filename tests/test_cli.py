@@ -165,3 +165,31 @@ def test_list_shows_registries():
     assert proc.returncode == 0
     for word in ("native", "decomposed", "instance-trick", ">= 17", "dynamo", "torchscript", "big-row", "reference"):
         assert word in proc.stdout
+
+
+@pytest.mark.parametrize("args, code, needles", [
+    (["bench", "--variant", "foo"], 2, ["unknown variant 'foo'", "native"]),
+    (["bench", "--norm", "ln", "--variant", "native", "--opset", "13"], 2, ["needs opset >= 17"]),
+    (["bench", "--providers", "tpu"], 2, ["valid providers are cpu, cuda"]),
+    (["bench", "--dtype", "bfloat16"], 2, ["bfloat16"]),
+    (["merge", "/nonexistent-a", "-o", "/tmp/normonnx-merge-x"], 2, ["holds no results.jsonl"]),
+    (["report", "/nonexistent-out"], 2, ["run 'normonnx sweep"]),
+    (["sweep", "--opsets", "x,y"], 2, ["comma-separated integers"]),
+    (["sweep", "--jobs", "0", "-o", "/tmp/normonnx-jobs0"], 2, ["--jobs must be >= 1"]),
+    (["scan"], 2, ["Missing argument"]),
+])
+def test_other_commands_reject_bad_input(args, code, needles):
+    _one_line_error(run_cli(*args), code, *needles)
+
+
+def test_bench_unavailable_provider_is_exit_3():
+    if has_cuda_ep():
+        pytest.skip("CUDA is available here")
+    _one_line_error(run_cli("bench", "--providers", "cuda"), 3, "CUDAExecutionProvider")
+
+
+def test_report_rejects_unknown_extension(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "results.jsonl").write_text('{"type": "case", "case_id": "x", "status": "unsupported"}\n')
+    _one_line_error(run_cli("report", str(out), "-o", str(tmp_path / "r.pdf")), 2, ".html or .md")

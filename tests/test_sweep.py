@@ -210,3 +210,13 @@ def test_cli_sweep_and_report(tmp_path):
     assert bad.returncode == 2 and "run 'normonnx sweep" in bad.stderr
     assert run_cli("sweep", "--shard", "0/2", "-o", str(tmp_path / "x")).returncode == 2
     assert run_cli("sweep", "--norms", "zz", "-o", str(tmp_path / "x")).returncode == 2
+
+
+def test_resume_refuses_results_of_other_tool_versions(full, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    recs = read_results(full / "out" / RESULTS)[:2]
+    (out / RESULTS).write_text("".join(json.dumps(dict(r, versions=dict(r["versions"], torch="1.0"))) + "\n"
+                                       for r in recs))
+    with pytest.raises(BadInput, match="other tool versions \\(torch\\)"):
+        sweep(out, SMALL, inputs=INPUTS, resume=True, progress=False)
