@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from .errors import BadInput
+from .registry import Registry
 from .spec import NormSpec
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -173,19 +174,12 @@ def _run_torchscript(module, example, path: Path, opset: int, spec: NormSpec, va
 _TS_MAX = _max_opset("ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
 _DYNAMO_MAX = _max_opset("ONNX_MAX_OPSET", 23)
 
-REGISTRY: dict[str, Exporter] = {
-    "dynamo": Exporter(
-        "dynamo", "torch.onnx.export(dynamo=True), torch's default; implements opset >= 18 and "
-        "converts down with the ONNX version converter, which may silently keep 18",
-        range(7, _DYNAMO_MAX + 1), 18, _run_dynamo),
-    "torchscript": Exporter(
-        "torchscript", "torch.onnx.export(dynamo=False), the legacy TorchScript-based exporter",
-        range(7, _TS_MAX + 1), 7, _run_torchscript),
-}
-
-
-def get_exporter(name: str) -> Exporter:
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise BadInput(f"unknown exporter {name!r}: valid exporters are {', '.join(REGISTRY)}") from None
+REGISTRY: Registry[Exporter] = Registry("exporter")
+REGISTRY.register(Exporter(
+    "dynamo", "torch.onnx.export(dynamo=True), torch's default; implements opset >= 18 and "
+    "converts down with the ONNX version converter, which may silently keep 18",
+    range(7, _DYNAMO_MAX + 1), 18, _run_dynamo))
+REGISTRY.register(Exporter(
+    "torchscript", "torch.onnx.export(dynamo=False), the legacy TorchScript-based exporter",
+    range(7, _TS_MAX + 1), 7, _run_torchscript))
+get_exporter = REGISTRY.lookup

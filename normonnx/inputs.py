@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import BadInput
+from .registry import Registry
 from .spec import NormSpec, numpy_dtype
 
 
@@ -39,22 +39,13 @@ class InputSuite:
     derive_spec: Callable[[NormSpec], NormSpec] | None = field(default=None, repr=False)
 
 
-REGISTRY: dict[str, InputSuite] = {}
-
-
-def register(s: InputSuite) -> InputSuite:
-    assert s.name not in REGISTRY, s.name
-    REGISTRY[s.name] = s
-    return s
+REGISTRY: Registry[InputSuite] = Registry("input suite")
+register = REGISTRY.register
 
 
 def get_suites(names: list[str] | None) -> list[InputSuite]:
-    if not names:
-        return list(REGISTRY.values())
-    bad = [n for n in names if n not in REGISTRY]
-    if bad:
-        raise BadInput(f"unknown input suite {bad[0]!r}: valid suites are {', '.join(REGISTRY)}")
-    return [REGISTRY[n] for n in names]
+    """The named suites (all of them for None), failing on an unknown name with the valid ones."""
+    return [REGISTRY.lookup(n) for n in names] if names else list(REGISTRY.values())
 
 
 def samples(suite: InputSuite, spec: NormSpec, seed: int = 0) -> list[Sample]:

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from .errors import BadInput, RuntimeUnavailable
+from .registry import Registry
 
 OPT_LEVELS = ("all", "extended", "basic", "disabled")
 
@@ -55,20 +56,9 @@ class Runtime:
     kind: str = "onnx"  # "onnx" runs the exported file; "torch" runs the source module
 
 
-REGISTRY: dict[str, Runtime] = {}
-
-
-def register(r: Runtime) -> Runtime:
-    assert r.name not in REGISTRY, r.name
-    REGISTRY[r.name] = r
-    return r
-
-
-def get_runtime(name: str) -> Runtime:
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise BadInput(f"unknown runtime {name!r}: valid runtimes are {', '.join(REGISTRY)}") from None
+REGISTRY: Registry[Runtime] = Registry("runtime")
+register = REGISTRY.register
+get_runtime = REGISTRY.lookup
 
 
 def available_runtimes() -> list[str]:

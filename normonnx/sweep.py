@@ -213,6 +213,10 @@ class Progress:
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.tty = self.stream.isatty()
+        if enabled:
+            self.stream.write(f"[{'.' * 30}] 0/{total}  exporting the first case ..." if self.tty
+                              else f"sweeping {total} cases\n")
+            self.stream.flush()
 
     def step(self, record: dict) -> None:
         self.done += 1

@@ -11,6 +11,7 @@ from typing import Callable
 from torch import nn
 
 from .errors import BadInput
+from .registry import Registry
 from .spec import NormSpec
 
 NATIVE_OPS = {"bn": "BatchNormalization", "ln": "LayerNormalization", "in": "InstanceNormalization",
@@ -39,20 +40,9 @@ class Variant:
             )
 
 
-REGISTRY: dict[str, Variant] = {}
-
-
-def register(v: Variant) -> Variant:
-    assert v.name not in REGISTRY, v.name
-    REGISTRY[v.name] = v
-    return v
-
-
-def get_variant(name: str) -> Variant:
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise BadInput(f"unknown variant {name!r}: valid variants are {', '.join(REGISTRY)}") from None
+REGISTRY: Registry[Variant] = Registry("variant")
+register = REGISTRY.register
+get_variant = REGISTRY.lookup
 
 
 def variants_for(kind: str) -> list[str]:

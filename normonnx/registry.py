@@ -1,0 +1,27 @@
+"""The one registry type behind variants, exporters, runtimes and input suites: a name -> entry
+dict whose lookups fail with the list of valid names."""
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+from .errors import BadInput
+
+T = TypeVar("T")
+
+
+class Registry(dict, Generic[T]):
+    def __init__(self, what: str):
+        super().__init__()
+        self.what = what
+
+    def register(self, entry: T) -> T:
+        """Add an entry (anything with a `name`); names are checked once, here."""
+        assert entry.name not in self, f"{self.what} {entry.name!r} registered twice"
+        self[entry.name] = entry
+        return entry
+
+    def lookup(self, name: str) -> T:
+        try:
+            return self[name]
+        except KeyError:
+            raise BadInput(f"unknown {self.what} {name!r}: valid {self.what}s are {', '.join(self)}") from None
