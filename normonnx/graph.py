@@ -66,7 +66,6 @@ def set_metadata(model: onnx.ModelProto, values: dict[str, object]) -> None:
     del model.metadata_props[:]
     model.metadata_props.extend(keep)
     for k, v in values.items():
-        onnx.helper.set_model_props  # noqa: B018 - documents the helper we mirror
         entry = model.metadata_props.add()
         entry.key = META_PREFIX + k
         entry.value = v if isinstance(v, str) else json.dumps(v, sort_keys=True)

@@ -118,10 +118,9 @@ def normalized_stats(spec: NormSpec, params: dict[str, np.ndarray], x: np.ndarra
     """Per-element (mean |x| over the element's normalization set, std of that set), broadcast to x.
 
     Used for the conditioning bound: an implementation working in precision u cannot do better
-    than about u * |x| / std on the normalized value (see compare.conditioning_allowance)."""
+    than about u * |x| / std on the normalized value (see normonnx.compare)."""
     x = _f64(x)
     if spec.kind == "bn" or (spec.kind == "in" and spec.track_running_stats):
-        c = spec.channels
         std = np.sqrt(_channel_view(params["running_var"], x.ndim) + spec.eps)
         mag = np.maximum(np.abs(x), np.abs(_channel_view(params["running_mean"], x.ndim)))
         return mag, np.broadcast_to(std, x.shape)

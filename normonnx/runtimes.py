@@ -87,7 +87,7 @@ def _ort_providers() -> list[str]:
     ort = _ort()
     if "CUDAExecutionProvider" in ort.get_available_providers():
         try:  # the CUDA build wants torch's CUDA libraries loaded first (see the device README)
-            import torch  # noqa: F401
+            import torch  # noqa: F401  (imported for its side effect: CUDA libraries in the process)
 
             ort.preload_dlls()
         except Exception:

@@ -303,9 +303,8 @@ def _find_decomposed(g: Graph, used: set[int]) -> list[FoundNorm]:
             idx = [i, isub] + var_nodes + den_nodes + aff_nodes
             if _accumulates_in_low_precision(g, x):
                 risks.append("float16 statistics without float32 accumulation")
-            kind, groups = "ln", None
             found.append(_finish(g, "ln", "decomposed", "ReduceMean/Sub/" + "/".join(
-                g.nodes[j].op_type for j in var_nodes + den_nodes), idx, x, out, axes, groups, eps, weight, bias,
+                g.nodes[j].op_type for j in var_nodes + den_nodes), idx, x, out, axes, None, eps, weight, bias,
                 risks + den_risks))
             used.update(idx)
             break
@@ -413,7 +412,7 @@ def _native(g: Graph, i: int, n, opset: int) -> FoundNorm | None:
     if (n.domain == MS and n.op_type in CONTRIB) or (n.domain in ("", "ai.onnx") and n.op_type ==
                                                       "SimplifiedLayerNormalization"):
         kind = CONTRIB[n.op_type]
-        eps = float(_attr(n, "epsilon", 1e-5 if kind != "gn" else 1e-5))
+        eps = float(_attr(n, "epsilon", 1e-5))
         extra: tuple[str, ...] = ()
         groups, axes = None, None
         if n.op_type.startswith("Skip"):

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import inputs as suites_mod
 from .compare import compare, tolerance_for
-from .errors import BadInput, CheckFailed
+from .errors import BadInput
 from .export import DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_VARIANT, case_id, export_report
 from .exporters import TORCH_DTYPES
 from .graph import load_model, metadata, model_facts, opset_of
@@ -412,12 +412,3 @@ def _torch_refuses(spec: NormSpec, variant: str, seed: int) -> str | None:
 def _row(cid, spec, variant, opset, exporter, runtime, inputs, status, passed, tol, reason=None, error=None) -> Result:
     return Result(cid, spec.id, variant, opset, exporter, spec.dtype, runtime, inputs, status, passed,
                   atol=tol.atol, rtol=tol.rtol, reason=reason, error=error)
-
-
-def require_pass(report: ValidationReport) -> None:
-    """Raise CheckFailed with the worst element of the first failure, if any result failed."""
-    bad = report.failures()
-    if bad:
-        r = bad[0]
-        raise CheckFailed(f"{report.case_id}: {len(bad)} of {len(report.results)} checks failed; first: "
-                          f"{r.runtime} on {r.inputs}: {r.reason or r.error}")

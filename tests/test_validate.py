@@ -193,6 +193,7 @@ def test_json_document_fields():
 
 def test_save_inputs_replays(tmp_path):
     report = validate(NormSpec.make("in", affine=True), runtimes=["cpu"], inputs=["offset"], save_inputs=tmp_path / "s")
+    assert report.passed
     files = sorted((tmp_path / "s").glob("*.npz"))
     assert len(files) == 3
     data = np.load(files[0])
