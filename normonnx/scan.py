@@ -406,6 +406,13 @@ def _native(g: Graph, i: int, n, opset: int) -> FoundNorm | None:
             if opset < 21:
                 layout = "per-group"
                 risks.append("GroupNormalization-18: scale/bias per group, not per channel (onnx/onnx#5466)")
+                # the usual repair: identity per-group scale, the per-channel affine as Mul/Add after it
+                out, aff, w, b = _affine(g, n.output[0])
+                if aff:
+                    post = tuple((k, v) for k, v in (("post_weight", w), ("post_bias", b)) if v)
+                    return FoundNorm(kind, "native", f"{n.op_type}-{opset}" + "".join(
+                        "/" + g.nodes[j].op_type for j in aff), (name, *(g.names[j] for j in aff)), x, out, axes,
+                        groups, eps, True, dt, tuple(risks), params + post, (), layout)
         version = f"-{opset}" if kind == "gn" else ""
         return FoundNorm(kind, "native", n.op_type + version, (name,), x, n.output[0], axes, groups, eps,
                          kind != "rms" or len(n.input) > 1, dt, tuple(risks), params, (), layout)
@@ -656,6 +663,14 @@ def derive_spec(f: FoundNorm, layer: onnx.ModelProto):
         if f.param_layout == "per-group" and v.size == f.groups and k in ("weight", "bias"):
             v = np.repeat(v, c // f.groups)  # GroupNormalization-18: one value per group, to per channel
         params[k] = v.astype(np.float32)
+    # a per-channel Mul/Add after GroupNormalization-18 folds into the per-channel affine
+    pw, pb = params.pop("post_weight", None), params.pop("post_bias", None)
+    if pw is not None or pb is not None:
+        w = params.get("weight", np.ones(c, np.float32))
+        b = params.get("bias", np.zeros(c, np.float32))
+        if pw is not None:
+            w, b = w * pw, b * pw
+        params["weight"], params["bias"] = w, b + (pb if pb is not None else 0)
     if f.kind == "bn":
         return NormSpec(kind="bn", shape=shape, track_running_stats=True, **kw), params
     if f.kind == "in":

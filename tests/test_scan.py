@@ -158,3 +158,15 @@ def test_cli_scan_json_and_exit_codes(built):
         assert {"kind", "form", "nodes", "eps", "passed"} <= set(n)
     bad = run_cli("scan", str(built["ln-eps-outside-sqrt"][0]), "--validate")
     assert bad.returncode == 1 and bad.stdout.strip().splitlines()[-1].startswith("FAILED")
+
+
+def test_gn18_with_per_channel_affine_after_it(tmp_path):
+    """normonnx's own native GN at opset 18: GroupNormalization-18 (identity) then Mul/Add per channel.
+    The Mul/Add belong to the layer and fold into its per-channel affine."""
+    from normonnx import NormSpec, export
+
+    path = export(NormSpec.make("gn", groups=4), "native", 18, "torchscript", output=tmp_path / "g.onnx")
+    report = scan(path, validate=True, inputs=["normal", "wide"])
+    (f,) = report.norms
+    assert f.form == "native" and len(f.nodes) == 3 and f.op.endswith("/Mul/Add")
+    assert report.validations[0]["passed"] is True, report.validations[0]
