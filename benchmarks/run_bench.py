@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from normonnx.bench import BENCH_SHAPES, bench_spec, benchmark
+from normonnx.bench import BENCH_SHAPES, SMALL_SHAPES, bench_spec, benchmark
 from normonnx.runtimes import get_runtime
 
 
@@ -46,6 +46,8 @@ def main() -> int:
     ap.add_argument("--providers", default=None, help="default: every provider available here")
     ap.add_argument("--min-time", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--regime", choices=["standard", "small"], default="standard",
+                    help="standard shapes (tens of MB) or small ones (hundreds of KB: call overhead)")
     ap.add_argument("--scale", type=float, default=1.0,
                     help="multiply the batch dim (e.g. 16 on a GPU to reach ~100M-element tensors)")
     args = ap.parse_args()
@@ -54,7 +56,7 @@ def main() -> int:
     reports = []
     for kind in args.norms.split(","):
         for dtype in args.dtypes.split(","):
-            shape = list(BENCH_SHAPES[kind])
+            shape = list((SMALL_SHAPES if args.regime == "small" else BENCH_SHAPES)[kind])
             shape[0] = max(1, int(round(shape[0] * args.scale)))
             spec = bench_spec(kind, dtype, shape=tuple(shape))
             print(f"== {spec.id} on {','.join(providers)}", file=sys.stderr, flush=True)

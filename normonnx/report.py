@@ -238,6 +238,10 @@ def render_html(records: list[dict], meta: dict) -> str:
     parts.append(f"<img alt='error plot' src='data:image/png;base64,{img}'>" if img else "<p>No validated cases.</p>")
     parts.append("<h2>Latency</h2>")
     lat = latency_plot(records)
+    parts.append("<p>Each norm at its standard shape, timed with IOBinding next to PyTorch eager (grey) and "
+                 "a copy of the same tensor (x copy = 1, the memory-bandwidth floor). Green: the fastest variant "
+                 "that passed validation on normal inputs in the timing run; the recommendation above also "
+                 "requires every input suite to pass.</p>" if lat else "")
     parts.append(f"<img alt='latency plot' src='data:image/png;base64,{lat}'>" if lat else
                  "<p>No timings in this sweep: run <code>normonnx sweep --bench</code>.</p>")
     failures = [r for r in records if r.get("type", "case") == "case" and r["status"] in ("fail", "error", "mismatch")]
