@@ -10,9 +10,10 @@ if (_src / "cli.py").is_file() and (_src / "models" / "__init__.py").is_file() a
 __version__ = "0.1.0"
 
 from .errors import BadInput, CheckFailed, ExportMismatch, NormonnxError, RuntimeUnavailable  # noqa: E402
+from .bench import benchmark  # noqa: E402
 from .export import case_id, export, export_report  # noqa: E402
 from .params import make_params  # noqa: E402
 from .spec import NormSpec  # noqa: E402
 
-__all__ = ["NormSpec", "export", "export_report", "case_id", "make_params", "BadInput",
+__all__ = ["NormSpec", "export", "export_report", "case_id", "benchmark", "make_params", "BadInput",
            "CheckFailed", "ExportMismatch", "NormonnxError", "RuntimeUnavailable", "__version__"]
