@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .errors import BadInput, ExportMismatch
+from .errors import BadInput, ExportMismatch, NormonnxError
 from .export import check_request, tool_versions
 from .spec import ALL_KINDS, DTYPES, KINDS, NormSpec
 from .variants import REGISTRY as VARIANTS
@@ -349,6 +349,7 @@ def sweep(
 def _parallel(todo: list[Case], jobs: int, call, record) -> None:
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     ctx = mp.get_context("spawn")  # torch and fork do not mix
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init) as pool:
@@ -373,6 +374,10 @@ def _parallel(todo: list[Case], jobs: int, call, record) -> None:
                 fut.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+        except BrokenProcessPool:
+            raise NormonnxError("the worker processes died before running a case; finished cases are saved "
+                                "(rerun with resume). From a script, call sweep(jobs > 1) under "
+                                "`if __name__ == \"__main__\":` (multiprocessing's spawn re-imports the script)") from None
 
 
 def _worker_init() -> None:
