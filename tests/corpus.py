@@ -163,13 +163,15 @@ class Builder:
 
 
 def ln_chain(*, square="pow", denom="div_sqrt", affine=True, fp16=False, opset=18, eps_node=False, eps=1e-5,
-             naive=False, eps_outside=False, rms=False, d=16) -> onnx.ModelProto:
-    """LayerNorm (or RMSNorm) over the last dim of a (2, 4, d) input, written out op by op."""
+             naive=False, eps_outside=False, rms=False, d=16, island=True) -> onnx.ModelProto:
+    """LayerNorm (or RMSNorm) over the last dim of a (2, 4, d) input, written out op by op.
+    fp16: a float16 input, computed in a float32 Cast island (or, island=False, in float16 itself)."""
     b = Builder(opset)
     x = "x"
-    if fp16:
+    cdt = np.float16 if fp16 and not island else np.float32  # the dtype the chain computes in
+    if fp16 and island:
         x = b.op("Cast", x, to=TensorProto.FLOAT)  # the float32 island
-    sq = (lambda v: b.op("Pow", v, b.const(2.0))) if square == "pow" else (lambda v: b.op("Mul", v, v))
+    sq = (lambda v: b.op("Pow", v, b.const(2.0, dtype=cdt))) if square == "pow" else (lambda v: b.op("Mul", v, v))
     if rms:
         num = x
         var = b.mean(sq(x), [-1])
@@ -177,7 +179,7 @@ def ln_chain(*, square="pow", denom="div_sqrt", affine=True, fp16=False, opset=1
         m = b.mean(x, [-1])
         num = b.op("Sub", x, m)
         var = b.op("Sub", b.mean(sq(x), [-1]), b.op("Mul", m, m)) if naive else b.mean(sq(num), [-1])
-    e = b.const(eps, as_node=eps_node)
+    e = b.const(eps, as_node=eps_node, dtype=cdt)
     if eps_outside:
         den = b.op("Add", b.op("Sqrt", var), e)
         y = b.op("Div", num, den)
@@ -188,8 +190,8 @@ def ln_chain(*, square="pow", denom="div_sqrt", affine=True, fp16=False, opset=1
         elif denom == "mul_recip":
             y = b.op("Mul", num, b.op("Reciprocal", b.op("Sqrt", ve)))
         else:
-            y = b.op("Div", num, b.op("Pow", ve, b.const(0.5)))
-    if fp16:
+            y = b.op("Div", num, b.op("Pow", ve, b.const(0.5, dtype=cdt)))
+    if fp16 and island:
         y = b.op("Cast", y, to=TensorProto.FLOAT16)
     rng = np.random.default_rng(3)
     pdt = np.float16 if fp16 else np.float32
@@ -230,6 +232,15 @@ def contrib_ops() -> onnx.ModelProto:
                    domains=("com.microsoft",))
 
 
+def contrib_groupnorm() -> onnx.ModelProto:
+    """com.microsoft GroupNorm (NCHW here: channels_last=0)."""
+    b = Builder(17)
+    rng = np.random.default_rng(4)
+    y = b.op("GroupNorm", "x", b.const(rng.uniform(0.5, 1.5, 8)), b.const(rng.normal(0, 0.5, 8)),
+             domain="com.microsoft", groups=2, epsilon=1e-5, activation=0, channels_last=0)
+    return b.model([2, 8, 4, 4], y, domains=("com.microsoft",))
+
+
 def gn18_native() -> onnx.ModelProto:
     b = Builder(18)
     rng = np.random.default_rng(2)
@@ -245,6 +256,7 @@ HAND_CORPUS = {
     "ln-div-pow-const-eps-noaffine": (lambda: ln_chain(denom="div_pow", eps_node=True, affine=False),
                                       [("ln", "decomposed")]),
     "ln-fp16-cast-island": (lambda: ln_chain(fp16=True), [("ln", "decomposed")]),
+    "ln-fp16-no-island": (lambda: ln_chain(fp16=True, island=False), [("ln", "decomposed")]),
     "ln-naive-variance": (lambda: ln_chain(naive=True), [("ln", "decomposed")]),
     "ln-eps-outside-sqrt": (lambda: ln_chain(eps_outside=True), [("ln", "decomposed")]),
     "rms-pow-mul-recip": (lambda: ln_chain(rms=True, denom="mul_recip"), [("rms", "decomposed")]),
@@ -253,6 +265,7 @@ HAND_CORPUS = {
     "global-average-pool": (global_average_pool, []),
     "contrib-ops": (contrib_ops, [("ln", "contrib"), ("rms", "contrib"), ("rms", "contrib"), ("ln", "contrib"),
                                   ("rms", "contrib")]),
+    "contrib-groupnorm": (contrib_groupnorm, [("gn", "contrib")]),
     "gn18-native-per-group": (gn18_native, [("gn", "native")]),
 }
 

@@ -55,12 +55,14 @@ def test_details_of_what_is_found(built):
     ("ln-eps-outside-sqrt", "eps added outside the sqrt"),
     ("gn18-native-per-group", "per group, not per channel"),
     ("unet-op21-dynamo", "inlines the function body"),
+    ("ln-fp16-no-island", "float16 statistics without float32 accumulation"),
 ])
 def test_risk_flags(built, name, risk):
     assert any(risk in r for r in _one(built, name).risks)
 
 
-@pytest.mark.parametrize("name", ["ln-pow-div-sqrt", "ln-mul-recip-attr-axes", "encoder-op14-torchscript"])
+@pytest.mark.parametrize("name", ["ln-pow-div-sqrt", "ln-mul-recip-attr-axes", "encoder-op14-torchscript",
+                                  "ln-fp16-cast-island"])
 def test_risks_are_not_raised_on_sound_chains(built, name):
     assert not _one(built, name).risks
 
