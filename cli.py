@@ -274,7 +274,7 @@ def scan(model, do_validate, runtimes, inputs, as_json):
 @cli.command("list")
 def list_():
     """Show norms, variants (with their opset ranges), exporters, runtimes and input suites."""
-    from normonnx.registries import describe
+    from normonnx.catalog import describe
 
     click.echo(describe())
 

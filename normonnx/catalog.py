@@ -1,4 +1,4 @@
-"""One place that describes every registry, for `normonnx list`."""
+"""The catalog `normonnx list` prints: every registry (norms, variants, exporters, runtimes, suites)."""
 from __future__ import annotations
 
 from .exporters import REGISTRY as EXPORTERS
