@@ -8,7 +8,7 @@ ill-conditioned. Any implementation that accumulates in float32 (what ONNX Layer
 default stash_type and PyTorch use, for float16/bfloat16 inputs too) loses about
 u32 * max|x| / std on it, u32 = 2**-24, however carefully it computes. We allow
 COND_K * u32 * max|x|/std * |scale|. A centered variance stays well inside (measured ~1-3x u32*kappa),
-while E[x^2]-E[x]^2 exceeds it ~10x at offset 1e2, ~100x at 1e3 (and gives NaN at 1e4), and a
+while E[x^2]-E[x]^2 exceeds it ~10x at offset 1e2, ~50x at 1e3 (and gives NaN at 1e4), and a
 float16 accumulation (u16 = 2**-11) exceeds it by ~8000x: those are real failures, not rounding.
 """
 from __future__ import annotations
