@@ -554,13 +554,21 @@ def extract_layer(model: onnx.ModelProto, base: Path, f: FoundNorm, out: Path) -
 
     from .graph import _load_external_data_safely
 
-    if any(e != "channels_last" for e in f.extra_inputs):
-        raise BadInput(f"{f.op} takes a residual input as well; validate covers single-input norms")
-    _ensure_value_info(model, [f.input, f.output])
+    if "bias-before-norm" in f.extra_inputs:
+        raise BadInput(f"{f.op} adds a bias before normalizing: LN(x + skip + bias) is not one norm of x")
+    residual = [e for e in f.extra_inputs if e != "channels_last"]
+    _ensure_value_info(model, [f.input, f.output, *residual])
     try:
-        sub = Extractor(model).extract_model([f.input], [f.output])
+        sub = Extractor(model).extract_model([f.input, *residual], [f.output])
     except Exception as e:
         raise BadInput(f"cannot extract {f.nodes[0]}..{f.nodes[-1]}: {str(e).splitlines()[0][:200]}") from None
+    for r in residual:
+        # Skip*LayerNormalization normalizes x + skip: with skip = 0 it is the norm of x alone
+        vi = next(i for i in sub.graph.input if i.name == r)
+        sub.graph.input.remove(vi)
+        zero = onnx.helper.make_tensor("zero", vi.type.tensor_type.elem_type, [1], [0])
+        sub.graph.node.insert(0, onnx.helper.make_node("ConstantOfShape", [f"{r}_shape"], [r], value=zero))
+        sub.graph.node.insert(0, onnx.helper.make_node("Shape", [f.input], [f"{r}_shape"]))
     _load_external_data_safely(sub, base)  # only this layer's tensors
     # a standalone layer keeps only what a runtime needs; drop value_info that may reference the rest
     del sub.graph.value_info[:]
