@@ -243,6 +243,7 @@ def validate(
         except OSError as e:
             raise BadInput(f"cannot create --save-inputs folder {save_dir}: {e.strerror}") from None
 
+    preopened: dict = {}  # runtime -> Session already opened on the main model
     tmp = tempfile.TemporaryDirectory(prefix="normonnx-validate-") if workdir is None else None
     work = Path(workdir or tmp.name)
     try:
@@ -259,14 +260,11 @@ def validate(
             cid = f"{spec.id}-{path.stem}"
             source = str(path)
             can_reexport = False
+            # a given file that ORT cannot load is bad input; the session it takes is kept for the run
             try:
-                import onnxruntime as ort
-
-                ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            except Exception as e:
-                from .runtimes import _first_line
-
-                raise BadInput(f"{path} cannot be loaded by ONNX Runtime: {_first_line(e)}") from None
+                preopened["cpu"] = get_runtime("cpu").open(path, config, None)
+            except SessionError as e:
+                raise BadInput(f"{path} cannot be loaded by ONNX Runtime: {e}") from None
         else:
             path = do_export(spec, work / "model.onnx")
             m = load_model(path)
@@ -292,6 +290,9 @@ def validate(
                     .to(TORCH_DTYPES[s.dtype]) if any(RUNTIMES[n].kind == "torch" for n in active) else None
                 opened = {}
                 for n in active:
+                    if model_path == path and n in preopened:
+                        opened[n] = preopened[n]
+                        continue
                     try:
                         opened[n] = get_runtime(n).open(model_path, config, module)
                     except SessionError as e:
