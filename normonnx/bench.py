@@ -19,10 +19,10 @@ import numpy as np
 
 from .errors import BadInput, NormonnxError, RuntimeUnavailable
 from .export import DEFAULT_EXPORTER, export_report
-from .exporters import TORCH_DTYPES
 from .params import make_params
 from .runtimes import SessionConfig, get_runtime, session_options
 from .spec import NormSpec
+from .tables import DTYPES, PROVIDERS
 from .variants import get_variant, variants_for
 
 # the standard shapes: what the benchmark suite runs and what `normonnx bench` uses by default
@@ -138,7 +138,7 @@ def machine_info() -> dict:
 def _bind(session, x_t, y_t, device: str):
     """IOBinding of torch tensors' memory: bound once, reused by every timed run."""
     io = session.io_binding()
-    np_dtype = {"torch.float32": np.float32, "torch.float16": np.float16}[str(x_t.dtype)]
+    np_dtype = next(d.numpy for d in DTYPES.values() if d.torch == x_t.dtype)
     dev_id = x_t.device.index or 0
     io.bind_input(session.get_inputs()[0].name, device, dev_id, np_dtype, tuple(x_t.shape), x_t.data_ptr())
     io.bind_output(session.get_outputs()[0].name, device, dev_id, np_dtype, tuple(y_t.shape), y_t.data_ptr())
@@ -186,8 +186,8 @@ def benchmark(
     report = BenchReport(spec, machine=machine_info())
     report.machine["threads"] = threads or "default"
     say = progress or (lambda s: None)
-    nbytes = int(np.prod(spec.shape)) * {"float32": 4, "float16": 2}[spec.dtype]
-    dt = TORCH_DTYPES[spec.dtype]
+    nbytes = int(np.prod(spec.shape)) * DTYPES[spec.dtype].itemsize
+    dt = DTYPES[spec.dtype].torch
     base = dict(spec_id=spec.id, norm=spec.kind, dtype=spec.dtype, shape="x".join(map(str, spec.shape)))
     with tempfile.TemporaryDirectory(prefix="normonnx-bench-") as tmp:
         models = {}
@@ -227,16 +227,15 @@ def benchmark(
                 say(f"{p}: time {v}")
                 try:
                     sess = ort.InferenceSession(str(models[v]), session_options(config),
-                                                providers=[{"cpu": "CPUExecutionProvider",
-                                                            "cuda": "CUDAExecutionProvider"}[p]])
+                                                providers=[PROVIDERS[p]])
                     io = _bind(sess, x, y, device)
                     row["timing"] = measure(lambda: sess.run_with_iobinding(io), sync, warmup, min_time, min_runs)
                     row["ort_provider"] = sess.get_providers()[0]
                     row["io_binding"] = True
                 except Exception as e:
-                    from .runtimes import _first_line
+                    from .runtimes import first_line
 
-                    row["error"] = f"ORT {p} cannot run {v}: {_first_line(e)}"
+                    row["error"] = f"ORT {p} cannot run {v}: {first_line(e)}"
             ok = [r for r in rows if r["form"] not in ("copy", "torch") and r.get("timing") and r.get("passed") is not False]
             fastest = min(ok, key=lambda r: r["timing"].p50_ms)["form"] if ok else None
             for r in rows:

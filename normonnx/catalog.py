@@ -5,7 +5,8 @@ from .exporters import REGISTRY as EXPORTERS
 from .inputs import REGISTRY as SUITES
 from .render import table
 from .runtimes import REGISTRY as RUNTIMES
-from .spec import ALL_KINDS as KINDS, KIND_NAMES
+from .spec import KIND_NAMES
+from .tables import ALL_KINDS as KINDS
 from .variants import REGISTRY as VARIANTS
 
 TEST_OPSETS = (13, 15, 17, 18, 21, 23)

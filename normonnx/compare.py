@@ -13,15 +13,16 @@ float16 accumulation (u16 = 2**-11) exceeds it by ~8000x: those are real failure
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import BadInput
+from .tables import DTYPES
 
 U32 = 2.0 ** -24
 COND_K = 16.0
-MANTISSA_BITS = {"float32": 23, "float16": 10, "bfloat16": 7}
 
 
 @dataclass(frozen=True)
@@ -46,15 +47,15 @@ DEFAULT_TOLERANCES = {
 def tolerance_for(dtype: str, atol: float | None = None, rtol: float | None = None) -> Tolerance:
     base = DEFAULT_TOLERANCES[dtype]
     t = Tolerance(base.atol if atol is None else atol, base.rtol if rtol is None else rtol)
-    if t.atol < 0 or t.rtol < 0:
-        raise BadInput(f"tolerances must be >= 0, got atol={t.atol} rtol={t.rtol}")
+    # NaN would switch the check off (no comparison with NaN is ever true), Inf would pass anything
+    if not all(math.isfinite(v) and v >= 0 for v in (t.atol, t.rtol)):
+        raise BadInput(f"tolerances must be finite numbers >= 0, got atol={t.atol} rtol={t.rtol}")
     return t
 
 
 def ulp(values: np.ndarray, dtype: str) -> np.ndarray:
     """Spacing of `dtype` at each value (float64 result; subnormals use the min-normal spacing)."""
-    bits = MANTISSA_BITS[dtype]
-    min_exp = {"float32": -126, "float16": -14, "bfloat16": -126}[dtype]
+    bits, min_exp = DTYPES[dtype].mantissa_bits, DTYPES[dtype].min_exp
     a = np.abs(values)
     with np.errstate(divide="ignore"):
         e = np.floor(np.log2(np.where(a > 0, a, 1.0)))

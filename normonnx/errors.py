@@ -1,23 +1,54 @@
-"""Exceptions that carry the CLI exit code they map to, so the CLI never has to guess."""
+"""The exit-code contract, decided once for every command, and the exceptions that carry it.
+
+    0  PASSED          every check that ran passed (and at least one ran, where checks were asked for)
+    1  CHECK_FAILED    a numerical check ran and failed, or an export is not what was asked for
+    2  BAD_INPUT       the request or a file is invalid; one line says what is wrong and what is valid
+    3  UNAVAILABLE     a requested runtime is not installed here (e.g. ORT's CUDA provider)
+    4  NOT_CHECKED     nothing could be checked (e.g. scan found norms but could validate none)
+    5  INTERNAL        normonnx itself failed: a bug to report (traceback with --debug)
+
+A verdict never comes from the tool's own failure: anything that is not a finished numerical
+comparison maps to 2..5, never to 1.
+"""
 from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    PASSED = 0
+    CHECK_FAILED = 1
+    BAD_INPUT = 2
+    UNAVAILABLE = 3
+    NOT_CHECKED = 4
+    INTERNAL = 5
+
+
+def verdict_code(passed: int, failed: int, not_checked: int) -> ExitCode:
+    """The exit code of a run that made `passed` + `failed` comparisons and could not make `not_checked`."""
+    if failed:
+        return ExitCode.CHECK_FAILED
+    if not passed:
+        return ExitCode.NOT_CHECKED
+    return ExitCode.PASSED
 
 
 class NormonnxError(Exception):
     """Base class: a one-line, user-facing message and an exit code."""
 
-    exit_code = 1
+    exit_code = ExitCode.INTERNAL
 
 
 class BadInput(NormonnxError, ValueError):
     """The request itself is invalid (bad spec, unsupported opset, unreadable model): exit 2."""
 
-    exit_code = 2
+    exit_code = ExitCode.BAD_INPUT
 
 
 class CheckFailed(NormonnxError):
     """A check ran and failed (numerics, or an export that is not what was asked for): exit 1."""
 
-    exit_code = 1
+    exit_code = ExitCode.CHECK_FAILED
 
 
 class ExportMismatch(CheckFailed):
@@ -27,4 +58,10 @@ class ExportMismatch(CheckFailed):
 class RuntimeUnavailable(NormonnxError):
     """A requested runtime (e.g. ORT's CUDA provider) is not installed here: exit 3."""
 
-    exit_code = 3
+    exit_code = ExitCode.UNAVAILABLE
+
+
+class NotChecked(NormonnxError):
+    """Nothing could be checked, for reasons the message gives: exit 4."""
+
+    exit_code = ExitCode.NOT_CHECKED

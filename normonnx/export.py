@@ -12,10 +12,11 @@ import torch
 
 from . import __version__
 from .errors import BadInput, ExportMismatch
-from .exporters import TORCH_DTYPES, get_exporter, quiet_export
+from .exporters import get_exporter, quiet_export
 from .graph import model_facts, op_histogram, opset_of, set_metadata
 from .params import make_params
 from .spec import NormSpec
+from .tables import DTYPES
 from .variants import get_variant
 
 DEFAULT_OPSET = 18
@@ -96,14 +97,25 @@ def check_model(model: onnx.ModelProto, allow_deprecated_gn18: bool = False) -> 
     return "strict shape inference (onnx.checker refuses the deprecated GroupNormalization-18)"
 
 
-def _writable(path: Path) -> None:
+def check_output_path(path: Path, what: str = "model") -> None:
+    """BadInput unless `path` can receive a new file: its folder exists and is writable, and it is
+    absent or a regular file. A symlink or a device is refused: writing through a temp file and a
+    rename would replace it, writing into it would write somewhere else."""
     parent = path.parent if str(path.parent) else Path(".")
+    if path.is_symlink():
+        raise BadInput(f"output path {path} is a symbolic link: give the {what} file's real path")
     if path.is_dir():
-        raise BadInput(f"output path {path} is a directory: give a file name ending in .onnx")
+        raise BadInput(f"output path {path} is a directory: give a file name for the {what}")
+    if path.exists() and not path.is_file():
+        raise BadInput(f"output path {path} exists and is not a regular file (a device or a pipe): give a file path")
     if not parent.is_dir():
         raise BadInput(f"cannot write {path}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise BadInput(f"cannot write {path}: folder {parent} is not writable")
+
+
+def _writable(path: Path) -> None:
+    check_output_path(path, "model")
 
 
 def export_report(
@@ -124,8 +136,8 @@ def export_report(
     out = Path(output) if output is not None else Path(case_id(spec, variant, opset, exporter, dynamic) + ".onnx")
     _writable(out)
     v = get_variant(variant)
-    module = v.build(spec, make_params(spec)).to(TORCH_DTYPES[spec.dtype])
-    example = torch.randn(spec.shape, generator=torch.Generator().manual_seed(0)).to(TORCH_DTYPES[spec.dtype])
+    module = v.build(spec, make_params(spec)).to(DTYPES[spec.dtype].torch)
+    example = torch.randn(spec.shape, generator=torch.Generator().manual_seed(0)).to(DTYPES[spec.dtype].torch)
     log: list[str] = []
     with tempfile.TemporaryDirectory(prefix="normonnx-export-") as tmp:
         raw = Path(tmp) / "model.onnx"

@@ -17,8 +17,8 @@ import torch
 from .errors import BadInput
 from .registry import Registry
 from .spec import NormSpec
+from .tables import DTYPES
 
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _max_opset(name: str, default: int) -> int:
@@ -119,7 +119,7 @@ def _gn_torchscript_symbolic(spec: NormSpec, opset: int):
     from torch.onnx import symbolic_helper as sh
 
     c, g, rank = spec.channels, spec.groups, len(spec.shape)
-    dt = TORCH_DTYPES[spec.dtype]
+    dt = DTYPES[spec.dtype].torch
 
     @sh.parse_args("v", "i", "v", "v", "f", "none")
     def group_norm(gr, input, num_groups, weight, bias, eps, cudnn_enabled):

@@ -1,19 +1,37 @@
-"""Facts about an ONNX model: opset, op histogram, normonnx metadata; loading with clear errors."""
+"""ONNX models as normonnx reads them: loading with one-line errors, the one external-data check,
+per-node and per-tensor validity checks, a producer/consumer index, and facts (opset, op histogram,
+normonnx metadata).
+
+Every file a user gives is hostile until checked: nothing here raises anything but BadInput on a
+malformed model, and no byte outside the model's folder is ever read.
+"""
 from __future__ import annotations
 
 import json
+import math
+import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from .errors import BadInput
+from .tables import dtype_of_onnx
 
 META_PREFIX = "normonnx."
+DEFAULT_DOMAINS = ("", "ai.onnx")
+MS = "com.microsoft"
+PASS_THROUGH = ("Cast", "Identity")
+MAX_LOCATION = 1024  # longer than any real path; a 100 kB name is an attack, not a file
 
 
+# -- loading -------------------------------------------------------------------------------------
 def load_model(path: str | Path, *, load_external_data: bool = True) -> onnx.ModelProto:
-    """Load an ONNX file or raise BadInput with a one-line reason."""
+    """Load an ONNX file or raise BadInput with a one-line reason. External data is checked always
+    (location, offset, length against the file and the tensor's dims) and read only if asked."""
     p = Path(path)
     if not p.is_file():
         raise BadInput(f"no such model file: {p}")
@@ -23,37 +41,309 @@ def load_model(path: str | Path, *, load_external_data: bool = True) -> onnx.Mod
         raise BadInput(f"{p} is not a readable ONNX model ({type(e).__name__}): give a .onnx file") from None
     if not model.graph.node and not model.graph.output:
         raise BadInput(f"{p} holds no ONNX graph: give a .onnx file written by an exporter")
+    # locations are checked always; files, offsets and lengths when the data is read (a scan reads
+    # only the tensors of the layers it validates, so a missing unrelated weight file is no error)
+    entries = check_external_data(model, p.parent, files=load_external_data)
     if load_external_data:
-        _load_external_data_safely(model, p.parent)
+        read_external_data(entries)
     return model
 
 
-def _load_external_data_safely(model: onnx.ModelProto, base: Path) -> None:
-    """Load external tensors, refusing locations that escape the model's folder."""
-    from onnx.external_data_helper import _get_all_tensors, uses_external_data, load_external_data_for_tensor
+@dataclass(frozen=True)
+class ExternalEntry:
+    """One tensor stored outside the .onnx file, checked: read `nbytes` at `offset` of `path`."""
+
+    tensor: onnx.TensorProto
+    path: Path
+    offset: int
+    nbytes: int
+
+
+def _tensor_nbytes(t: onnx.TensorProto) -> int | None:
+    if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return None
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except Exception:
+        return None
+    bits = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}.get(t.data_type)
+    n = math.prod(t.dims)
+    return (n * bits + 7) // 8 if bits else n * itemsize
+
+
+def check_external_data(model: onnx.ModelProto, base: Path, only: set[str] | None = None,
+                        files: bool = True) -> list[ExternalEntry]:
+    """Check every external-data entry (or those of the tensors named in `only`) without reading
+    any data: BadInput naming the tensor for a location outside the model's folder (`..`, absolute,
+    through a symlink), a symlink loop, a NUL byte or an absurd length in the name, a non-regular
+    file, a bad offset or length, or more or fewer bytes than the tensor's dims need. A missing
+    file is an error only with `files` (the data is about to be read). Returns the entries."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
     root = base.resolve()
+    out = []
     for t in _get_all_tensors(model):
-        if not uses_external_data(t):
+        if not uses_external_data(t) or (only is not None and t.name not in only):
             continue
-        loc = next((e.value for e in t.external_data if e.key == "location"), "")
-        target = (root / loc).resolve()
+        info = {e.key: e.value for e in t.external_data}
+        name = t.name[:80]
+        loc = info.get("location", "")
+        if not loc:
+            raise BadInput(f"tensor {name!r} is stored externally but names no location")
+        if "\x00" in loc or len(loc) > MAX_LOCATION:
+            raise BadInput(f"tensor {name!r}: external data location {loc[:60]!r}... is not a file name "
+                           f"(NUL byte or over {MAX_LOCATION} characters)")
+        try:
+            target = (root / loc).resolve(strict=False)
+        except (RuntimeError, OSError) as e:  # a symlink loop, a component too long
+            raise BadInput(f"tensor {name!r}: external data location {loc!r} cannot be resolved "
+                           f"({getattr(e, 'strerror', None) or e})") from None
         if Path(loc).is_absolute() or root not in target.parents:
-            raise BadInput(f"external data location {loc!r} escapes the model's folder: refused")
-        if not target.is_file():
-            raise BadInput(f"external data file {loc!r} for tensor {t.name!r} is missing next to the model")
-        load_external_data_for_tensor(t, str(root))
-        t.data_location = onnx.TensorProto.DEFAULT
-        del t.external_data[:]
+            raise BadInput(f"tensor {name!r}: external data location {loc!r} escapes the model's folder: refused")
+        try:
+            st = target.stat()
+        except OSError as e:
+            if not files:
+                continue  # missing is checked when (and if) this tensor is read
+            raise BadInput(f"tensor {name!r}: external data file {loc!r} is missing or unreadable next to the model "
+                           f"({e.strerror})") from None
+        if not os.path.isfile(target):
+            raise BadInput(f"tensor {name!r}: external data location {loc!r} is not a regular file")
+        try:
+            offset = int(info.get("offset", "0"))
+            length = int(info["length"]) if "length" in info else None
+        except ValueError:
+            raise BadInput(f"tensor {name!r}: external data offset/length must be integers, got "
+                           f"offset={info.get('offset')!r} length={info.get('length')!r}") from None
+        if offset < 0 or (length is not None and length < 0):
+            raise BadInput(f"tensor {name!r}: negative external data offset {offset} or length {length}")
+        need = _tensor_nbytes(t)
+        if length is None:
+            length = need if need is not None else st.st_size - offset
+        if offset + length > st.st_size:
+            raise BadInput(f"tensor {name!r}: external data needs bytes {offset}..{offset + length} of {loc!r}, "
+                           f"which holds {st.st_size} bytes")
+        if need is not None and length != need:
+            raise BadInput(f"tensor {name!r}: external data length {length} bytes does not match its dims "
+                           f"{list(t.dims)} ({need} bytes)")
+        out.append(ExternalEntry(t, target, offset, length))
+    return out
 
 
+def read_external_data(entries: list[ExternalEntry]) -> None:
+    """Read checked entries into their tensors (exactly the bytes checked, nothing more)."""
+    for e in entries:
+        try:
+            with open(e.path, "rb") as f:
+                f.seek(e.offset)
+                data = f.read(e.nbytes)
+        except OSError as err:
+            raise BadInput(f"tensor {e.tensor.name[:80]!r}: cannot read external data ({err.strerror})") from None
+        if len(data) != e.nbytes:
+            raise BadInput(f"tensor {e.tensor.name[:80]!r}: external data file shrank while reading")
+        e.tensor.raw_data = data
+        e.tensor.data_location = onnx.TensorProto.DEFAULT
+        del e.tensor.external_data[:]
+
+
+def load_external_data(model: onnx.ModelProto, base: Path, names: set[str] | None = None) -> None:
+    """Check and read the external tensors of `model` (only those in `names`, if given)."""
+    read_external_data(check_external_data(model, base, names))
+
+
+# -- node and tensor validity --------------------------------------------------------------------
+# onnx.defs knows no com.microsoft op: what normonnx reads of the contrib norms, checked the same way
+_CONTRIB_SCHEMA = {
+    "LayerNormalization": (2, {}), "SimplifiedLayerNormalization": (2, {}),
+    "SkipLayerNormalization": (3, {}), "SkipSimplifiedLayerNormalization": (3, {}),
+    "GroupNorm": (3, {"groups": onnx.AttributeProto.INT, "activation": onnx.AttributeProto.INT}),
+    "SkipGroupNorm": (4, {"groups": onnx.AttributeProto.INT, "activation": onnx.AttributeProto.INT}),
+    "EmbedLayerNormalization": (7, {}),
+}
+_ATTR_TYPES = {"epsilon": onnx.AttributeProto.FLOAT, "axis": onnx.AttributeProto.INT,
+               "stash_type": onnx.AttributeProto.INT, "channels_last": onnx.AttributeProto.INT}
+
+
+def node_label(node: onnx.NodeProto) -> str:
+    return f"{node.op_type} node {node.name[:80]!r}" if node.name else f"{node.op_type} node (unnamed)"
+
+
+def check_node(node: onnx.NodeProto, opset: int) -> None:
+    """BadInput naming the node if its inputs or attributes break the op's schema (onnx.defs for the
+    standard ops, deprecated versions included; normonnx's table for the com.microsoft norms)."""
+    where = node_label(node)
+    attrs = {a.name: a for a in node.attribute}
+    n_in = len(node.input)
+    schema = None
+    if node.domain in DEFAULT_DOMAINS:
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opset, "")
+        except Exception:
+            # ORT's own fusions write SimplifiedLayerNormalization in the default domain
+            if node.op_type not in _CONTRIB_SCHEMA:
+                raise BadInput(f"{where}: no {node.op_type} op exists at opset {opset}") from None
+    if schema is not None:
+        if not schema.min_input <= n_in <= schema.max_input or not node.input or not node.input[0]:
+            raise BadInput(f"{where} has {n_in} inputs; {node.op_type}-{schema.since_version} takes "
+                           f"{schema.min_input}..{schema.max_input}")
+        want = {k: (a.type, a.required) for k, a in schema.attributes.items()}
+    elif node.domain in (MS, *DEFAULT_DOMAINS) and node.op_type in _CONTRIB_SCHEMA:
+        lo, required = _CONTRIB_SCHEMA[node.op_type]
+        if n_in < lo or not node.input[0]:
+            raise BadInput(f"{where} has {n_in} inputs; com.microsoft.{node.op_type} takes at least {lo}")
+        want = {k: (t, True) for k, t in required.items()}
+        want.update({k: (t, False) for k, t in _ATTR_TYPES.items() if k not in want})
+    else:
+        return
+    for k, (typ, required) in want.items():
+        if required and k not in attrs:
+            raise BadInput(f"{where} lacks its required attribute {k!r}")
+        if k in attrs and attrs[k].type != typ:
+            raise BadInput(f"{where}: attribute {k!r} is {onnx.AttributeProto.AttributeType.Name(attrs[k].type)}, "
+                           f"must be {onnx.AttributeProto.AttributeType.Name(typ)}")
+
+
+def tensor_value(t: onnx.TensorProto) -> np.ndarray:
+    """The tensor as numpy, or BadInput naming it when its data does not match its dims and type."""
+    try:
+        onnx.checker.check_tensor(t)
+        return numpy_helper.to_array(t)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadInput(f"tensor {t.name[:80]!r} is malformed: {msg[:200]}") from None
+
+
+def check_initializers(graph: onnx.GraphProto) -> None:
+    """BadInput naming the first initializer whose stored data does not fit its dims and type
+    (external tensors are checked by check_external_data instead)."""
+    for t in graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            try:
+                onnx.checker.check_tensor(t)
+            except Exception as e:
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise BadInput(f"tensor {t.name[:80]!r} is malformed: {msg[:200]}") from None
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+# -- the index -----------------------------------------------------------------------------------
+class Graph:
+    """Producer/consumer maps and constant lookup over one graph (nothing is executed).
+
+    `outer` is the enclosing graph's index for a subgraph (If/Loop/Scan bodies read outer values)."""
+
+    def __init__(self, graph: onnx.GraphProto, outer: "Graph | None" = None, prefix: str = ""):
+        self.graph = graph
+        self.outer = outer
+        self.nodes = list(graph.node)
+        self.names = [prefix + (n.name or f"{n.op_type}_{i}") for i, n in enumerate(self.nodes)]
+        self.index = {name: i for i, name in enumerate(self.names)}
+        self.producer: dict[str, int] = {}
+        self.consumers: dict[str, list[int]] = {}
+        for i, n in enumerate(self.nodes):
+            for o in n.output:
+                self.producer[o] = i
+            for x in n.input:
+                self.consumers.setdefault(x, []).append(i)
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.types: dict[str, int] = {}
+        self.shapes: dict[str, list] = {}
+        for v in list(graph.input) + list(graph.value_info) + list(graph.output):
+            tt = v.type.tensor_type
+            self.types[v.name] = tt.elem_type
+            if tt.HasField("shape"):
+                self.shapes[v.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                                       for d in tt.shape.dim]
+        for t in graph.initializer:
+            self.types[t.name] = t.data_type
+            self.shapes[t.name] = list(t.dims)
+
+    def node(self, name: str):
+        i = self.producer.get(name)
+        return (i, self.nodes[i]) if i is not None else (None, None)
+
+    def origin(self, name: str) -> str:
+        """Follow a value back through Cast/Identity to where it was computed."""
+        for _ in range(16):
+            _, n = self.node(name)
+            if n is None or n.op_type not in PASS_THROUGH or not n.input:
+                return name
+            name = n.input[0]
+        return name
+
+    def uses(self, name: str, op_type: str | tuple[str, ...]) -> list[int]:
+        """Consumers of `name` (looking forward through Cast/Identity) with the given op type."""
+        ops = (op_type,) if isinstance(op_type, str) else op_type
+        out, frontier, seen = [], [name], set()
+        while frontier:
+            v = frontier.pop()
+            for i in self.consumers.get(v, []):
+                if i in seen:
+                    continue
+                seen.add(i)
+                n = self.nodes[i]
+                if n.op_type in ops and n.domain in DEFAULT_DOMAINS:
+                    out.append(i)
+                elif n.op_type in PASS_THROUGH and n.output:
+                    frontier.append(n.output[0])
+        return out
+
+    def const(self, name: str) -> np.ndarray | None:
+        """The value of an initializer or Constant output (None if computed or stored externally)."""
+        name = self.origin(name)
+        if name in self.initializers:
+            t = self.initializers[name]
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                return None
+            return tensor_value(t)
+        _, n = self.node(name)
+        if n is not None and n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                    return tensor_value(a.t)
+                if a.name in ("value_float", "value_int", "value_floats", "value_ints"):
+                    return np.asarray(onnx.helper.get_attribute_value(a))
+            return None
+        if n is None and self.outer is not None and name not in self.types:
+            return self.outer.const(name)
+        return None
+
+    def is_const(self, name: str) -> bool:
+        name = self.origin(name)
+        if name in self.initializers:
+            return True
+        _, n = self.node(name)
+        if n is None and self.outer is not None and name not in self.types:
+            return self.outer.is_const(name)
+        return n is not None and n.op_type == "Constant"
+
+    def scalar(self, name: str) -> float | None:
+        v = self.const(name)
+        if v is None or v.size != 1 or not np.issubdtype(v.dtype, np.number):
+            return None
+        return float(v.reshape(-1)[0])
+
+    def dtype(self, name: str) -> str | None:
+        t = self.types.get(name)
+        if t is None and self.outer is not None:
+            return self.outer.dtype(name)
+        return dtype_of_onnx(t)
+
+
+# -- facts ---------------------------------------------------------------------------------------
 def opset_of(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return next((o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS), 0)
 
 
 def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
     """Op type -> count over the main graph (domain-qualified when not the default domain)."""
-    c = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in model.graph.node)
+    c = Counter(n.op_type if n.domain in DEFAULT_DOMAINS else f"{n.domain}.{n.op_type}" for n in model.graph.node)
     return dict(sorted(c.items()))
 
 

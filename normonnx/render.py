@@ -4,6 +4,11 @@ from __future__ import annotations
 from typing import Sequence
 
 
+def verdict_word(code: int) -> str:
+    """The last line's first word, one per exit code (normonnx.errors)."""
+    return {0: "PASSED", 1: "FAILED", 4: "NOT CHECKED"}.get(int(code), "ERROR")
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     cells = [[_cell(v) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
@@ -56,8 +61,8 @@ def validation_text(report) -> str:
             head.append(f"{name}: " + "; ".join(str(n) for n in notes))
     body = table(["runtime", "inputs", "status", "max_abs", "max_rel", "max_ulp", "vs_torch", "reason"], rows)
     c = report.counts
-    verdict = "PASSED" if report.passed else "FAILED"
-    tail = f"{verdict}: {c['pass']} passed, {c['fail']} failed, {c['error']} errors, {c['skipped']} skipped"
+    tail = f"{verdict_word(report.exit_code)}: {c['pass']} passed, {c['fail']} failed, {c['error']} not checked " \
+           f"(could not run), {c['skipped']} skipped"
     return "\n".join(head) + "\n\n" + body + "\n\n" + tail
 
 
@@ -84,10 +89,15 @@ def scan_text(report) -> str:
     """Table of a normonnx.scan.ScanReport: one row per norm found."""
     head = f"{report.model}: opset {report.opset}, {report.producer or 'unknown producer'}; {len(report.norms)} norms"
     if not report.norms:
-        return head + " found"
+        return head + " found (searched the main graph, If/Loop/Scan bodies and model-local functions)"
+    inner = sum(1 for f in report.norms if f.scope)
+    if inner:
+        head += f" ({inner} inside subgraphs or functions)"
     rows = []
     for i, f in enumerate(report.norms):
         where = f.nodes[0] if len(f.nodes) == 1 else f"{f.nodes[0]} .. {f.nodes[-1]} ({len(f.nodes)} nodes)"
+        if f.scope:
+            where = f"[{f.scope}] {where}"
         shape = f"groups={f.groups}" if f.groups else (f"axes={list(f.axes)}" if f.axes is not None else "")
         fused = {True: "fused", False: "no", None: "-"}[report.fused.get(i)]
         row = [i, f.kind, f.form, where[:60], shape, f"{f.eps:.3g}" if f.eps is not None else "-",
@@ -103,9 +113,10 @@ def scan_text(report) -> str:
     if report.validated:
         headers.append("validate")
     out = head + "\n\n" + table(headers, rows)
+    if report.fusion_note:
+        out += f"\n\nORT fuses: unknown ({report.fusion_note})"
     if report.validated:
-        vals = [v.get("passed") for v in report.validations.values()]
-        verdict = "PASSED" if report.passed else "FAILED"
-        out += (f"\n\n{verdict}: {vals.count(True)} passed, {vals.count(False)} failed, "
-                f"{vals.count(None)} not validated")
+        c = report.counts
+        out += (f"\n\n{verdict_word(report.exit_code)}: {c['passed']} passed, {c['failed']} failed, "
+                f"{c['not_validated']} not validated")
     return out

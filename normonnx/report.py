@@ -10,27 +10,51 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from typing import Callable
+
 from .errors import BadInput
-from .spec import KINDS
-from .sweep import META, RESULTS, read_results
+from .inputs import REGISTRY as SUITES
+from .results import RESULTS, read_meta, read_results
+from .tables import kind_order
 from .variants import REGISTRY as VARIANTS
 
 STATUS_STYLE = {"pass": ("#d7f5d7", "pass"), "fail": ("#f8d0d0", "FAIL"), "mismatch": ("#fde6c4", "mismatch"),
                 "unsupported": ("#eeeeee", "n/a"), "error": ("#e6d5f5", "error")}
 # without timings, prefer the form with the fewest nodes
 UNTIMED_PREFERENCE = ("native", "instance-trick", "decomposed")
-SAMPLE_ORDER = ["normal", "offset-1e2", "offset-1e3", "offset-1e4", "constant", "tiny-scale", "wide", "big-row",
-                "spatial-1", "nonfinite"]
 
 
-def load(out_dir: str | Path) -> tuple[list[dict], dict]:
+def sample_order(samples) -> list[str]:
+    """Input samples in the input-suite registry's order (a sample's name starts with its suite's,
+    e.g. offset-1e3), so a new suite appears in the plots without editing this module."""
+    suites = list(SUITES)
+
+    def key(s: str):
+        i = next((k for k, n in enumerate(suites) if s == n or s.startswith(n + "-")), len(suites))
+        return (i, s)
+
+    return sorted(set(samples), key=key)
+
+
+def load(out_dir: str | Path, warn: Callable[[str], None] | None = None) -> tuple[list[dict], dict]:
+    """Records and meta of a sweep folder. A malformed line or a corrupt meta.json is skipped with a
+    warning (the report shows what is valid); a folder with no valid record is BadInput."""
+    warn = warn or (lambda m: None)
     d = Path(out_dir)
     if not (d / RESULTS).is_file():
         raise BadInput(f"{d} holds no {RESULTS}: run 'normonnx sweep -o {d}' first")
-    records = read_results(d / RESULTS)
+    records, bad = read_results(d / RESULTS)
+    for b in bad[:5]:
+        warn(f"{d / RESULTS} {b}: skipped")
+    if len(bad) > 5:
+        warn(f"{d / RESULTS}: {len(bad) - 5} more malformed lines skipped")
     if not records:
-        raise BadInput(f"{d / RESULTS} is empty: run 'normonnx sweep -o {d}' first")
-    meta = json.loads((d / META).read_text()) if (d / META).is_file() else {}
+        raise BadInput(f"{d / RESULTS} holds no valid result: run 'normonnx sweep -o {d}' first")
+    try:
+        meta = read_meta(d)
+    except BadInput as e:
+        warn(f"{e}; the report leaves out the environment")
+        meta = {}
     return records, meta
 
 
@@ -39,7 +63,7 @@ def matrix(records: list[dict]) -> tuple[list[tuple], list[tuple], dict]:
     """(rows: (norm, variant), columns: (opset, exporter, provider, dtype), cell record by (row, col))."""
     cases = [r for r in records if r.get("type", "case") == "case"]
     rows = sorted({(r["norm"], r["variant"]) for r in cases},
-                  key=lambda k: (KINDS.index(k[0]) if k[0] in KINDS else 9, list(VARIANTS).index(k[1])
+                  key=lambda k: (kind_order(k[0]), list(VARIANTS).index(k[1])
                                  if k[1] in VARIANTS else 9))
     dorder = {"float32": 0, "float16": 1, "bfloat16": 2}
     cols = sorted({(r["opset"], r["exporter"], r["provider"], r["dtype"]) for r in cases},
@@ -59,11 +83,22 @@ def cell_text(r: dict | None) -> tuple[str, str, str]:
     return st, short, r.get("reason") or r.get("error") or ""
 
 
+def _num(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+TIMING_FIELDS = ("p50_ms", "x_copy", "x_torch")
+
+
 def bench_rows(records: list[dict]) -> list[dict]:
+    """Timed forms of every bench record; a row without numeric timings (a hand-edited or foreign
+    file) is left out rather than plotted."""
     out = []
     for r in records:
         if r.get("type") == "bench" and r.get("status") == "timed":
-            out.extend(r["records"])
+            out.extend(b for b in r.get("records", []) if all(isinstance(b.get(k), str) for k in
+                                                              ("form", "norm", "dtype", "provider"))
+                       and (b.get("error") or all(_num(b.get(k)) is not None for k in TIMING_FIELDS)))
     return out
 
 
@@ -80,7 +115,7 @@ def recommendations(records: list[dict]) -> list[dict]:
             timing[(b["norm"], b["provider"], b["dtype"], b["form"])] = b
     out = []
     for norm, provider, dtype in sorted({(k[0], k[1], k[2]) for k in status},
-                                        key=lambda k: (KINDS.index(k[0]) if k[0] in KINDS else 9, k[1], k[2])):
+                                        key=lambda k: (kind_order(k[0]), k[1], k[2])):
         ok, bad = [], []
         for v in VARIANTS:
             sts = status.get((norm, provider, dtype, v))
@@ -126,7 +161,7 @@ def error_plot(records: list[dict]) -> str | None:
     cases = [r for r in records if r.get("type", "case") == "case" and r.get("inputs")]
     if not cases:
         return None
-    norms = [n for n in KINDS if any(r["norm"] == n for r in cases)]
+    norms = sorted({r["norm"] for r in cases}, key=kind_order)
     fig, axes = plt.subplots(1, len(norms), figsize=(4.2 * len(norms), 3.6), squeeze=False)
     nan_level = 1e3
     for ax, norm in zip(axes[0], norms):
@@ -135,12 +170,12 @@ def error_plot(records: list[dict]) -> str | None:
             if r["norm"] != norm:
                 continue
             for sample, v in r["inputs"].items():
-                if sample == "*" or v["status"] == "skipped":
+                if sample == "*" or not isinstance(v, dict) or v.get("status") == "skipped":
                     continue
-                err = nan_level if v.get("nonfinite_mismatch") else (v.get("max_abs_err") or 1e-12)
+                err = nan_level if v.get("nonfinite_mismatch") else (_num(v.get("max_abs_err")) or 1e-12)
                 key = f"{r['variant']} {r['dtype']}"
                 series[key][sample] = max(series[key].get(sample, 0.0), max(err, 1e-12))
-        samples = [s for s in SAMPLE_ORDER if any(s in d for d in series.values())]
+        samples = sample_order(s for d in series.values() for s in d)
         for key, d in sorted(series.items()):
             xs = [i for i, s in enumerate(samples) if s in d]
             ys = [d[samples[i]] for i in xs]
@@ -167,7 +202,7 @@ def latency_plot(records: list[dict]) -> str | None:
     if not rows:
         return None
     groups = sorted({(b["norm"], b["dtype"], b["provider"]) for b in rows},
-                    key=lambda g: (KINDS.index(g[0]) if g[0] in KINDS else 9, g[1], g[2]))
+                    key=lambda g: (kind_order(g[0]), g[1], g[2]))
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(rows) + 1.5))
     labels, xc, xt, colors = [], [], [], []
     for g in groups:
@@ -191,7 +226,7 @@ def latency_plot(records: list[dict]) -> str | None:
 
 # -- documents -----------------------------------------------------------------------------------
 def _col_label(c) -> str:
-    return f"op{c[0]}<br>{c[1]}<br>{c[2]}<br>{c[3]}"
+    return "<br>".join(html.escape(str(v)) for v in (f"op{c[0]}", *c[1:]))
 
 
 def summary_counts(records: list[dict]) -> dict:
@@ -212,7 +247,7 @@ def render_html(records: list[dict], meta: dict) -> str:
              "img{max-width:100%}code{background:#f4f4f4;padding:1px 3px}</style></head><body>",
              "<h1>normonnx compatibility report</h1>"]
     counts = summary_counts(records)
-    parts.append("<p>" + ", ".join(f"<b>{v}</b> {e(k)}" for k, v in sorted(counts.items())) + " cases.</p>")
+    parts.append("<p>" + ", ".join(f"<b>{int(v)}</b> {e(k)}" for k, v in sorted(counts.items())) + " cases.</p>")
     parts.append("<h2>Compatibility matrix</h2><p class='legend'>" + "".join(
         f"<span style='background:{c}'>{e(t)}</span>" for c, t in STATUS_STYLE.values())
         + " Hover a cell for the reason. FAIL names the worst input suite.</p>")
@@ -260,43 +295,50 @@ def render_html(records: list[dict], meta: dict) -> str:
     return "\n".join(parts)
 
 
+def _md(v) -> str:
+    """A string from a results file, safe in a Markdown table cell (GitHub renders inline HTML)."""
+    return html.escape(str(v)).replace("|", "\\|").replace("\n", " ")
+
+
 def render_markdown(records: list[dict], meta: dict) -> str:
     rows, cols, cells = matrix(records)
     icon = {"pass": "✅", "fail": "❌", "mismatch": "⚠️", "unsupported": "·", "error": "💥"}
     lines = ["# normonnx compatibility report", "",
              ", ".join(f"**{v}** {k}" for k, v in sorted(summary_counts(records).items())) + " cases.", "",
              "✅ pass · ❌ fail (worst input suite) · ⚠️ exporter wrote another opset/op set · `·` unsupported · 💥 error",
-             "", "| norm / variant | " + " | ".join(f"op{c[0]} {c[1]} {c[2]} {c[3]}" for c in cols) + " |",
+             "", "| norm / variant | " + " | ".join(_md(f"op{c[0]} {c[1]} {c[2]} {c[3]}") for c in cols) + " |",
              "|---|" + "---|" * len(cols)]
     for row in rows:
         out = []
         for col in cols:
             r = cells.get((row, col))
             st = r["status"] if r else "unsupported"
-            out.append(icon.get(st, st) + (f" {r.get('worst_input')}" if st == "fail" and r.get("worst_input") else ""))
-        lines.append(f"| {row[0]} / {row[1]} | " + " | ".join(out) + " |")
+            out.append(icon.get(st, _md(st)) + (f" {_md(r.get('worst_input'))}" if st == "fail" and r.get("worst_input")
+                                                else ""))
+        lines.append(f"| {_md(row[0])} / {_md(row[1])} | " + " | ".join(out) + " |")
     lines += ["", "## Recommended graph form", "", "| norm | provider | dtype | recommended | why | fails some suite |",
               "|---|---|---|---|---|---|"]
     for rec in recommendations(records):
-        lines.append(f"| {rec['norm']} | {rec['provider']} | {rec['dtype']} | **{rec['recommended'] or '-'}** | "
-                     f"{rec['why']} | {', '.join(rec['failing']) or '-'} |")
+        lines.append(f"| {_md(rec['norm'])} | {_md(rec['provider'])} | {_md(rec['dtype'])} | "
+                     f"**{_md(rec['recommended'] or '-')}** | {_md(rec['why'])} | {_md(', '.join(rec['failing']) or '-')} |")
     v = meta.get("versions", {})
     m = meta.get("machine", {})
-    lines += ["", "## Environment", "", ", ".join(f"{k} {val}" for k, val in v.items())
-              + f"; {m.get('cpu', '?')} ({m.get('cores', '?')} cores)" + (f", GPU {m['gpu']}" if m.get("gpu") else "")]
+    lines += ["", "## Environment", "", _md(", ".join(f"{k} {val}" for k, val in v.items())
+              + f"; {m.get('cpu', '?')} ({m.get('cores', '?')} cores)" + (f", GPU {m['gpu']}" if m.get("gpu") else ""))]
     return "\n".join(lines) + "\n"
 
 
-def write_report(out_dir: str | Path, output: str | Path) -> Path:
+def write_report(out_dir: str | Path, output: str | Path, warn: Callable[[str], None] | None = None) -> Path:
     """Write OUT's report to `output` (.html, or .md for Markdown)."""
-    records, meta = load(out_dir)
+    from .export import check_output_path
+
     output = Path(output)
     if output.suffix.lower() not in (".html", ".htm", ".md"):
         raise BadInput(f"report output {output} must end in .html or .md")
-    if output.parent and not output.parent.is_dir():
-        raise BadInput(f"cannot write {output}: folder {output.parent} does not exist")
+    check_output_path(output, "report")
+    records, meta = load(out_dir, warn)
     text = render_markdown(records, meta) if output.suffix.lower() == ".md" else render_html(records, meta)
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(output)
+    from .results import atomic_write
+
+    atomic_write(output, text.encode("utf-8"))
     return output

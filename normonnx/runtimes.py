@@ -17,7 +17,9 @@ import numpy as np
 import onnx
 
 from .errors import BadInput, RuntimeUnavailable
+from .graph import op_histogram
 from .registry import Registry
+from .tables import PROVIDERS
 
 OPT_LEVELS = ("all", "extended", "basic", "disabled")
 
@@ -74,7 +76,6 @@ def require(name: str) -> Runtime:
 
 
 # -- ONNX Runtime ---------------------------------------------------------------------------------
-_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
 def _ort():
@@ -132,16 +133,13 @@ def _open_ort(provider: str):
             opt_path = os.path.join(tmp, "optimized.onnx")
             so = session_options(config, optimized_path=opt_path)
             try:
-                sess = ort.InferenceSession(str(model_path), so, providers=[_PROVIDERS[provider]])
+                sess = ort.InferenceSession(str(model_path), so, providers=[PROVIDERS[provider]])
             except Exception as e:
-                raise SessionError(f"ORT {provider} cannot load the model: {_first_line(e)}") from e
+                raise SessionError(f"ORT {provider} cannot load the model: {first_line(e)}") from e
             facts = {"provider": sess.get_providers()[0], "opt_level": config.opt_level,
                      "threads": config.threads or "default", "ort_version": ort.__version__}
             try:
-                opt = onnx.load(opt_path, load_external_data=False)
-                facts["optimized_ops"] = dict(sorted(Counter(
-                    n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
-                    for n in opt.graph.node).items()))
+                facts["optimized_ops"] = op_histogram(onnx.load(opt_path, load_external_data=False))
             except Exception:  # ORT may not serialize some optimized graphs
                 facts["optimized_ops"] = None
         in_name = sess.get_inputs()[0].name
@@ -157,10 +155,10 @@ def _open_ort(provider: str):
 def _ort_unavailable(provider: str) -> Callable[[], str | None]:
     def why() -> str | None:
         try:
-            if _PROVIDERS[provider] in _ort_providers():
+            if PROVIDERS[provider] in _ort_providers():
                 return None
         except Exception as e:  # onnxruntime not importable
-            return f"onnxruntime cannot be imported ({_first_line(e)})"
+            return f"onnxruntime cannot be imported ({first_line(e)})"
         if provider == "cuda":
             return ("the installed onnxruntime has no CUDAExecutionProvider (PyPI's onnxruntime is CPU-only; "
                     "install onnxruntime-gpu on a machine with an NVIDIA GPU)")
@@ -184,7 +182,7 @@ class SessionError(Exception):
     """A runtime could not open or run a model; the message is one line."""
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip()
     for line in text.splitlines():
         line = line.strip()
@@ -204,7 +202,7 @@ def _open_reference(model_path, config: SessionConfig, module=None) -> Session:
     try:
         ev = ReferenceEvaluator(str(model_path))
     except Exception as e:
-        raise SessionError(f"onnx.reference cannot load the model: {_first_line(e)}") from e
+        raise SessionError(f"onnx.reference cannot load the model: {first_line(e)}") from e
     name = ev.input_names[0]
 
     def run(x):

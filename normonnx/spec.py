@@ -10,28 +10,22 @@ import numpy as np
 
 from .errors import BadInput
 
-KINDS = ("bn", "ln", "in", "gn")  # the four norms every default matrix covers
-ALL_KINDS = KINDS + ("rms",)  # RMSNorm too, for transformer decoders (and `normonnx scan`)
-KIND_NAMES = {"bn": "BatchNorm", "ln": "LayerNorm", "in": "InstanceNorm", "gn": "GroupNorm", "rms": "RMSNorm"}
+from .tables import ALL_KINDS, DTYPES, KINDS, KINDS_TABLE
 
-# name -> (short tag used in ids, numpy dtype used for host buffers)
-DTYPES = {
-    "float32": ("fp32", np.dtype(np.float32)),
-    "float16": ("fp16", np.dtype(np.float16)),
-    "bfloat16": ("bf16", None),  # numpy has no bfloat16; ml_dtypes provides it (see numpy_dtype)
-}
+KIND_NAMES = {k: KINDS_TABLE[k].title for k in ALL_KINDS}
 
 DEFAULT_SHAPES = {"bn": (2, 8, 16, 16), "ln": (2, 16, 64), "in": (2, 8, 16, 16), "gn": (2, 8, 16, 16),
                   "rms": (2, 16, 64)}
 DEFAULT_GROUPS = 4
 
 
-def numpy_dtype(dtype: str) -> np.dtype:
-    if dtype == "bfloat16":
-        import ml_dtypes  # installed with onnx
+# Every buffer the checks hold is a few copies of x in float64 (input, oracle, outputs, statistics):
+# refuse up front a shape that could not fit, instead of failing deep inside numpy or ORT.
+MAX_ELEMENTS = 2 ** 28  # 268M elements: ~2 GiB per float64 copy
 
-        return np.dtype(ml_dtypes.bfloat16)
-    return DTYPES[dtype][1]
+
+def numpy_dtype(dtype: str) -> np.dtype:
+    return DTYPES[dtype].numpy
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -42,7 +36,15 @@ def parse_shape(text: str) -> tuple[int, ...]:
         raise BadInput(f"bad shape {text!r}: write positive integers joined by 'x', e.g. 2x8x16x16") from None
     if not dims or any(d <= 0 for d in dims):
         raise BadInput(f"bad shape {text!r}: every dimension must be a positive integer, e.g. 2x8x16x16")
+    check_size(dims)
     return dims
+
+
+def check_size(shape: tuple[int, ...]) -> None:
+    n = math.prod(shape)  # Python ints: no int64 overflow on absurd shapes
+    if n > MAX_ELEMENTS:
+        raise BadInput(f"shape {format_shape(shape)} has {n:.3g} elements; normonnx checks shapes of at most "
+                       f"{MAX_ELEMENTS:,} elements (each check holds several float64 copies in memory)")
 
 
 def format_shape(shape: tuple[int, ...]) -> str:
@@ -96,6 +98,9 @@ class NormSpec:
         """Build a spec from the loose options the CLI takes, filling sensible defaults."""
         if kind not in ALL_KINDS:
             raise BadInput(f"unknown norm {kind!r}: valid norms are {', '.join(ALL_KINDS)}")
+        for what, v in (("channels", channels), ("groups", groups)):
+            if v is not None and v <= 0:
+                raise BadInput(f"--{what} {v}: must be a positive integer")
         if kind == "rms":
             bias = False  # RMSNorm has a scale and no shift
         if isinstance(shape, str):
@@ -120,7 +125,7 @@ class NormSpec:
                 raise BadInput(f"--normalized-shape applies to ln and rms only, not {kind}; use --channels")
             if shape is None:
                 default = DEFAULT_SHAPES[kind]
-                shape = (default[0], channels or default[1], *default[2:])
+                shape = (default[0], channels if channels is not None else default[1], *default[2:])
             elif channels is not None and len(shape) > 1 and shape[1] != channels:
                 raise BadInput(
                     f"--channels {channels} disagrees with shape {format_shape(shape)} (dim 1 is {shape[1]})"
@@ -129,13 +134,18 @@ class NormSpec:
         if groups is not None and kind != "gn":
             raise BadInput(f"--groups applies to gn only, not {kind}")
         if kind == "gn" and groups is None:
-            groups = DEFAULT_GROUPS if len(shape) > 1 and shape[1] % DEFAULT_GROUPS == 0 else 1
+            c = shape[1] if len(shape) > 1 else 0
+            if c % DEFAULT_GROUPS:
+                valid = [g for g in range(1, c + 1) if c % g == 0]
+                raise BadInput(f"--groups defaults to {DEFAULT_GROUPS}, which does not divide channels={c}: "
+                               f"pass --groups with one of {', '.join(map(str, valid))}")
+            groups = DEFAULT_GROUPS
         if track_running_stats is None:
             track_running_stats = kind == "bn"
         return cls(
             kind=kind,
             shape=tuple(shape),
-            groups=groups or 1,
+            groups=groups if groups is not None else 1,
             normalized_ndim=nd,
             eps=float(eps),
             affine=affine,
@@ -152,9 +162,10 @@ class NormSpec:
             raise BadInput(f"unknown dtype {self.dtype!r}: valid dtypes are {', '.join(DTYPES)}")
         if any(d <= 0 for d in s):
             raise BadInput(f"bad shape {format_shape(s)}: every dimension must be positive")
+        check_size(s)
         if not (math.isfinite(self.eps) and self.eps > 0):
             raise BadInput(f"bad eps {self.eps}: eps must be a positive finite number, e.g. 1e-5")
-        ranks = {"bn": (2, 5), "in": (3, 5), "gn": (3, 5), "ln": (1, 8), "rms": (1, 8)}[k]
+        ranks = KINDS_TABLE[k].ranks
         if not ranks[0] <= len(s) <= ranks[1]:
             hint = "N, C, *spatial" if k not in ("ln", "rms") else "*, *normalized"
             raise BadInput(
@@ -216,7 +227,7 @@ class NormSpec:
             parts.append("nobias")
         if k == "in" and self.track_running_stats:
             parts.append("rs")
-        parts.append(DTYPES[self.dtype][0])
+        parts.append(DTYPES[self.dtype].tag)
         return "-".join(parts)
 
     def replace(self, **changes) -> "NormSpec":
@@ -236,4 +247,9 @@ class NormSpec:
         unknown = set(d) - fields
         if unknown:
             raise BadInput(f"unknown spec fields {sorted(unknown)}: valid fields are {sorted(fields)}")
-        return cls(**{**d, "shape": tuple(d["shape"])})
+        try:
+            return cls(**{**d, "shape": tuple(int(v) for v in d["shape"])})
+        except (KeyError, TypeError, ValueError) as e:
+            if isinstance(e, BadInput):
+                raise
+            raise BadInput(f"malformed spec {json.dumps(d)[:120]}: {e}") from None

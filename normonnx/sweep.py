@@ -16,14 +16,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .errors import BadInput, ExportMismatch, NormonnxError
+from .errors import BadInput, ExitCode, ExportMismatch, NormonnxError
 from .export import check_request, tool_versions
-from .spec import ALL_KINDS, DTYPES, KINDS, NormSpec
+from .results import (META, RESULTS, FolderLock, ResultsWriter, atomic_write, make_record, quarantine, read_meta,
+                      read_results, versions_diff)
+from .spec import NormSpec
+from .tables import ALL_KINDS, DTYPES, KINDS, kind_order
 from .variants import REGISTRY as VARIANTS
 
 DEFAULT_OPSETS = (13, 17, 18, 21, 23)
-RESULTS = "results.jsonl"
-META = "meta.json"
 
 
 @dataclass(frozen=True)
@@ -107,101 +108,74 @@ def run_case(case: Case, inputs: list[str] | None = None, cache_dir: str | None 
     from .validate import validate
 
     t0 = time.perf_counter()
-    rec = {"type": "case", "case_id": case.id, **asdict(case), "spec_id": case.spec.id, "versions": versions()}
+    rec = {"case_id": case.id, **asdict(case), "spec_id": case.spec.id, "versions": versions()}
     try:
         check_request(case.spec, case.variant, case.opset, case.exporter)
     except BadInput as e:
-        return {**rec, "status": "unsupported", "reason": str(e), "duration_s": 0.0}
+        return make_record("case", **rec, status="unsupported", reason=str(e), duration_s=0.0)
     cache = None
     try:
         cache = ExportCache(cache_dir) if cache_dir else None
         report = validate(case.spec, variant=case.variant, opset=case.opset, exporter=case.exporter,
                           runtimes=[case.provider], inputs=inputs, cache=cache, seed=seed)
     except ExportMismatch as e:
-        return {**rec, "status": "mismatch", "reason": str(e), "duration_s": time.perf_counter() - t0,
-                "exports": cache.misses if cache else None}
+        return make_record("case", **rec, status="mismatch", reason=str(e), duration_s=time.perf_counter() - t0,
+                           exports=cache.misses if cache else None)
     except Exception as e:  # recorded, never fatal to the sweep
-        return {**rec, "status": "error", "error_type": type(e).__name__, "error": str(e).strip()[:500],
-                "traceback": traceback.format_exc(limit=3)[-1500:], "duration_s": time.perf_counter() - t0}
+        return error_record(case, e, duration_s=time.perf_counter() - t0,
+                            traceback=traceback.format_exc(limit=3)[-1500:])
     samples = [r for r in report.results if r.runtime == case.provider]
-    bad = [r for r in samples if r.status in ("fail", "error")]
+    # only a finished comparison makes a case "fail"; a check that could not run makes it "error"
+    failed = [r for r in samples if r.status == "fail"]
+    bad = failed or [r for r in samples if r.status == "error"]
     worst = max(bad, key=lambda r: (r.nonfinite_mismatch or 0, r.max_abs_err or 0.0), default=None)
     finite_errs = [r.max_abs_err for r in samples if r.max_abs_err is not None]
-    return {
+    status = "fail" if failed else ("error" if bad or not any(r.status == "pass" for r in samples) else "pass")
+    return make_record(
+        "case",
         **rec,
-        "status": "fail" if bad else "pass",
-        "reason": (f"{worst.inputs}: {worst.reason or worst.error}" if worst else None),
-        "worst_input": worst.inputs.split(":")[-1] if worst else None,
-        "max_abs_err": max(finite_errs) if finite_errs else None,
-        "inputs": {r.inputs.split(":")[-1] if r.inputs != "*" else r.inputs: {
+        status=status,
+        reason=(f"{worst.inputs}: {worst.reason or worst.error}" if worst else
+                None if status == "pass" else "nothing was checked: every input suite was skipped"),
+        worst_input=worst.inputs.split(":")[-1] if worst else None,
+        max_abs_err=max(finite_errs) if finite_errs else None,
+        inputs={r.inputs.split(":")[-1] if r.inputs != "*" else r.inputs: {
             "status": r.status, "max_abs_err": r.max_abs_err, "max_rel_err": r.max_rel_err,
             "nonfinite_mismatch": r.nonfinite_mismatch, "reason": r.reason or r.error}
             for r in report.results if r.runtime in (case.provider, "*")},
-        "model_opset": report.model["opset"],
-        "ops": report.model["ops"],
-        "runtime_facts": report.runtimes.get(case.provider, {}),
-        "exports": cache.misses if cache else None,  # 0 when every export came from the cache
-        "duration_s": time.perf_counter() - t0,
-    }
+        model_opset=report.model["opset"],
+        ops=report.model["ops"],
+        runtime_facts=report.runtimes.get(case.provider, {}),
+        exports=cache.misses if cache else None,  # 0 when every export came from the cache
+        duration_s=time.perf_counter() - t0,
+    )
+
+
+def error_record(case: Case, e: BaseException, **extra) -> dict:
+    """The record of a case that raised instead of finishing: recorded, never fatal to the sweep."""
+    return make_record("case", case_id=case.id, **asdict(case), versions=versions(), status="error",
+                       error_type=type(e).__name__, error=(str(e).strip() or type(e).__name__)[:500], **extra)
 
 
 def run_bench_group(norm: str, dtype: str, provider: str, opset: int, min_time: float) -> dict:
     """Time every variant of a norm at its standard shape (one record holding all forms). Never raises."""
     from .bench import bench_spec, benchmark
 
-    rec = {"type": "bench", "case_id": f"bench-{norm}-{dtype}-{provider}-op{opset}", "norm": norm, "dtype": dtype,
-           "provider": provider, "opset": opset, "versions": versions()}
+    rec = {"case_id": bench_id(norm, dtype, provider, opset), "norm": norm, "dtype": dtype, "provider": provider,
+           "opset": opset, "versions": versions()}
     try:
         spec = bench_spec(norm, dtype)
         variants = [v for v in VARIANTS if norm in VARIANTS[v].min_opset and VARIANTS[v].min_opset[norm] <= opset]
         rep = benchmark(spec, variants, [provider], opset=opset, min_time=min_time, warmup=2, min_runs=5)
-        return {**rec, "status": "timed", "spec_id": spec.id, "machine": rep.machine,
-                "records": [r.to_dict() for r in rep.records]}
+        return make_record("bench", **rec, status="timed", spec_id=spec.id, machine=rep.machine,
+                           records=[r.to_dict() for r in rep.records])
     except Exception as e:
-        return {**rec, "status": "error", "error_type": type(e).__name__, "error": str(e).strip()[:500]}
+        return make_record("bench", **rec, status="error", error_type=type(e).__name__,
+                           error=(str(e).strip() or type(e).__name__)[:500])
 
 
-# -- results file --------------------------------------------------------------------------------
-def read_results(path: Path) -> list[dict]:
-    """Records of a results.jsonl; a torn last line (a kill mid-write) is ignored."""
-    out = []
-    if not path.is_file():
-        return out
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
-
-
-def _drop_torn_tail(path: Path) -> None:
-    """A kill mid-write leaves a last line without its newline: cut it, so appends start clean."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    with open(path, "rb+") as f:
-        data = f.read()
-        if not data.endswith(b"\n"):
-            f.truncate(data.rfind(b"\n") + 1)
-
-
-class ResultsWriter:
-    def __init__(self, path: Path):
-        self.path = path
-        _drop_torn_tail(path)
-        self._f = open(path, "a")
-
-    def write(self, record: dict) -> None:
-        self._f.write(json.dumps(record, sort_keys=True, default=str) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        self._f.close()
+def bench_id(norm: str, dtype: str, provider: str, opset: int) -> str:
+    return f"bench-{norm}-{dtype}-{provider}-op{opset}"
 
 
 # -- progress ------------------------------------------------------------------------------------
@@ -250,10 +224,20 @@ class SweepSummary:
     counts: dict = field(default_factory=dict)
     cache_hits: int = 0
     interrupted: bool = False
+    rejected: int = 0  # malformed lines moved aside by resume (their cases ran again)
+
+    def exit_code(self, strict: bool = False) -> ExitCode:
+        """0 once the matrix is recorded; with strict, 1 if a case failed its check, 4 if a case
+        could not be checked (an error), else 0."""
+        if not strict:
+            return ExitCode.PASSED
+        if self.counts.get("fail"):
+            return ExitCode.CHECK_FAILED
+        return ExitCode.NOT_CHECKED if self.counts.get("error") else ExitCode.PASSED
 
     def to_dict(self) -> dict:
         return {"out": str(self.out), "total": self.total, "already_done": self.skipped_done, "counts": self.counts,
-                "interrupted": self.interrupted}
+                "interrupted": self.interrupted, "rejected_lines": self.rejected}
 
 
 def sweep(
@@ -272,50 +256,72 @@ def sweep(
     progress: bool = True,
     seed: int = 0,
     case_runner: Callable[..., dict] = run_case,
+    warn: Callable[[str], None] | None = None,
 ) -> SweepSummary:
-    """Run the matrix into OUT/results.jsonl. cache_dir=None disables the export cache."""
+    """Run the matrix into OUT/results.jsonl. cache_dir=None disables the export cache.
+
+    One writer per folder (OUT/.lock): a second sweep into OUT fails at once. With resume, malformed
+    lines (torn, garbage, duplicates, another schema) move to OUT/results.rejected.jsonl and their
+    cases run again."""
     from . import inputs as suites
 
+    warn = warn or (lambda m: sys.stderr.write(f"warning: {m}\n"))
     suites.get_suites(inputs)  # validate names before any work
     if jobs < 1:
         raise BadInput(f"--jobs must be >= 1, got {jobs}")
+    if cache_dir is not None:
+        from .cache import ExportCache
+
+        ExportCache(cache_dir)  # an unusable cache folder is bad input before any case runs
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise BadInput(f"cannot create output folder {out}: {e.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise BadInput(f"cannot write in output folder {out}: permission denied")
+    with FolderLock(out):
+        return _sweep_locked(out, matrix, inputs, resume, force, jobs, shard, cache_dir, bench, bench_opset,
+                             bench_min_time, progress, seed, case_runner, warn)
+
+
+def _sweep_locked(out, matrix, inputs, resume, force, jobs, shard, cache_dir, bench, bench_opset, bench_min_time,
+                  progress, seed, case_runner, warn) -> SweepSummary:
     results = out / RESULTS
-    existing = read_results(results)
-    if existing and not resume and not force:
-        raise BadInput(f"{results} already holds {len(existing)} results: pass --resume to finish that sweep, "
-                       "or --force to start over")
+    existing, bad = read_results(results) if not force else ([], [])
+    if (existing or bad) and not resume:
+        raise BadInput(f"{results} already holds {len(existing) + len(bad)} results: pass --resume to finish that "
+                       "sweep, or --force to start over")
     if force and results.exists():
         results.unlink()
-        existing = []
     now = versions()
     older = next((r for r in existing if r.get("versions") != now), None)
     if older is not None:
-        diff = sorted(k for k in set(now) | set(older.get("versions") or {})
-                      if now.get(k) != (older.get("versions") or {}).get(k))
-        raise BadInput(f"{results} was recorded with other tool versions ({', '.join(diff)}): "
-                       "pass --force to start over, or choose another --out")
-    meta = {"versions": versions(), "matrix": {k: list(v) for k, v in asdict(matrix).items()},
-            "inputs": inputs, "shard": f"{shard[0]}/{shard[1]}" if shard else None, "bench": bench}
+        raise BadInput(f"{results} was recorded with other tool versions "
+                       f"({', '.join(versions_diff(now, older.get('versions')))}): pass --force to start over, "
+                       "or choose another --out")
+    rejected = 0
+    if bad:
+        where = quarantine(out, bad, existing)
+        rejected = len(bad)
+        warn(f"{results}: {len(bad)} malformed lines moved to {where} ({bad[0]}); their cases run again")
     from .bench import machine_info
 
-    meta["machine"] = machine_info()
-    (out / META).write_text(json.dumps(meta, indent=1))
+    meta = {"versions": now, "matrix": {k: list(v) for k, v in asdict(matrix).items()},
+            "inputs": inputs, "shard": f"{shard[0]}/{shard[1]}" if shard else None, "bench": bench,
+            "machine": machine_info()}
+    atomic_write(out / META, json.dumps(meta, indent=1).encode())
     done = {r["case_id"] for r in existing}
     cases = shard_cases(matrix.cases(), shard)
     todo = [c for c in cases if c.id not in done]
     groups = []
     if bench:
         groups = [(n, d, p) for n in matrix.norms for d in matrix.dtypes for p in matrix.providers]
-        groups = [g for g in groups if f"bench-{g[0]}-{g[1]}-{g[2]}-op{bench_opset}" not in done]
+        groups = [g for g in groups if bench_id(*g, bench_opset) not in done]
         if shard:
             k, n = shard
             groups = [g for g in groups if zlib.crc32(f"bench-{g[0]}-{g[1]}-{g[2]}".encode()) % n == k - 1]
-    summary = SweepSummary(out, len(cases) + len(groups), len(cases) - len(todo))
+    summary = SweepSummary(out, len(cases) + len(groups), len(cases) - len(todo), rejected=rejected)
     bar = Progress(len(todo) + len(groups), enabled=progress)
     writer = ResultsWriter(results)
     cache = str(cache_dir) if cache_dir is not None else None
@@ -331,8 +337,7 @@ def sweep(
                 try:
                     rec = case_runner(c, inputs, cache, seed)
                 except Exception as e:  # a case that raises is recorded, and the sweep goes on
-                    rec = {"type": "case", "case_id": c.id, **asdict(c), "status": "error", "versions": versions(),
-                           "error_type": type(e).__name__, "error": str(e)[:500]}
+                    rec = error_record(c, e)
                 record(rec)
         else:
             _parallel(todo, jobs, lambda c: (case_runner, (c, inputs, cache, seed)), record)
@@ -367,8 +372,7 @@ def _parallel(todo: list[Case], jobs: int, call, record) -> None:
                     try:
                         record(fut.result())
                     except Exception as e:  # a worker died: record it, go on
-                        record({"type": "case", "case_id": c.id, **asdict(c), "status": "error",
-                                "error_type": type(e).__name__, "error": str(e)[:500], "versions": versions()})
+                        record(error_record(c, e))
         except KeyboardInterrupt:
             for fut in pending:
                 fut.cancel()
@@ -387,20 +391,29 @@ def _worker_init() -> None:
 
 
 # -- merge ---------------------------------------------------------------------------------------
-def merge(dirs: Iterable[str | Path], out: str | Path) -> int:
-    """Combine shard outputs into OUT/results.jsonl; refuse duplicate cases or mixed tool versions."""
+def merge(dirs: Iterable[str | Path], out: str | Path, *, force: bool = False) -> int:
+    """Combine shard outputs into OUT/results.jsonl. Refused, naming the file and line: a malformed
+    line, a case in two folders, mixed tool versions, a corrupt meta.json, an output folder that
+    already holds results (unless force). The merged meta.json's matrix is the union of the shards'."""
+    dirs = [Path(d) for d in dirs]
+    out = Path(out)
+    if any(d.resolve() == out.resolve() for d in dirs):
+        raise BadInput(f"the merge output {out} is also an input: choose another folder")
     seen: dict[str, str] = {}
     records: list[dict] = []
     ref_versions, ref_dir = None, None
     metas = []
     for d in dirs:
-        d = Path(d)
         path = d / RESULTS
         if not path.is_file():
             raise BadInput(f"{d} holds no {RESULTS}: give folders written by normonnx sweep")
-        if (d / META).is_file():
-            metas.append(json.loads((d / META).read_text()))
-        for r in read_results(path):
+        meta = read_meta(d)
+        if meta:
+            metas.append(meta)
+        recs, bad = read_results(path)
+        if bad:
+            raise BadInput(f"{path} {bad[0]}: fix or remove it (normonnx sweep --resume moves such lines aside)")
+        for r in recs:
             if r["case_id"] in seen:
                 raise BadInput(f"case {r['case_id']} appears in both {seen[r['case_id']]} and {d}: "
                                "merge each shard once")
@@ -408,23 +421,34 @@ def merge(dirs: Iterable[str | Path], out: str | Path) -> int:
             if ref_versions is None:
                 ref_versions, ref_dir = v, d
             elif v != ref_versions:
-                diff = sorted(k for k in set(v or {}) | set(ref_versions or {})
-                              if (v or {}).get(k) != (ref_versions or {}).get(k))
-                raise BadInput(f"{d} was run with other tool versions than {ref_dir} ({', '.join(diff)}): "
-                               "merge results of one environment")
+                raise BadInput(f"{d} was run with other tool versions than {ref_dir} "
+                               f"({', '.join(versions_diff(v, ref_versions))}): merge results of one environment")
             seen[r["case_id"]] = str(d)
             records.append(r)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / RESULTS
-    if target.exists() and any(Path(d).resolve() == out.resolve() for d in dirs):
-        raise BadInput(f"the merge output {out} is also an input: choose another folder")
-    tmp = target.with_name(RESULTS + ".tmp")
-    with open(tmp, "w") as f:
-        for r in sorted(records, key=lambda r: r["case_id"]):
-            f.write(json.dumps(r, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, target)
-    if metas:
-        meta = dict(metas[0], shard=None, merged_from=[str(d) for d in dirs])
-        (out / META).write_text(json.dumps(meta, indent=1))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"cannot create output folder {out}: {e.strerror}") from None
+    with FolderLock(out):
+        target = out / RESULTS
+        if target.exists() and target.stat().st_size and not force:
+            raise BadInput(f"{target} already holds results: pass --force to replace them, or choose another -o")
+        from .results import write_records
+
+        write_records(target, sorted(records, key=lambda r: r["case_id"]))
+        if metas:
+            atomic_write(out / META, json.dumps(_merged_meta(metas, dirs), indent=1).encode())
     return len(records)
+
+
+def _merged_meta(metas: list[dict], dirs: list[Path]) -> dict:
+    """The first shard's meta with the matrix as the union of every shard's (norms, dtypes, ...)."""
+    matrix: dict[str, list] = {}
+    for m in metas:
+        for k, vals in (m.get("matrix") or {}).items():
+            if isinstance(vals, list):
+                matrix.setdefault(k, [])
+                matrix[k] += [v for v in vals if v not in matrix[k]]
+    if "norms" in matrix:
+        matrix["norms"].sort(key=kind_order)
+    return dict(metas[0], matrix=matrix, shard=None, merged_from=[str(d) for d in dirs])

@@ -1,24 +1,33 @@
 """The validate engine: run a norm model on several runtimes and input suites, judge every output
-against the float64 oracle, and report graph facts next to the numbers."""
+against the float64 oracle, and report graph facts next to the numbers.
+
+In steps: `resolve_source` (a spec exported on the fly, or a model file with its spec and
+parameters from normonnx's metadata or from the graph), `choose_runtimes`, `SuiteRunner.run` (every
+suite's samples on every runtime, one Result per comparison), `runtime_facts` (what ORT did to the
+graph). A check that could not run is a Result with status "error" and why, never a "fail".
+"""
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from . import inputs as suites_mod
-from .compare import compare, tolerance_for
-from .errors import BadInput
+from .compare import Comparison, Tolerance, compare, tolerance_for
+from .errors import BadInput, ExitCode, RuntimeUnavailable, verdict_code
 from .export import DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_VARIANT, case_id, export_report
-from .exporters import TORCH_DTYPES
 from .graph import load_model, metadata, model_facts, opset_of
 from .params import make_params, params_as
 from .reference import normalized_stats, reference
-from .runtimes import REGISTRY as RUNTIMES, SessionConfig, SessionError, available_runtimes, get_runtime, placement
+from .runtimes import (REGISTRY as RUNTIMES, Session, SessionConfig, SessionError, available_runtimes, first_line,
+                       get_runtime, placement)
 from .spec import NormSpec, numpy_dtype
-from .variants import NATIVE_OPS, get_variant
+from .tables import DTYPES, NATIVE_OPS, dtype_of_onnx
+from .variants import get_variant
 
 
 @dataclass(frozen=True)
@@ -33,7 +42,7 @@ class Result:
     dtype: str
     runtime: str
     inputs: str  # suite:sample, e.g. offset:offset-1e4
-    status: str  # pass | fail | error | skipped
+    status: str  # pass | fail (a finished comparison) | error (could not run: not checked) | skipped
     passed: bool | None
     max_abs_err: float | None = None
     mean_abs_err: float | None = None
@@ -57,6 +66,30 @@ class Result:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class CaseInfo:
+    """The fields every Result of one validation shares."""
+
+    case_id: str
+    spec_id: str
+    variant: str
+    opset: int
+    exporter: str
+    dtype: str
+    tol: Tolerance
+
+    def result(self, runtime: str, inputs: str, status: str, passed: bool | None = None, *,
+               comparison: Comparison | None = None, vs_torch: float | None = None, reason: str | None = None,
+               error: str | None = None) -> Result:
+        measured = comparison.to_dict() if comparison is not None else {}
+        measured.pop("passed", None)
+        if comparison is not None:
+            reason = measured.pop("reason")
+        return Result(self.case_id, self.spec_id, self.variant, self.opset, self.exporter, self.dtype, runtime,
+                      inputs, status, passed, **measured, vs_torch_max_abs=vs_torch, atol=self.tol.atol,
+                      rtol=self.tol.rtol, reason=reason, error=error)
+
+
 @dataclass
 class ValidationReport:
     spec: NormSpec
@@ -74,75 +107,100 @@ class ValidationReport:
         return c
 
     @property
-    def passed(self) -> bool:
+    def exit_code(self) -> ExitCode:
+        """1 if a comparison failed; 4 if nothing ran or a requested check could not run; else 0."""
         c = self.counts
-        return c["fail"] == 0 and c["error"] == 0 and c["pass"] > 0
+        code = verdict_code(c["pass"], c["fail"], c["error"])
+        return ExitCode.NOT_CHECKED if code == ExitCode.PASSED and c["error"] else code
+
+    @property
+    def passed(self) -> bool:
+        return self.exit_code == ExitCode.PASSED
 
     def failures(self) -> list[Result]:
         return [r for r in self.results if r.status in ("fail", "error")]
 
     def to_dict(self) -> dict:
         return {"case_id": self.case_id, "spec_id": self.spec.id, "spec": self.spec.to_dict(), "source": self.source,
-                "model": self.model, "runtimes": self.runtimes, "passed": self.passed, "counts": self.counts,
+                "model": self.model, "runtimes": self.runtimes, "passed": self.passed,
+                "exit_code": int(self.exit_code), "counts": self.counts,
                 "results": [r.to_dict() for r in self.results]}
 
 
-# -- parameters of a model that normonnx did not write ------------------------------------------
-def params_from_graph(model, spec: NormSpec) -> dict[str, np.ndarray]:
-    """Read weight/bias (and running stats) from the model's single native norm node.
+# -- step 1: the source ---------------------------------------------------------------------------
+@dataclass
+class Source:
+    """What is validated: the model file, the spec and parameters it must compute, and how it came."""
 
-    Input order follows the ONNX op definitions: BatchNormalization(X, scale, B, mean, var),
-    InstanceNormalization(X, scale, B), LayerNormalization(X, Scale, B), GroupNormalization(X, scale, bias)."""
-    from onnx import numpy_helper
-
-    if not spec.affine and not spec.track_running_stats:
-        return {}  # nothing to read: the spec alone defines the function
-    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
-    nodes = [n for n in model.graph.node if n.op_type == NATIVE_OPS[spec.kind] or
-             (spec.kind == "in" and spec.track_running_stats and n.op_type == "BatchNormalization")]
-    if len(nodes) != 1:
-        raise BadInput(f"cannot read {spec.kind} parameters from the graph: it holds {len(nodes)} "
-                       f"{NATIVE_OPS[spec.kind]} nodes and no normonnx metadata; validate a normonnx export, "
-                       "or a model with exactly one native norm node")
-    node = nodes[0]
-    names = ["weight", "bias", "running_mean", "running_var"] if node.op_type == "BatchNormalization" else ["weight", "bias"]
-    out = {}
-    for name, inp in zip(names, list(node.input)[1:]):
-        if inp in consts:
-            out[name] = consts[inp].astype(np.float32)
-    if spec.kind == "gn" and opset_of(model) < 21 and "weight" in out and out["weight"].size == spec.groups:
-        raise BadInput("GroupNormalization-18 with per-group scale: give the equivalent per-channel spec "
-                       "(scale repeated C/G times) or re-export at opset 21")
-    return out
+    spec: NormSpec
+    params: dict
+    variant: str
+    exporter: str
+    opset: int
+    opset_requested: int | None
+    path: Path
+    case_id: str
+    label: str  # "export" or the user's file
+    dynamic: bool
+    can_reexport: bool  # a suite may export its own shape (a spec, not a user's file)
+    ops: dict
+    preopened: dict = field(default_factory=dict)  # runtime -> Session already opened on `path`
 
 
-def _model_spec(model, spec: NormSpec | None, path: Path) -> tuple[NormSpec, dict, str, str | None]:
-    """(spec, params, variant, exporter) for a given file: normonnx metadata first, then the flags."""
-    meta = metadata(model)
-    if spec is None:
-        if "spec" not in meta:
-            raise BadInput(f"{path} has no normonnx metadata: give its spec with --norm/--shape/... flags")
-        import json
-
-        spec = NormSpec.from_dict(json.loads(meta["spec"]))
-        return spec, make_params(spec), meta.get("variant", "native"), meta.get("exporter")
-    if "spec" in meta:
-        # flags given for a normonnx file: its parameters are still the seeded ones of that file's spec
-        import json
-
-        return spec, make_params(NormSpec.from_dict(json.loads(meta["spec"]))), meta.get("variant", "native"), \
-            meta.get("exporter")
-    return spec, params_from_graph(model, spec), "native", None
+Exporter = Callable[[NormSpec, Path], Path]
 
 
-def _check_input_shape(model, spec: NormSpec, path) -> bool:
-    """Raise BadInput if the model's input cannot take the spec's shape; return whether it is dynamic."""
+def resolve_source(spec: NormSpec | None, model: str | Path | None, *, variant: str, opset: int, exporter: str,
+                   dynamic: bool, params: dict | None, do_export: Exporter, work: Path,
+                   config: SessionConfig) -> Source:
+    if model is None:
+        path = do_export(spec, work / "model.onnx")
+        m = load_model(path)
+        return Source(spec, make_params(spec), variant, exporter, opset_of(m), opset, path,
+                      case_id(spec, variant, opset, exporter, dynamic), "export", dynamic, True, model_facts(m)["ops"])
+    from .scan.patterns import check_graph
+
+    path = Path(model)
+    m = load_model(path)
+    check_graph(m)  # a malformed norm node or initializer is named here, before ORT's own message
+    # a given file that ORT cannot load is bad input; the session it takes is kept for the run
+    try:
+        preopened = {"cpu": get_runtime("cpu").open(path, config, None)}
+    except SessionError as e:
+        raise BadInput(f"{path} cannot be loaded by ONNX Runtime: {e}") from None
+    meta = metadata(m)
+    if params is not None and spec is not None:  # the caller knows the parameters (normonnx scan)
+        variant, exp = "native", None
+    elif "spec" in meta:
+        # normonnx's own file: its parameters are the seeded ones of the spec in its metadata
+        try:
+            file_spec = NormSpec.from_dict(json.loads(meta["spec"]))
+        except (json.JSONDecodeError, AttributeError, TypeError) as e:
+            raise BadInput(f"{path}: normonnx metadata 'spec' is not a valid spec ({e})") from None
+        spec = spec or file_spec
+        params, variant, exp = make_params(file_spec), meta.get("variant", "native"), meta.get("exporter")
+    elif spec is not None and not spec.affine and not spec.track_running_stats:
+        params, variant, exp = {}, "native", None  # nothing to read: the spec alone defines the function
+    else:
+        from .scan import params_from_model
+
+        _, graph_spec, params = params_from_model(m)
+        spec, variant, exp = spec or graph_spec, "native", None
+    dynamic = _check_input(m, spec, path)
+    return Source(spec, params, variant, exp or "unknown", opset_of(m), None, path, f"{spec.id}-{path.stem}",
+                  str(path), dynamic, False, model_facts(m)["ops"], preopened)
+
+
+def _check_input(model, spec: NormSpec, path) -> bool:
+    """Raise BadInput if the model's input cannot take the spec's shape and dtype; return whether it is dynamic."""
     if len(model.graph.input) != 1:
         raise BadInput(f"{path} has {len(model.graph.input)} graph inputs; a norm model takes exactly one")
-    dims = model.graph.input[0].type.tensor_type.shape.dim
+    tt = model.graph.input[0].type.tensor_type
+    dt = dtype_of_onnx(tt.elem_type)
+    if dt != spec.dtype:
+        raise BadInput(f"{path} takes {dt or 'an unknown type'} input but the spec says {spec.dtype}"
+                       + ("" if dt in DTYPES else f": normonnx checks {', '.join(DTYPES)} norms"))
+    dims = tt.shape.dim
     if len(dims) != len(spec.shape):
         raise BadInput(f"{path} takes a rank-{len(dims)} input but the spec's shape "
                        f"{'x'.join(map(str, spec.shape))} has rank {len(spec.shape)}")
@@ -156,7 +214,164 @@ def _check_input_shape(model, spec: NormSpec, path) -> bool:
     return dynamic
 
 
-def _graph_notes(model_ops: dict, optimized: dict | None, variant: str, kind: str, dtype: str) -> dict:
+# -- step 2: the runtimes -------------------------------------------------------------------------
+def choose_runtimes(runtimes: list[str] | None, skip_missing: bool) -> tuple[list[str], dict[str, str]]:
+    """(runtimes to run, {runtime: why skipped}). Default: every runtime available here, and the
+    others listed as skipped with why. A requested missing one is RuntimeUnavailable unless skip_missing."""
+    names = list(dict.fromkeys(runtimes)) if runtimes else available_runtimes()
+    skipped: dict[str, str] = {}
+    for n in names:
+        why = get_runtime(n).unavailable()
+        if why:
+            if runtimes and not skip_missing:
+                raise RuntimeUnavailable(f"runtime {n!r} is unavailable: {why} (pass --skip-missing to skip it)")
+            skipped[n] = why
+    if not runtimes:
+        for n, r in RUNTIMES.items():
+            if n not in skipped and n not in names:
+                skipped[n] = r.unavailable() or "not requested"
+    return [n for n in names if n not in skipped], skipped
+
+
+def _cannot_take(runtime: str, dtype: str) -> str | None:
+    # ORT's Python API maps numpy types to tensor types and has no entry for ml_dtypes' bfloat16
+    if dtype == "bfloat16" and RUNTIMES[runtime].kind == "onnx" and runtime != "reference":
+        return "ONNX Runtime's Python API takes no numpy bfloat16 input: bfloat16 is checked on torch and reference"
+    return None
+
+
+# -- step 3: the suites ---------------------------------------------------------------------------
+class SuiteRunner:
+    """Every suite's samples on every active runtime; sessions opened once per model file."""
+
+    def __init__(self, src: Source, active: list[str], config: SessionConfig, info: CaseInfo, seed: int,
+                 do_export: Exporter, work: Path, save_inputs: Path | None):
+        self.src, self.active, self.config, self.info, self.seed = src, active, config, info, seed
+        self.do_export, self.work, self.save_inputs = do_export, work, save_inputs
+        self.sessions: dict[str, dict[str, Session | Exception]] = {}
+
+    def sessions_for(self, spec: NormSpec, model_path: Path) -> dict:
+        key = str(model_path)
+        if key not in self.sessions:
+            src = self.src
+            module = None
+            if any(RUNTIMES[n].kind == "torch" for n in self.active):
+                module = get_variant(src.variant).build(spec, make_params(spec) if src.can_reexport else src.params) \
+                    .to(DTYPES[spec.dtype].torch)
+            opened: dict = {}
+            for n in self.active:
+                if model_path == src.path and n in src.preopened:
+                    opened[n] = src.preopened[n]
+                    continue
+                try:
+                    opened[n] = get_runtime(n).open(model_path, self.config, module)
+                except SessionError as e:
+                    opened[n] = e
+            self.sessions[key] = opened
+        return self.sessions[key]
+
+    def run(self, suites: list, progress=None) -> list[Result]:
+        out: list[Result] = []
+        ctx = suites_mod.Context(self.src.spec, self.src.dynamic, self.src.can_reexport)
+        for i, suite in enumerate(suites):
+            if progress:
+                progress(i, len(suites), suite.name)
+            why = suite.applies(ctx)
+            if why:
+                out.append(self.info.result("*", suite.name, "skipped", reason=why))
+                continue
+            out += self._run_suite(suite)
+        return out
+
+    def _run_suite(self, suite) -> list[Result]:
+        src, info = self.src, self.info
+        s_spec, s_path, s_params = src.spec, src.path, src.params
+        if suite.derive_spec is not None:
+            s_spec = suite.derive_spec(src.spec)
+            refused = _torch_refuses(s_spec, src.variant)
+            if refused:
+                return [info.result("*", suite.name, "skipped", reason=f"PyTorch itself refuses shape "
+                                    f"{'x'.join(map(str, s_spec.shape))}: {refused}")]
+            try:
+                s_path = self.do_export(s_spec, self.work / f"{suite.name}.onnx")
+            except Exception as e:
+                return [info.result("*", suite.name, "error", False, error=f"export for {suite.name} failed: {e}")]
+            s_params = make_params(s_spec)
+        sess = self.sessions_for(s_spec, s_path)
+        # the oracle takes the parameters as the model stores them: rounded to its dtype
+        mparams = params_as(params_as(s_params, numpy_dtype(src.spec.dtype)), np.float32)
+        out = []
+        for sample in suites_mod.samples(suite, s_spec, self.seed):
+            label = f"{suite.name}:{sample.name}"
+            ref = reference(s_spec, mparams, sample.x)
+            mag, std = normalized_stats(s_spec, mparams, sample.x)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cond = mag / std
+            scale = _scale_broadcast(s_spec, mparams, sample.x.shape)
+            outputs: dict[str, np.ndarray] = {}
+            torch_out = None
+            for n in sorted(self.active, key=lambda r: RUNTIMES[r].kind != "torch"):  # torch first
+                se = sess[n]
+                cannot = _cannot_take(n, src.spec.dtype)
+                if cannot:
+                    out.append(info.result(n, label, "skipped", reason=cannot))
+                    continue
+                if isinstance(se, Exception):
+                    out.append(info.result(n, label, "error", error=str(se)))
+                    continue
+                try:
+                    with np.errstate(all="ignore"):
+                        y = se.run(sample.x)
+                except Exception as e:
+                    out.append(info.result(n, label, "error", error=f"{n} failed to run: {first_line(e)}"))
+                    continue
+                outputs[n] = y
+                if RUNTIMES[n].kind == "torch" and torch_out is None:
+                    torch_out = np.asarray(y, dtype=np.float64)
+                c = compare(y, ref, src.spec.dtype, info.tol, cond, scale)
+                out.append(info.result(n, label, "pass" if c.passed else "fail", c.passed, comparison=c,
+                                       vs_torch=_vs_torch(torch_out, y) if RUNTIMES[n].kind != "torch" else None))
+            if self.save_inputs is not None:
+                np.savez(self.save_inputs / f"{info.case_id}-{sample.name}.npz",
+                         x=sample.x.astype(np.float32) if src.spec.dtype == "bfloat16" else sample.x, oracle=ref,
+                         **{f"out_{k.replace('-', '_')}": np.asarray(v) for k, v in outputs.items()})
+        return out
+
+
+def _vs_torch(torch_out: np.ndarray | None, y: np.ndarray) -> float | None:
+    if torch_out is None or torch_out.shape != np.shape(y):
+        return None
+    with np.errstate(invalid="ignore"):
+        d = np.abs(np.asarray(y, dtype=np.float64) - torch_out)
+    d = d[np.isfinite(d)]
+    return float(d.max()) if d.size else None
+
+
+def _scale_broadcast(spec: NormSpec, params: dict, shape) -> np.ndarray | None:
+    w = params.get("weight") if spec.affine else None
+    if w is None:
+        return None
+    w = np.asarray(w, dtype=np.float64)
+    if spec.kind in ("ln", "rms"):
+        return np.broadcast_to(w, shape)
+    return np.broadcast_to(w.reshape((1, -1) + (1,) * (len(shape) - 2)), shape)
+
+
+def _torch_refuses(spec: NormSpec, variant: str) -> str | None:
+    """Why the source module cannot run a spec's shape in eager mode (e.g. InstanceNorm on 1x1), or None."""
+    import torch
+
+    module = get_variant(variant).build(spec, make_params(spec))
+    try:
+        with torch.inference_mode():
+            module(torch.zeros(spec.shape))
+    except Exception as e:
+        return f"{type(e).__name__}: {first_line(e)}"
+    return None
+
+
+# -- step 4: graph facts --------------------------------------------------------------------------
+def _graph_notes(model_ops: dict, optimized: dict | None, kind: str, dtype: str) -> dict:
     """What ORT did to the graph: fused a decomposed norm, inlined a function op, inserted Casts."""
     if optimized is None:
         return {"optimized_ops": None}
@@ -174,16 +389,27 @@ def _graph_notes(model_ops: dict, optimized: dict | None, variant: str, kind: st
     return notes
 
 
-def _scale_broadcast(spec: NormSpec, params: dict, shape) -> np.ndarray | None:
-    w = params.get("weight") if spec.affine else None
-    if w is None:
-        return None
-    w = np.asarray(w, dtype=np.float64)
-    if spec.kind in ("ln", "rms"):
-        return np.broadcast_to(w, shape)
-    return np.broadcast_to(w.reshape((1, -1) + (1,) * (len(shape) - 2)), shape)
+def runtime_facts(runner: SuiteRunner, seed: int) -> dict:
+    src = runner.src
+    facts = {}
+    for n, se in runner.sessions_for(src.spec, src.path).items():
+        if isinstance(se, Exception):
+            facts[n] = {"error": str(se)}
+            continue
+        f = dict(se.facts)
+        if "optimized_ops" in f:
+            f.update(_graph_notes(src.ops, f.pop("optimized_ops"), src.spec.kind, src.spec.dtype))
+            if n == "cuda":
+                try:
+                    x = suites_mod.samples(suites_mod.REGISTRY["normal"], src.spec, seed)[0].x
+                    f["placement"] = placement(se, x)
+                except Exception as e:  # profiling is a nicety; never fail validation on it
+                    f["placement"] = f"unavailable: {first_line(e)}"
+        facts[n] = f
+    return facts
 
 
+# -- the engine -----------------------------------------------------------------------------------
 def validate(
     spec: NormSpec | None = None,
     *,
@@ -211,31 +437,14 @@ def validate(
     runtimes: names from normonnx.runtimes (default: every one available here). A requested runtime
     that is missing raises RuntimeUnavailable, or with skip_missing is recorded as skipped.
     cache: a normonnx.cache.ExportCache to serve every export (the main one and the suites' own)."""
-    def do_export(s: NormSpec, out: Path) -> Path:
-        if cache is not None:
-            return cache.export(s, variant, opset, exporter, dynamic, None, allow_mismatch)
-        return export_report(s, variant, opset, exporter, dynamic, out, allow_mismatch).path
-
     if spec is None and model is None:
         raise BadInput("give a spec (--norm ...) or a model file (--model FILE.onnx)")
+    if not isinstance(seed, int) or seed < 0:
+        raise BadInput(f"--seed {seed}: give an integer >= 0")
     suites = suites_mod.get_suites(inputs)
-    names = list(runtimes) if runtimes else available_runtimes()
-    skipped_runtimes: dict[str, str] = {}
-    for n in names:
-        r = get_runtime(n)
-        why = r.unavailable()
-        if why:
-            if runtimes and not skip_missing:
-                from .errors import RuntimeUnavailable
-
-                raise RuntimeUnavailable(f"runtime {n!r} is unavailable: {why} (pass --skip-missing to skip it)")
-            skipped_runtimes[n] = why
-    if not runtimes:  # default: what exists here, and say what does not
-        for n, r in RUNTIMES.items():
-            why = r.unavailable()
-            if why and n not in skipped_runtimes:
-                skipped_runtimes[n] = why
-    active = [n for n in names if n not in skipped_runtimes]
+    active, skipped = choose_runtimes(runtimes, skip_missing)
+    tolerance_for(spec.dtype if spec else "float32", atol, rtol)  # bad tolerances fail before any work
+    save_dir = None
     if save_inputs is not None:
         save_dir = Path(save_inputs)
         try:
@@ -243,173 +452,24 @@ def validate(
         except OSError as e:
             raise BadInput(f"cannot create --save-inputs folder {save_dir}: {e.strerror}") from None
 
-    preopened: dict = {}  # runtime -> Session already opened on the main model
-    tmp = tempfile.TemporaryDirectory(prefix="normonnx-validate-") if workdir is None else None
-    work = Path(workdir or tmp.name)
-    try:
-        if model is not None:
-            path = Path(model)
-            m = load_model(path)
-            if params is not None and spec is not None:  # the caller knows the parameters (normonnx scan)
-                variant, exporter = "native", None
-            else:
-                spec, params, variant, exporter = _model_spec(m, spec, path)
-            dynamic = _check_input_shape(m, spec, path)
-            opset = opset_of(m)
-            exporter = exporter or "unknown"
-            cid = f"{spec.id}-{path.stem}"
-            source = str(path)
-            can_reexport = False
-            # a given file that ORT cannot load is bad input; the session it takes is kept for the run
-            try:
-                preopened["cpu"] = get_runtime("cpu").open(path, config, None)
-            except SessionError as e:
-                raise BadInput(f"{path} cannot be loaded by ONNX Runtime: {e}") from None
-        else:
-            path = do_export(spec, work / "model.onnx")
-            m = load_model(path)
-            params = make_params(spec)
-            cid = case_id(spec, variant, opset, exporter, dynamic)
-            source = "export"
-            can_reexport = True
-        facts = model_facts(m)
-        model_info = {"opset_requested": opset if source == "export" else None, "opset": facts["opset"],
-                      "ops": facts["ops"], "variant": variant, "exporter": exporter, "dynamic": dynamic}
-        tol = tolerance_for(spec.dtype, atol, rtol)
-        report = ValidationReport(spec, cid, source, model_info, {})
-        for n, why in skipped_runtimes.items():
-            report.results.append(_row(cid, spec, variant, opset, exporter, n, "*", "skipped", None, tol,
-                                       reason=f"runtime unavailable: {why}"))
-        ctx = suites_mod.Context(spec, dynamic, can_reexport)
-        sessions_by_model: dict[str, dict] = {}
+    def do_export(s: NormSpec, out: Path) -> Path:
+        if cache is not None:
+            return cache.export(s, variant, opset, exporter, dynamic, None, allow_mismatch)
+        return export_report(s, variant, opset, exporter, dynamic, out, allow_mismatch).path
 
-        def sessions_for(s: NormSpec, model_path: Path) -> dict:
-            key = str(model_path)
-            if key not in sessions_by_model:
-                module = get_variant(variant).build(s, make_params(s) if can_reexport else params) \
-                    .to(TORCH_DTYPES[s.dtype]) if any(RUNTIMES[n].kind == "torch" for n in active) else None
-                opened = {}
-                for n in active:
-                    if model_path == path and n in preopened:
-                        opened[n] = preopened[n]
-                        continue
-                    try:
-                        opened[n] = get_runtime(n).open(model_path, config, module)
-                    except SessionError as e:
-                        opened[n] = e
-                sessions_by_model[key] = opened
-            return sessions_by_model[key]
-
-        total = sum(1 for _ in suites)
-        for i, suite in enumerate(suites):
-            if progress:
-                progress(i, total, suite.name)
-            why = suite.applies(ctx)
-            if why:
-                report.results.append(_row(cid, spec, variant, opset, exporter, "*", suite.name, "skipped", None, tol,
-                                           reason=why))
-                continue
-            s_spec, s_path, s_params = spec, path, params
-            if suite.derive_spec is not None:
-                s_spec = suite.derive_spec(spec)
-                refused = _torch_refuses(s_spec, variant, seed)
-                if refused:
-                    report.results.append(_row(cid, spec, variant, opset, exporter, "*", suite.name, "skipped", None,
-                                               tol, reason=f"PyTorch itself refuses shape "
-                                               f"{'x'.join(map(str, s_spec.shape))}: {refused}"))
-                    continue
-                try:
-                    s_path = do_export(s_spec, work / f"{suite.name}.onnx")
-                except Exception as e:
-                    report.results.append(_row(cid, spec, variant, opset, exporter, "*", suite.name, "error", False,
-                                               tol, error=f"export for {suite.name} failed: {e}"))
-                    continue
-                s_params = make_params(s_spec)
-            sess = sessions_for(s_spec, s_path)
-            mparams = params_as(s_params, numpy_dtype(spec.dtype) if spec.dtype != "bfloat16" else np.float32)
-            if spec.dtype == "bfloat16":
-                mparams = params_as(params_as(s_params, numpy_dtype("bfloat16")), np.float32)
-            for sample in suites_mod.samples(suite, s_spec, seed):
-                label = f"{suite.name}:{sample.name}"
-                ref = reference(s_spec, mparams, sample.x)
-                mag, std = normalized_stats(s_spec, mparams, sample.x)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    cond = mag / std
-                scale = _scale_broadcast(s_spec, mparams, sample.x.shape)
-                outputs: dict[str, np.ndarray] = {}
-                torch_out = None
-                for n in sorted(active, key=lambda r: RUNTIMES[r].kind != "torch"):  # torch first
-                    se = sess[n]
-                    if isinstance(se, Exception):
-                        report.results.append(_row(cid, spec, variant, opset, exporter, n, label, "error", False,
-                                                   tol, error=str(se)))
-                        continue
-                    try:
-                        with np.errstate(all="ignore"):
-                            y = se.run(sample.x)
-                    except Exception as e:
-                        from .runtimes import _first_line
-
-                        report.results.append(_row(cid, spec, variant, opset, exporter, n, label, "error", False,
-                                                   tol, error=f"{n} failed to run: {_first_line(e)}"))
-                        continue
-                    outputs[n] = y
-                    if RUNTIMES[n].kind == "torch" and torch_out is None:
-                        torch_out = np.asarray(y, dtype=np.float64)
-                    c = compare(y, ref, spec.dtype, tol, cond, scale)
-                    vs_torch = None
-                    if torch_out is not None and RUNTIMES[n].kind != "torch" and torch_out.shape == np.shape(y):
-                        with np.errstate(invalid="ignore"):
-                            d = np.abs(np.asarray(y, dtype=np.float64) - torch_out)
-                        d = d[np.isfinite(d)]
-                        vs_torch = float(d.max()) if d.size else None
-                    report.results.append(Result(
-                        cid, spec.id, variant, opset, exporter, spec.dtype, n, label,
-                        "pass" if c.passed else "fail", c.passed, c.max_abs_err, c.mean_abs_err, c.p99_abs_err,
-                        c.max_rel_err, c.max_ulp, c.frac_outside, c.nonfinite_mismatch, c.max_cond,
-                        list(c.worst_index) if c.worst_index is not None else None, c.worst_got,
-                        c.worst_expected, c.worst_allowed, vs_torch, tol.atol, tol.rtol, c.reason))
-                if save_inputs is not None:
-                    np.savez(Path(save_inputs) / f"{cid}-{sample.name}.npz", x=sample.x.astype(np.float32)
-                             if spec.dtype == "bfloat16" else sample.x, oracle=ref,
-                             **{f"out_{k.replace('-', '_')}": np.asarray(v) for k, v in outputs.items()})
-        # graph facts per runtime, from the main model's sessions
-        main = sessions_by_model.get(str(path)) or sessions_for(spec, path)
-        for n, se in main.items():
-            if isinstance(se, Exception):
-                report.runtimes[n] = {"error": str(se)}
-                continue
-            f = dict(se.facts)
-            if "optimized_ops" in f:
-                f.update(_graph_notes(facts["ops"], f.pop("optimized_ops"), variant, spec.kind, spec.dtype))
-                if n == "cuda":
-                    try:
-                        x = suites_mod.samples(suites_mod.REGISTRY["normal"], spec, seed)[0].x
-                        f["placement"] = placement(se, x)
-                    except Exception as e:  # profiling is a nicety; never fail validation on it
-                        f["placement"] = f"unavailable: {e}"
-            report.runtimes[n] = f
+    with tempfile.TemporaryDirectory(prefix="normonnx-validate-") as tmp:
+        work = Path(workdir or tmp)
+        src = resolve_source(spec, model, variant=variant, opset=opset, exporter=exporter, dynamic=dynamic,
+                             params=params, do_export=do_export, work=work, config=config)
+        tol = tolerance_for(src.spec.dtype, atol, rtol)
+        info = CaseInfo(src.case_id, src.spec.id, src.variant, src.opset_requested or src.opset, src.exporter,
+                        src.spec.dtype, tol)
+        model_info = {"opset_requested": src.opset_requested, "opset": src.opset, "ops": src.ops,
+                      "variant": src.variant, "exporter": src.exporter, "dynamic": src.dynamic}
+        report = ValidationReport(src.spec, src.case_id, src.label, model_info, {})
+        report.results += [info.result(n, "*", "skipped", reason=f"runtime unavailable: {why}")
+                           for n, why in skipped.items()]
+        runner = SuiteRunner(src, active, config, info, seed, do_export, work, save_dir)
+        report.results += runner.run(suites, progress)
+        report.runtimes = runtime_facts(runner, seed)
         return report
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
-
-
-def _torch_refuses(spec: NormSpec, variant: str, seed: int) -> str | None:
-    """Why the source module cannot run a spec's shape in eager mode (e.g. InstanceNorm on 1x1), or None."""
-    import torch
-
-    from .runtimes import _first_line
-
-    module = get_variant(variant).build(spec, make_params(spec))
-    try:
-        with torch.inference_mode():
-            module(torch.zeros(spec.shape))
-    except Exception as e:
-        return f"{type(e).__name__}: {_first_line(e)}"
-    return None
-
-
-def _row(cid, spec, variant, opset, exporter, runtime, inputs, status, passed, tol, reason=None, error=None) -> Result:
-    return Result(cid, spec.id, variant, opset, exporter, spec.dtype, runtime, inputs, status, passed,
-                  atol=tol.atol, rtol=tol.rtol, reason=reason, error=error)

@@ -13,9 +13,8 @@ from torch import nn
 from .errors import BadInput
 from .registry import Registry
 from .spec import NormSpec
+from .tables import NATIVE_OPS
 
-NATIVE_OPS = {"bn": "BatchNormalization", "ln": "LayerNormalization", "in": "InstanceNormalization",
-              "gn": "GroupNormalization", "rms": "RMSNormalization"}
 
 
 @dataclass(frozen=True)

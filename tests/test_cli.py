@@ -5,21 +5,15 @@ import json
 import shutil
 import subprocess
 
+import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
-from conftest import has_cuda_ep, run_cli
+from conftest import has_cuda_ep, one_line_error, run_cli
 
 
-def _one_line_error(proc, code: int, *needles: str) -> None:
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    err = proc.stderr.strip()
-    assert "Traceback" not in proc.stderr + proc.stdout
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("error: ")
-    for n in needles:
-        assert n in err, (n, err)
+_one_line_error = one_line_error
 
 
 def test_readme_export_command_as_typed(tmp_path):
@@ -120,7 +114,10 @@ def test_validate_unavailable_runtime_is_exit_3_unless_skipped():
     (["--inputs", "huge"], ["unknown input suite 'huge'", "normal"]),
     (["--opt-level", "max"], ["'max' is not one of"]),
     (["--threads", "0"], ["threads must be >= 1"]),
-    (["--atol", "-1"], ["tolerances must be >= 0"]),
+    (["--atol", "-1"], ["tolerances must be finite numbers >= 0"]),
+    (["--atol", "nan"], ["tolerances must be finite numbers >= 0", "atol=nan"]),
+    (["--rtol", "inf"], ["tolerances must be finite numbers >= 0", "rtol=inf"]),
+    (["--seed", "-1"], ["-1 is not in the range x>=0"]),
 ])
 def test_validate_bad_options_exit_2(args, needles):
     _one_line_error(run_cli("validate", *args), 2, *needles)
@@ -148,8 +145,25 @@ def test_validate_malformed_models_exit_2(tmp_path):
     onnx.save(m, str(tmp_path / "u.onnx"))
     _one_line_error(run_cli("validate", "--model", str(tmp_path / "u.onnx"), "--norm", "ln", "--no-affine"), 2,
                     "cannot be loaded by ONNX Runtime")
-    # a model without normonnx metadata and no spec flags
-    _one_line_error(run_cli("validate", "--model", str(tmp_path / "u.onnx")), 2, "no normonnx metadata")
+    # a model of no recognisable norm, without normonnx metadata or spec flags: nothing to validate
+    node = helper.make_node("Relu", ["x"], ["y"])
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 16, 64])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "r.onnx"))
+    _one_line_error(run_cli("validate", "--model", str(tmp_path / "r.onnx")), 2, "holds 0 norm layers")
+
+
+def test_validate_a_foreign_model_reads_spec_and_parameters_from_the_graph(tmp_path):
+    """No normonnx metadata and no flags: the spec and weights come from the graph (scan's reader)."""
+    rng = np.random.default_rng(0)
+    node = helper.make_node("LayerNormalization", ["x", "s", "b"], ["y"], axis=-1, epsilon=1e-5)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 16, 64])],
+                          [numpy_helper.from_array(rng.uniform(0.5, 1.5, 64).astype(np.float32), "s"),
+                           numpy_helper.from_array(rng.normal(0, 1, 64).astype(np.float32), "b")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "f.onnx"))
+    proc = run_cli("validate", "--model", str(tmp_path / "f.onnx"), "--inputs", "normal,offset")
+    assert proc.returncode == 0 and "ln-n64-2x16x64-fp32-f" in proc.stdout, proc.stdout[-800:]
 
 
 def test_validate_model_file_round_trip(tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -205,31 +206,48 @@ def test_batchnorm_conformance_catches_swapped_mean_and_var():
     assert not np.allclose(R.batch_norm(x, mean, var, bias, scale, 1e-5), expected, atol=1e-3)
 
 
-@pytest.mark.parametrize("per_group", [True, False], ids=["per-group", "per-channel"])
-def test_group_norm_18_semantics_against_onnx_reference(per_group):
-    """No conformance case for GroupNormalization-18 ships any more; onnx.reference runs the opset-18
-    function body (per-group scale) directly, and must agree only with the per-group oracle."""
-    import onnx
+def _gn_model(opset: int, x, scale, bias, groups: int, eps: float):
     from onnx import TensorProto, helper, numpy_helper
+
+    node = helper.make_node("GroupNormalization", ["x", "s", "b"], ["y"], num_groups=groups, epsilon=eps)
+    graph = helper.make_graph([node], f"gn{opset}", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, x.shape)],
+                              [numpy_helper.from_array(scale, "s"), numpy_helper.from_array(bias, "b")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_group_norm_18_per_group_scale_against_onnx_reference():
+    """No conformance case for GroupNormalization-18 ships any more; onnx.reference runs the opset-18
+    function body directly. Its scale has one value per group: the per-group oracle must agree, and
+    so must the per-channel oracle given that value repeated over each group's channels (the 18->21
+    conversion normonnx's scan uses)."""
     from onnx.reference import ReferenceEvaluator
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 6, 3, 3)).astype(np.float32)
     scale = rng.uniform(0.5, 1.5, 3).astype(np.float32)
     bias = rng.normal(0, 0.5, 3).astype(np.float32)
-    node = helper.make_node("GroupNormalization", ["x", "s", "b"], ["y"], num_groups=3, epsilon=1e-3)
-    graph = helper.make_graph([node], "gn18", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, x.shape)],
-                              [numpy_helper.from_array(scale, "s"), numpy_helper.from_array(bias, "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    got = ReferenceEvaluator(model).run(None, {"x": x})[0]
-    if per_group:
-        ours = R.group_norm(x, 3, scale, bias, 1e-3, per_group=True)
-        np.testing.assert_allclose(got, ours, atol=1e-5, rtol=1e-4)
-    else:
-        # reading the per-group vector as per-channel (repeat) is not the same: the 18/21 difference
-        ours = R.group_norm(x, 3, np.repeat(scale, 2)[::-1].copy(), np.repeat(bias, 2)[::-1].copy(), 1e-3)
-        assert not np.allclose(got, ours, atol=1e-3)
+    got = ReferenceEvaluator(_gn_model(18, x, scale, bias, 3, 1e-3)).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, R.group_norm(x, 3, scale, bias, 1e-3, per_group=True), atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(got, R.group_norm(x, 3, np.repeat(scale, 2), np.repeat(bias, 2), 1e-3),
+                               atol=1e-5, rtol=1e-4)
+
+
+def test_group_norm_21_per_channel_scale_is_not_expressible_per_group():
+    """GroupNormalization-21 scales each channel: with a scale that varies inside a group, no
+    per-group reading (18's semantics) reproduces it. This is the 18 vs 21 difference, and the test
+    fails if the oracle's per-channel mode collapsed to per-group values."""
+    from onnx.reference import ReferenceEvaluator
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 6, 3, 3)).astype(np.float32)
+    scale = np.array([0.5, 1.5, 0.7, 1.3, 0.9, 1.1], np.float32)  # differs inside every group of 2
+    bias = np.array([-0.4, 0.4, -0.2, 0.2, 0.1, -0.1], np.float32)
+    got = ReferenceEvaluator(_gn_model(21, x, scale, bias, 3, 1e-3)).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, R.group_norm(x, 3, scale, bias, 1e-3), atol=1e-5, rtol=1e-4)
+    for pick in (scale[::2], scale[1::2], scale.reshape(3, 2).mean(1)):
+        per_group = R.group_norm(x, 3, pick.copy(), bias.reshape(3, 2).mean(1), 1e-3, per_group=True)
+        assert not np.allclose(got, per_group, atol=1e-3)
     assert onnx.defs.get_schema("GroupNormalization", 18).since_version == 18
 
 

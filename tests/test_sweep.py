@@ -10,7 +10,14 @@ import pytest
 from conftest import has_cuda_ep, run_cli
 from normonnx import BadInput
 from normonnx.report import recommendations, write_report
-from normonnx.sweep import RESULTS, Matrix, merge, parse_shard, read_results, run_case, shard_cases, sweep
+from normonnx.results import RESULTS, read_results as read_results_and_bad
+from normonnx.sweep import Matrix, merge, parse_shard, run_case, shard_cases, sweep
+
+
+def read_results(path):
+    records, bad = read_results_and_bad(path)
+    assert not bad, [str(b) for b in bad]
+    return records
 
 SMALL = Matrix(norms=("ln", "gn"), variants=("native", "instance-trick"), opsets=(17, 21), dtypes=("float32",),
                providers=("cpu",))
@@ -178,8 +185,6 @@ def test_recommendation_never_picks_a_failing_variant(full):
 def test_sweep_with_bench_times_and_recommends_the_fastest(tmp_path, full):
     m = Matrix(norms=("ln",), variants=("native", "decomposed"), opsets=(21,), exporters=("dynamo",),
                dtypes=("float32",), providers=("cpu",))
-    import normonnx.sweep as sw
-
     sweep(tmp_path / "b", m, inputs=["normal"], cache_dir=full / "cache", bench=True, bench_min_time=0.0,
           progress=False)
     recs = read_results(tmp_path / "b" / RESULTS)
@@ -189,7 +194,6 @@ def test_sweep_with_bench_times_and_recommends_the_fastest(tmp_path, full):
     assert forms == {"copy", "torch", "native", "decomposed"}
     (rec,) = recommendations(recs)
     assert rec["recommended"] in ("native", "decomposed") and "fastest passing" in rec["why"]
-    assert sw  # module imported for the bench group helper above
     html = write_report(tmp_path / "b", tmp_path / "r.html").read_text()
     assert html.count("data:image/png;base64,") == 2  # errors and latency
 

@@ -1,0 +1,362 @@
+"""The normonnx command line: parses options, calls one library function, prints.
+
+Every command returns its exit code; `NormonnxGroup.main` is the one place that turns exceptions
+into codes and one-line messages (see normonnx.errors for the contract)."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+import traceback
+import warnings
+
+import click
+
+import normonnx
+from normonnx.errors import ExitCode, NormonnxError
+from normonnx.export import DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_VARIANT
+from normonnx.spec import NormSpec
+from normonnx.tables import ALL_KINDS, DTYPES
+
+
+def _csv(ctx, param, value):
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def spec_options(f):
+    """The spec options every command shares, with the same meaning everywhere."""
+    opts = [
+        click.option("--norm", type=click.Choice(ALL_KINDS), default=None, help="bn, ln, in, gn or rms (default: ln)."),
+        click.option("--channels", type=int, default=None, help="C for bn/in/gn; the normalized last dim for ln."),
+        click.option("--normalized-shape", default=None, help="ln: several trailing dims, e.g. 16x64."),
+        click.option("--groups", type=int, default=None, help="gn: number of groups (must divide C; default 4)."),
+        click.option("--shape", default=None, help="Input shape, e.g. 2x8x16x16."),
+        click.option("--eps", type=float, default=1e-5, show_default=True),
+        click.option("--no-affine", is_flag=True, help="No learnable scale/shift."),
+        click.option("--no-bias", is_flag=True, help="ln: scale but no shift (LayerNorm(bias=False))."),
+        click.option("--track-running-stats/--no-track-running-stats", default=None,
+                     help="in: normalize with running statistics (bn always does)."),
+        click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def export_options(f):
+    from normonnx.exporters import REGISTRY as EXPORTERS
+    from normonnx.variants import REGISTRY as VARIANTS
+
+    opts = [
+        click.option("--variant", type=click.Choice(list(VARIANTS)), default=DEFAULT_VARIANT, show_default=True),
+        click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True),
+        click.option("--exporter", type=click.Choice(list(EXPORTERS)), default=DEFAULT_EXPORTER, show_default=True),
+        click.option("--dynamic", is_flag=True, help="Symbolic batch (and spatial/sequence) dims."),
+        click.option("--allow-mismatch", is_flag=True,
+                     help="Keep a model whose opset/op set differs from the request (reported, not refused)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def make_spec(norm, channels, normalized_shape, groups, shape, eps, no_affine, no_bias, track_running_stats, dtype,
+              default_norm: str | None = "ln") -> NormSpec | None:
+    kind = norm or default_norm
+    if kind is None:
+        return None
+    return NormSpec.make(kind, shape=shape, channels=channels, normalized_shape=normalized_shape, groups=groups,
+                         eps=eps, affine=not no_affine, bias=not no_bias, track_running_stats=track_running_stats,
+                         dtype=dtype)
+
+
+def _spec_args(kw: dict) -> dict:
+    keys = ("norm", "channels", "normalized_shape", "groups", "shape", "eps", "no_affine", "no_bias",
+            "track_running_stats", "dtype")
+    return {k: kw.pop(k) for k in keys}
+
+
+class NormonnxGroup(click.Group):
+    """Runs a command and maps whatever happens to one exit code and at most one line on stderr."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        argv = list(sys.argv[1:] if args is None else args)
+        debug = "--debug" in argv[:1] or os.environ.get("NORMONNX_DEBUG") == "1"
+        warnings.showwarning = _show_warning
+        try:
+            rv = super().main(args=argv, prog_name=prog_name or "normonnx", complete_var=complete_var,
+                              standalone_mode=False, **extra)
+            code = int(rv) if isinstance(rv, int) else ExitCode.PASSED
+        except NormonnxError as e:
+            code = _fail(str(e), e.exit_code)
+        except click.exceptions.Exit as e:  # --help, --version
+            code = e.exit_code
+        except click.exceptions.Abort:
+            code = _fail("aborted", 130)
+        except KeyboardInterrupt:
+            code = _fail("interrupted", 130)
+        except click.ClickException as e:
+            code = _fail(f"{e.format_message()} (see 'normonnx {_command(argv)}--help')", ExitCode.BAD_INPUT)
+        except OSError as e:  # a read-only folder, a full disk, a path that is not what it should be
+            where = f"{e.filename}: " if e.filename else ""
+            code = _fail(f"{where}{e.strerror or e}" + (" (free some space, or choose another folder)"
+                                                        if e.errno == errno.ENOSPC else ""), ExitCode.BAD_INPUT)
+        except MemoryError:
+            code = _fail("out of memory: choose a smaller --shape", ExitCode.BAD_INPUT)
+        except Exception as e:  # normonnx's own bug: never a verdict, never a bare traceback
+            if debug:
+                traceback.print_exc()
+            text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            code = _fail(f"internal error ({type(e).__name__}{': ' + text if text else ''}); please report it "
+                         "with the command line" + ("" if debug else " and the traceback of 'normonnx --debug ...'"),
+                         ExitCode.INTERNAL)
+        if standalone_mode:
+            sys.exit(int(code))
+        return int(code)
+
+
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """normonnx's own warnings as one line on stderr; everyone else's as Python shows them."""
+    if category.__module__.startswith("normonnx"):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+def _fail(message: str, code: int) -> int:
+    click.echo(f"error: {message}", err=True)
+    return int(code)
+
+
+@click.group(cls=NormonnxGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(normonnx.__version__, prog_name="normonnx")
+@click.option("--debug", is_flag=True, help="Print the traceback of an internal error (or set NORMONNX_DEBUG=1).")
+def cli(debug):
+    """Export normalization layers from PyTorch to ONNX and check them on ONNX Runtime.
+
+    Exit codes: 0 passed, 1 a check failed, 2 bad input, 3 runtime unavailable, 4 nothing could be
+    checked, 5 internal error."""
+
+
+@cli.command()
+@spec_options
+@export_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the .onnx file (default: ./<case id>.onnx).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
+def export(variant, opset, exporter, dynamic, allow_mismatch, output, as_json, **kw):
+    """Export one norm to a self-contained, checked ONNX file."""
+    spec = make_spec(**_spec_args(kw))
+    rep = normonnx.export_report(spec, variant, opset, exporter, dynamic, output, allow_mismatch)
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), indent=2))
+        return
+    from normonnx.render import ops_line
+
+    click.echo(f"wrote {rep.path}")
+    click.echo(f"  spec     {spec.id}")
+    click.echo(f"  variant  {variant} via {exporter}" + ("  (dynamic)" if dynamic else ""))
+    click.echo(f"  opset    {rep.opset}" + (f" (requested {opset})" if rep.opset != opset else ""))
+    click.echo(f"  ops      {ops_line(rep.ops)}")
+    click.echo(f"  size     {rep.size_bytes} bytes")
+    if rep.mismatch:
+        click.echo(f"  MISMATCH {rep.mismatch}")
+
+
+@cli.command()
+@spec_options
+@export_options
+@click.option("--model", type=click.Path(), default=None, help="Validate this .onnx file instead of exporting.")
+@click.option("--runtimes", callback=_csv, default=None,
+              help="Comma list: cpu, cuda, reference, torch, torch-cuda (default: all available).")
+@click.option("--inputs", callback=_csv, default=None, help="Comma list of input suites (default: all that apply).")
+@click.option("--opt-level", type=click.Choice(["all", "extended", "basic", "disabled"]), default="all",
+              show_default=True, help="ORT graph optimization level (disabled shows a decomposed graph's own numerics).")
+@click.option("--threads", type=int, default=None, help="ORT intra-op threads (default: ORT's).")
+@click.option("--atol", type=float, default=None, help="Override the dtype's absolute tolerance.")
+@click.option("--rtol", type=float, default=None, help="Override the dtype's relative tolerance.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--save-inputs", type=click.Path(file_okay=False), default=None,
+              help="Write every input, oracle output and runtime output as .npz here.")
+@click.option("--skip-missing", is_flag=True, help="Skip requested runtimes that are unavailable instead of exit 3.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
+def validate(variant, opset, exporter, dynamic, allow_mismatch, model, runtimes, inputs, opt_level, threads, atol, rtol,
+             seed, save_inputs, skip_missing, as_json, **kw):
+    """Check an exported norm against the float64 oracle on every runtime and input suite."""
+    from normonnx.render import validation_text
+    from normonnx.runtimes import SessionConfig
+    from normonnx.validate import validate as run_validate
+
+    spec = make_spec(**_spec_args(kw), default_norm=None if model else "ln")
+    report = run_validate(spec, variant=variant, opset=opset, exporter=exporter, dynamic=dynamic, model=model,
+                          runtimes=runtimes, inputs=inputs, config=SessionConfig(opt_level, threads), atol=atol,
+                          rtol=rtol, save_inputs=save_inputs, skip_missing=skip_missing, seed=seed,
+                          allow_mismatch=allow_mismatch)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else validation_text(report))
+    return report.exit_code
+
+
+@cli.command()
+@spec_options
+@click.option("--variant", "variant_names", default="all", show_default=True,
+              help="Comma list of variants, or all.")
+@click.option("--providers", callback=_csv, default="cpu", show_default=True, help="Comma list: cpu, cuda.")
+@click.option("--opset", type=int, default=21, show_default=True)
+@click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default=DEFAULT_EXPORTER, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs first.")
+@click.option("--min-time", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Seconds to time each form for.")
+@click.option("--min-runs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--threads", type=int, default=None, help="Threads for ORT, torch and the copy (default: all cores).")
+@click.option("--opt-level", type=click.Choice(["all", "extended", "basic", "disabled"]), default="all",
+              show_default=True)
+@click.option("--no-validate", is_flag=True, help="Skip the validation that picks the fastest correct variant.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
+def bench(variant_names, providers, opset, exporter, warmup, min_time, min_runs, threads, opt_level, no_validate,
+          as_json, **kw):
+    """Time each graph form on ORT next to PyTorch eager and a copy of the same tensor.
+
+    Without --shape, each norm runs its standard benchmark shape (LN 8x512x768, GN 8x320x64x64 with
+    32 groups, IN 8x64x128x128, BN 32x64x56x56)."""
+    from normonnx.bench import benchmark, bench_spec
+    from normonnx.render import bench_text
+
+    args = _spec_args(kw)
+    kind = args.pop("norm") or "ln"
+    spec = bench_spec(kind, args.pop("dtype"), shape=args.pop("shape"), groups=args.pop("groups"),
+                      channels=args.pop("channels"), normalized_shape=args.pop("normalized_shape"), eps=args.pop("eps"),
+                      affine=not args.pop("no_affine"), bias=not args.pop("no_bias"),
+                      track_running_stats=args.pop("track_running_stats"))
+    variants = None if variant_names in (None, "all") else [v.strip() for v in variant_names.split(",") if v.strip()]
+    progress = None if as_json else (lambda s: click.echo(f"  .. {s}", err=True))
+    report = benchmark(spec, variants, providers, opset=opset, exporter=exporter, warmup=warmup, min_time=min_time,
+                       min_runs=min_runs, threads=threads, opt_level=opt_level, validate_first=not no_validate,
+                       progress=progress)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else bench_text(report))
+
+
+def _ints(ctx, param, value):
+    if not value:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give comma-separated integers, e.g. 17,18,21") from None
+
+
+@cli.command()
+@click.option("-o", "--out", type=click.Path(file_okay=False), default="normonnx-out", show_default=True,
+              help="Folder for results.jsonl and meta.json.")
+@click.option("--norms", callback=_csv, default=None, help="Comma list (default: bn,ln,in,gn).")
+@click.option("--variants", callback=_csv, default=None, help="Comma list (default: every variant).")
+@click.option("--opsets", callback=_ints, default=None, help="Comma list (default: 13,17,18,21,23).")
+@click.option("--exporters", callback=_csv, default=None, help="Comma list (default: dynamo,torchscript).")
+@click.option("--dtypes", callback=_csv, default=None, help="Comma list (default: float32,float16).")
+@click.option("--providers", callback=_csv, default=None,
+              help="Comma list of runtimes (default: every ORT provider available here).")
+@click.option("--inputs", callback=_csv, default=None, help="Comma list of input suites (default: all that apply).")
+@click.option("--resume", is_flag=True, help="Skip the cases OUT/results.jsonl already holds.")
+@click.option("--force", is_flag=True, help="Discard OUT/results.jsonl and start over.")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Parallel processes for accuracy cases.")
+@click.option("--shard", default=None, help="Run shard K/N of the matrix, e.g. 2/3 (merge them with normonnx merge).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Export cache (default: $NORMONNX_CACHE or ~/.cache/normonnx).")
+@click.option("--no-cache", is_flag=True, help="Export every case afresh.")
+@click.option("--bench", is_flag=True, help="Also time every variant (standard shapes, after the accuracy cases).")
+@click.option("--bench-opset", type=int, default=21, show_default=True)
+@click.option("--bench-min-time", type=float, default=0.3, show_default=True)
+@click.option("--strict", is_flag=True, help="Exit 1 if any case failed (default: exit 0 once the matrix is recorded).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def sweep(out, norms, variants, opsets, exporters, dtypes, providers, inputs, resume, force, jobs, shard, cache_dir,
+          no_cache, bench, bench_opset, bench_min_time, strict, as_json):
+    """Validate (and with --bench, time) the whole matrix into OUT/results.jsonl, resumably."""
+    from normonnx.cache import default_cache_dir
+    from normonnx.sweep import Matrix, parse_shard, sweep as run_sweep
+
+    given = {k: tuple(v) for k, v in dict(norms=norms, variants=variants, opsets=opsets, exporters=exporters,
+                                          dtypes=dtypes, providers=providers).items() if v}
+    matrix = Matrix(**given)
+    summary = run_sweep(out, matrix, inputs=inputs, resume=resume, force=force, jobs=jobs, shard=parse_shard(shard),
+                        cache_dir=None if no_cache else (cache_dir or default_cache_dir()), bench=bench,
+                        bench_opset=bench_opset, bench_min_time=bench_min_time, progress=not as_json,
+                        warn=lambda m: click.echo(f"warning: {m}", err=True))
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+    else:
+        counts = ", ".join(f"{v} {k}" for k, v in sorted(summary.counts.items())) or "nothing new"
+        click.echo(f"{summary.out}/results.jsonl: {counts}"
+                   + (f"; {summary.skipped_done} already done" if summary.skipped_done else ""))
+    if summary.interrupted:
+        click.echo(f"interrupted: finished cases are in {summary.out}/results.jsonl; rerun with --resume", err=True)
+        return 130
+    if not as_json:
+        click.echo(f"next: normonnx report {summary.out} -o report.html")
+    return summary.exit_code(strict)
+
+
+@cli.command()
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("-o", "--out", type=click.Path(file_okay=False), required=True, help="Folder for the merged results.")
+@click.option("--force", is_flag=True, help="Replace the results OUT already holds.")
+def merge(dirs, out, force):
+    """Combine shard folders into one results file (refuses duplicates, malformed lines, mixed tool versions)."""
+    from normonnx.sweep import merge as run_merge
+
+    n = run_merge(dirs, out, force=force)
+    click.echo(f"merged {n} records from {len(dirs)} folders into {out}/results.jsonl")
+
+
+@cli.command()
+@click.argument("out", type=click.Path(file_okay=False), default="normonnx-out")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="report.html", show_default=True,
+              help="report.html (self-contained) or report.md (for a CI job summary).")
+def report(out, output):
+    """Write the report of a sweep folder: matrix, error and latency plots, recommendations."""
+    from normonnx.report import write_report
+
+    path = write_report(out, output, warn=lambda m: click.echo(f"warning: {m}", err=True))
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--validate", "do_validate", is_flag=True, help="Extract each norm and validate it against the oracle.")
+@click.option("--runtimes", callback=_csv, default=None, help="Runtimes for --validate (default: cpu).")
+@click.option("--inputs", callback=_csv, default=None, help="Input suites for --validate (default: all that apply).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
+def scan(model, do_validate, runtimes, inputs, as_json):
+    """Find every normalization layer in MODEL, with its risks; --validate checks each one."""
+    from normonnx.render import scan_text
+    from normonnx.scan import scan as run_scan
+
+    progress = None if as_json or not do_validate else (
+        lambda i, n, f: click.echo(f"  .. validating {i + 1}/{n}: {f.kind} {f.form} at {f.nodes[0]}", err=True))
+    report = run_scan(model, validate=do_validate, runtimes=runtimes, inputs=inputs, progress=progress)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else scan_text(report))
+    return report.exit_code
+
+
+@cli.command("list")
+def list_():
+    """Show norms, variants (with their opset ranges), exporters, runtimes and input suites."""
+    from normonnx.catalog import describe
+
+    click.echo(describe())
+
+
+def main(argv=None) -> None:
+    """Entry point of the `normonnx` script (exit codes: normonnx.errors)."""
+    cli.main(args=argv, prog_name="normonnx")
+
+
+def _command(args) -> str:
+    args = [a for a in args if a != "--debug"]
+    return f"{args[0]} " if args and args[0] in cli.commands else ""
+
+
+if __name__ == "__main__":
+    main()

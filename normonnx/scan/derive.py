@@ -1,0 +1,141 @@
+"""What a norm found in a foreign graph claims to compute: its NormSpec and float32 parameters, read
+from the graph alone. The one parameter reader, shared by `scan --validate` and `validate --model`."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from ..errors import BadInput
+from ..graph import Graph
+from ..spec import NormSpec
+from ..tables import check_dtype
+from .patterns import FoundNorm
+
+BATCH_STAND_IN, DIM_STAND_IN = 2, 8
+
+
+def concrete_shape(f: FoundNorm, dims: list, params: dict[str, np.ndarray]) -> tuple[int, ...]:
+    """The shape to run a layer at. Known dims stay; a symbolic dim that the parameters fix (the
+    channel dim of bn/in/gn, the normalized dims of ln/rms) takes the parameters' size, since any
+    other value could not broadcast; the rest get small stand-ins (batch 2, others 8)."""
+    shape = [d if isinstance(d, int) and d > 0 else None for d in dims]
+    rank = len(shape)
+    w = next((params[k] for k in ("weight", "bias", "running_mean", "post_weight") if k in params), None)
+    if w is not None and rank:
+        if f.kind in ("ln", "rms"):
+            start = min(a % rank for a in (f.axes or (-1,)))
+            tail = list(np.shape(w))[-(rank - start):] if np.ndim(w) else []
+            if len(tail) == rank - start:
+                for i, v in zip(range(start, rank), tail):
+                    shape[i] = shape[i] or int(v)
+        elif rank > 1 and shape[1] is None and f.param_layout != "per-group":
+            shape[1] = int(np.size(w))
+    if f.kind == "gn" and rank > 1 and shape[1] is None and f.groups:
+        shape[1] = f.groups * DIM_STAND_IN
+    return tuple(d or (BATCH_STAND_IN if i == 0 else DIM_STAND_IN) for i, d in enumerate(shape))
+
+
+def _fit(name: str, v: np.ndarray, size: int, what: str) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32).reshape(-1)
+    if v.size == 1:
+        return np.full(size, v[0], np.float32)
+    if v.size != size:
+        raise BadInput(f"{name} has {v.size} values but the layer has {size} {what}")
+    return v
+
+
+def derive_spec(f: FoundNorm, layer: onnx.ModelProto) -> tuple[NormSpec, dict[str, np.ndarray]]:
+    """(NormSpec, params) that the layer (its first input is the norm's input) claims to compute."""
+    try:
+        layer = onnx.shape_inference.infer_shapes(layer)
+    except Exception:
+        pass  # com.microsoft ops: shapes come from the boundary value info scan added
+    g = Graph(layer.graph)
+    x = layer.graph.input[0]
+    params = {}
+    for name, tensor in f.params:
+        v = g.const(tensor)
+        if v is None:
+            raise BadInput(f"{name} ({tensor}) is computed in the graph or stored elsewhere, not a constant")
+        if not np.issubdtype(v.dtype, np.floating):
+            raise BadInput(f"{name} ({tensor}) has dtype {v.dtype}, not a float")
+        params[name] = np.asarray(v, dtype=np.float32)
+    if not x.type.tensor_type.HasField("shape"):
+        raise BadInput("the layer's input shape is unknown (no shape in the graph and none inferred)")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in x.type.tensor_type.shape.dim]
+    shape = concrete_shape(f, dims, params)
+    dtype = check_dtype(f.dtype or g.dtype(x.name), "the layer")
+    if f.eps is None or not np.isfinite(f.eps) or f.eps <= 0:
+        raise BadInput(f"eps = {f.eps}: a zero-variance row divides by zero; the oracle needs a finite eps > 0")
+    # an epsilon attribute is a float32: 1e-5 reads back as 9.99999974738e-06; keep the float32's
+    # shortest decimal so the spec (and its id) says 1e-05, as the model's author wrote it
+    kw = dict(eps=float(np.format_float_positional(np.float32(f.eps), unique=True, trim="-")), dtype=dtype)
+    rank = len(shape)
+    if f.kind in ("ln", "rms"):
+        if not rank:
+            raise BadInput("a scalar input has nothing to normalize")
+        axes = sorted({a % rank for a in (f.axes or (-1,))})
+        if f.form != "decomposed":
+            axes = list(range(axes[0], rank))  # the ops normalize from `axis` to the last dim
+        if axes != list(range(axes[0], rank)):
+            raise BadInput(f"normalizes axes {axes}, not trailing dims")
+        nshape = shape[axes[0]:]
+        for k in list(params):
+            v = params[k]
+            if v.ndim > len(nshape):  # e.g. (1, 1, C) from a decomposed chain's Mul
+                if any(d != 1 for d in v.shape[:v.ndim - len(nshape)]):
+                    raise BadInput(f"{k} of shape {list(v.shape)} varies over dims the norm does not normalize")
+                v = v.reshape(v.shape[v.ndim - len(nshape):])
+            try:
+                params[k] = np.broadcast_to(v, nshape).astype(np.float32)
+            except ValueError:
+                raise BadInput(f"{k} of shape {list(v.shape)} does not fit the normalized shape {list(nshape)}") \
+                    from None
+        if f.kind == "ln" and "bias" in params and "weight" not in params:
+            params["weight"] = np.ones(nshape, np.float32)
+        spec = NormSpec(kind=f.kind, shape=shape, normalized_ndim=len(nshape), affine="weight" in params,
+                        bias="bias" in params, **kw)
+        return spec, params
+    c = shape[1]
+    for k in list(params):
+        v = params[k].reshape(-1)
+        if f.param_layout == "per-group" and k in ("weight", "bias") and f.groups and v.size == f.groups:
+            v = np.repeat(v, c // f.groups)  # GroupNormalization-18: one value per group, to per channel
+        params[k] = _fit(k, v, c, "channels")
+    # a per-channel Mul/Add after GroupNormalization-18 folds into the per-channel affine
+    pw, pb = params.pop("post_weight", None), params.pop("post_bias", None)
+    if pw is not None or pb is not None:
+        w = params.get("weight", np.ones(c, np.float32))
+        b = params.get("bias", np.zeros(c, np.float32))
+        if pw is not None:
+            w, b = w * pw, b * pw
+        params["weight"], params["bias"] = w, b + (pb if pb is not None else 0)
+    if f.kind == "bn":
+        missing = [k for k in ("weight", "bias", "running_mean", "running_var") if k not in params]
+        if missing:
+            raise BadInput(f"BatchNormalization without constant {', '.join(missing)}")
+        return NormSpec(kind="bn", shape=shape, track_running_stats=True, **kw), params
+    if f.kind == "in":
+        return NormSpec(kind="in", shape=shape, affine=True, **kw), params
+    if "bias" in params and "weight" not in params:
+        params["weight"] = np.ones(c, np.float32)
+    if "weight" in params and "bias" not in params:
+        params["bias"] = np.zeros(c, np.float32)
+    return NormSpec(kind="gn", shape=shape, groups=f.groups or 1, affine="weight" in params, **kw), params
+
+
+def params_from_model(model: onnx.ModelProto) -> tuple[FoundNorm, NormSpec, dict[str, np.ndarray]]:
+    """The one norm of a model that normonnx did not write: (found, spec, params), or BadInput
+    saying how many norms the model holds."""
+    from .patterns import find_norms
+
+    norms = [f for f in find_norms(model) if not f.scope]
+    if len(norms) != 1:
+        found = ", ".join(f"{f.kind} {f.form} at {f.nodes[0]}" for f in norms[:4]) or "none"
+        raise BadInput(f"the model holds {len(norms)} norm layers ({found}), not one: validate a model of one "
+                       "norm, or use 'normonnx scan MODEL --validate' for every norm of a model")
+    f = norms[0]
+    spec, params = derive_spec(f, model)
+    return f, spec, params
+
+
