@@ -26,9 +26,11 @@ from .tables import DTYPES, PROVIDERS
 from .variants import get_variant, variants_for
 
 # the standard shapes: what the benchmark suite runs and what `normonnx bench` uses by default
-BENCH_SHAPES = {"ln": (8, 512, 768), "gn": (8, 320, 64, 64), "in": (8, 64, 128, 128), "bn": (32, 64, 56, 56)}
+BENCH_SHAPES = {"ln": (8, 512, 768), "gn": (8, 320, 64, 64), "in": (8, 64, 128, 128), "bn": (32, 64, 56, 56),
+                "rms": (8, 512, 768)}
 # a few hundred KB: where per-call overhead, not memory bandwidth, decides
-SMALL_SHAPES = {"ln": (1, 64, 768), "gn": (1, 64, 32, 32), "in": (1, 16, 32, 32), "bn": (1, 64, 28, 28)}
+SMALL_SHAPES = {"ln": (1, 64, 768), "gn": (1, 64, 32, 32), "in": (1, 16, 32, 32), "bn": (1, 64, 28, 28),
+                "rms": (1, 64, 768)}
 BENCH_GROUPS = 32
 DEVICES = {"cpu": "cpu", "cuda": "cuda"}
 

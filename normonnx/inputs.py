@@ -52,7 +52,11 @@ def samples(suite: InputSuite, spec: NormSpec, seed: int = 0) -> list[Sample]:
     """The suite's samples for `spec`, deterministic in (suite, spec shape, seed)."""
     rng = np.random.default_rng([seed, zlib.crc32(f"{suite.name}:{spec.id}".encode())])
     dt = numpy_dtype(spec.dtype)
-    return [Sample(name, np.asarray(x, dtype=np.float64).astype(dt)) for name, x in suite.make(spec, rng)]
+    out = [Sample(name, np.asarray(x, dtype=np.float64).astype(dt)) for name, x in suite.make(spec, rng)]
+    # the report orders samples by their suite through this naming rule: keep it true for new suites
+    assert all(s.name == suite.name or s.name.startswith(suite.name + "-") for s in out), \
+        f"suite {suite.name!r} made samples {[s.name for s in out]}: a sample's name must start with its suite's"
+    return out
 
 
 def _uses_running_stats(spec: NormSpec) -> bool:

@@ -15,7 +15,7 @@ from typing import Callable
 from .errors import BadInput
 from .inputs import REGISTRY as SUITES
 from .results import RESULTS, read_meta, read_results
-from .tables import kind_order
+from .tables import DTYPES, kind_order
 from .variants import REGISTRY as VARIANTS
 
 STATUS_STYLE = {"pass": ("#d7f5d7", "pass"), "fail": ("#f8d0d0", "FAIL"), "mismatch": ("#fde6c4", "mismatch"),
@@ -65,7 +65,7 @@ def matrix(records: list[dict]) -> tuple[list[tuple], list[tuple], dict]:
     rows = sorted({(r["norm"], r["variant"]) for r in cases},
                   key=lambda k: (kind_order(k[0]), list(VARIANTS).index(k[1])
                                  if k[1] in VARIANTS else 9))
-    dorder = {"float32": 0, "float16": 1, "bfloat16": 2}
+    dorder = {d: i for i, d in enumerate(DTYPES)}
     cols = sorted({(r["opset"], r["exporter"], r["provider"], r["dtype"]) for r in cases},
                   key=lambda c: (c[0], c[1], c[2], dorder.get(c[3], 9)))
     cells = {((r["norm"], r["variant"]), (r["opset"], r["exporter"], r["provider"], r["dtype"])): r for r in cases}

@@ -164,16 +164,26 @@ class ResultsWriter:
 
     def __init__(self, path: Path):
         self.path = path
-        self._f = open(path, "a", encoding="utf-8")
+        try:
+            self._f = open(path, "a", encoding="utf-8")
+        except OSError as e:
+            raise BadInput(f"cannot write {path}: {e.strerror}") from None
 
     def write(self, record: dict) -> None:
         check_record(record)
-        self._f.write(json.dumps(record, sort_keys=True, default=str) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        try:
+            self._f.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as e:  # a full disk, a folder made read-only mid-run: the lines before stay valid
+            raise BadInput(f"cannot write {self.path}: {e.strerror}; the results before this case are kept "
+                           "(rerun with --resume once there is room)") from None
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError:
+            pass  # the write that failed has said so
 
 
 class FolderLock:

@@ -53,6 +53,12 @@ def test_export_json(tmp_path):
     (["--norm", "ln", "--eps", "-1"], ["positive"]),
     (["--norm", "ln", "--opset", "abc"], ["'abc' is not a valid integer"]),
     (["--bogus"], ["No such option"]),
+    (["--norm", "gn", "--groups", "0"], ["--groups 0: must be a positive integer"]),
+    (["--norm", "gn", "--channels", "0"], ["--channels 0: must be a positive integer"]),
+    (["--norm", "gn", "--channels", "6"], ["--groups defaults to 4, which does not divide channels=6", "1, 2, 3, 6"]),
+    (["--norm", "ln", "--shape", "100000x100000x100000"], ["1e+15 elements", "at most 268,435,456"]),
+    (["--norm", "ln", "--shape", "99999999999999999999x2"], ["2e+20 elements"]),
+    (["--norm", "ln", "--eps", "nan"], ["positive finite"]),
 ])
 def test_export_bad_input_is_exit_2_one_line(args, needles):
     _one_line_error(run_cli("export", *args), 2, *needles)
@@ -207,3 +213,12 @@ def test_report_rejects_unknown_extension(tmp_path):
     out.mkdir()
     (out / "results.jsonl").write_text('{"type": "case", "case_id": "x", "status": "unsupported"}\n')
     _one_line_error(run_cli("report", str(out), "-o", str(tmp_path / "r.pdf")), 2, ".html or .md")
+
+
+def test_bfloat16_on_ort_is_skipped_with_the_reason_not_an_error():
+    proc = run_cli("validate", "--dtype", "bfloat16", "--runtimes", "cpu", "--inputs", "normal")
+    assert proc.returncode == 4, proc.stdout[-800:]  # nothing could be checked on the runtime asked for
+    assert "takes no numpy bfloat16 input" in proc.stdout and "Numpy_type" not in proc.stdout
+    assert "NOT CHECKED: 0 passed, 0 failed" in proc.stdout
+    proc = run_cli("validate", "--dtype", "bfloat16", "--runtimes", "cpu,torch", "--inputs", "normal")
+    assert proc.returncode == 0 and "PASSED" in proc.stdout

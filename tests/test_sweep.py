@@ -224,3 +224,15 @@ def test_resume_refuses_results_of_other_tool_versions(full, tmp_path):
                                        for r in recs))
     with pytest.raises(BadInput, match="other tool versions \\(torch\\)"):
         sweep(out, SMALL, inputs=INPUTS, resume=True, progress=False)
+
+
+def test_report_orders_samples_by_the_suite_registry():
+    """Derived from the input-suite registry: 'dynamic' used to vanish from the error plot."""
+    from normonnx.report import sample_order
+
+    got = sample_order(["nonfinite", "offset-1e3", "dynamic-3x19x64", "normal", "offset-1e2", "zz-unknown"])
+    assert got == ["normal", "offset-1e2", "offset-1e3", "nonfinite", "dynamic-3x19x64", "zz-unknown"]
+
+
+def test_default_matrix_covers_rmsnorm():
+    assert "rms" in Matrix().norms and any(c.norm == "rms" for c in Matrix().cases())

@@ -284,7 +284,7 @@ def _native(g: Graph, i: int, n, opset: int) -> FoundNorm | None:
         elif kind in ("ln", "rms"):
             axes = (int(_attr(n, "axis", -1)),)
             params = tuple((k, v) for k, v in zip(("weight", "bias"), n.input[1:]) if v)
-            if dt in ("float16", "bfloat16") and _attr(n, "stash_type", 1) != 1:
+            if dt in LOW_PRECISION and _attr(n, "stash_type", 1) != 1:
                 risks.append("float16 statistics without float32 accumulation (stash_type != 1)")
         else:  # gn
             groups = int(_attr(n, "num_groups"))
