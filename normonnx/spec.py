@@ -10,7 +10,7 @@ import numpy as np
 
 from .errors import BadInput
 
-from .tables import ALL_KINDS, DTYPES, KINDS, KINDS_TABLE
+from .tables import ALL_KINDS, DTYPES, KINDS_TABLE
 
 KIND_NAMES = {k: KINDS_TABLE[k].title for k in ALL_KINDS}
 

@@ -250,7 +250,7 @@ def test_scan_of_a_20000_node_model_finishes(tmp_path):
     """2,000 decomposed LayerNorms (20,000 nodes) in a chain: used to hang (one ORT session and one
     extraction per layer for the fusion column); now one whole-model fusion probe. No time is
     asserted (shared machines); the benchmark figure is in the README."""
-    nodes, inits, x = [], [], "x"
+    nodes, x = [], "x"
     eps = numpy_helper.from_array(np.array(1e-5, np.float32), "eps")
     axes = numpy_helper.from_array(np.array([-1], np.int64), "axes")
     for i in range(2000):
