@@ -327,15 +327,21 @@ def report(out, output):
 @click.option("--validate", "do_validate", is_flag=True, help="Extract each norm and validate it against the oracle.")
 @click.option("--runtimes", callback=_csv, default=None, help="Runtimes for --validate (default: cpu).")
 @click.option("--inputs", callback=_csv, default=None, help="Input suites for --validate (default: all that apply).")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
+              help="Dims for a graph input with symbolic dims, e.g. input_ids=2x16 (repeatable).")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Processes validating layers in parallel.")
+@click.option("--no-fusion", is_flag=True,
+              help="Skip asking ORT what it fuses in the whole model (its optimizer is the slowest step on huge models).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
-def scan(model, do_validate, runtimes, inputs, as_json):
+def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, as_json):
     """Find every normalization layer in MODEL, with its risks; --validate checks each one."""
     from normonnx.render import scan_text
-    from normonnx.scan import scan as run_scan
+    from normonnx.scan import parse_input_shapes, scan as run_scan
 
     progress = None if as_json or not do_validate else (
         lambda i, n, f: click.echo(f"  .. validating {i + 1}/{n}: {f.kind} {f.form} at {f.nodes[0]}", err=True))
-    report = run_scan(model, validate=do_validate, runtimes=runtimes, inputs=inputs, progress=progress)
+    report = run_scan(model, validate=do_validate, runtimes=runtimes, inputs=inputs, progress=progress,
+                      input_shapes=parse_input_shapes(input_shapes), jobs=jobs, check_fusion=not no_fusion)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else scan_text(report))
     return report.exit_code
 

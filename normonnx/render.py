@@ -89,7 +89,8 @@ def scan_text(report) -> str:
     """Table of a normonnx.scan.ScanReport: one row per norm found."""
     head = f"{report.model}: opset {report.opset}, {report.producer or 'unknown producer'}; {len(report.norms)} norms"
     if not report.norms:
-        return head + " found (searched the main graph, If/Loop/Scan bodies and model-local functions)"
+        return head + " found (searched the main graph, If/Loop/Scan bodies and model-local functions)" + "".join(
+            f"\nleft out: {x.kind} at {x.node}: {x.reason}" for x in report.left_out)
     inner = sum(1 for f in report.norms if f.scope)
     if inner:
         head += f" ({inner} inside subgraphs or functions)"
@@ -99,7 +100,8 @@ def scan_text(report) -> str:
         if f.scope:
             where = f"[{f.scope}] {where}"
         shape = f"groups={f.groups}" if f.groups else (f"axes={list(f.axes)}" if f.axes is not None else "")
-        fused = {True: "fused", False: "no", None: "-"}[report.fused.get(i)]
+        v = report.fused.get(i)
+        fused = v if isinstance(v, str) else {True: "fused", False: "no", None: "-"}[v]
         row = [i, f.kind, f.form, where[:60], shape, f"{f.eps:.3g}" if f.eps is not None else "-",
                "yes" if f.affine else "no", f.dtype or "-", fused, "; ".join(f.risks)[:90] or "-"]
         if report.validated:
@@ -113,6 +115,8 @@ def scan_text(report) -> str:
     if report.validated:
         headers.append("validate")
     out = head + "\n\n" + table(headers, rows)
+    for x in report.left_out:
+        out += f"\nleft out: {x.kind} at {x.node}: {x.reason}"
     if report.fusion_note:
         out += f"\n\nORT fuses: unknown ({report.fusion_note})"
     if report.validated:

@@ -154,10 +154,10 @@ class Builder:
             return self.op("ReduceMean", x, self.const(axes, dtype=np.int64))
         return self.op("ReduceMean", x, axes=list(axes))
 
-    def model(self, x_shape, y, x_type=TensorProto.FLOAT, extra_inputs=(), domains=()) -> onnx.ModelProto:
+    def model(self, x_shape, y, x_type=TensorProto.FLOAT, extra_inputs=(), domains=(), y_type=None) -> onnx.ModelProto:
         out_shape = None
         g = helper.make_graph(self.nodes, "g", [helper.make_tensor_value_info("x", x_type, x_shape)] + list(extra_inputs),
-                              [helper.make_tensor_value_info(y, x_type, out_shape)], self.inits)
+                              [helper.make_tensor_value_info(y, y_type or x_type, out_shape)], self.inits)
         ops = [helper.make_opsetid("", self.opset)] + [helper.make_opsetid(d, 1) for d in domains]
         return helper.make_model(g, opset_imports=ops)
 
@@ -189,6 +189,8 @@ def ln_chain(*, square="pow", denom="div_sqrt", affine=True, fp16=False, opset=1
             y = b.op("Div", num, b.op("Sqrt", ve))
         elif denom == "mul_recip":
             y = b.op("Mul", num, b.op("Reciprocal", b.op("Sqrt", ve)))
+        elif denom == "rsqrt_div_one":  # torch.rsqrt through the TorchScript exporter
+            y = b.op("Mul", num, b.op("Div", b.const(1.0, dtype=cdt), b.op("Sqrt", ve)))
         else:
             y = b.op("Div", num, b.op("Pow", ve, b.const(0.5, dtype=cdt)))
     if fp16 and island:
@@ -241,6 +243,56 @@ def contrib_groupnorm() -> onnx.ModelProto:
     return b.model([2, 8, 4, 4], y, domains=("com.microsoft",))
 
 
+def contrib_skip_with_bias() -> onnx.ModelProto:
+    """Skip*LayerNormalization with the bias input ORT's BERT/GPT-2 fusions write (added before the norm)."""
+    b = Builder(17)
+    rng = np.random.default_rng(5)
+    y = b.op("SkipLayerNormalization", "x", "skip", b.const(rng.uniform(0.5, 1.5, 16)),
+             b.const(rng.normal(0, 0.5, 16)), b.const(rng.normal(0, 0.5, 16)), domain="com.microsoft", epsilon=1e-5)
+    y = b.op("SkipSimplifiedLayerNormalization", y, "skip", b.const(rng.uniform(0.5, 1.5, 16)),
+             b.const(rng.normal(0, 0.5, 16)), domain="com.microsoft", epsilon=1e-6)
+    return b.model([2, 4, 16], y, extra_inputs=[helper.make_tensor_value_info("skip", TensorProto.FLOAT, [2, 4, 16])],
+                   domains=("com.microsoft",))
+
+
+def contrib_nhwc_groupnorms() -> onnx.ModelProto:
+    """What ORT's UNet/VAE optimizer writes: com.microsoft SkipGroupNorm and GroupNorm, NHWC, SiLU fused."""
+    b = Builder(17)
+    rng = np.random.default_rng(6)
+    y = b.op("GroupNorm", "x", b.const(rng.uniform(0.5, 1.5, 8)), b.const(rng.normal(0, 0.5, 8)),
+             domain="com.microsoft", groups=2, epsilon=1e-5, activation=1, channels_last=1)
+    y = b.op("SkipGroupNorm", y, b.const(rng.uniform(0.5, 1.5, 8)), b.const(rng.normal(0, 0.5, 8)), "x",
+             b.const(rng.normal(0, 0.5, 8)), domain="com.microsoft", groups=2, epsilon=1e-5, activation=0,
+             channels_last=1)
+    return b.model([2, 4, 4, 8], y, domains=("com.microsoft",))
+
+
+def embed_layer_norm() -> onnx.ModelProto:
+    """com.microsoft EmbedLayerNormalization, as ORT's BERT optimizer writes it: LN(word + position + segment)."""
+    b = Builder(17)
+    rng = np.random.default_rng(7)
+    emb = [b.const(rng.normal(0, 1, (n, 16))) for n in (50, 8, 2)]
+    y = b.op("EmbedLayerNormalization", "x", "segment_ids", *emb, b.const(rng.uniform(0.5, 1.5, 16)),
+             b.const(rng.normal(0, 0.5, 16)), domain="com.microsoft", epsilon=1e-12)
+    return b.model([2, 8], y, x_type=TensorProto.INT32, domains=("com.microsoft",),
+                   extra_inputs=[helper.make_tensor_value_info("segment_ids", TensorProto.INT32, [2, 8])],
+                   y_type=TensorProto.FLOAT)
+
+
+def weight_standardisation() -> onnx.ModelProto:
+    """A BatchNormalization over a Conv weight initializer (StdConv through TorchScript), then the Conv."""
+    b = Builder(17)
+    rng = np.random.default_rng(8)
+    w = b.const(rng.normal(0, 1, (1, 8, 72)))
+    mean = b.op("ReduceMean", w, axes=[0, 2], keepdims=0)
+    d = b.op("Sub", w, b.op("Unsqueeze", mean, b.const(np.array([0, 2]), dtype=np.int64)))
+    var = b.op("ReduceMean", b.op("Mul", d, d), axes=[0, 2], keepdims=0)
+    ws = b.op("BatchNormalization", w, b.const(np.ones(8)), b.const(np.zeros(8)), mean, var, epsilon=1e-6,
+              training_mode=0)
+    y = b.op("Conv", "x", b.op("Reshape", ws, b.const(np.array([8, 8, 3, 3]), dtype=np.int64)), pads=[1, 1, 1, 1])
+    return b.model([2, 8, 6, 6], y)
+
+
 def gn18_native() -> onnx.ModelProto:
     b = Builder(18)
     rng = np.random.default_rng(2)
@@ -261,6 +313,12 @@ HAND_CORPUS = {
     "ln-eps-outside-sqrt": (lambda: ln_chain(eps_outside=True), [("ln", "decomposed")]),
     "rms-pow-mul-recip": (lambda: ln_chain(rms=True, denom="mul_recip"), [("rms", "decomposed")]),
     "rms-mul-div-sqrt-attr-axes": (lambda: ln_chain(rms=True, square="mul", opset=13), [("rms", "decomposed")]),
+    "ln-rsqrt-div-one": (lambda: ln_chain(denom="rsqrt_div_one", opset=17), [("ln", "decomposed")]),
+    "rms-rsqrt-div-one": (lambda: ln_chain(rms=True, denom="rsqrt_div_one", opset=17), [("rms", "decomposed")]),
+    "contrib-skip-with-bias": (contrib_skip_with_bias, [("ln", "contrib"), ("rms", "contrib")]),
+    "contrib-nhwc-groupnorms": (contrib_nhwc_groupnorms, [("gn", "contrib"), ("gn", "contrib")]),
+    "embed-layer-norm": (embed_layer_norm, [("ln", "contrib")]),
+    "weight-standardisation": (weight_standardisation, []),
     "centering-only": (centering_only, []),
     "global-average-pool": (global_average_pool, []),
     "contrib-ops": (contrib_ops, [("ln", "contrib"), ("rms", "contrib"), ("rms", "contrib"), ("ln", "contrib"),

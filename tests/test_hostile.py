@@ -226,7 +226,8 @@ def test_norms_inside_if_bodies_are_found_and_say_where(tmp_path, depth):
     report = scan(tmp_path / "m.onnx", validate=True)
     assert [(f.kind, f.form) for f in report.norms] == [("ln", "native")]
     f = report.norms[0]
-    assert f.scope.startswith("If 'if" + str(depth) + "' then_branch") and f.scope.count("then_branch") == depth
+    assert f.scope.startswith(f"if{depth}.then_branch") and f.scope.count("then_branch") == depth
+    assert f.nodes[0] == f"{f.scope}/LayerNormalization_0"  # the node's path: body/.../node
     assert report.validations[0]["passed"] is None and "only main-graph layers" in report.validations[0]["validation"]
 
 
@@ -243,7 +244,7 @@ def test_norms_inside_model_local_functions_are_found(tmp_path):
                           functions=[fn])
     onnx.save(m, str(tmp_path / "m.onnx"))
     (f,) = scan(tmp_path / "m.onnx").norms
-    assert (f.kind, f.scope) == ("ln", "function local.Block")
+    assert (f.kind, f.scope, f.nodes[0]) == ("ln", "local.Block", "local.Block/LayerNormalization_0")
 
 
 def test_scan_of_a_20000_node_model_finishes(tmp_path):

@@ -76,7 +76,8 @@ def test_fusion_is_reported(built):
                                   "unet-op17-torchscript", "resnet-op17-torchscript", "resnet-op18-dynamo",
                                   "style-op18-dynamo", "rms-decoder-op18-dynamo", "rms-decoder-op23-dynamo",
                                   "ln-pow-div-sqrt", "ln-mul-recip-attr-axes", "ln-div-pow-const-eps-noaffine",
-                                  "ln-fp16-cast-island", "rms-pow-mul-recip"])
+                                  "ln-fp16-cast-island", "rms-pow-mul-recip", "ln-rsqrt-div-one",
+                                  "rms-rsqrt-div-one", "contrib-skip-with-bias"])
 def test_validate_passes_correct_layers(built, name):
     report = scan(built[name][0], validate=True)
     assert report.validations and report.passed, report.to_dict()
@@ -103,6 +104,36 @@ def test_contrib_layers_validate_or_say_why(built):
     assert v[2]["passed"] is True  # SimplifiedLayerNormalization as ORT's fusion writes it
     # Skip*LayerNormalization: validated as the norm of x with a zero residual
     assert v[3]["passed"] is True and v[4]["passed"] is True
+
+
+@pytest.mark.parametrize("name, reasons", [
+    ("contrib-nhwc-groupnorms", ["channels_last (NHWC) input", "channels_last (NHWC) input"]),
+    ("embed-layer-norm", ["sum of embedding lookups inside the op"]),
+])
+def test_contrib_layers_that_cannot_be_checked_say_why(built, name, reasons):
+    report = scan(built[name][0], validate=True)
+    assert [v["passed"] for v in report.validations.values()] == [None] * len(reasons)
+    for v, why in zip(report.validations.values(), reasons):
+        assert "not validated: " in v["validation"] and why in v["validation"]
+    assert report.exit_code == 4  # found norms, validated none
+
+
+def test_contrib_groupnorms_carry_the_one_pass_risk_and_the_fused_activation(built):
+    gn, sgn = scan(built["contrib-nhwc-groupnorms"][0]).norms
+    assert "one pass" in gn.risks[0] and gn.unvalidatable and "SiLU" not in gn.unvalidatable  # NHWC wins
+    assert sgn.op == "com.microsoft.SkipGroupNorm" and sgn.extra_inputs == ("x",) and sgn.pre_bias
+
+
+def test_skip_bias_is_zeroed_and_said(built):
+    report = scan(built["contrib-skip-with-bias"][0], validate=True)
+    assert all("zero residual and bias" in v["validation"] for v in report.validations.values())
+
+
+def test_weight_standardisation_is_left_out_with_the_reason(built):
+    report = scan(built["weight-standardisation"][0])
+    assert report.norms == [] and len(report.left_out) == 1
+    assert report.left_out[0].kind == "bn" and "weight standardisation" in report.left_out[0].reason
+    assert "left out: bn at" in run_cli("scan", str(built["weight-standardisation"][0])).stdout
 
 
 # -- untrusted files --------------------------------------------------------------------------------
@@ -175,3 +206,38 @@ def test_gn18_with_per_channel_affine_after_it(tmp_path):
     (f,) = report.norms
     assert f.form == "native" and len(f.nodes) == 3 and f.op.endswith("/Mul/Add")
     assert report.validations[0]["passed"] is True, report.validations[0]
+
+
+def test_parallel_validation_gives_the_same_verdicts(built):
+    path = built["unet-op18-dynamo"][0]
+    one = scan(path, validate=True, inputs=["normal", "offset"])
+    two = scan(path, validate=True, inputs=["normal", "offset"], jobs=2)
+    assert [v["passed"] for v in one.validations.values()] == [v["passed"] for v in two.validations.values()]
+    assert list(two.validations) == list(range(len(two.norms)))
+
+
+def _symbolic_gn(tmp_path):
+    rng = np.random.default_rng(0)
+    node = helper.make_node("InstanceNormalization", ["x", "s", "b"], ["y"], epsilon=1e-5)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "c", "h", "w"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "c", "h", "w"])],
+                          [numpy_helper.from_array(rng.uniform(0.5, 1.5, 6).astype(np.float32), "s"),
+                           numpy_helper.from_array(rng.normal(0, 1, 6).astype(np.float32), "b")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "in.onnx"))
+    return str(tmp_path / "in.onnx")
+
+
+def test_input_shape_fixes_symbolic_dims(tmp_path):
+    path = _symbolic_gn(tmp_path)
+    # the channel dim from the 6 weights, the others stand-ins (not 8 channels: the weights fix 6)
+    assert scan(path, validate=True, inputs=["normal"]).validations[0]["spec_id"] == "in-c6-2x6x8x8-fp32"
+    proc = run_cli("scan", path, "--validate", "--inputs", "normal", "--input-shape", "x=1x6x5x7", "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["norms"][0]["spec_id"] == "in-c6-1x6x5x7-fp32"
+
+
+@pytest.mark.parametrize("arg, needle", [("y=1x6", "has no input 'y'; its inputs are x"), ("x=1x6", "rank 4, not 2"),
+                                         ("x", "write NAME=DIMS"), ("x=1x0x2x2", "positive integer")])
+def test_bad_input_shape_is_exit_2(tmp_path, arg, needle):
+    from conftest import one_line_error
+
+    one_line_error(run_cli("scan", _symbolic_gn(tmp_path), "--input-shape", arg), 2, needle)

@@ -17,10 +17,10 @@ import onnx
 from ..errors import BadInput, ExitCode, verdict_code
 from ..graph import load_model, opset_of
 from .derive import concrete_shape, derive_spec, params_from_model
-from .extract import LayerExtractor, ort_fusion
-from .patterns import FoundNorm, find_norms
+from .extract import LayerExtractor, ort_fusion, ort_optimized
+from .patterns import FoundNorm, LeftOut, find_all, find_norms
 
-__all__ = ["scan", "ScanReport", "FoundNorm", "find_norms", "derive_spec", "concrete_shape", "params_from_model",
+__all__ = ["scan", "ScanReport", "FoundNorm", "LeftOut", "find_all", "find_norms", "derive_spec", "concrete_shape", "params_from_model",
            "validate_layer"]
 
 
@@ -30,9 +30,10 @@ class ScanReport:
     opset: int
     producer: str
     norms: list[FoundNorm]
-    fused: dict[int, bool | None] = field(default_factory=dict)
+    fused: dict[int, object] = field(default_factory=dict)  # True, False or "partly: <ops>" (extract.ort_fusion)
     fusion_note: str | None = None  # why fusion is unknown, when it is
     validations: dict[int, dict] = field(default_factory=dict)  # index -> summary of a ValidationReport
+    left_out: list[LeftOut] = field(default_factory=list)  # norm-shaped, not activation norms (and why)
 
     @property
     def validated(self) -> bool:
@@ -65,7 +66,7 @@ class ScanReport:
                 d.update(self.validations[i])
             norms.append(d)
         out = {"model": self.model, "opset": self.opset, "producer": self.producer, "count": len(self.norms),
-               "norms": norms, "fusion_note": self.fusion_note}
+               "norms": norms, "fusion_note": self.fusion_note, "left_out": [x.to_dict() for x in self.left_out]}
         if self.validated:
             out.update(passed=self.passed, counts=self.counts, exit_code=int(self.exit_code))
         return out
@@ -84,47 +85,152 @@ def check_runtime_request(runtimes: list[str] | None, inputs: list[str] | None) 
     return names
 
 
+def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
+    """['input_ids=2x16', 'x=1x3x32x32'] -> {name: dims}; BadInput saying the form otherwise."""
+    from ..spec import parse_shape
+
+    out = {}
+    for text in specs or []:
+        name, sep, dims = text.partition("=")
+        if not sep or not name:
+            raise BadInput(f"--input-shape {text!r}: write NAME=DIMS, e.g. input_ids=2x16")
+        out[name] = parse_shape(dims)
+    return out
+
+
+def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Set the dims of the named graph inputs (symbolic dims the user knows), checking rank and names."""
+    inputs = {i.name: i for i in model.graph.input}
+    for name, dims in shapes.items():
+        if name not in inputs:
+            raise BadInput(f"--input-shape {name}: the model has no input {name!r}; its inputs are "
+                           f"{', '.join(inputs) or 'none'}")
+        tt = inputs[name].type.tensor_type
+        if tt.HasField("shape") and len(tt.shape.dim) != len(dims):
+            raise BadInput(f"--input-shape {name}: the input has rank {len(tt.shape.dim)}, not {len(dims)}")
+        del tt.shape.dim[:]
+        for d in dims:
+            tt.shape.dim.add().dim_value = d
+
+
+def _infer_without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnx shape inference without handing it the weights: large initializers are marked external
+    for the call (shape inference reads their dims, never their data) and their bytes put back in the
+    inferred copy. A 300 MB model is then not serialized for the C++ side."""
+    big = [t for t in model.graph.initializer if len(t.raw_data) > 4096]
+    data = {t.name: t.raw_data for t in big}
+    for t in big:
+        t.ClearField("raw_data")
+        t.data_location = onnx.TensorProto.EXTERNAL
+        e = t.external_data.add()
+        e.key, e.value = "location", "normonnx-weights-held-aside"
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        inferred = model
+    finally:
+        for t in big:
+            del t.external_data[:]
+            t.data_location = onnx.TensorProto.DEFAULT
+            t.raw_data = data[t.name]
+    if inferred is not model:
+        for t in inferred.graph.initializer:
+            if t.name in data and t.data_location == onnx.TensorProto.EXTERNAL:
+                del t.external_data[:]
+                t.data_location = onnx.TensorProto.DEFAULT
+                t.raw_data = data[t.name]
+    return inferred
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnx's shape inference, then, for models with com.microsoft ops (which onnx does not know),
+    onnxruntime's symbolic shape inference, which does. Either may fail on a given model: what they
+    could not infer stays unknown (scan then propagates through shape-preserving ops, or says why)."""
+    model = _infer_without_weights(model)
+    if any(n.domain == "com.microsoft" for n in model.graph.node):
+        try:
+            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+            model = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
+        except Exception:
+            pass
+    return model
+
+
 def scan(path: str | Path, *, validate: bool = False, runtimes: list[str] | None = None,
-         inputs: list[str] | None = None, check_fusion: bool = True, progress=None) -> ScanReport:
-    """Find the norms of the model at `path`; with validate=True check each one in isolation."""
+         inputs: list[str] | None = None, check_fusion: bool = True, progress=None,
+         input_shapes: dict[str, tuple[int, ...]] | None = None, jobs: int = 1) -> ScanReport:
+    """Find the norms of the model at `path`; with validate=True check each one in isolation.
+    input_shapes: dims for graph inputs whose dims are symbolic (the CLI's --input-shape);
+    jobs: processes validating layers in parallel."""
+    if jobs < 1:
+        raise BadInput(f"--jobs must be >= 1, got {jobs}")
     if validate:
         runtimes = check_runtime_request(runtimes, inputs)
     p = Path(path)
     model = load_model(p, load_external_data=False)  # checks every external-data entry, reads none
-    try:
-        model = onnx.shape_inference.infer_shapes(model)  # value_info for the extractor and for dtypes
-    except Exception:
-        pass
-    norms = find_norms(model)
-    report = ScanReport(str(p), opset_of(model), f"{model.producer_name} {model.producer_version}".strip(), norms)
-    if not norms:
-        return report
-    if check_fusion:
-        report.fused, report.fusion_note = ort_fusion(p, norms)
-    if not validate:
+    if input_shapes:
+        fix_input_shapes(model, input_shapes)
+    model = infer_shapes(model)  # value_info for the extractor and for dtypes
+    norms, left_out = find_all(model, infer=False)
+    report = ScanReport(str(p), opset_of(model), f"{model.producer_name} {model.producer_version}".strip(),
+                        norms, left_out=left_out)
+    # one ORT session over the whole model (a thread beside the search was measured slower on 2 cores)
+    if check_fusion and any(f.form == "decomposed" and not f.scope for f in norms):
+        opt, report.fusion_note = ort_optimized(p)
+        report.fused = ort_fusion(opt, model, norms)
+    if not norms or not validate:
         return report
     extractor = LayerExtractor(model, p.parent, norms)
     with tempfile.TemporaryDirectory(prefix="normonnx-scan-") as tmp:
+        layers = {}
         for i, f in enumerate(norms):
-            if progress:
-                progress(i, len(norms), f)
             try:
-                layer = extractor.extract(f, Path(tmp) / f"layer{i}.onnx")
+                layers[i] = extractor.extract(f, Path(tmp) / f"layer{i}.onnx")
             except BadInput as e:
                 report.validations[i] = {"passed": None, "validation": f"not validated: {e}"}
-                continue
-            report.validations[i] = validate_layer(f, layer, runtimes, inputs)
+        if jobs == 1:
+            for n, (i, layer) in enumerate(layers.items()):
+                if progress:
+                    progress(n, len(layers), norms[i])
+                report.validations[i] = validate_layer(norms[i], layer, runtimes, inputs)
+        else:
+            report.validations.update(_validate_in_parallel(norms, layers, runtimes, inputs, jobs, progress))
+    report.validations = dict(sorted(report.validations.items()))
     return report
 
 
-def validate_layer(f: FoundNorm, layer_path: Path, runtimes: list[str] | None, inputs: list[str] | None) -> dict:
+def _validate_in_parallel(norms, layers: dict, runtimes, inputs, jobs: int, progress) -> dict[int, dict]:
+    """validate_layer over worker processes (spawned: torch and fork do not mix), ORT and torch on
+    one thread each. A worker that dies makes its layers "not validated", never a verdict."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from ..sweep import _worker_init
+
+    out: dict[int, dict] = {}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+        futures = {pool.submit(validate_layer, norms[i], layer, runtimes, inputs, 1): i for i, layer in layers.items()}
+        for n, fut in enumerate(as_completed(futures)):
+            i = futures[fut]
+            if progress:
+                progress(n, len(futures), norms[i])
+            try:
+                out[i] = fut.result()
+            except Exception as e:
+                out[i] = {"passed": None, "validation": f"not validated: the worker process failed "
+                                                        f"({type(e).__name__}); please report it"}
+    return out
+
+
+def validate_layer(f: FoundNorm, layer_path: Path, runtimes: list[str] | None, inputs: list[str] | None,
+                   threads: int | None = None) -> dict:
     """Run the validate engine on one extracted layer; a summary dict, never an exception. Only a
     finished comparison can say FAIL: a layer normonnx could not check is "not validated", why given."""
+    from ..runtimes import SessionConfig
     from ..validate import validate
 
     try:
-        if any(e == "channels_last" for e in f.extra_inputs):
-            raise BadInput("channels_last GroupNorm: the oracle takes NCHW")
         m = onnx.load(str(layer_path))
         spec, params = derive_spec(f, m)
         # the shape may hold stand-ins for symbolic dims: fix them in the layer so shapes line up
@@ -132,7 +238,8 @@ def validate_layer(f: FoundNorm, layer_path: Path, runtimes: list[str] | None, i
             if not d.HasField("dim_value"):
                 d.dim_value = v
         onnx.save(m, str(layer_path))
-        rep = validate(spec, model=layer_path, params=params, runtimes=runtimes or ["cpu"], inputs=inputs)
+        rep = validate(spec, model=layer_path, params=params, runtimes=runtimes or ["cpu"], inputs=inputs,
+                       config=SessionConfig(threads=threads))
     except BadInput as e:
         return {"passed": None, "validation": f"not validated: {e}"}
     except Exception as e:  # normonnx's own failure: never a verdict on the user's model
@@ -146,4 +253,6 @@ def validate_layer(f: FoundNorm, layer_path: Path, runtimes: list[str] | None, i
     if c["error"] or not c["pass"]:
         why = bad[0].error if bad else "every runtime or input suite was skipped"
         return {"passed": None, "spec_id": spec.id, "counts": c, "validation": f"not validated: {why}"}
-    return {"passed": True, "spec_id": spec.id, "counts": c, "validation": "pass"}
+    how = " (zero residual and bias: the norm of x alone)" if f.pre_bias else \
+        " (zero residual: the norm of x alone)" if f.extra_inputs else ""
+    return {"passed": True, "spec_id": spec.id, "counts": c, "validation": "pass" + how}

@@ -2,6 +2,7 @@
 and asking ONNX Runtime, once for the whole model, which decomposed chains it fuses."""
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 
@@ -15,7 +16,22 @@ SHAPE_PRESERVING = {"Cast", "Identity", "Relu", "Sigmoid", "Tanh", "Erf", *NATIV
 
 
 def residual_inputs(f: FoundNorm) -> list[str]:
-    return [e for e in f.extra_inputs if e not in ("channels_last", "bias-before-norm")]
+    return list(f.extra_inputs)
+
+
+def _local_extractor(model: onnx.ModelProto):
+    """onnx.utils.Extractor whose per-layer cost does not grow with the model: its tensor collection
+    scans every initializer and value_info of the model for each layer; here it looks up only the
+    names the layer's nodes use (same result, dict lookups instead of a pass over the model)."""
+    from onnx.utils import Extractor
+
+    class LocalExtractor(Extractor):
+        def _collect_reachable_tensors(self, nodes):
+            names = {n for node in nodes for n in (*node.input, *node.output) if n}
+            return ([self.initializers[n] for n in sorted(names) if n in self.initializers],
+                    [self.value_infos[n] for n in sorted(names) if n in self.value_infos])
+
+    return LocalExtractor(model)
 
 
 class LayerExtractor:
@@ -23,13 +39,11 @@ class LayerExtractor:
     info the layers' boundaries need) is linear in the model, so a scan stays linear too."""
 
     def __init__(self, model: onnx.ModelProto, base: Path, norms: list[FoundNorm]):
-        from onnx.utils import Extractor
-
         self.base = base
         names = [n for f in norms if not f.scope for n in (f.input, f.output, *residual_inputs(f))]
         _ensure_value_info(model, names)
         try:
-            self._extractor = Extractor(model)
+            self._extractor = _local_extractor(model)
         except Exception as e:  # e.g. two nodes writing one tensor: not a valid graph
             raise BadInput(f"cannot index the model's graph for extraction: {_first(e)}") from None
 
@@ -37,8 +51,8 @@ class LayerExtractor:
         """The layer as a standalone single-input model, its weights loaded, saved at `out`."""
         if f.scope:
             raise BadInput(f"inside {f.scope}: only main-graph layers can be extracted")
-        if "bias-before-norm" in f.extra_inputs:
-            raise BadInput(f"{f.op} adds a bias before normalizing: LN(x + skip + bias) is not one norm of x")
+        if f.unvalidatable:
+            raise BadInput(f.unvalidatable)
         residual = residual_inputs(f)
         try:
             sub = self._extractor.extract_model([f.input, *residual], [f.output])
@@ -51,6 +65,13 @@ class LayerExtractor:
             zero = onnx.helper.make_tensor("zero", vi.type.tensor_type.elem_type, [1], [0])
             sub.graph.node.insert(0, onnx.helper.make_node("ConstantOfShape", [f"{r}_shape"], [r], value=zero))
             sub.graph.node.insert(0, onnx.helper.make_node("Shape", [f.input], [f"{r}_shape"]))
+        if f.pre_bias:
+            # Skip*'s bias is added before normalizing: zero it too, so the layer is the norm of x
+            # alone and runs the same kernel; the bias add itself is an exact elementwise op
+            for t in sub.graph.initializer:
+                if t.name == f.pre_bias:
+                    t.CopyFrom(onnx.helper.make_tensor(t.name, t.data_type, list(t.dims),
+                                                       [0] * math.prod(t.dims)))
         read_external_data(check_external_data(sub, self.base))  # only this layer's tensors
         # a standalone layer keeps only what a runtime needs; drop value_info that may reference the rest
         del sub.graph.value_info[:]
@@ -92,23 +113,45 @@ def _ensure_value_info(model: onnx.ModelProto, names: list[str]) -> None:
 FUSED_OPS = ("Normalization", "GroupNorm")  # LayerNormalization, SimplifiedLayerNormalization, SkipLayerNormalization, ...
 
 
-def ort_fusion(model_path: Path, norms: list[FoundNorm]) -> tuple[dict[int, bool], str | None]:
-    """Which decomposed chains ONNX Runtime (CPU, default optimization level) turns into one norm op,
-    judged in the whole model, where layout transforms and neighbouring fusions decide (a layer cut
-    out alone can fuse when it would not in place). Returns ({norm index: fused}, why unknown)."""
+def ort_optimized(model_path: Path) -> tuple[onnx.ModelProto | None, str | None]:
+    """The whole model as ONNX Runtime (CPU, default optimization level) rewrites it, or why not.
+    Safe to run in a thread beside the pattern search: ORT releases the GIL for much of it."""
     import onnxruntime as ort
 
-    wanted = {i: f for i, f in enumerate(norms) if f.form == "decomposed" and not f.scope}
-    if not wanted:
-        return {}, None
     with tempfile.TemporaryDirectory(prefix="normonnx-fuse-") as tmp:
         so = ort.SessionOptions()
         so.optimized_model_filepath = str(Path(tmp) / "o.onnx")
         so.log_severity_level = 3
+        # only the graph is read back: weights go to a side file nobody loads (a 300 MB model's
+        # optimized copy is then under 1 MB to write and parse)
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "o.bin")
+        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        so.add_session_config_entry("session.disable_prepacking", "1")  # packs MatMul weights: no graph change
         try:
             ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
-            opt = onnx.load(so.optimized_model_filepath, load_external_data=False)
+            return onnx.load(so.optimized_model_filepath, load_external_data=False), None
         except Exception as e:
-            return {}, f"ORT cannot optimize the whole model here: {_first(e)}"
-    norm_outputs = {o for n in opt.graph.node if n.op_type.endswith(FUSED_OPS) for o in n.output}
-    return {i: f.output in norm_outputs for i, f in wanted.items()}, None
+            return None, f"ORT cannot optimize the whole model here: {_first(e)}"
+
+
+def ort_fusion(optimized: onnx.ModelProto | None, model: onnx.ModelProto,
+               norms: list[FoundNorm]) -> dict[int, object]:
+    """What ONNX Runtime makes of each decomposed chain, judged in the whole model (`optimized`, from
+    ort_optimized), where layout transforms and neighbouring fusions decide: a chain cut out alone
+    can fuse when it does not in place. Per norm index: True (one norm op computes the chain's
+    output), "partly: <ops>" (a norm op replaced part of the chain, e.g. Sub +
+    SimplifiedLayerNormalization), or False. Empty when ORT could not optimize the model."""
+    wanted = {i: f for i, f in enumerate(norms) if f.form == "decomposed" and not f.scope}
+    if not wanted or optimized is None:
+        return {}
+    made = {o: n.op_type for n in optimized.graph.node if n.op_type.endswith(FUSED_OPS) for o in n.output}
+    g = Graph(model.graph)
+    out: dict[int, object] = {}
+    for i, f in wanted.items():
+        if f.output in made:
+            out[i] = True
+            continue
+        inner = {o for name in f.nodes if name in g.index for o in g.nodes[g.index[name]].output}
+        ops = sorted({made[o] for o in inner if o in made})
+        out[i] = f"partly: {', '.join(ops)}" if ops else False
+    return out

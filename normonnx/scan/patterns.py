@@ -15,7 +15,10 @@ from ..tables import KIND_OF_NATIVE_OP, LOW_PRECISION
 
 NATIVE = KIND_OF_NATIVE_OP
 CONTRIB = {"LayerNormalization": "ln", "SimplifiedLayerNormalization": "rms", "SkipLayerNormalization": "ln",
-           "SkipSimplifiedLayerNormalization": "rms", "GroupNorm": "gn"}
+           "SkipSimplifiedLayerNormalization": "rms", "GroupNorm": "gn", "SkipGroupNorm": "gn",
+           "EmbedLayerNormalization": "ln"}
+# com.microsoft GroupNorm/SkipGroupNorm kernels compute the variance in one pass (CUDA only)
+ONE_PASS_RISK = "com.microsoft GroupNorm computes E[x^2]-E[x]^2 in one pass: wrong at large offsets"
 
 @dataclass(frozen=True)
 class FoundNorm:
@@ -34,8 +37,10 @@ class FoundNorm:
     dtype: str | None = None
     risks: tuple[str, ...] = ()
     params: tuple[tuple[str, str], ...] = ()
-    extra_inputs: tuple[str, ...] = ()  # e.g. SkipLayerNormalization's residual
+    extra_inputs: tuple[str, ...] = ()  # inputs set to zero to check the norm of x alone: Skip*'s residual
     param_layout: str = "per-channel"  # or "per-group" (GroupNormalization-18)
+    pre_bias: str | None = None  # a constant added before normalizing (Skip*'s bias): zeroed for the check
+    unvalidatable: str | None = None  # why this layer cannot be checked as a norm of one input
     scope: str = ""  # "" for the main graph, else where: "If 'cond' then_branch", "function local.Block"
 
     def to_dict(self) -> dict:
@@ -110,15 +115,31 @@ def _denominator_chain(g: Graph, var: str, numer: str):
 
 
 def _divide(g: Graph, denom: str, numer: str):
+    """numer / denom as Div(numer, denom), Mul(numer, Reciprocal(denom)), or Mul(numer, Div(1, denom))
+    (torch.rsqrt through the TorchScript exporter): (out, nodes) or None."""
     for i in g.uses(denom, "Div"):
         d = g.nodes[i]
-        if g.origin(d.input[0]) == g.origin(numer) and g.origin(d.input[1]) == g.origin(denom):
+        if g.origin(d.input[1]) != g.origin(denom):
+            continue
+        if g.origin(d.input[0]) == g.origin(numer):
             return d.output[0], [i]
+        if g.scalar(d.input[0]) == 1.0:  # 1 / denom, then a Mul below
+            found = _times(g, d.output[0], numer)
+            if found:
+                return found[0], [i, found[1]]
     for ir in g.uses(denom, "Reciprocal"):
-        for im in g.uses(g.nodes[ir].output[0], "Mul"):
-            if _other(g.nodes[im], g.nodes[ir].output[0], g) is not None and \
-                    g.origin(_other(g.nodes[im], g.nodes[ir].output[0], g)) == g.origin(numer):
-                return g.nodes[im].output[0], [ir, im]
+        found = _times(g, g.nodes[ir].output[0], numer)
+        if found:
+            return found[0], [ir, found[1]]
+    return None
+
+
+def _times(g: Graph, inv: str, numer: str):
+    """The Mul(numer, inv) consuming `inv`: (out, node index) or None."""
+    for im in g.uses(inv, "Mul"):
+        other = _other(g.nodes[im], inv, g)
+        if other is not None and g.origin(other) == g.origin(numer):
+            return g.nodes[im].output[0], im
     return None
 
 
@@ -309,24 +330,37 @@ def _native(g: Graph, i: int, n, opset: int) -> FoundNorm | None:
         kind = CONTRIB[n.op_type]
         eps = float(_attr(n, "epsilon", 1e-5))
         extra: tuple[str, ...] = ()
-        groups, axes = None, None
-        if n.op_type.startswith("Skip"):
-            extra = (n.input[1],)
-            names = ("weight", "bias") if kind == "ln" else ("weight",)
-            params = tuple((k, v) for k, v in zip(names, n.input[2:]) if v)
-            if n.op_type == "SkipLayerNormalization" and len(n.input) > 4 and n.input[4]:
-                extra += ("bias-before-norm",)
-            axes = (-1,)
-        elif kind == "gn":
+        groups, axes, pre_bias, blocked, risks = None, None, None, None, ()
+        inputs = list(n.input) + [""] * 9
+
+        def named(*pairs):
+            return tuple((k, inputs[i]) for k, i in pairs if inputs[i])
+
+        if n.op_type in ("SkipLayerNormalization", "SkipSimplifiedLayerNormalization"):
+            # (input, skip, gamma, beta?, bias?) and (input, skip, gamma, bias?): LN(x + skip + bias)
+            extra, axes = (inputs[1],), (-1,)
+            params = named(("weight", 2), ("bias", 3)) if kind == "ln" else named(("weight", 2))
+            pre_bias = inputs[4] if kind == "ln" else inputs[3]
+        elif n.op_type in ("GroupNorm", "SkipGroupNorm"):
+            # (X, gamma, beta) and (X, gamma, beta, skip, bias?): NHWC, an optional fused SiLU
             groups = int(_attr(n, "groups"))
-            params = (("weight", n.input[1]), ("bias", n.input[2]))
+            params = named(("weight", 1), ("bias", 2))
+            risks = (ONE_PASS_RISK,)
+            if n.op_type == "SkipGroupNorm":
+                extra, pre_bias = (inputs[3],), inputs[4]
+            if _attr(n, "activation", 0):
+                blocked = "fuses a SiLU after the norm: the oracle checks the norm alone"
             if _attr(n, "channels_last", 1):
-                extra = ("channels_last",)
+                blocked = "channels_last (NHWC) input: the oracle takes NCHW"
+        elif n.op_type == "EmbedLayerNormalization":
+            # (input_ids, segment_ids, word, position, segment embeddings, gamma, beta, ...)
+            axes, params = (-1,), named(("weight", 5), ("bias", 6))
+            blocked = "normalizes the sum of embedding lookups inside the op: there is no float input to drive"
         else:
             axes = (int(_attr(n, "axis", -1)),)
-            params = tuple((k, v) for k, v in zip(("weight", "bias"), n.input[1:]) if v)
-        return FoundNorm(kind, "contrib", f"{n.domain or 'ai.onnx'}.{n.op_type}", (name,), x, n.output[0], axes, groups, eps, True, dt,
-                         (), params, extra)
+            params = named(("weight", 1), ("bias", 2))
+        return FoundNorm(kind, "contrib", f"{n.domain or 'ai.onnx'}.{n.op_type}", (name,), x, n.output[0], axes,
+                         groups, eps, True, dt, risks, params, extra, pre_bias=pre_bias or None, unvalidatable=blocked)
     return None
 
 
@@ -372,36 +406,65 @@ def _find_in_graph(g: Graph, opset: int, scope: str) -> list[FoundNorm]:
 
 
 def _subgraphs(g: Graph):
-    """(node index, scope label, GraphProto) for every graph-valued attribute of g's nodes."""
+    """(path, GraphProto) for every graph-valued attribute of g's nodes: 'node.attr' ('If_3.then_branch')."""
     for i, n in enumerate(g.nodes):
         for a in n.attribute:
             subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else (
                 list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else [])
             for k, sg in enumerate(subs):
-                label = f"{n.op_type} {(n.name or f'#{i}')!r} {a.name}" + (f"[{k}]" if len(subs) > 1 else "")
-                yield label, sg
+                yield f"{n.name or f'{n.op_type}_{i}'}.{a.name}" + (f"[{k}]" if len(subs) > 1 else ""), sg
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """Something shaped like a norm that is not an activation norm, and why it is not listed."""
+
+    kind: str
+    node: str
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "node": self.node, "reason": self.reason}
+
+
+WEIGHT_STD = "weight standardisation: normalizes a value computed from constants (a weight), not an activation"
+
+
+def find_all(model: onnx.ModelProto, *, infer: bool = True) -> tuple[list[FoundNorm], list[LeftOut]]:
+    """Every norm in the model — main graph first (graph order), then If/Loop/Scan bodies at any depth
+    and model-local functions, each outside the main graph naming its path ('If_3.then_branch/...',
+    'local.Block/...') — and what was left out with why (weight standardisation). infer=False when
+    the caller has already run shape inference (it is the costliest step on a large model)."""
+    if infer:
+        try:
+            model = onnx.shape_inference.infer_shapes(model)  # types/shapes for dtype and spec derivation
+        except Exception:
+            pass
+    opset = opset_of(model)
+    main = Graph(model.graph)
+    graphs = [(main, opset, "")]
+    # an explicit queue, not recursion: a hostile model may nest bodies hundreds deep
+    queue = [(main, path, sg) for path, sg in _subgraphs(main)]
+    while queue:
+        outer, path, sg = queue.pop(0)
+        g = Graph(sg, outer=outer, prefix=f"{path}/")
+        graphs.append((g, opset, path))
+        queue.extend((g, f"{path}/{sub}", ssg) for sub, ssg in _subgraphs(g))
+    for fn in model.functions:
+        fn_opset = next((o.version for o in fn.opset_import if o.domain in DEFAULT_DOMAINS), opset)
+        path = f"{fn.domain}.{fn.name}"
+        graphs.append((Graph(onnx.helper.make_graph(list(fn.node), fn.name, [], []), prefix=f"{path}/"), fn_opset,
+                       path))
+    norms, left_out = [], []
+    for g, gopset, path in graphs:
+        for f in _find_in_graph(g, gopset, path):
+            if g.from_constants(f.input):
+                left_out.append(LeftOut(f.kind, f.nodes[0], WEIGHT_STD))
+            else:
+                norms.append(f)
+    return norms, left_out
 
 
 def find_norms(model: onnx.ModelProto) -> list[FoundNorm]:
-    """Every norm in the model: main graph first (graph order), then If/Loop/Scan bodies at any depth
-    and model-local functions; each found outside the main graph names its scope."""
-    try:
-        model = onnx.shape_inference.infer_shapes(model)  # types/shapes for dtype and spec derivation
-    except Exception:
-        pass
-    opset = opset_of(model)
-    main = Graph(model.graph)
-    found = _find_in_graph(main, opset, "")
-    # an explicit stack, not recursion: a hostile model may nest bodies hundreds deep
-    stack = [(main, label, sg) for label, sg in _subgraphs(main)]
-    while stack:
-        outer, label, sg = stack.pop(0)
-        g = Graph(sg, outer=outer, prefix=f"{label}/")
-        found += _find_in_graph(g, opset, label)
-        stack.extend((g, f"{label} > {sub}", ssg) for sub, ssg in _subgraphs(g))
-    for fn in model.functions:
-        fn_opset = next((o.version for o in fn.opset_import if o.domain in DEFAULT_DOMAINS), opset)
-        body = onnx.helper.make_graph(list(fn.node), fn.name, [], [])
-        label = f"function {fn.domain}.{fn.name}"
-        found += _find_in_graph(Graph(body, prefix=f"{label}/"), fn_opset, label)
-    return found
+    """Every activation norm in the model (see find_all)."""
+    return find_all(model)[0]
