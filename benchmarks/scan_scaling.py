@@ -6,7 +6,7 @@ node and peak memory (the process's max RSS, and in brackets what it was after i
 scan), best of 3. Needs
 `pip install transformers`.
 
-    python benchmarks/scan_scaling.py [--layers 1,12,48,96] [--validate]
+    python benchmarks/scan_scaling.py [--layers 1,12,48,96] [--validate] [--no-fusion]
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def hwm_kb():  # this process's peak RSS: VmHWM starts afresh at exec (ru_maxrss
 
 before = hwm_kb()
 t0 = time.perf_counter()
-r = S.scan(sys.argv[1], validate=sys.argv[2] == "1", inputs=["normal"])
+r = S.scan(sys.argv[1], validate=sys.argv[2] == "1", inputs=["normal"], check_fusion=sys.argv[3] == "1")
 dt = time.perf_counter() - t0
 after = hwm_kb()
 print(json.dumps({"s": dt, "norms": len(r.norms), "peak_mb": after / 1024, "base_mb": before / 1024,
@@ -63,6 +63,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", default="1,12,48,96")
     ap.add_argument("--validate", action="store_true", help="scan --validate (normal inputs only)")
+    ap.add_argument("--no-fusion", action="store_true", help="scan --no-fusion (without ORT's whole-model pass)")
     args = ap.parse_args()
     rows = ["| layers | nodes | norms | scan s | µs per node | peak RSS MB (before scan) |"
             + (" validated |" if args.validate else ""),
@@ -71,7 +72,8 @@ def main() -> int:
         for layers in (int(v) for v in args.layers.split(",")):
             path = Path(tmp) / f"gpt2-{layers}.onnx"
             nodes = export(layers, path)
-            runs = [json.loads(subprocess.run([sys.executable, "-c", PROBE, str(path), "1" if args.validate else "0"],
+            argv = [str(path), "1" if args.validate else "0", "0" if args.no_fusion else "1"]
+            runs = [json.loads(subprocess.run([sys.executable, "-c", PROBE, *argv],
                                               capture_output=True, text=True, check=True).stdout.splitlines()[-1])
                     for _ in range(1 if args.validate else 3)]
             best = min(runs, key=lambda r: r["s"])
