@@ -166,6 +166,8 @@ class ResultsWriter:
         self.path = path
         try:
             self._f = open(path, "a", encoding="utf-8")
+            if self._f.tell() and not path.read_bytes().endswith(b"\n"):
+                self._f.write("\n")  # a write cut just before its newline: never glue a record onto it
         except OSError as e:
             raise BadInput(f"cannot write {path}: {e.strerror}") from None
 

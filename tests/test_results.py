@@ -236,3 +236,13 @@ def test_output_paths_that_are_not_regular_files_are_refused(tmp_path, path_kind
     needle = {"symlink": "symbolic link", "device": "not a regular file", "folder": "directory"}[path_kind]
     one_line_error(run_cli("export", "-o", str(out)), 2, needle)
     assert target.read_text() == "keep me"
+
+
+def test_a_record_cut_just_before_its_newline_is_not_glued_to_the_next(done, tmp_path):
+    lines = _lines(done / "out")
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / RESULTS).write_bytes(lines[0].rstrip(b"\n"))  # complete JSON, newline lost
+    sweep(out, ONE, inputs=INPUTS, cache_dir=done / "cache", resume=True, progress=False)
+    records, bad = read_results(out / RESULTS)
+    assert not bad and len(records) == 2
