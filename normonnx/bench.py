@@ -2,7 +2,9 @@
 of the same tensor (the memory-bandwidth floor for a norm: it must read x once and write y once).
 
 Inputs and outputs are bound once with IOBinding on the provider's device, so the timed region is
-the session's run alone: no host<->device copy, no output allocation.
+the session's run alone: no host<->device copy, no output allocation. All forms of a spec are timed
+together in interleaved rounds (normonnx.timing): ratios are per round, with confidence intervals,
+a verdict on noise, and a flag on any form that would be faster than the copy.
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ def bench_spec(kind: str, dtype: str = "float32", **overrides) -> NormSpec:
 
 @dataclass(frozen=True)
 class Timing:
+    """Per-call latency percentiles of one form, from every call of every round."""
+
     runs: int
     mean_ms: float
     p50_ms: float
@@ -53,24 +57,12 @@ class Timing:
     max_ms: float
     std_ms: float
 
-
-def measure(fn: Callable[[], object], sync: Callable[[], object], warmup: int, min_time: float,
-            min_runs: int = 10, max_runs: int = 100_000) -> Timing:
-    """Warm up, then time fn()+sync() one call at a time until min_time seconds and min_runs calls."""
-    for _ in range(warmup):
-        fn()
-        sync()
-    times: list[int] = []
-    start = time.perf_counter()
-    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < min_time):
-        t0 = time.perf_counter_ns()
-        fn()
-        sync()
-        times.append(time.perf_counter_ns() - t0)
-    ms = np.asarray(times, dtype=np.float64) / 1e6
-    return Timing(len(ms), float(ms.mean()), float(np.percentile(ms, 50)), float(np.percentile(ms, 90)),
-                  float(np.percentile(ms, 99)), float(ms.min()), float(ms.max()),
-                  float(statistics.pstdev(ms)) if len(ms) > 1 else 0.0)
+    @staticmethod
+    def of(calls_ms: np.ndarray) -> "Timing":
+        ms = np.asarray(calls_ms, dtype=np.float64)
+        return Timing(len(ms), float(ms.mean()), float(np.percentile(ms, 50)), float(np.percentile(ms, 90)),
+                      float(np.percentile(ms, 99)), float(ms.min()), float(ms.max()),
+                      float(statistics.pstdev(ms)) if len(ms) > 1 else 0.0)
 
 
 @dataclass(frozen=True)
@@ -94,15 +86,24 @@ class BenchRecord:
     max_ms: float | None = None
     std_ms: float | None = None
     gbps: float | None = None  # (bytes read + written) / p50
-    x_copy: float | None = None  # p50 / copy's p50, same run
-    x_torch: float | None = None  # p50 / torch's p50, same run
+    x_copy: float | None = None  # median over rounds of (this form / the copy), each round's own pair
+    x_torch: float | None = None  # likewise against torch eager
+    ci_low: float | None = None  # 95 % bootstrap interval of x_copy
+    ci_high: float | None = None
+    x_torch_ci_low: float | None = None
+    x_torch_ci_high: float | None = None
+    stable: bool | None = None  # the verdict on noise (timing.Verdict)
+    unstable_reason: str | None = None
+    implausible: str | None = None  # faster than a copy: not a speed, and never recommended on it
+    rounds: int | None = None
+    batch: int | None = None
     passed: bool | None = None  # validation on the `normal` inputs, same provider
     validation: str | None = None
     io_binding: bool = False
     ort_provider: str | None = None  # what the session actually used
     opt_level: str | None = None
     threads: int | str | None = None
-    fastest: bool = False  # the fastest variant that also passed validation
+    fastest: bool = False  # the fastest variant that passed validation, with a stable, plausible timing
     error: str | None = None
 
     def to_dict(self) -> dict:
@@ -115,9 +116,23 @@ class BenchReport:
     records: list[BenchRecord] = field(default_factory=list)
     machine: dict = field(default_factory=dict)
 
+    @property
+    def trusted(self) -> tuple[bool, str]:
+        """(can these timings be trusted, one line saying so and what to do if not)."""
+        timed = [r for r in self.records if r.error is None]
+        unstable = [r.form for r in timed if r.stable is False]
+        odd = [r.form for r in timed if r.implausible]
+        if not unstable and not odd:
+            return True, f"timings trusted: every row stable ({timed[0].rounds if timed else 0} interleaved rounds)"
+        parts = ([f"{len(unstable)} unstable ({', '.join(unstable)})"] if unstable else []) + \
+                ([f"{len(odd)} faster than a copy ({', '.join(odd)})"] if odd else [])
+        return False, ("timings NOT trusted: " + "; ".join(parts) + ". Rerun on an idle machine, with --threads 1, "
+                       "or with more --rounds")
+
     def to_dict(self) -> dict:
-        return {"spec_id": self.spec.id, "spec": self.spec.to_dict(), "machine": self.machine,
-                "records": [r.to_dict() for r in self.records]}
+        ok, line = self.trusted
+        return {"spec_id": self.spec.id, "spec": self.spec.to_dict(), "machine": self.machine, "trusted": ok,
+                "verdict": line, "records": [r.to_dict() for r in self.records]}
 
 
 def machine_info() -> dict:
@@ -156,22 +171,26 @@ def benchmark(
     exporter: str = DEFAULT_EXPORTER,
     warmup: int = 5,
     min_time: float = 1.0,
-    min_runs: int = 10,
+    rounds: int = 15,
     threads: int | None = None,
     opt_level: str = "all",
     validate_first: bool = True,
     progress: Callable[[str], None] | None = None,
+    seed: int = 0,
 ) -> BenchReport:
-    """Time every variant of `spec` on each provider next to torch eager and a copy, in one run."""
+    """Time every variant of `spec` on each provider next to torch eager and a copy, interleaved in
+    `rounds` rounds (each form about `min_time` seconds in all); see normonnx.timing."""
     import onnxruntime as ort
     import torch
 
+    from . import timing
     from .validate import validate
 
     if spec.dtype == "bfloat16":
         raise BadInput("bench times float32 and float16: ORT's IOBinding has no numpy bfloat16 type")
-    if warmup < 0 or min_time < 0 or min_runs < 1:
-        raise BadInput("bench needs --warmup >= 0, --min-time >= 0 and at least one run")
+    if warmup < 0 or min_time < 0 or rounds < 3:
+        raise BadInput("bench needs --warmup >= 0, --min-time >= 0 and --rounds >= 3 (a confidence interval "
+                       "needs rounds)")
     variants = variants or variants_for(spec.kind)
     for v in variants:
         get_variant(v).check(spec, opset)
@@ -191,6 +210,7 @@ def benchmark(
     nbytes = int(np.prod(spec.shape)) * DTYPES[spec.dtype].itemsize
     dt = DTYPES[spec.dtype].torch
     base = dict(spec_id=spec.id, norm=spec.kind, dtype=spec.dtype, shape="x".join(map(str, spec.shape)))
+    cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="normonnx-bench-") as tmp:
         models = {}
         for v in variants:
@@ -205,18 +225,12 @@ def benchmark(
             gen = torch.Generator().manual_seed(0)
             x = torch.randn(spec.shape, generator=gen).to(dt).to(device)
             y = torch.empty_like(x)
-            rows: list[dict] = []
-            say(f"{p}: copy")
-            copy_t = measure(lambda: y.copy_(x), sync, warmup, min_time, min_runs)
-            rows.append(dict(form="copy", opset=None, exporter=None, timing=copy_t))
-            say(f"{p}: torch")
             module = get_variant("native").build(spec, make_params(spec)).to(dt).to(device)
-            with torch.inference_mode():
-                torch_t = measure(lambda: module(x), sync, warmup, min_time, min_runs)
-            rows.append(dict(form="torch", opset=None, exporter=None, timing=torch_t))
+            forms: dict[str, Callable[[], object]] = {"copy": lambda: y.copy_(x), "torch": lambda: module(x)}
+            rows: dict[str, dict] = {"copy": dict(form="copy", opset=None, exporter=None),
+                                     "torch": dict(form="torch", opset=None, exporter=None)}
             for v in variants:
-                row = dict(form=v, opset=opset, exporter=exporter)
-                rows.append(row)
+                row = rows[v] = dict(form=v, opset=opset, exporter=exporter)
                 if isinstance(models[v], Exception):
                     row["error"] = str(models[v])
                     continue
@@ -226,29 +240,52 @@ def benchmark(
                     row["passed"] = rep.passed
                     bad = rep.failures()
                     row["validation"] = "pass" if rep.passed else (bad[0].reason or bad[0].error if bad else "no result")
-                say(f"{p}: time {v}")
                 try:
-                    sess = ort.InferenceSession(str(models[v]), session_options(config),
-                                                providers=[PROVIDERS[p]])
+                    sess = ort.InferenceSession(str(models[v]), session_options(config), providers=[PROVIDERS[p]])
                     io = _bind(sess, x, y, device)
-                    row["timing"] = measure(lambda: sess.run_with_iobinding(io), sync, warmup, min_time, min_runs)
+                    forms[v] = (lambda s, b: lambda: s.run_with_iobinding(b))(sess, io)
                     row["ort_provider"] = sess.get_providers()[0]
                     row["io_binding"] = True
                 except Exception as e:
                     from .runtimes import first_line
 
                     row["error"] = f"ORT {p} cannot run {v}: {first_line(e)}"
-            ok = [r for r in rows if r["form"] not in ("copy", "torch") and r.get("timing") and r.get("passed") is not False]
-            fastest = min(ok, key=lambda r: r["timing"].p50_ms)["form"] if ok else None
-            for r in rows:
-                t = r.pop("timing", None)
-                times = asdict(t) if t else {}
+            say(f"{p}: timing {', '.join(forms)} in {rounds} interleaved rounds")
+            load0 = timing.load_average()
+            with torch.inference_mode():
+                measured = timing.run_rounds(forms, sync, rounds=rounds, min_time=min_time, warmup=warmup, seed=seed)
+            load1 = timing.load_average()
+            load = (load0, load1) if load0 is not None and load1 is not None else None
+            vs_copy = timing.paired_ratios(measured.per_round, "copy")
+            vs_torch = timing.paired_ratios(measured.per_round, "torch")
+            copy_cv = timing.copy_cv(measured.per_round["copy"])
+            for name, row in rows.items():
+                if name not in forms:
+                    continue
+                t = Timing.of(measured.calls[name])
+                xc, xt = timing.median_ci(vs_copy[name], seed), timing.median_ci(vs_torch[name], seed)
+                verdict = timing.Verdict.of(xc if name != "copy" else xt, copy_cv, load, cores)
+                row.update(times=asdict(t), gbps=2 * nbytes / (t.p50_ms / 1e3) / 1e9, x_copy=xc[0], ci_low=xc[1],
+                           ci_high=xc[2], x_torch=xt[0], x_torch_ci_low=xt[1], x_torch_ci_high=xt[2],
+                           stable=verdict.stable, unstable_reason=verdict.reason,
+                           implausible=timing.implausible(xc[0]) if name != "copy" else None,
+                           rounds=rounds, batch=measured.batch[name])
+            fastest = _fastest(rows)
+            for name, r in rows.items():
                 report.records.append(BenchRecord(
-                    **base, provider=p, **{k: r.get(k) for k in ("form", "opset", "exporter")}, **times,
-                    gbps=(2 * nbytes / (t.p50_ms / 1e3) / 1e9) if t else None,
-                    x_copy=(t.p50_ms / copy_t.p50_ms) if t else None,
-                    x_torch=(t.p50_ms / torch_t.p50_ms) if t else None,
-                    passed=r.get("passed"), validation=r.get("validation"), io_binding=r.get("io_binding", False),
-                    ort_provider=r.get("ort_provider"), opt_level=opt_level if r["form"] not in ("copy", "torch") else None,
-                    threads=threads or "default", fastest=r["form"] == fastest, error=r.get("error")))
+                    **base, provider=p, form=r["form"], opset=r["opset"], exporter=r["exporter"], **r.get("times", {}),
+                    **{k: r.get(k) for k in ("gbps", "x_copy", "x_torch", "ci_low", "ci_high", "x_torch_ci_low",
+                                             "x_torch_ci_high", "stable", "unstable_reason", "implausible", "rounds",
+                                             "batch", "passed", "validation", "ort_provider")},
+                    io_binding=r.get("io_binding", False),
+                    opt_level=opt_level if r["form"] not in ("copy", "torch") else None,
+                    threads=threads or "default", fastest=name == fastest, error=r.get("error")))
     return report
+
+
+def _fastest(rows: dict[str, dict]) -> str | None:
+    """The variant with the lowest x copy among those that passed validation and whose timing is
+    stable and plausible; None when no timing can carry that claim."""
+    ok = [r for n, r in rows.items() if n not in ("copy", "torch") and r.get("x_copy") is not None
+          and r.get("passed") is not False and r.get("stable") and not r.get("implausible")]
+    return min(ok, key=lambda r: r["x_copy"])["form"] if ok else None

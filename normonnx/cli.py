@@ -209,14 +209,15 @@ def validate(variant, opset, exporter, dynamic, allow_mismatch, model, runtimes,
 @click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default=DEFAULT_EXPORTER, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs first.")
 @click.option("--min-time", type=click.FloatRange(min=0), default=1.0, show_default=True,
-              help="Seconds to time each form for.")
-@click.option("--min-runs", type=click.IntRange(min=1), default=10, show_default=True)
+              help="Seconds to time each form for, over all rounds.")
+@click.option("--rounds", type=click.IntRange(min=3), default=15, show_default=True,
+              help="Interleaved rounds: every form runs a batch per round, in a shuffled order.")
 @click.option("--threads", type=int, default=None, help="Threads for ORT, torch and the copy (default: all cores).")
 @click.option("--opt-level", type=click.Choice(["all", "extended", "basic", "disabled"]), default="all",
               show_default=True)
 @click.option("--no-validate", is_flag=True, help="Skip the validation that picks the fastest correct variant.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
-def bench(variant_names, providers, opset, exporter, warmup, min_time, min_runs, threads, opt_level, no_validate,
+def bench(variant_names, providers, opset, exporter, warmup, min_time, rounds, threads, opt_level, no_validate,
           as_json, **kw):
     """Time each graph form on ORT next to PyTorch eager and a copy of the same tensor.
 
@@ -234,7 +235,7 @@ def bench(variant_names, providers, opset, exporter, warmup, min_time, min_runs,
     variants = None if variant_names in (None, "all") else [v.strip() for v in variant_names.split(",") if v.strip()]
     progress = None if as_json else (lambda s: click.echo(f"  .. {s}", err=True))
     report = benchmark(spec, variants, providers, opset=opset, exporter=exporter, warmup=warmup, min_time=min_time,
-                       min_runs=min_runs, threads=threads, opt_level=opt_level, validate_first=not no_validate,
+                       rounds=rounds, threads=threads, opt_level=opt_level, validate_first=not no_validate,
                        progress=progress)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else bench_text(report))
 

@@ -67,22 +67,32 @@ def validation_text(report) -> str:
 
 
 def bench_text(report) -> str:
-    """Table of a normonnx.bench.BenchReport; '*' marks the fastest variant that passed validation."""
+    """Table of a normonnx.bench.BenchReport: median ratios with their 95 % CI per form, the noise
+    verdict per row, '*' on the fastest variant that passed validation with a trustworthy timing, and
+    a last line saying whether the timings can be trusted."""
     rows = []
     for r in report.records:
         if r.error:
-            rows.append([r.form, r.provider, None, None, None, None, None, "ERROR", r.error[:80]])
+            rows.append([r.form, r.provider, None, None, None, None, None, None, "ERROR", r.error[:80]])
             continue
         check = {True: "pass", False: "FAIL", None: "-"}[r.passed]
-        rows.append([r.form + (" *" if r.fastest else ""), r.provider, f"{r.p50_ms:.4g}", f"{r.p90_ms:.4g}",
-                     f"{r.gbps:.1f}", f"{r.x_copy:.2f}x", f"{r.x_torch:.2f}x", check,
-                     "" if r.passed is not False else (r.validation or "")[:80]])
+        note = r.implausible or (r.unstable_reason if r.stable is False else "") or \
+            ("" if r.passed is not False else (r.validation or ""))
+        rows.append([r.form + (" *" if r.fastest else ""), r.provider, f"{r.p50_ms:.4g}", f"{r.gbps:.1f}",
+                     f"{r.x_copy:.2f}x [{r.ci_low:.2f}, {r.ci_high:.2f}]",
+                     f"{r.x_torch:.2f}x [{r.x_torch_ci_low:.2f}, {r.x_torch_ci_high:.2f}]",
+                     "IMPLAUSIBLE" if r.implausible else ("stable" if r.stable else "UNSTABLE"), check, "", note[:100]])
+    for row in rows:
+        del row[-2]
     m = report.machine
     head = (f"{report.spec.id}: {m.get('cpu')} ({m.get('cores')} cores), threads {m.get('threads')}"
             + (f", GPU {m['gpu']}" if m.get("gpu") else "") + f"; torch {m.get('torch')}, onnxruntime {m.get('onnxruntime')}")
-    body = table(["form", "provider", "p50 ms", "p90 ms", "GB/s", "x copy", "x torch", "valid", "note"], rows)
-    return head + "\n\n" + body + "\n\n* fastest variant that also passed validation on normal inputs; " \
-        "x copy/x torch: p50 over the copy's/torch's p50 in the same run; GB/s counts x read once and y written once"
+    body = table(["form", "provider", "p50 ms", "GB/s", "x copy [95% CI]", "x torch [95% CI]", "timing", "valid",
+                  "note"], rows)
+    _, verdict = report.trusted
+    return head + "\n\n" + body + "\n\n* fastest variant that passed validation on normal inputs with a stable, " \
+        "plausible timing; x copy/x torch: median over interleaved rounds of each round's own ratio, with a bootstrap " \
+        "95% interval; GB/s counts x read once and y written once\n" + verdict
 
 
 def scan_text(report) -> str:

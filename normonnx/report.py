@@ -9,13 +9,15 @@ import io
 import json
 from collections import defaultdict
 from pathlib import Path
-
 from typing import Callable
+
+import numpy as np
 
 from .errors import BadInput
 from .inputs import REGISTRY as SUITES
 from .results import RESULTS, read_meta, read_results
 from .tables import DTYPES, kind_order
+from .timing import separated
 from .variants import REGISTRY as VARIANTS
 
 STATUS_STYLE = {"pass": ("#d7f5d7", "pass"), "fail": ("#f8d0d0", "FAIL"), "mismatch": ("#fde6c4", "mismatch"),
@@ -125,19 +127,59 @@ def recommendations(records: list[dict]) -> list[dict]:
                 ok.append(v)
             elif "fail" in sts or "error" in sts:
                 bad.append(v)
-        timed = [v for v in ok if (norm, provider, dtype, v) in timing]
+        # a timing counts only if it is trustworthy: stable across rounds and not faster than a copy
+        timed = [v for v in ok if (norm, provider, dtype, v) in timing and trustworthy(timing[(norm, provider, dtype, v)])]
+        untrusted = [v for v in ok if (norm, provider, dtype, v) in timing and v not in timed]
         if timed:
-            best = min(timed, key=lambda v: timing[(norm, provider, dtype, v)]["p50_ms"])
+            ci = {v: _ci(timing[(norm, provider, dtype, v)]) for v in timed}
+            best = min(timed, key=lambda v: ci[v][0])
+            tied = [v for v in timed if v != best and not separated(ci[v], ci[best])]
             t = timing[(norm, provider, dtype, best)]
-            why = f"fastest passing: {t['p50_ms']:.3g} ms, {t['x_copy']:.2f}x copy, {t['x_torch']:.2f}x torch"
+            if tied:
+                # within each other's CIs: no measurable difference, so the more portable form wins
+                best = min([best, *tied], key=_preference)
+                t = timing[(norm, provider, dtype, best)]
+                why = (f"no measurable difference in speed between {', '.join(sorted([*tied, best]))} (95% CIs "
+                       f"overlap): the more portable form, {t['x_copy']:.2f}x copy")
+            else:
+                why = (f"fastest passing: {t['x_copy']:.2f}x copy [{ci[best][1]:.2f}, {ci[best][2]:.2f}], "
+                       f"{t['x_torch']:.2f}x torch, {t['p50_ms']:.3g} ms")
+            if untrusted:
+                why += f"; timing of {', '.join(untrusted)} not trusted (unstable or faster than a copy)"
         elif ok:
-            best = min(ok, key=lambda v: UNTIMED_PREFERENCE.index(v) if v in UNTIMED_PREFERENCE else 99)
-            why = "passes every suite (untimed: run sweep --bench for the fastest)"
+            best = min(ok, key=_preference)
+            why = ("passes every suite (timings not trusted: unstable or faster than a copy)" if untrusted else
+                   "passes every suite (untimed: run sweep --bench for the fastest)")
         else:
             best, why = None, "no variant passed every input suite"
         out.append({"norm": norm, "provider": provider, "dtype": dtype, "recommended": best, "why": why,
                     "passing": ok, "failing": bad})
     return out
+
+
+def _preference(v: str) -> int:
+    return UNTIMED_PREFERENCE.index(v) if v in UNTIMED_PREFERENCE else len(UNTIMED_PREFERENCE)
+
+
+def _ci(b: dict) -> tuple[float, float, float]:
+    x = _num(b.get("x_copy"))
+    lo, hi = _num(b.get("ci_low")), _num(b.get("ci_high"))
+    return (x, lo if lo is not None else x, hi if hi is not None else x)
+
+
+def trustworthy(b: dict) -> bool:
+    """A timing row stable across its rounds and not faster than a copy (normonnx.timing)."""
+    return b.get("stable") is not False and not b.get("implausible")
+
+
+def timing_banner(records: list[dict]) -> str | None:
+    """One sentence when any timing row is unstable or faster than a copy, else None."""
+    bad = [b for b in bench_rows(records) if not b.get("error") and not trustworthy(b)]
+    if not bad:
+        return None
+    names = ", ".join(f"{b['norm']} {b['dtype']} {b['form']}" for b in bad[:6]) + (" ..." if len(bad) > 6 else "")
+    return (f"{len(bad)} timing rows were unstable across rounds or faster than a copy ({names}); no recommendation "
+            "rests on them. Rerun the timings on an idle machine (sweep --bench --force into a new folder).")
 
 
 # -- plots ---------------------------------------------------------------------------------------
@@ -152,7 +194,8 @@ def _png(fig) -> str:
 
 def error_plot(records: list[dict]) -> str | None:
     """Worst max-abs error per input suite, log scale, one panel per norm, one line per variant x dtype.
-    Non-finite mismatches (NaN where the oracle is finite) are drawn as x at the top."""
+    Non-finite mismatches (NaN where the oracle is finite) are drawn as x at the top, errors of exactly
+    zero as open triangles below the smallest error (a log axis has no 0)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,14 +215,18 @@ def error_plot(records: list[dict]) -> str | None:
             for sample, v in r["inputs"].items():
                 if sample == "*" or not isinstance(v, dict) or v.get("status") == "skipped":
                     continue
-                err = nan_level if v.get("nonfinite_mismatch") else (_num(v.get("max_abs_err")) or 1e-12)
+                err = nan_level if v.get("nonfinite_mismatch") else (_num(v.get("max_abs_err")) or 0.0)
                 key = f"{r['variant']} {r['dtype']}"
-                series[key][sample] = max(series[key].get(sample, 0.0), max(err, 1e-12))
+                series[key][sample] = max(series[key].get(sample, 0.0), err)
         samples = sample_order(s for d in series.values() for s in d)
+        positive = [e for d in series.values() for e in d.values() if e > 0]
+        zero_level = min(positive) / 10 if positive else 1e-9  # exactly 0 has no place on a log axis
         for key, d in sorted(series.items()):
             xs = [i for i, s in enumerate(samples) if s in d]
             ys = [d[samples[i]] for i in xs]
-            ax.plot(xs, ys, marker="o", ms=3, lw=1, label=key)
+            line = ax.plot(xs, [y if y > 0 else np.nan for y in ys], marker="o", ms=3, lw=1, label=key)[0]
+            zero_x = [x for x, y in zip(xs, ys) if y == 0]
+            ax.plot(zero_x, [zero_level] * len(zero_x), "v", ms=6, mfc="none", color=line.get_color())
             nan_x = [x for x, y in zip(xs, ys) if y >= nan_level]
             ax.plot(nan_x, [nan_level] * len(nan_x), "kx", ms=7)
         ax.set_yscale("log")
@@ -188,11 +235,14 @@ def error_plot(records: list[dict]) -> str | None:
         ax.set_title(f"{norm}: worst |error| vs float64 oracle", fontsize=9)
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=6)
-    axes[0][0].set_ylabel("max abs error (x = NaN/Inf mismatch)")
+    axes[0][0].set_ylabel("max abs error (x = NaN/Inf mismatch,\nopen triangle at the bottom = exactly 0)")
     return _png(fig)
 
 
 def latency_plot(records: list[dict]) -> str | None:
+    """Ratios to the copy and to torch per form, log axis, 95% CI whiskers, 1x reference lines;
+    green: the fastest trustworthy passing variant, hatched: an untrusted timing (unstable or faster
+    than a copy)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,24 +253,29 @@ def latency_plot(records: list[dict]) -> str | None:
         return None
     groups = sorted({(b["norm"], b["dtype"], b["provider"]) for b in rows},
                     key=lambda g: (kind_order(g[0]), g[1], g[2]))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(rows) + 1.5))
-    labels, xc, xt, colors = [], [], [], []
-    for g in groups:
-        for b in rows:
-            if (b["norm"], b["dtype"], b["provider"]) == g and b["form"] != "copy":
-                labels.append(f"{g[0]} {g[1]} {g[2]}: {b['form']}")
-                xc.append(b["x_copy"])
-                xt.append(b["x_torch"])
-                colors.append("#888888" if b["form"] == "torch" else ("#2a9d2a" if b.get("fastest") else "#4a78c2"))
-    y = range(len(labels))
-    for ax, vals, title in ((axes[0], xc, "x copy (1 = memory-bandwidth floor)"), (axes[1], xt, "x torch eager")):
-        ax.barh(list(y), vals, color=colors)
-        ax.axvline(1.0, color="k", lw=0.8)
-        ax.set_yticks(list(y))
-        ax.set_yticklabels(labels if ax is axes[0] else [""] * len(labels), fontsize=7)
-        ax.invert_yaxis()
-        ax.set_title(title, fontsize=9)
-        ax.grid(True, axis="x", alpha=0.3)
+    shown = [b for g in groups for b in rows if (b["norm"], b["dtype"], b["provider"]) == g and b["form"] != "copy"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.32 * len(shown) + 1.6), sharey=True)
+    labels = [f"{b['norm']} {b['dtype']} {b['provider']}: {b['form']}" for b in shown]
+    colors = ["#888888" if b["form"] == "torch" else ("#2a9d2a" if b.get("fastest") else "#4a78c2") for b in shown]
+    y = np.arange(len(shown))
+    for ax, key, lo, hi, title in ((axes[0], "x_copy", "ci_low", "ci_high", "x copy (1 = a copy: the memory floor)"),
+                                   (axes[1], "x_torch", "x_torch_ci_low", "x_torch_ci_high", "x torch eager")):
+        vals = np.array([b[key] for b in shown], dtype=float)
+        los = np.array([_num(b.get(lo)) or b[key] for b in shown], dtype=float)
+        his = np.array([_num(b.get(hi)) or b[key] for b in shown], dtype=float)
+        bars = ax.barh(y, vals, color=colors, xerr=[vals - los, his - vals], error_kw={"lw": 0.8, "capsize": 2})
+        for bar, b in zip(bars, shown):
+            if not trustworthy(b):
+                bar.set_hatch("///")
+                bar.set_edgecolor("#c0392b")
+        ax.axvline(1.0, color="k", lw=1.0, ls="--")
+        ax.set_xscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", labelsize=9)
+        ax.grid(True, axis="x", which="both", alpha=0.3)
+    axes[0].set_yticks(y)
+    axes[0].set_yticklabels(labels, fontsize=8)
+    axes[0].invert_yaxis()
     return _png(fig)
 
 
@@ -248,6 +303,10 @@ def render_html(records: list[dict], meta: dict) -> str:
              "<h1>normonnx compatibility report</h1>"]
     counts = summary_counts(records)
     parts.append("<p>" + ", ".join(f"<b>{int(v)}</b> {e(k)}" for k, v in sorted(counts.items())) + " cases.</p>")
+    banner = timing_banner(records)
+    if banner:
+        parts.append(f"<p style='background:#fde6c4;padding:8px;border:1px solid #e0a040'><b>Timings not "
+                     f"trusted.</b> {e(banner)}</p>")
     parts.append("<h2>Compatibility matrix</h2><p class='legend'>" + "".join(
         f"<span style='background:{c}'>{e(t)}</span>" for c, t in STATUS_STYLE.values())
         + " Hover a cell for the reason. FAIL names the worst input suite.</p>")
@@ -274,9 +333,10 @@ def render_html(records: list[dict], meta: dict) -> str:
     parts.append("<h2>Latency</h2>")
     lat = latency_plot(records)
     parts.append("<p>Each norm at its standard shape, timed with IOBinding next to PyTorch eager (grey) and "
-                 "a copy of the same tensor (x copy = 1, the memory-bandwidth floor). Green: the fastest variant "
-                 "that passed validation on normal inputs in the timing run; the recommendation above also "
-                 "requires every input suite to pass.</p>" if lat else "")
+                 "a copy of the same tensor (x copy = 1, the memory-bandwidth floor), all forms in interleaved "
+                 "rounds; bars are the median of each round's own ratio, whiskers its 95% interval, log axis. "
+                 "Green: the fastest variant that passed validation with a trustworthy timing; hatched red: a "
+                 "timing that is unstable or faster than a copy, never used for a recommendation.</p>" if lat else "")
     parts.append(f"<img alt='latency plot' src='data:image/png;base64,{lat}'>" if lat else
                  "<p>No timings in this sweep: run <code>normonnx sweep --bench</code>.</p>")
     failures = [r for r in records if r.get("type", "case") == "case" and r["status"] in ("fail", "error", "mismatch")]
@@ -303,8 +363,10 @@ def _md(v) -> str:
 def render_markdown(records: list[dict], meta: dict) -> str:
     rows, cols, cells = matrix(records)
     icon = {"pass": "✅", "fail": "❌", "mismatch": "⚠️", "unsupported": "·", "error": "💥"}
+    banner = timing_banner(records)
     lines = ["# normonnx compatibility report", "",
              ", ".join(f"**{v}** {k}" for k, v in sorted(summary_counts(records).items())) + " cases.", "",
+             *([f"> **Timings not trusted.** {_md(banner)}", ""] if banner else []),
              "✅ pass · ❌ fail (worst input suite) · ⚠️ exporter wrote another opset/op set · `·` unsupported · 💥 error",
              "", "| norm / variant | " + " | ".join(_md(f"op{c[0]} {c[1]} {c[2]} {c[3]}") for c in cols) + " |",
              "|---|" + "---|" * len(cols)]

@@ -166,7 +166,7 @@ def run_bench_group(norm: str, dtype: str, provider: str, opset: int, min_time: 
     try:
         spec = bench_spec(norm, dtype)
         variants = [v for v in VARIANTS if norm in VARIANTS[v].min_opset and VARIANTS[v].min_opset[norm] <= opset]
-        rep = benchmark(spec, variants, [provider], opset=opset, min_time=min_time, warmup=2, min_runs=5)
+        rep = benchmark(spec, variants, [provider], opset=opset, min_time=min_time, warmup=2, rounds=9)
         return make_record("bench", **rec, status="timed", spec_id=spec.id, machine=rep.machine,
                            records=[r.to_dict() for r in rep.records])
     except Exception as e:

@@ -5,21 +5,13 @@ import time
 import pytest
 
 from normonnx import BadInput, NormSpec
-from normonnx.bench import BenchRecord, bench_spec, benchmark, measure
-
-
-def test_measure_counts_runs_and_orders_percentiles():
-    calls = []
-    t = measure(lambda: calls.append(time.perf_counter()), lambda: None, warmup=3, min_time=0.0, min_runs=25)
-    assert len(calls) == 3 + t.runs and t.runs == 25
-    assert t.min_ms <= t.p50_ms <= t.p90_ms <= t.p99_ms <= t.max_ms
-    assert t.std_ms >= 0
+from normonnx.bench import BenchRecord, bench_spec, benchmark
 
 
 @pytest.fixture(scope="module")
 def report():
     spec = NormSpec.make("gn", shape="2x8x16x16", groups=4)
-    return benchmark(spec, providers=["cpu"], warmup=1, min_time=0.0, min_runs=5, threads=1)
+    return benchmark(spec, providers=["cpu"], warmup=1, min_time=0.0, rounds=5, threads=1)
 
 
 def test_records_cover_baselines_and_every_variant(report):
@@ -31,12 +23,11 @@ def test_records_cover_baselines_and_every_variant(report):
 def test_ratios_come_from_the_same_run(report):
     by = {r.form: r for r in report.records}
     assert by["copy"].x_copy == 1.0 and by["torch"].x_torch == 1.0
-    # ratios of one run: every form's x copy over its x torch is the same torch-vs-copy ratio
-    torch_over_copy = by["torch"].x_copy
     for r in report.records:
-        assert r.x_copy / r.x_torch == pytest.approx(torch_over_copy)
+        assert r.ci_low <= r.x_copy <= r.ci_high and r.x_torch_ci_low <= r.x_torch <= r.x_torch_ci_high
+        assert r.rounds == 5 and r.batch >= 1 and r.stable in (True, False)
         assert r.min_ms <= r.p50_ms <= r.p90_ms <= r.p99_ms <= r.max_ms
-        assert r.runs >= 5
+        assert r.runs >= 5  # every call of every round
     # GB/s counts x read once and y written once: the bytes of the actual float32 tensor, twice
     import numpy as np
 
@@ -54,11 +45,13 @@ def test_variants_use_iobinding_on_the_requested_provider(report):
             assert r.threads == 1
 
 
-def test_fastest_is_one_validated_variant(report):
+def test_fastest_is_at_most_one_validated_variant_with_a_trustworthy_timing(report):
     fastest = [r for r in report.records if r.fastest]
-    assert len(fastest) == 1 and fastest[0].passed is True and fastest[0].form not in ("copy", "torch")
-    timed = [r for r in report.records if r.form not in ("copy", "torch") and r.passed]
-    assert fastest[0].p50_ms == min(r.p50_ms for r in timed)
+    trusted = [r for r in report.records if r.form not in ("copy", "torch") and r.passed and r.stable
+               and not r.implausible]
+    assert len(fastest) == (1 if trusted else 0)
+    if fastest:
+        assert fastest[0].x_copy == min(r.x_copy for r in trusted)
 
 
 def test_bench_spec_defaults_to_the_standard_shapes():

@@ -1,0 +1,79 @@
+"""The timing method on synthetic timings (a fake clock, no wall-clock assertion): interleaving
+order, paired ratios, confidence intervals, the noise verdict, and implausible sub-copy rows."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from normonnx import timing
+from normonnx.bench import _fastest
+
+
+class FakeMachine:
+    """Forms that 'take' a cost in ns on a fake clock; `load(t)` multiplies the cost over time."""
+
+    def __init__(self, costs: dict[str, float], load=lambda t: 1.0):
+        self.now, self.costs, self.load, self.log = 0, costs, load, []
+
+    def form(self, name):
+        def run():
+            self.log.append(name)
+            self.now += int(self.costs[name] * self.load(self.now))
+        return run
+
+    def clock(self):
+        return self.now
+
+
+def _run(machine, rounds=12, seed=0):
+    forms = {n: machine.form(n) for n in machine.costs}
+    return timing.run_rounds(forms, lambda: None, rounds=rounds, min_time=0.001 * len(forms), warmup=1, seed=seed,
+                             clock=machine.clock)
+
+
+def test_every_round_runs_every_form_once_in_a_shuffled_order():
+    m = FakeMachine({"copy": 1e5, "torch": 3e5, "native": 4e5})
+    r = _run(m)
+    assert all(sorted(o) == ["copy", "native", "torch"] for o in r.order)
+    assert len({tuple(o) for o in r.order}) > 1  # not one fixed order
+    assert {n: len(v) for n, v in r.per_round.items()} == {"copy": 12, "torch": 12, "native": 12}
+    assert all(len(r.calls[n]) == 12 * r.batch[n] for n in r.calls)
+
+
+def test_paired_ratios_cancel_load_that_comes_and_goes_between_rounds():
+    """Load doubling every other round makes block timing a coin toss; per-round pairs stay exact."""
+    m = FakeMachine({"copy": 1e5, "native": 4e5}, load=lambda t: 2.0 if (t // 10**7) % 2 else 1.0)
+    r = _run(m, rounds=20)
+    ratios = timing.paired_ratios(r.per_round, "copy")["native"]
+    assert np.median(ratios) == pytest.approx(4.0, rel=0.02)
+    med, lo, hi = timing.median_ci(ratios)
+    assert lo <= med <= hi and lo == pytest.approx(4.0, rel=0.05) and hi == pytest.approx(4.0, rel=0.05)
+
+
+def test_a_clean_series_is_stable_and_a_noisy_one_is_not():
+    rng = np.random.default_rng(0)
+    clean = 3.0 * (1 + 0.01 * rng.standard_normal(15))
+    noisy = 3.0 * (1 + 0.6 * rng.standard_normal(15)).clip(0.2)
+    ok = timing.Verdict.of(timing.median_ci(clean), copy_cv=0.02, load=(0.5, 0.7), cores=2)
+    bad = timing.Verdict.of(timing.median_ci(noisy), copy_cv=0.02, load=(0.5, 0.7), cores=2)
+    assert ok.stable and ok.reason is None
+    assert not bad.stable and "wider than +/-10%" in bad.reason
+    assert "copy's time varied 40%" in timing.Verdict.of(timing.median_ci(clean), 0.4, None, 2).reason
+    assert "load average 5.0 above the 2 cores" in timing.Verdict.of(timing.median_ci(clean), 0.0, (1.0, 5.0), 2).reason
+
+
+def test_a_row_faster_than_a_copy_is_flagged_and_never_the_fastest():
+    assert timing.implausible(0.43) and "implausible: 0.43x a copy" in timing.implausible(0.43)
+    assert timing.implausible(1.2) is None
+    rows = {"copy": dict(form="copy", x_copy=1.0, stable=True),
+            "native": dict(form="native", x_copy=0.43, stable=True, passed=True, implausible=timing.implausible(0.43)),
+            "decomposed": dict(form="decomposed", x_copy=5.0, stable=True, passed=True),
+            "instance-trick": dict(form="instance-trick", x_copy=2.0, stable=False, passed=True)}
+    assert _fastest(rows) == "decomposed"  # not the impossible one, not the unstable one
+    rows["decomposed"]["passed"] = False
+    assert _fastest(rows) is None
+
+
+def test_separation_needs_non_overlapping_intervals():
+    assert timing.separated((2.0, 1.9, 2.1), (3.0, 2.8, 3.2))
+    assert not timing.separated((2.0, 1.5, 2.6), (2.4, 2.2, 2.7))
