@@ -21,19 +21,24 @@ def markdown(reports) -> str:
     m = reports[0].machine
     lines = [f"Machine: {m.get('cpu')} ({m.get('cores')} cores)" + (f", GPU {m['gpu']}" if m.get("gpu") else "")
              + f"; torch {m.get('torch')}, onnxruntime {m.get('onnxruntime')}; threads {m.get('threads')}.", "",
-             "| norm | shape | dtype | provider | form | p50 ms | GB/s | x copy | x torch | valid (normal) |",
-             "|---|---|---|---|---|---:|---:|---:|---:|---|"]
+             "| norm | shape | dtype | provider | form | p50 ms | GB/s | x copy [95% CI] | x torch [95% CI] | timing | valid |",
+             "|---|---|---|---|---|---:|---:|---:|---:|---|---|"]
     for rep in reports:
         for r in rep.records:
             if r.error:
-                lines.append(f"| {r.norm} | {r.shape} | {r.dtype} | {r.provider} | {r.form} | error: {r.error[:60]} |||||")
+                lines.append(f"| {r.norm} | {r.shape} | {r.dtype} | {r.provider} | {r.form} | error: {r.error[:60]} ||||||")
                 continue
             valid = {True: "pass", False: "FAIL", None: ""}[r.passed]
             form = f"**{r.form}**" if r.fastest else r.form
+            verdict = "IMPLAUSIBLE" if r.implausible else ("stable" if r.stable else "UNSTABLE")
             lines.append(f"| {r.norm} | {r.shape} | {r.dtype} | {r.provider} | {form} | {r.p50_ms:.4g} | {r.gbps:.1f} "
-                         f"| {r.x_copy:.2f} | {r.x_torch:.2f} | {valid} |")
-    lines += ["", "Bold: the fastest variant that passed validation on normal inputs. x copy / x torch: p50 over the "
-              "p50 of a copy of the same tensor / of PyTorch eager, measured side by side in the same run."]
+                         f"| {r.x_copy:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}] "
+                         f"| {r.x_torch:.2f} [{r.x_torch_ci_low:.2f}, {r.x_torch_ci_high:.2f}] | {verdict} | {valid} |")
+    trusted = [rep.trusted for rep in reports]
+    lines += ["", "Bold: the fastest variant that passed validation on normal inputs with a stable, plausible timing. "
+              "x copy / x torch: median over interleaved rounds of each round's own ratio to a copy of the same "
+              "tensor / to PyTorch eager, with a bootstrap 95% interval.",
+              f"{sum(ok for ok, _ in trusted)} of {len(trusted)} specs with every timing trusted."]
     return "\n".join(lines)
 
 
@@ -45,6 +50,7 @@ def main() -> int:
     ap.add_argument("--dtypes", default="float32,float16")
     ap.add_argument("--providers", default=None, help="default: every provider available here")
     ap.add_argument("--min-time", type=float, default=1.0)
+    ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--regime", choices=["standard", "small"], default="standard",
                     help="standard shapes (tens of MB) or small ones (hundreds of KB: call overhead)")
@@ -60,7 +66,8 @@ def main() -> int:
             shape[0] = max(1, int(round(shape[0] * args.scale)))
             spec = bench_spec(kind, dtype, shape=tuple(shape))
             print(f"== {spec.id} on {','.join(providers)}", file=sys.stderr, flush=True)
-            reports.append(benchmark(spec, providers=providers, min_time=args.min_time, threads=args.threads))
+            reports.append(benchmark(spec, providers=providers, min_time=args.min_time, threads=args.threads,
+                                     rounds=args.rounds))
     md = markdown(reports)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

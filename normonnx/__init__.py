@@ -1,11 +1,22 @@
-"""normonnx: export BatchNorm/LayerNorm/InstanceNorm/GroupNorm from PyTorch to ONNX and check them."""
+"""normonnx: export BatchNorm/LayerNorm/InstanceNorm/GroupNorm from PyTorch to ONNX and check them.
+
+`import normonnx` imports neither torch, onnx nor onnxruntime (each module loads them where it uses
+them), so `normonnx --help`, `list`, `report` and `merge` start without torch."""
 __version__ = "0.2.0"
 
-from .errors import BadInput, CheckFailed, ExitCode, ExportMismatch, NormonnxError, NotChecked, RuntimeUnavailable
-from .bench import benchmark
-from .export import case_id, export, export_report
-from .params import make_params
-from .spec import NormSpec
+from .errors import BadInput, CheckFailed, ExitCode, ExportMismatch, NormonnxError, NotChecked, RuntimeUnavailable  # noqa: E402
+from .export import case_id, export, export_report  # noqa: E402
+from .params import make_params  # noqa: E402
+from .spec import NormSpec  # noqa: E402
 
 __all__ = ["NormSpec", "export", "export_report", "case_id", "benchmark", "make_params", "BadInput",
            "CheckFailed", "ExitCode", "ExportMismatch", "NormonnxError", "NotChecked", "RuntimeUnavailable", "__version__"]
+
+
+def __getattr__(name: str):
+    # benchmark needs onnxruntime and torch: load normonnx.bench on first use (PEP 562)
+    if name == "benchmark":
+        from .bench import benchmark
+
+        return benchmark
+    raise AttributeError(f"module 'normonnx' has no attribute {name!r}")

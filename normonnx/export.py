@@ -7,17 +7,20 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
-import torch
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import BadInput, ExportMismatch
 from .exporters import get_exporter, quiet_export
-from .graph import model_facts, op_histogram, opset_of, set_metadata
 from .params import make_params
 from .spec import NormSpec
 from .tables import DTYPES
 from .variants import get_variant
+
+if TYPE_CHECKING:
+    import onnx
+# torch, onnx and normonnx.graph (which imports onnx) load inside the functions that use them, so
+# that `import normonnx` (which imports this module) stays light
 
 DEFAULT_OPSET = 18
 DEFAULT_EXPORTER = "dynamo"
@@ -30,7 +33,9 @@ def case_id(spec: NormSpec, variant: str, opset: int, exporter: str, dynamic: bo
 
 
 def tool_versions() -> dict[str, str]:
+    import onnx
     import onnxscript
+    import torch
 
     return {"normonnx": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
             "onnxscript": onnxscript.__version__}
@@ -67,6 +72,8 @@ def check_request(spec: NormSpec, variant: str, opset: int, exporter: str) -> No
 def verify_export(model: onnx.ModelProto, spec: NormSpec, variant: str, opset: int) -> str | None:
     """Why the written model is not what was asked for, or None. Opset first, then op set."""
     problems = []
+    from .graph import op_histogram, opset_of
+
     actual = opset_of(model)
     if actual != opset:
         problems.append(f"requested opset {opset} but the model declares opset {actual}")
@@ -83,6 +90,8 @@ def check_model(model: onnx.ModelProto, allow_deprecated_gn18: bool = False) -> 
     checker refuses every deprecated op, while ORT and onnx.reference still run it. For the native
     GN variant at opset 18..20 we accept exactly that refusal and check the graph with strict shape
     and type inference instead. Returns how the model was checked."""
+    import onnx
+
     try:
         onnx.checker.check_model(model, full_check=True)
         return "onnx.checker(full_check)"
@@ -136,6 +145,11 @@ def export_report(
     out = Path(output) if output is not None else Path(case_id(spec, variant, opset, exporter, dynamic) + ".onnx")
     _writable(out)
     v = get_variant(variant)
+    import onnx
+    import torch
+
+    from .graph import model_facts, set_metadata
+
     module = v.build(spec, make_params(spec)).to(DTYPES[spec.dtype].torch)
     example = torch.randn(spec.shape, generator=torch.Generator().manual_seed(0)).to(DTYPES[spec.dtype].torch)
     log: list[str] = []

@@ -10,9 +10,8 @@ import io
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from functools import lru_cache
 from typing import Callable
-
-import torch
 
 from .errors import BadInput
 from .registry import Registry
@@ -21,7 +20,22 @@ from .tables import DTYPES
 
 
 
+@lru_cache(maxsize=None)
 def _max_opset(name: str, default: int) -> int:
+    """torch's own limit, read from torch/onnx/_constants.py without importing torch (2 s, and most
+    commands never need it); importing it is the fallback."""
+    import importlib.util
+    import re
+
+    try:
+        spec = importlib.util.find_spec("torch")
+        for root in (spec.submodule_search_locations or []) if spec else []:
+            text = Path(root, "onnx", "_constants.py").read_text()
+            m = re.search(rf"^{name}\s*=\s*(\d+)", text, re.M)
+            if m:
+                return int(m.group(1))
+    except Exception:
+        pass
     try:
         from torch.onnx import _constants
 
@@ -34,9 +48,15 @@ def _max_opset(name: str, default: int) -> int:
 class Exporter:
     name: str
     description: str
-    opsets: range  # what torch accepts as opset_version
-    native_from: int  # below this the exporter converts (and may silently fail to)
-    run: Callable[..., None] = field(repr=False, compare=False)
+    first_opset: int
+    max_opset: Callable[[], int] = field(repr=False, compare=False)  # torch's limit, looked up when asked
+    native_from: int = 7  # below this the exporter converts (and may silently fail to)
+    run: Callable[..., None] = field(default=None, repr=False, compare=False)
+
+    @property
+    def opsets(self) -> range:
+        """What torch accepts as opset_version."""
+        return range(self.first_opset, self.max_opset() + 1)
 
     def check(self, opset: int) -> None:
         if opset not in self.opsets:
@@ -111,11 +131,14 @@ def _gn_dynamo_translation(spec: NormSpec, opset: int):
             y = op.Add(y, op.Reshape(bias, op.Constant(value_ints=view)))
         return y
 
+    import torch
+
     return {torch.ops.aten.group_norm.default: group_norm}
 
 
 @contextlib.contextmanager
 def _gn_torchscript_symbolic(spec: NormSpec, opset: int):
+    import torch
     from torch.onnx import symbolic_helper as sh
 
     c, g, rank = spec.channels, spec.groups, len(spec.shape)
@@ -151,6 +174,8 @@ def _native_gn(spec: NormSpec, variant: str) -> bool:
 
 
 def _run_dynamo(module, example, path: Path, opset: int, spec: NormSpec, variant: str, dynamic: bool) -> None:
+    import torch
+
     kwargs = {}
     if dynamic:
         kwargs["dynamic_shapes"] = ({d: torch.export.Dim.DYNAMIC for d in _dynamic_dims(spec)},)
@@ -161,6 +186,8 @@ def _run_dynamo(module, example, path: Path, opset: int, spec: NormSpec, variant
 
 
 def _run_torchscript(module, example, path: Path, opset: int, spec: NormSpec, variant: str, dynamic: bool) -> None:
+    import torch
+
     kwargs = {}
     if dynamic:
         dims = {d: f"d{d}" for d in _dynamic_dims(spec)}
@@ -171,15 +198,12 @@ def _run_torchscript(module, example, path: Path, opset: int, spec: NormSpec, va
                           input_names=["x"], output_names=["y"], do_constant_folding=True, **kwargs)
 
 
-_TS_MAX = _max_opset("ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
-_DYNAMO_MAX = _max_opset("ONNX_MAX_OPSET", 23)
-
 REGISTRY: Registry[Exporter] = Registry("exporter")
 REGISTRY.register(Exporter(
     "dynamo", "torch.onnx.export(dynamo=True), torch's default; implements opset >= 18 and "
     "converts down with the ONNX version converter, which may silently keep 18",
-    range(7, _DYNAMO_MAX + 1), 18, _run_dynamo))
+    7, lambda: _max_opset("ONNX_MAX_OPSET", 23), 18, _run_dynamo))
 REGISTRY.register(Exporter(
     "torchscript", "torch.onnx.export(dynamo=False), the legacy TorchScript-based exporter",
-    range(7, _TS_MAX + 1), 7, _run_torchscript))
+    7, lambda: _max_opset("ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20), 7, _run_torchscript))
 get_exporter = REGISTRY.lookup

@@ -244,6 +244,12 @@ def _open_torch(device: str):
 
 
 def _torch_cuda_unavailable() -> str | None:
+    import sys
+
+    # on Linux a machine without the NVIDIA driver's device has no CUDA for torch either: say so
+    # without importing torch (seconds), so `normonnx list` and sweep's defaults stay light
+    if "torch" not in sys.modules and sys.platform.startswith("linux") and not os.path.exists("/dev/nvidiactl"):
+        return "no NVIDIA GPU on this machine (no /dev/nvidiactl)"
     import torch
 
     return None if torch.cuda.is_available() else "torch has no CUDA device here"

@@ -242,7 +242,7 @@ class SweepSummary:
 
 def sweep(
     out: str | Path,
-    matrix: Matrix = Matrix(),
+    matrix: Matrix | None = None,
     *,
     inputs: list[str] | None = None,
     resume: bool = False,
@@ -265,6 +265,7 @@ def sweep(
     cases run again."""
     from . import inputs as suites
 
+    matrix = matrix if matrix is not None else Matrix()  # not a default argument: it probes runtimes
     warn = warn or (lambda m: sys.stderr.write(f"warning: {m}\n"))
     suites.get_suites(inputs)  # validate names before any work
     if jobs < 1:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
+
+# ONNX TensorProto elem types (values fixed by onnx.proto), so that importing this module, and so
+# `import normonnx`, does not import onnx
+ONNX_FLOAT, ONNX_FLOAT16, ONNX_BFLOAT16 = 1, 10, 16
 
 
 # -- norm kinds ----------------------------------------------------------------------------------
@@ -63,9 +66,9 @@ class DType:
 
 
 DTYPES = {d.name: d for d in (
-    DType("float32", "fp32", onnx.TensorProto.FLOAT, 4, 23, -126),
-    DType("float16", "fp16", onnx.TensorProto.FLOAT16, 2, 10, -14),
-    DType("bfloat16", "bf16", onnx.TensorProto.BFLOAT16, 2, 7, -126),
+    DType("float32", "fp32", ONNX_FLOAT, 4, 23, -126),
+    DType("float16", "fp16", ONNX_FLOAT16, 2, 10, -14),
+    DType("bfloat16", "bf16", ONNX_BFLOAT16, 2, 7, -126),
 )}
 LOW_PRECISION = ("float16", "bfloat16")
 
@@ -76,6 +79,8 @@ def dtype_of_onnx(elem_type: int | None) -> str | None:
         if d.onnx == elem_type:
             return d.name
     if elem_type:
+        import onnx
+
         try:
             return onnx.helper.tensor_dtype_to_np_dtype(elem_type).name
         except Exception:

@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from torch import nn
 
 from .errors import BadInput
 from .registry import Registry
@@ -22,7 +21,7 @@ class Variant:
     name: str
     description: str
     min_opset: dict[str, int]  # norm -> lowest opset; norms absent are unsupported
-    build: Callable[[NormSpec, dict], nn.Module] = field(repr=False, compare=False)
+    build: Callable[[NormSpec, dict], "nn.Module"] = field(repr=False, compare=False)
     expect: Callable[[NormSpec, int, set[str]], str | None] = field(repr=False, compare=False)
     emits: Callable[[str, int], str] = field(repr=False, compare=False)  # norm, opset -> ops, for docs
 
@@ -49,7 +48,7 @@ def variants_for(kind: str) -> list[str]:
 
 
 # -- native --------------------------------------------------------------------------------------
-def _build_native(spec: NormSpec, params: dict) -> nn.Module:
+def _build_native(spec: NormSpec, params: dict) -> "nn.Module":
     from normonnx.models import native_module
 
     return native_module(spec, params)
@@ -84,7 +83,7 @@ register(Variant(
 
 
 # -- decomposed ----------------------------------------------------------------------------------
-def _build_decomposed(spec: NormSpec, params: dict) -> nn.Module:
+def _build_decomposed(spec: NormSpec, params: dict) -> "nn.Module":
     from normonnx import models
     from normonnx.models.native import load_params
 
@@ -122,7 +121,7 @@ register(Variant(
 
 
 # -- instance-trick (GN only) --------------------------------------------------------------------
-def _build_instance_trick(spec: NormSpec, params: dict) -> nn.Module:
+def _build_instance_trick(spec: NormSpec, params: dict) -> "nn.Module":
     from normonnx.models import InstanceTrickGroupNorm
     from normonnx.models.native import load_params
 

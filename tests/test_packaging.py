@@ -36,3 +36,44 @@ def test_the_installed_distribution_is_what_runs():
     tops = {f.parts[0] for f in dist.files if not f.parts[0].endswith(".dist-info") and f.parts[0] != ".."}
     assert tops == {"normonnx"}, tops
     assert "site-packages" in normonnx.__file__, f"tests import the checkout, not the install: {normonnx.__file__}"
+
+
+PROBE = """
+import sys
+from normonnx.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+print(code, sorted(m for m in ("torch", "onnx", "onnxruntime") if m in sys.modules))
+"""
+
+
+def test_import_normonnx_loads_no_heavy_framework(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import sys, normonnx; print(sorted(m for m in ('torch', 'onnx', "
+                          "'onnxruntime') if m in sys.modules))"], capture_output=True, text=True, cwd=tmp_path)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["list"], ["report", "{out}", "-o", "{tmp}/r.md"],
+                                  ["merge", "{out}", "-o", "{tmp}/m"]], ids=lambda a: a[0])
+def test_light_commands_start_without_torch(tmp_path, args):
+    """--help, --version, list, report and merge never need torch (a 2 s import): none loads it."""
+    import subprocess
+    import sys
+
+    from normonnx.results import RESULTS, make_record
+
+    out = tmp_path / "sweep"
+    out.mkdir()
+    rec = make_record("case", case_id="ln-x", status="pass", norm="ln", variant="native", opset=18, exporter="dynamo",
+                      dtype="float32", provider="cpu", versions={"normonnx": normonnx.__version__}, inputs={})
+    (out / RESULTS).write_text(json.dumps(rec) + "\n")
+    argv = [a.format(out=out, tmp=tmp_path) for a in args]
+    proc = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, cwd=tmp_path)
+    code, loaded = proc.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert code in ("0", "None"), proc.stderr[-800:]
+    assert "torch" not in loaded, f"{args[0]} imported torch"
