@@ -191,7 +191,9 @@ def benchmark(
     if warmup < 0 or min_time < 0 or rounds < 3:
         raise BadInput("bench needs --warmup >= 0, --min-time >= 0 and --rounds >= 3 (a confidence interval "
                        "needs rounds)")
-    variants = variants or variants_for(spec.kind)
+    # by default every variant that can express the spec at this opset (RMS native needs 23); a
+    # variant asked for by name that cannot is bad input
+    variants = variants or [v for v in variants_for(spec.kind) if get_variant(v).min_opset[spec.kind] <= opset]
     for v in variants:
         get_variant(v).check(spec, opset)
     providers = providers or ["cpu"]
@@ -252,9 +254,10 @@ def benchmark(
                     row["error"] = f"ORT {p} cannot run {v}: {first_line(e)}"
             say(f"{p}: timing {', '.join(forms)} in {rounds} interleaved rounds")
             load0 = timing.load_average()
-            with torch.inference_mode():
+            with torch.inference_mode(), timing.OtherCpu() as others:
                 measured = timing.run_rounds(forms, sync, rounds=rounds, min_time=min_time, warmup=warmup, seed=seed)
             load1 = timing.load_average()
+            report.machine["other_cores_while_timing"] = others.cores
             load = (load0, load1) if load0 is not None and load1 is not None else None
             vs_copy = timing.paired_ratios(measured.per_round, "copy")
             vs_torch = timing.paired_ratios(measured.per_round, "torch")
@@ -264,7 +267,7 @@ def benchmark(
                     continue
                 t = Timing.of(measured.calls[name])
                 xc, xt = timing.median_ci(vs_copy[name], seed), timing.median_ci(vs_torch[name], seed)
-                verdict = timing.Verdict.of(xc if name != "copy" else xt, copy_cv, load, cores)
+                verdict = timing.Verdict.of(xc if name != "copy" else xt, copy_cv, load, cores, others.cores)
                 row.update(times=asdict(t), gbps=2 * nbytes / (t.p50_ms / 1e3) / 1e9, x_copy=xc[0], ci_low=xc[1],
                            ci_high=xc[2], x_torch=xt[0], x_torch_ci_low=xt[1], x_torch_ci_high=xt[2],
                            stable=verdict.stable, unstable_reason=verdict.reason,
@@ -284,8 +287,9 @@ def benchmark(
 
 
 def _fastest(rows: dict[str, dict]) -> str | None:
-    """The variant with the lowest x copy among those that passed validation and whose timing is
-    stable and plausible; None when no timing can carry that claim."""
+    """The variant with the lowest x copy among those that passed validation and are plausible, if
+    its timing is stable; None otherwise (a slower form with a steadier timing is not the fastest)."""
     ok = [r for n, r in rows.items() if n not in ("copy", "torch") and r.get("x_copy") is not None
-          and r.get("passed") is not False and r.get("stable") and not r.get("implausible")]
-    return min(ok, key=lambda r: r["x_copy"])["form"] if ok else None
+          and r.get("passed") is not False and not r.get("implausible")]
+    best = min(ok, key=lambda r: r["x_copy"]) if ok else None
+    return best["form"] if best is not None and best.get("stable") else None

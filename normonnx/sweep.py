@@ -180,10 +180,19 @@ def bench_id(norm: str, dtype: str, provider: str, opset: int) -> str:
 
 # -- progress ------------------------------------------------------------------------------------
 class Progress:
-    """A bar with count and ETA on a terminal; plain lines otherwise."""
+    """A bar with count and ETA on a terminal; plain lines otherwise.
 
-    def __init__(self, total: int, stream=None, enabled: bool = True):
+    The ETA adds up each kind of step at its own pace: accuracy cases take a second or so, a timing
+    group tens of seconds, so one average over both would promise "3s" through the whole timing
+    phase. A kind not seen yet is estimated by `first_guess` seconds a step."""
+
+    def __init__(self, total: int, stream=None, enabled: bool = True, remaining: dict[str, int] | None = None,
+                 first_guess: dict[str, float] | None = None):
         self.total, self.done, self.t0 = total, 0, time.perf_counter()
+        self.remaining = dict(remaining or {"case": total})
+        self.spent: dict[str, list[float]] = {}
+        self.guess = dict(first_guess or {})
+        self.last = self.t0
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.tty = self.stream.isatty()
@@ -192,12 +201,25 @@ class Progress:
                               else f"sweeping {total} cases\n")
             self.stream.flush()
 
+    def eta(self) -> float:
+        out = 0.0
+        for kind, n in self.remaining.items():
+            seen = self.spent.get(kind)
+            pace = sum(seen) / len(seen) if seen else self.guess.get(kind, (time.perf_counter() - self.t0) /
+                                                                      max(self.done, 1))
+            out += n * pace
+        return out
+
     def step(self, record: dict) -> None:
         self.done += 1
+        now = time.perf_counter()
+        kind = record.get("type", "case")
+        self.spent.setdefault(kind, []).append(now - self.last)
+        self.last = now
+        self.remaining[kind] = max(self.remaining.get(kind, 1) - 1, 0)
         if not self.enabled:
             return
-        elapsed = time.perf_counter() - self.t0
-        eta = elapsed / self.done * (self.total - self.done)
+        eta = self.eta()
         if self.tty:
             width = 30
             filled = int(width * self.done / max(self.total, 1))
@@ -323,7 +345,10 @@ def _sweep_locked(out, matrix, inputs, resume, force, jobs, shard, cache_dir, be
             k, n = shard
             groups = [g for g in groups if zlib.crc32(f"bench-{g[0]}-{g[1]}-{g[2]}".encode()) % n == k - 1]
     summary = SweepSummary(out, len(cases) + len(groups), len(cases) - len(todo), rejected=rejected)
-    bar = Progress(len(todo) + len(groups), enabled=progress)
+    # a timing group: every variant and the two baselines for bench_min_time each, plus exports and
+    # validation, on each dtype; a first guess until the first group has run
+    bar = Progress(len(todo) + len(groups), enabled=progress, remaining={"case": len(todo), "bench": len(groups)},
+                   first_guess={"bench": 5 * bench_min_time + 10.0})
     writer = ResultsWriter(results)
     cache = str(cache_dir) if cache_dir is not None else None
 

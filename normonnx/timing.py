@@ -16,8 +16,9 @@ from typing import Callable
 import numpy as np
 
 CI_WIDTH_LIMIT = 0.10  # a ratio whose 95 % CI half-width exceeds 10 % of its median is "unstable"
-COPY_CV_LIMIT = 0.15  # the copy's per-round time varying more than this (coefficient of variation): a noisy machine
+COPY_CV_LIMIT = 0.15  # the copy's per-round time varying more than this (robust CV): a noisy machine
 IMPLAUSIBLE_BELOW = 0.9  # x copy below this: faster than reading x and writing y once, i.e. not real
+OTHERS_LIMIT = 0.25  # other processes using more than a quarter of a core during the timing: a shared machine
 BOOTSTRAP = 2000
 
 
@@ -92,9 +93,12 @@ class Verdict:
 
     @staticmethod
     def of(ratio: tuple[float, float, float], copy_cv: float, load: tuple[float, float] | None,
-           cores: int) -> "Verdict":
+           cores: int, others: float | None = None) -> "Verdict":
         med, lo, hi = ratio
         why = []
+        if others is not None and others > OTHERS_LIMIT:
+            # contention does not cancel in a ratio when the forms use different numbers of threads
+            why.append(f"other processes used {others:.2f} cores while timing (the machine is shared right now)")
         if med > 0 and (hi - lo) / 2 > CI_WIDTH_LIMIT * med:
             why.append(f"95% CI {lo:.2f}..{hi:.2f} is wider than +/-{CI_WIDTH_LIMIT:.0%} of {med:.2f}")
         if copy_cv > COPY_CV_LIMIT:
@@ -113,8 +117,46 @@ def implausible(x_copy: float | None) -> str | None:
 
 
 def copy_cv(per_round: np.ndarray) -> float:
+    """How much the copy's per-round time varies: a robust coefficient of variation (the
+    interquartile range / 1.349 over the median, the normal-equivalent sigma), so one round hit by a
+    hiccup does not condemn the run while sustained or alternating swings do."""
     v = np.asarray(per_round, dtype=np.float64)
-    return float(v.std() / v.mean()) if v.size > 1 and v.mean() > 0 else 0.0
+    if v.size < 2:
+        return 0.0
+    med = float(np.median(v))
+    q1, q3 = np.percentile(v, [25, 75])
+    return float((q3 - q1) / 1.349 / med) if med > 0 else 0.0
+
+
+class OtherCpu:
+    """CPU time other processes took while a block ran, in cores: the machine's busy time from
+    /proc/stat minus this process's own (all its threads), over the wall time. Linux only (None
+    elsewhere). The load average cannot see a hog that started seconds ago; this can."""
+
+    def __enter__(self) -> "OtherCpu":
+        self.cores = None
+        self._start = self._sample()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        end = self._sample()
+        if self._start is None or end is None:
+            return
+        (b0, o0, w0), (b1, o1, w1) = self._start, end
+        if w1 > w0:
+            self.cores = max(0.0, ((b1 - b0) - (o1 - o0)) / (w1 - w0))
+
+    @staticmethod
+    def _sample():
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        tick = os.sysconf("SC_CLK_TCK")
+        busy = (sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)) / tick  # all but idle, iowait
+        t = os.times()
+        return busy, t.user + t.system, time.monotonic()
 
 
 def load_average() -> float | None:

@@ -278,3 +278,18 @@ def test_report_shows_a_banner_when_a_timing_is_not_trusted(tmp_path):
     calm, noisy = _bench_records(), _bench_records(stable_native=False)
     assert "Timings not trusted" not in render_html(calm, {}) and "Timings not trusted" not in render_markdown(calm, {})
     assert "Timings not trusted" in render_html(noisy, {}) and "ln float32 native" in render_markdown(noisy, {})
+
+
+def test_eta_adds_each_kind_of_step_at_its_own_pace():
+    """Ten fast cases done, two slow timing groups left: the ETA is the groups' pace, not the cases'."""
+    import io
+
+    from normonnx.sweep import Progress
+
+    bar = Progress(12, stream=io.StringIO(), remaining={"case": 10, "bench": 2}, first_guess={"bench": 30.0})
+    for i in range(10):
+        bar.step({"type": "case", "case_id": f"c{i}", "status": "pass"})
+    assert bar.eta() == pytest.approx(60.0)  # 2 groups x the first guess
+    bar.spent["bench"] = [20.0]
+    bar.remaining["bench"] = 1
+    assert bar.eta() == pytest.approx(20.0)  # then the measured pace
