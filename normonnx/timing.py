@@ -20,6 +20,10 @@ COPY_CV_LIMIT = 0.15  # the copy's per-round time varying more than this (robust
 IMPLAUSIBLE_BELOW = 0.9  # x copy below this: faster than reading x and writing y once, i.e. not real
 OTHERS_LIMIT = 0.25  # other processes using more than a quarter of a core during the timing: a shared machine
 BOOTSTRAP = 2000
+# a pause between one form's batch and the next: ORT's and OpenMP's pool threads keep spinning for a
+# while after a run, and whatever ran next would pay for it (measured: a copy timed right after an
+# ORT batch at 0.09x of itself); each form still spins between its own runs, as it does in service
+GAP_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -33,9 +37,10 @@ class Rounds:
 
 
 def run_rounds(forms: dict[str, Callable[[], object]], sync: Callable[[], object], *, rounds: int, min_time: float,
-               warmup: int, seed: int = 0, clock=time.perf_counter_ns) -> Rounds:
+               warmup: int, seed: int = 0, clock=time.perf_counter_ns, gap: float = GAP_S) -> Rounds:
     """Warm every form up, size each form's batch so its rounds add up to about `min_time` seconds,
-    then run `rounds` rounds; in each, every form runs its batch once, in a fresh shuffled order."""
+    then run `rounds` rounds; in each, every form runs its batch once, in a fresh shuffled order,
+    after a `gap` of quiet (see GAP_S)."""
     rng = np.random.default_rng(seed)
     names = list(forms)
     single = {}
@@ -55,6 +60,8 @@ def run_rounds(forms: dict[str, Callable[[], object]], sync: Callable[[], object
         seq = [names[i] for i in rng.permutation(len(names))]
         order.append(seq)
         for n in seq:
+            if gap:
+                time.sleep(gap)
             fn = forms[n]
             times = np.empty(batch[n])
             for k in range(batch[n]):

@@ -28,7 +28,7 @@ class FakeMachine:
 def _run(machine, rounds=12, seed=0):
     forms = {n: machine.form(n) for n in machine.costs}
     return timing.run_rounds(forms, lambda: None, rounds=rounds, min_time=0.001 * len(forms), warmup=1, seed=seed,
-                             clock=machine.clock)
+                             clock=machine.clock, gap=0)
 
 
 def test_every_round_runs_every_form_once_in_a_shuffled_order():
