@@ -47,11 +47,10 @@ def test_variants_use_iobinding_on_the_requested_provider(report):
 
 def test_fastest_is_at_most_one_validated_variant_with_a_trustworthy_timing(report):
     fastest = [r for r in report.records if r.fastest]
-    trusted = [r for r in report.records if r.form not in ("copy", "torch") and r.passed and r.stable
-               and not r.implausible]
-    assert len(fastest) == (1 if trusted else 0)
-    if fastest:
-        assert fastest[0].x_copy == min(r.x_copy for r in trusted)
+    candidates = [r for r in report.records if r.form not in ("copy", "torch") and r.passed and not r.implausible]
+    quickest = min(candidates, key=lambda r: r.x_copy)
+    # marked only when the quickest passing form's own timing is stable (a steadier slower one is not "fastest")
+    assert [r.form for r in fastest] == ([quickest.form] if quickest.stable else [])
 
 
 def test_bench_spec_defaults_to_the_standard_shapes():
