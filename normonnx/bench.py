@@ -12,7 +12,6 @@ import os
 import platform
 import statistics
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable

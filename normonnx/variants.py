@@ -6,13 +6,16 @@ export, and says which ops the written graph must (not) hold. Adding a variant i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 
 from .errors import BadInput
 from .registry import Registry
 from .spec import NormSpec
 from .tables import NATIVE_OPS
+
+if TYPE_CHECKING:  # torch loads only when a variant builds its module
+    from torch import nn
 
 
 

@@ -1,6 +1,5 @@
 """The timing harness: structure and sanity only (ordered percentiles, same-run ratios, IOBinding,
 provider). Never a wall-clock threshold: machines here are shared and noisy."""
-import time
 
 import pytest
 
