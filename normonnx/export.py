@@ -123,9 +123,6 @@ def check_output_path(path: Path, what: str = "model") -> None:
         raise BadInput(f"cannot write {path}: folder {parent} is not writable")
 
 
-def _writable(path: Path) -> None:
-    check_output_path(path, "model")
-
 
 def export_report(
     spec: NormSpec,
@@ -143,7 +140,7 @@ def export_report(
     raise ExportMismatch, or with allow_mismatch=True keep the file and say so in the report."""
     check_request(spec, variant, opset, exporter)
     out = Path(output) if output is not None else Path(case_id(spec, variant, opset, exporter, dynamic) + ".onnx")
-    _writable(out)
+    check_output_path(out, "model")
     v = get_variant(variant)
     import onnx
     import torch

@@ -146,11 +146,6 @@ def read_external_data(entries: list[ExternalEntry]) -> None:
         del e.tensor.external_data[:]
 
 
-def load_external_data(model: onnx.ModelProto, base: Path, names: set[str] | None = None) -> None:
-    """Check and read the external tensors of `model` (only those in `names`, if given)."""
-    read_external_data(check_external_data(model, base, names))
-
-
 # -- node and tensor validity --------------------------------------------------------------------
 # onnx.defs knows no com.microsoft op: what normonnx reads of the contrib norms, checked the same way
 _CONTRIB_SCHEMA = {

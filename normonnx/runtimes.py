@@ -56,6 +56,7 @@ class Runtime:
     unavailable: Callable[[], str | None] = field(repr=False)  # None when usable here
     open: Callable[..., Session] = field(repr=False)  # (model_path, SessionConfig, torch_module) -> Session
     kind: str = "onnx"  # "onnx" runs the exported file; "torch" runs the source module
+    unsupported_dtypes: dict[str, str] = field(default_factory=dict, repr=False)  # dtype -> why not
 
 
 REGISTRY: Registry[Runtime] = Registry("runtime")
@@ -191,8 +192,13 @@ def first_line(e: BaseException) -> str:
     return type(e).__name__
 
 
-register(Runtime("cpu", "ONNX Runtime, CPUExecutionProvider", _ort_unavailable("cpu"), _open_ort("cpu")))
-register(Runtime("cuda", "ONNX Runtime, CUDAExecutionProvider", _ort_unavailable("cuda"), _open_ort("cuda")))
+# ORT's Python API maps numpy types to tensor types and has no entry for ml_dtypes' bfloat16
+_ORT_DTYPES = {"bfloat16": "ONNX Runtime's Python API takes no numpy bfloat16 input: bfloat16 is checked on "
+                           "torch and reference"}
+register(Runtime("cpu", "ONNX Runtime, CPUExecutionProvider", _ort_unavailable("cpu"), _open_ort("cpu"),
+                 unsupported_dtypes=_ORT_DTYPES))
+register(Runtime("cuda", "ONNX Runtime, CUDAExecutionProvider", _ort_unavailable("cuda"), _open_ort("cuda"),
+                 unsupported_dtypes=_ORT_DTYPES))
 
 
 # -- onnx.reference -----------------------------------------------------------------------------

@@ -233,13 +233,6 @@ def choose_runtimes(runtimes: list[str] | None, skip_missing: bool) -> tuple[lis
     return [n for n in names if n not in skipped], skipped
 
 
-def _cannot_take(runtime: str, dtype: str) -> str | None:
-    # ORT's Python API maps numpy types to tensor types and has no entry for ml_dtypes' bfloat16
-    if dtype == "bfloat16" and RUNTIMES[runtime].kind == "onnx" and runtime != "reference":
-        return "ONNX Runtime's Python API takes no numpy bfloat16 input: bfloat16 is checked on torch and reference"
-    return None
-
-
 # -- step 3: the suites ---------------------------------------------------------------------------
 class SuiteRunner:
     """Every suite's samples on every active runtime; sessions opened once per model file."""
@@ -312,7 +305,7 @@ class SuiteRunner:
             torch_out = None
             for n in sorted(self.active, key=lambda r: RUNTIMES[r].kind != "torch"):  # torch first
                 se = sess[n]
-                cannot = _cannot_take(n, src.spec.dtype)
+                cannot = RUNTIMES[n].unsupported_dtypes.get(src.spec.dtype)
                 if cannot:
                     out.append(info.result(n, label, "skipped", reason=cannot))
                     continue

@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 
 from ..errors import BadInput, ExitCode, verdict_code
-from ..graph import load_model, opset_of
+from ..graph import Graph, load_model, opset_of
 from .derive import concrete_shape, derive_spec, params_from_model
 from .extract import LayerExtractor, ort_fusion, ort_optimized
 from .patterns import FoundNorm, LeftOut, find_all, find_norms
@@ -172,16 +172,17 @@ def scan(path: str | Path, *, validate: bool = False, runtimes: list[str] | None
     if input_shapes:
         fix_input_shapes(model, input_shapes)
     model = infer_shapes(model)  # value_info for the extractor and for dtypes
-    norms, left_out = find_all(model, infer=False)
+    main = Graph(model.graph)  # one index of the main graph for the search, the fusion map and the extractor
+    norms, left_out = find_all(model, infer=False, main=main)
     report = ScanReport(str(p), opset_of(model), f"{model.producer_name} {model.producer_version}".strip(),
                         norms, left_out=left_out)
     # one ORT session over the whole model (a thread beside the search was measured slower on 2 cores)
     if check_fusion and any(f.form == "decomposed" and not f.scope for f in norms):
         opt, report.fusion_note = ort_optimized(p)
-        report.fused = ort_fusion(opt, model, norms)
+        report.fused = ort_fusion(opt, main, norms)
     if not norms or not validate:
         return report
-    extractor = LayerExtractor(model, p.parent, norms)
+    extractor = LayerExtractor(model, p.parent, norms, main)
     with tempfile.TemporaryDirectory(prefix="normonnx-scan-") as tmp:
         layers = {}
         for i, f in enumerate(norms):

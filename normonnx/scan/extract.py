@@ -15,10 +15,6 @@ from .patterns import CONTRIB, NATIVE, FoundNorm
 SHAPE_PRESERVING = {"Cast", "Identity", "Relu", "Sigmoid", "Tanh", "Erf", *NATIVE, *CONTRIB}
 
 
-def residual_inputs(f: FoundNorm) -> list[str]:
-    return list(f.extra_inputs)
-
-
 def _local_extractor(model: onnx.ModelProto):
     """onnx.utils.Extractor whose per-layer cost does not grow with the model: its tensor collection
     scans every initializer and value_info of the model for each layer; here it looks up only the
@@ -38,10 +34,10 @@ class LayerExtractor:
     """One onnx.utils.Extractor over the model, reused for every layer: building it (and the value
     info the layers' boundaries need) is linear in the model, so a scan stays linear too."""
 
-    def __init__(self, model: onnx.ModelProto, base: Path, norms: list[FoundNorm]):
+    def __init__(self, model: onnx.ModelProto, base: Path, norms: list[FoundNorm], g: Graph | None = None):
         self.base = base
-        names = [n for f in norms if not f.scope for n in (f.input, f.output, *residual_inputs(f))]
-        _ensure_value_info(model, names)
+        names = [n for f in norms if not f.scope for n in (f.input, f.output, *f.extra_inputs)]
+        _ensure_value_info(model, names, g or Graph(model.graph))
         try:
             self._extractor = _local_extractor(model)
         except Exception as e:  # e.g. two nodes writing one tensor: not a valid graph
@@ -53,7 +49,7 @@ class LayerExtractor:
             raise BadInput(f"inside {f.scope}: only main-graph layers can be extracted")
         if f.unvalidatable:
             raise BadInput(f.unvalidatable)
-        residual = residual_inputs(f)
+        residual = list(f.extra_inputs)
         try:
             sub = self._extractor.extract_model([f.input, *residual], [f.output])
         except Exception as e:
@@ -86,10 +82,10 @@ def _first(e: BaseException) -> str:
     return (text.splitlines()[0] if text else type(e).__name__)[:200]
 
 
-def _ensure_value_info(model: onnx.ModelProto, names: list[str]) -> None:
+def _ensure_value_info(model: onnx.ModelProto, names: list[str], g: Graph) -> None:
     """onnx's shape inference knows nothing of com.microsoft ops: give a norm's boundary tensors the
-    type and shape they inherit through shape-preserving ops (norms, casts, activations)."""
-    g = Graph(model.graph)
+    type and shape they inherit through shape-preserving ops (norms, casts, activations). `g` indexes
+    the model as given (the value info added here is tracked in `added`, not in the index)."""
     added = set()
     for name in names:
         if name in g.types or name in added:
@@ -134,18 +130,17 @@ def ort_optimized(model_path: Path) -> tuple[onnx.ModelProto | None, str | None]
             return None, f"ORT cannot optimize the whole model here: {_first(e)}"
 
 
-def ort_fusion(optimized: onnx.ModelProto | None, model: onnx.ModelProto,
-               norms: list[FoundNorm]) -> dict[int, object]:
+def ort_fusion(optimized: onnx.ModelProto | None, g: Graph, norms: list[FoundNorm]) -> dict[int, object]:
     """What ONNX Runtime makes of each decomposed chain, judged in the whole model (`optimized`, from
     ort_optimized), where layout transforms and neighbouring fusions decide: a chain cut out alone
     can fuse when it does not in place. Per norm index: True (one norm op computes the chain's
     output), "partly: <ops>" (a norm op replaced part of the chain, e.g. Sub +
-    SimplifiedLayerNormalization), or False. Empty when ORT could not optimize the model."""
+    SimplifiedLayerNormalization), or False. Empty when ORT could not optimize the model. `g`
+    indexes the original model's main graph."""
     wanted = {i: f for i, f in enumerate(norms) if f.form == "decomposed" and not f.scope}
     if not wanted or optimized is None:
         return {}
     made = {o: n.op_type for n in optimized.graph.node if n.op_type.endswith(FUSED_OPS) for o in n.output}
-    g = Graph(model.graph)
     out: dict[int, object] = {}
     for i, f in wanted.items():
         if f.output in made:

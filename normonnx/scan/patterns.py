@@ -424,24 +424,26 @@ class LeftOut:
     reason: str
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "node": self.node, "reason": self.reason}
+        return dataclasses.asdict(self)
 
 
 WEIGHT_STD = "weight standardisation: normalizes a value computed from constants (a weight), not an activation"
 
 
-def find_all(model: onnx.ModelProto, *, infer: bool = True) -> tuple[list[FoundNorm], list[LeftOut]]:
+def find_all(model: onnx.ModelProto, *, infer: bool = True,
+             main: Graph | None = None) -> tuple[list[FoundNorm], list[LeftOut]]:
     """Every norm in the model — main graph first (graph order), then If/Loop/Scan bodies at any depth
     and model-local functions, each outside the main graph naming its path ('If_3.then_branch/...',
     'local.Block/...') — and what was left out with why (weight standardisation). infer=False when
-    the caller has already run shape inference (it is the costliest step on a large model)."""
+    the caller has already run shape inference (it is the costliest step on a large model); `main`,
+    the caller's index of that model's main graph, so a scan builds it once."""
     if infer:
         try:
             model = onnx.shape_inference.infer_shapes(model)  # types/shapes for dtype and spec derivation
         except Exception:
             pass
     opset = opset_of(model)
-    main = Graph(model.graph)
+    main = main if main is not None else Graph(model.graph)
     graphs = [(main, opset, "")]
     # an explicit queue, not recursion: a hostile model may nest bodies hundreds deep
     queue = [(main, path, sg) for path, sg in _subgraphs(main)]
