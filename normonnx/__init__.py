@@ -9,14 +9,18 @@ from .export import case_id, export, export_report  # noqa: E402
 from .params import make_params  # noqa: E402
 from .spec import NormSpec  # noqa: E402
 
-__all__ = ["NormSpec", "export", "export_report", "case_id", "benchmark", "make_params", "BadInput",
+__all__ = ["NormSpec", "export", "export_report", "case_id", "benchmark", "fix", "make_params", "BadInput",
            "CheckFailed", "ExitCode", "ExportMismatch", "NormonnxError", "NotChecked", "RuntimeUnavailable", "__version__"]
 
 
 def __getattr__(name: str):
-    # benchmark needs onnxruntime and torch: load normonnx.bench on first use (PEP 562)
+    # benchmark and fix need onnx/onnxruntime/torch: load them on first use (PEP 562)
     if name == "benchmark":
         from .bench import benchmark
 
         return benchmark
+    if name == "fix":
+        from .repair import fix
+
+        return fix
     raise AttributeError(f"module 'normonnx' has no attribute {name!r}")

@@ -26,5 +26,8 @@ def describe() -> str:
     parts += ["runtimes:", table(["runtime", "available", "description"],
                                  [[r.name, "yes" if r.unavailable() is None else f"no: {r.unavailable()}"[:90],
                                    r.description] for r in RUNTIMES.values()]), ""]
-    parts += ["input suites:", table(["suite", "description"], [[s.name, s.description] for s in SUITES.values()])]
+    parts += ["input suites:", table(["suite", "description"], [[s.name, s.description] for s in SUITES.values()]), ""]
+    from .render import rules_text
+
+    parts += ["fix rules:", rules_text()]
     return "\n".join(parts)

@@ -347,6 +347,46 @@ def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, as
     return report.exit_code
 
 
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False), required=False)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the fixed model (never the input; its external data goes beside it).")
+@click.option("--rules", callback=_csv, default=None, help="Only these rules (opt-in ones included); see --list-rules.")
+@click.option("--skip-rules", callback=_csv, default=None, help="Rules not to apply.")
+@click.option("--dry-run", is_flag=True, help="Say what would change; write nothing.")
+@click.option("--check", is_flag=True, help="Exit 1 if anything would change (for CI); write nothing.")
+@click.option("--opset", type=int, default=None,
+              help="Allow raising the model's opset to this first (e.g. 17 for LayerNormalization); default: never.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
+              help="Dims for a graph input with symbolic dims, e.g. x=1x3x64x64 (repeatable).")
+@click.option("--runtimes", callback=_csv, default=None,
+              help="Runtimes of the per-layer proof (default: cpu,reference: reference runs float16 ops in float16).")
+@click.option("--inputs", callback=_csv, default=None, help="Input suites of the per-layer proof (default: all).")
+@click.option("--no-proof", is_flag=True, help="Skip the proof (the output is still checked by onnx.checker).")
+@click.option("--no-timing", is_flag=True, help="Skip timing the original and fixed models.")
+@click.option("--list-rules", is_flag=True, help="Show the rules and exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
+def fix(model, output, rules, skip_rules, dry_run, check, opset, input_shapes, runtimes, inputs, no_proof, no_timing,
+        list_rules, as_json):
+    """Rewrite the risky norms of MODEL into forms that compute the right thing, and prove it."""
+    from normonnx.repair import fix as run_fix
+    from normonnx.render import fix_text, rules_text
+    from normonnx.scan import parse_input_shapes
+
+    if list_rules:
+        click.echo(rules_text())
+        return ExitCode.PASSED
+    if model is None:
+        raise click.UsageError("Missing argument 'MODEL'.")
+    progress = None if as_json else (
+        lambda i, n, f: click.echo(f"  .. proving {i + 1}/{n}: {f.kind} {f.form} at {f.nodes[0]}", err=True))
+    report = run_fix(model, output, rules=rules, skip_rules=skip_rules, dry_run=dry_run, check=check, opset=opset,
+                     input_shapes=parse_input_shapes(input_shapes), prove=not no_proof, timing=not no_timing,
+                     runtimes=runtimes, inputs=inputs, progress=progress)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else fix_text(report))
+    return report.exit_code
+
+
 @cli.command("list")
 def list_():
     """Show norms, variants (with their opset ranges), exporters, runtimes and input suites."""

@@ -134,3 +134,72 @@ def scan_text(report) -> str:
         out += (f"\n\n{verdict_word(report.exit_code)}: {c['passed']} passed, {c['failed']} failed, "
                 f"{c['not_validated']} not validated")
     return out
+
+
+def _proof_cell(proof: dict | None, side: str) -> str:
+    """'pass 11/13' or 'FAIL offset(reference)': the suites one side of a rewrite passed."""
+    if not proof:
+        return "-"
+    st = proof.get(side) or {}
+    if not st:
+        note = proof.get(f"{side}_note") or "not validated"
+        return f"not validated: {note}"[:60]
+    ran = {k: v for k, v in st.items() if v != "skipped"}
+    bad = sorted({f"{k.split(':', 1)[1]}({k.split(':', 1)[0]})" for k, v in ran.items() if v != "pass"})
+    passed = sum(v == "pass" for v in ran.values())
+    return f"pass {passed}/{len(ran)}" if not bad else f"FAIL {', '.join(bad)}"[:60]
+
+
+def fix_text(report) -> str:
+    """Table of a normonnx.repair.FixReport: one row per norm, then the whole-model proof and timing."""
+    head = f"{report.model}: opset {report.opset}; {len(report.layers)} norms, {len(report.changes)} " + (
+        "rewritten" if report.mode == "fix" else "would change")
+    if not report.layers:
+        return head + "\n\nnothing to fix" + (f"; wrote {report.output}" if report.written else "")
+    rows = []
+    for lf in report.layers:
+        f = lf.norm
+        where = f.nodes[0] if len(f.nodes) == 1 else f"{f.nodes[0]} .. ({len(f.nodes)} nodes)"
+        rows.append([lf.index, where[:40], f.kind, f.op[:40], lf.status, lf.rule or "-", (lf.after or "-")[:48],
+                     _proof_cell(lf.proof, "before"), _proof_cell(lf.proof, "after")])
+    out = head + "\n\n" + table(["#", "layer", "kind", "before", "status", "rule", "after", "validate before",
+                                  "validate after"], rows)
+    reasons = [lf for lf in report.layers if lf.reason and lf.status in ("refused", "rolled back")]
+    for lf in reasons:
+        out += f"\n{lf.status}: #{lf.index} {lf.norm.nodes[0]}: {lf.reason}"
+    w = report.whole_model
+    if w is not None:
+        if w.get("passed") is None:
+            out += f"\n\nwhole model: not compared ({w.get('error')})"
+        else:
+            shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in w["inputs"].items())
+            out += (f"\n\nwhole model on ORT CPU, seeded normal inputs ({shapes}): largest output difference "
+                    f"{w['max_abs_diff']:.3g} " + ("(within tolerance)" if w["passed"] else "(OUTSIDE tolerance)"))
+    t = report.timing
+    if t:
+        lo, hi = t["ratio_ci"]
+        out += (f"\ntiming on ORT CPU ({t['rounds']} interleaved rounds): original {t['original_ms']:.3g} ms, fixed "
+                f"{t['fixed_ms']:.3g} ms, fixed/original {t['ratio']:.2f}x (95% CI {lo:.2f}-{hi:.2f}"
+                + ("" if t["stable"] else "; unstable: a busy machine") + ")")
+    for note in report.notes:
+        out += f"\nnote: {note}"
+    if report.mode == "check":
+        out += (f"\n\n{'FAILED' if report.changes else 'PASSED'}: {len(report.changes)} layers would change"
+                + (f" (normonnx fix {report.model} -o FIXED.onnx)" if report.changes else ""))
+    elif report.mode == "dry-run":
+        out += f"\n\ndry run: {len(report.changes)} layers would change; nothing written"
+    else:
+        word = verdict_word(report.exit_code)
+        rolled = sum(lf.status == "rolled back" for lf in report.layers)
+        out += (f"\n\n{word}: {len(report.changes)} layers rewritten, {rolled} rolled back; "
+                + (f"wrote {report.output}" if report.written else "nothing written"))
+    return out
+
+
+def rules_text() -> str:
+    from .repair.rules import RULES
+
+    return table(["rule", "default", "rewrites", "writes", "needs"],
+                 [[r.name, "yes" if r.default else "opt-in", r.matches[:70], r.writes[:70], r.needs]
+                  for r in RULES.values()]) + "\n\n" + "\n".join(f"{r.name}: safe because {r.why_safe}"
+                                                                   for r in RULES.values())

@@ -337,3 +337,54 @@ def build(name: str, folder: Path) -> tuple[Path, list[tuple[str, str]]]:
     builder, expected = HAND_CORPUS[name]
     onnx.save(builder(), str(path))
     return path, expected
+
+
+# -- models `normonnx fix` must repair (issue 13): real exporters, the risky forms ------------------
+class NaiveRMSBlock(nn.Module):
+    """RMSNorm written by hand (x * rsqrt(mean(x^2) + eps) * w), no float32 upcast: in float16, x^2
+    overflows at |x| ~ 256."""
+
+    def __init__(self, d: int = 32):
+        super().__init__()
+        self.lin, self.w = nn.Linear(d, d), nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        h = self.lin(x)
+        return x + h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6) * self.w
+
+
+def unet_gn18_with_affine(path: Path) -> Path:
+    """UNetBlock through dynamo at opset 18 with the GroupNorm translation normonnx's native variant
+    uses: GroupNormalization-18 (identity per-group scale) then a per-channel Mul/Add."""
+    from normonnx.exporters import _gn_dynamo_translation
+    from normonnx.spec import NormSpec
+
+    spec = NormSpec.make("gn", shape=(2, 16, 8, 8), groups=4)
+    with quiet_export([]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_randomize(UNetBlock()), (torch.randn(2, 4, 8, 8),), str(path), opset_version=18,
+                          dynamo=True, external_data=False, verbose=False,
+                          custom_translation_table=_gn_dynamo_translation(spec, 18))
+    return path
+
+
+def export_half(module: nn.Module, shape, path: Path, opset: int, exporter: str) -> Path:
+    module = _randomize(module).half()
+    x = torch.randn(shape).half()
+    with quiet_export([]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x,), str(path), opset_version=opset, dynamo=exporter == "dynamo",
+                          **({"external_data": False} if exporter == "dynamo" else {}))
+    return path
+
+
+def contrib_groupnorm_nhwc_silu() -> onnx.ModelProto:
+    """com.microsoft GroupNorm as ORT's UNet optimizer writes it: NHWC input, SiLU fused; shapes declared."""
+    b = Builder(17)
+    rng = np.random.default_rng(9)
+    y = b.op("GroupNorm", "x", b.const(rng.uniform(0.5, 1.5, 8)), b.const(rng.normal(0, 0.5, 8)),
+             domain="com.microsoft", groups=2, epsilon=1e-5, activation=1, channels_last=1)
+    m = b.model([2, 4, 4, 8], y, domains=("com.microsoft",))
+    for d in (2, 4, 4, 8):
+        m.graph.output[0].type.tensor_type.shape.dim.add().dim_value = d
+    return m

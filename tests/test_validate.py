@@ -33,7 +33,8 @@ MUST_FAIL = {
     ("float16", "ln", "decomposed", "torch"): {"offset-1e2", "offset-1e3", "wide"},
     ("float16", "in", "decomposed", "torch"): {"offset-1e2", "offset-1e3", "wide"},
     ("float16", "gn", "decomposed", "torch"): {"offset-1e2", "offset-1e3", "wide"},
-    ("float16", "ln", "native", "reference"): {"offset-1e2", "offset-1e3", "offset-1e4", "wide", "big-row"},
+    # (LayerNormalization float16 on the reference passes: normonnx's reference runtime honours
+    # stash_type=1, which onnx.reference's own kernel ignores; see runtimes._stash_honouring_ops)
     ("float16", "in", "native", "reference"): {"offset-1e2", "offset-1e3", "wide"},
     ("float16", "in", "native", "torch"): {"offset-1e2", "offset-1e3"},
     ("float16", "in", "decomposed", "reference"): {"offset-1e2", "offset-1e3", "offset-1e4", "wide"},

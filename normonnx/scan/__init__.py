@@ -21,7 +21,7 @@ from .extract import LayerExtractor, ort_fusion, ort_optimized
 from .patterns import FoundNorm, LeftOut, find_all, find_norms
 
 __all__ = ["scan", "ScanReport", "FoundNorm", "LeftOut", "find_all", "find_norms", "derive_spec", "concrete_shape", "params_from_model",
-           "validate_layer"]
+           "validate_layer", "run_layer"]
 
 
 @dataclass
@@ -224,28 +224,36 @@ def _validate_in_parallel(norms, layers: dict, runtimes, inputs, jobs: int, prog
     return out
 
 
+def run_layer(f: FoundNorm, layer_path: Path, runtimes: list[str] | None, inputs: list[str] | None,
+              threads: int | None = None):
+    """The validate engine on one extracted layer: its ValidationReport. BadInput when the layer
+    cannot be read as the norm it claims to be."""
+    from ..runtimes import SessionConfig
+    from ..validate import validate
+
+    m = onnx.load(str(layer_path))
+    spec, params = derive_spec(f, m)
+    # the shape may hold stand-ins for symbolic dims: fix them in the layer so shapes line up
+    for d, v in zip(m.graph.input[0].type.tensor_type.shape.dim, spec.shape):
+        if not d.HasField("dim_value"):
+            d.dim_value = v
+    onnx.save(m, str(layer_path))
+    return validate(spec, model=layer_path, params=params, runtimes=runtimes or ["cpu"], inputs=inputs,
+                    config=SessionConfig(threads=threads))
+
+
 def validate_layer(f: FoundNorm, layer_path: Path, runtimes: list[str] | None, inputs: list[str] | None,
                    threads: int | None = None) -> dict:
     """Run the validate engine on one extracted layer; a summary dict, never an exception. Only a
     finished comparison can say FAIL: a layer normonnx could not check is "not validated", why given."""
-    from ..runtimes import SessionConfig
-    from ..validate import validate
-
     try:
-        m = onnx.load(str(layer_path))
-        spec, params = derive_spec(f, m)
-        # the shape may hold stand-ins for symbolic dims: fix them in the layer so shapes line up
-        for d, v in zip(m.graph.input[0].type.tensor_type.shape.dim, spec.shape):
-            if not d.HasField("dim_value"):
-                d.dim_value = v
-        onnx.save(m, str(layer_path))
-        rep = validate(spec, model=layer_path, params=params, runtimes=runtimes or ["cpu"], inputs=inputs,
-                       config=SessionConfig(threads=threads))
+        rep = run_layer(f, layer_path, runtimes, inputs, threads)
     except BadInput as e:
         return {"passed": None, "validation": f"not validated: {e}"}
     except Exception as e:  # normonnx's own failure: never a verdict on the user's model
         return {"passed": None, "validation": f"not validated: internal error ({type(e).__name__}: "
                                               f"{str(e).strip()[:160]}); please report it"}
+    spec = rep.spec
     c = rep.counts
     bad = rep.failures()
     if c["fail"]:

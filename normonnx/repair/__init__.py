@@ -1,0 +1,360 @@
+"""`normonnx fix` (`normonnx.fix()`): rewrite the risky norms of a user's model into forms that compute the right thing,
+and prove it.
+
+`scan` finds the norms; each selected rule (`rules`) plans a rewrite of the layers it covers or
+refuses with a reason; the rewrites are applied with onnx_ir (the graph IR onnxscript uses), each
+layer's replacement standing exactly between the norm's input and output values, so graph inputs,
+outputs, names, metadata and every initializer a rule did not use stay as they were. `proof` then
+validates every rewritten layer before and after on every input suite (a rewrite that passes fewer
+suites is rolled back) and runs the whole original and fixed models side by side on ORT CPU.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from ..errors import BadInput, ExitCode
+from ..graph import Graph, check_external_data, load_model, opset_of
+from ..scan import fix_input_shapes, infer_shapes
+from ..scan.patterns import FoundNorm, find_all
+from .rules import RULES, Plan, Rule, Site, Writer, select
+
+__all__ = ["fix", "FixReport", "LayerFix", "RULES", "Rule", "select"]
+
+
+@dataclass
+class LayerFix:
+    """One found norm and what fix did with it. status: rewritten | would rewrite | refused |
+    rolled back | unchanged (no selected rule covers it) | left (inside a subgraph or function)."""
+
+    index: int
+    norm: FoundNorm
+    status: str
+    rule: str | None = None
+    after: str | None = None
+    reason: str | None = None
+    proof: dict | None = None  # per-suite statuses before/after, from proof.prove_layer
+
+    def to_dict(self) -> dict:
+        return {"layer": self.norm.nodes[0], "kind": self.norm.kind, "before": self.norm.op, "form": self.norm.form,
+                "output": self.norm.output, "status": self.status, "rule": self.rule, "after": self.after,
+                "reason": self.reason, "risks": list(self.norm.risks), "proof": self.proof}
+
+
+@dataclass
+class FixReport:
+    model: str
+    output: str | None
+    opset: int
+    layers: list[LayerFix]
+    mode: str = "fix"  # fix | dry-run | check
+    written: bool = False
+    whole_model: dict | None = None  # proof.compare_models
+    timing: dict | None = None  # proof.time_models
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def changes(self) -> list[LayerFix]:
+        return [lf for lf in self.layers if lf.status in ("rewritten", "would rewrite")]
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """--check: 1 if anything would change. Otherwise 1 when the fixed model differs from the
+        original on normal inputs beyond tolerance (nothing is written then), else 0."""
+        if self.mode == "check":
+            return ExitCode.CHECK_FAILED if self.changes else ExitCode.PASSED
+        if self.whole_model is not None and self.whole_model.get("passed") is False:
+            return ExitCode.CHECK_FAILED
+        return ExitCode.PASSED
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "output": self.output, "opset": self.opset, "mode": self.mode,
+                "written": self.written, "changes": len(self.changes), "layers": [lf.to_dict() for lf in self.layers],
+                "whole_model": self.whole_model, "timing": self.timing, "notes": self.notes,
+                "exit_code": int(self.exit_code)}
+
+
+# -- inputs ----------------------------------------------------------------------------------------
+def _check_output(src: Path, out: Path | None, model: onnx.ModelProto) -> None:
+    if out is None:
+        raise BadInput("give the output path: normonnx fix MODEL.onnx -o FIXED.onnx")
+    if out.exists() and out.is_dir():
+        raise BadInput(f"-o {out} is a folder: give a file path such as {out / 'fixed.onnx'}")
+    if out.resolve() == src.resolve():
+        raise BadInput(f"-o {out} is the input model: fix never overwrites its input; give another path")
+    folder = out.resolve().parent
+    if not folder.is_dir():
+        raise BadInput(f"-o {out}: the folder {folder} does not exist")
+    _refuse_input_files(src, out, model)
+    probe = out.with_name(out.name + ".tmp")
+    try:  # a real write, not os.access: read-only mounts and /proc answer access() with yes
+        probe.open("wb").close()
+        probe.unlink()
+    except OSError as e:
+        raise BadInput(f"-o {out}: cannot write in the folder {folder} ({e.strerror})") from None
+
+
+def _refuse_input_files(src: Path, out: Path, model: onnx.ModelProto) -> None:
+    used = {e.path.resolve() for e in check_external_data(model, src.parent, files=False)}
+    for target in (out, _data_path(out)):
+        if target.resolve() in used:
+            raise BadInput(f"-o {out} would overwrite {target.name}, which holds the input model's weights: choose "
+                           "another output name or folder")
+
+
+def _data_path(out: Path) -> Path:
+    """Where the output's external data goes (only when the input had some): beside it, in its folder."""
+    return out.with_name(out.name + ".data")
+
+
+def _has_external_data(model: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def _convert_opset(model: onnx.ModelProto, opset: int | None) -> onnx.ModelProto:
+    have = opset_of(model)
+    if opset is None or opset == have:
+        return model
+    if opset < have:
+        raise BadInput(f"--opset {opset} is below the model's opset {have}: fix only raises an opset")
+    try:
+        return onnx.version_converter.convert_version(model, opset)
+    except Exception as e:
+        raise BadInput(f"--opset {opset}: ONNX's version converter cannot convert this model from opset {have} "
+                       f"({_first_line(e)}); leave --opset out to fix within opset {have}") from None
+
+
+# -- where a layer stands in the graph ----------------------------------------------------------------
+def region(g: Graph, f: FoundNorm) -> tuple[list[int], str | None]:
+    """The node indices that compute f.output from f.input (every node on a path between them), and
+    why the layer cannot be replaced alone, if an intermediate value is used outside it."""
+    start = g.producer.get(f.input, -1)
+    end = g.producer.get(f.output)
+    if end is None:
+        return [], f"its output {f.output} is not computed by a node"
+    # backward from the output, only through nodes after the input's producer (graphs are sorted)
+    seen, stack = set(), [end]
+    while stack:
+        i = stack.pop()
+        if i in seen or i <= start:
+            continue
+        seen.add(i)
+        for v in g.nodes[i].input:
+            if v and v != f.input and v in g.producer:
+                stack.append(g.producer[v])
+    # of those, the ones that depend on the input (the rest are constants feeding the chain)
+    depends: set[str] = {f.input}
+    nodes = []
+    for i in sorted(seen):
+        if any(v in depends for v in g.nodes[i].input):
+            nodes.append(i)
+            depends.update(o for o in g.nodes[i].output if o)
+    inside = set(nodes)
+    outputs = {o.name for o in g.graph.output}
+    for i in nodes:
+        for o in g.nodes[i].output:
+            if not o or o == f.output:
+                continue
+            if o in outputs:
+                return nodes, f"its intermediate value {o} is a graph output"
+            outside = [j for j in g.consumers.get(o, []) if j not in inside]
+            if outside:
+                return nodes, f"its intermediate value {o} is also used by {g.names[outside[0]]}"
+    return nodes, None
+
+
+def _site(g: Graph, f: FoundNorm, opset: int) -> Site:
+    dims = g.shapes.get(f.input)
+    dims = tuple(d if isinstance(d, int) and d > 0 else None for d in dims) if dims is not None else None
+    return Site(f, g, opset, dims, g.dtype(f.input), g.dtype(f.output))
+
+
+def plan_layers(model: onnx.ModelProto, rules: list[Rule]) -> tuple[list[LayerFix], dict[int, tuple[Plan, list[int]]]]:
+    """Every norm of the (shape-inferred) model with what the first matching rule would do."""
+    g = Graph(model.graph)
+    opset = opset_of(model)
+    norms, _ = find_all(model, infer=False, main=g)
+    layers, plans = [], {}
+    for k, f in enumerate(norms):
+        if f.scope:
+            layers.append(LayerFix(k, f, "left", reason=f"inside {f.scope}: fix rewrites main-graph layers only"))
+            continue
+        site = _site(g, f, opset)
+        plan = next((p for p in (r.plan(site) for r in rules) if p is not None), None)
+        if plan is None:
+            layers.append(LayerFix(k, f, "unchanged", reason="no selected rule covers this form"))
+            continue
+        if plan.refused:
+            layers.append(LayerFix(k, f, "refused", plan.rule, plan.after, plan.refused))
+            continue
+        nodes, shared = region(g, f)
+        if shared:
+            layers.append(LayerFix(k, f, "refused", plan.rule, plan.after, f"cannot be replaced alone: {shared}"))
+            continue
+        layers.append(LayerFix(k, f, "would rewrite", plan.rule, plan.after))
+        plans[k] = (plan, nodes)
+    return layers, plans
+
+
+def prefix_of(k: int, rule: str) -> str:
+    return f"normonnx.fix/{k}.{rule}/"
+
+
+def apply(model: onnx.ModelProto, plans: dict[int, tuple[Plan, list[int]]], norms: dict[int, FoundNorm]):
+    """The model (an onnx_ir Model) with each planned layer replaced. `model` is the original proto
+    (not shape-inferred): inferred value_info is not written into the user's graph."""
+    import onnx_ir as ir
+
+    irm = ir.from_proto(model)
+    graph = irm.graph
+    order = list(graph)
+    values = {v.name: v for v in graph.inputs}
+    values.update(graph.initializers)
+    for n in order:
+        values.update((o.name, o) for o in n.outputs if o.name)
+    opset = irm.opset_imports.get("", 0)
+    for k, (plan, idx) in plans.items():
+        f = norms[k]
+        old = [order[i] for i in idx]
+        w = Writer(graph, values[f.input], prefix_of(k, plan.rule), opset, values)
+        y = plan.write(w)
+        out = values[f.output]
+        feeders = {v for n in old for v in n.inputs if v is not None and v.producer() not in old}
+        ir.convenience.replace_nodes_and_values(graph, old[-1], old, w.nodes, [out], [y])
+        values[f.output] = y
+        _drop_unused(graph, feeders)
+    return irm
+
+
+def _drop_unused(graph, values: set) -> None:
+    """Constants (initializers, Constant nodes, and nodes computing from constants alone, such as
+    a weight's Reshape) that only the replaced nodes used; graph inputs and everything else stay."""
+    inputs = set(graph.inputs)
+    stack = list(values)
+    while stack:
+        v = stack.pop()
+        if v in inputs or v.uses() or v in graph.outputs:
+            continue
+        if v.name in graph.initializers and graph.initializers[v.name] is v:
+            del graph.initializers[v.name]
+            continue
+        n = v.producer()
+        if n is None or any(o.uses() or o in graph.outputs for o in n.outputs):
+            continue
+        if all(i is None or i.const_value is not None or i.name in graph.initializers or
+               (i.producer() is not None and i.producer().op_type == "Constant") for i in n.inputs) or \
+                n.op_type == "Constant":
+            graph.remove(n, safe=True)
+            stack.extend(i for i in n.inputs if i is not None)
+
+
+def to_checked_proto(irm, original: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+    """The fixed model as a proto, checked by onnx.checker with full shape inference. If the check
+    fails, it fails on the user's model too (a note says so) or the fault is normonnx's (raised)."""
+    import onnx_ir as ir
+
+    proto = ir.to_proto(irm)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+        return proto, None
+    except Exception as e:
+        mine = _first_line(e)
+    try:
+        onnx.checker.check_model(original, full_check=True)
+    except Exception as e:
+        return proto, f"onnx.checker rejects the input model too ({_first_line(e)}); the output keeps that as it is"
+    raise RuntimeError(f"the fixed model fails onnx.checker ({mine}) where the input passes")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+# -- the command -------------------------------------------------------------------------------------
+def fix(path: str | Path, output: str | Path | None = None, *, rules: list[str] | None = None,
+        skip_rules: list[str] | None = None, dry_run: bool = False, check: bool = False, opset: int | None = None,
+        input_shapes: dict[str, tuple[int, ...]] | None = None, prove: bool = True, inputs: list[str] | None = None,
+        runtimes: list[str] | None = None,
+        timing: bool = True, progress=None) -> FixReport:
+    """Rewrite the risky norms of the model at `path` into `output` (never the input), proving each
+    rewrite; dry_run/check only say what would change (check: exit code 1 if anything would).
+    rules/skip_rules: names from fix.RULES; opset: allow raising the model's opset to this first;
+    input_shapes: dims for symbolic graph inputs (proof and shape-dependent rules); prove=False skips
+    the proof (the output is still checked by onnx.checker); inputs and runtimes: the suites and
+    runtimes of the layer proof (default: every suite, on ORT CPU and onnx's reference evaluator)."""
+    chosen = select(rules, skip_rules)
+    src = Path(path)
+    stored = load_model(src, load_external_data=False)  # every check; which tensors live in which files
+    mode = "check" if check else "dry-run" if dry_run else "fix"
+    out = Path(output) if output is not None else None
+    if mode == "fix":
+        _check_output(src, out, stored)
+    model = load_model(src)  # with the weights: rules read and rewrite them
+    from ..scan import check_runtime_request
+    from .proof import PROOF_RUNTIMES
+
+    runtimes = check_runtime_request(list(runtimes or PROOF_RUNTIMES), inputs)  # bad names fail before any work
+    model = _convert_opset(model, opset)
+    analysed = onnx.ModelProto()
+    analysed.CopyFrom(model)
+    if input_shapes:
+        fix_input_shapes(analysed, input_shapes)
+    analysed = infer_shapes(analysed)
+    layers, plans = plan_layers(analysed, chosen)
+    report = FixReport(str(src), str(out) if out and mode == "fix" else None, opset_of(model), layers, mode)
+    if mode != "fix":
+        return report
+    from . import proof
+
+    norms = {lf.index: lf.norm for lf in layers}
+    with tempfile.TemporaryDirectory(prefix="normonnx-fix-") as tmp:
+        work = Path(tmp)
+        fixed, note = to_checked_proto(apply(model, plans, norms), model)
+        if note:
+            report.notes.append(note)
+        if prove and plans:
+            rolled = proof.prove_layers(analysed, src.parent, fixed, layers, plans, work, runtimes, inputs,
+                                        input_shapes,
+                                        progress)
+            if rolled:
+                for k in rolled:
+                    plans.pop(k)
+                fixed, _ = to_checked_proto(apply(model, plans, norms), model)
+        for lf in layers:
+            if lf.status == "would rewrite":
+                lf.status = "rewritten"
+        cand = work / "fixed.onnx"
+        onnx.save(fixed, str(cand))
+        original = src
+        if opset_of(model) != opset_of(stored):
+            original = work / "original.onnx"  # the version-converted model: same function, new opset
+            onnx.save(model, str(original))
+        if prove:
+            report.whole_model = proof.compare_models(original, cand, input_shapes)
+            if timing and report.whole_model.get("passed"):
+                report.timing = proof.time_models(original, cand, report.whole_model["feeds"])
+            report.whole_model.pop("feeds", None)
+        if report.whole_model is None or report.whole_model.get("passed") is not False:
+            _write(fixed, out, external=_has_external_data(stored))
+            report.written = True
+        else:
+            report.notes.append("nothing written: the fixed model differs from the original on normal inputs")
+    return report
+
+
+def _write(proto: onnx.ModelProto, out: Path, *, external: bool) -> None:
+    """Save like the input: external data (in a file beside the output, in its folder) when the input
+    had some, else one file."""
+    tmp = out.with_name(out.name + ".tmp")
+    if external:
+        data = _data_path(out)
+        data.unlink(missing_ok=True)  # onnx appends to an existing data file
+        onnx.save(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
+                  size_threshold=1024)
+    else:
+        onnx.save(proto, str(tmp))
+    os.replace(tmp, out)

@@ -1,0 +1,440 @@
+"""The rewrite rules of `normonnx fix`: one registry entry per rule, saying what it matches, what it
+writes, the opset the written form needs and why it computes the same function as the original.
+
+A rule's `plan` looks at one found norm (a `Site`) and answers None (not mine), a Plan with a
+`write` (the replacement, built with onnx_ir by a `Writer`), or a Plan with `refused` (the layer is
+risky but no rewrite computes the same function: eps outside the square root, eps = 0, weights that
+are not constants). Rules never change what a layer computes in exact arithmetic; the proof in
+`fix.proof` checks that they do not change it in floating point beyond what the original got wrong.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..graph import Graph
+from ..registry import Registry
+from ..scan.patterns import FoundNorm
+from ..tables import DTYPES, LOW_PRECISION
+
+FLOAT = DTYPES["float32"].onnx
+
+
+@dataclass(frozen=True)
+class Site:
+    """What a rule sees of one norm: the norm, the (shape-inferred) graph index, the model's opset,
+    the input's rank and dims (None where unknown) and the dtypes of its input and output."""
+
+    norm: FoundNorm
+    g: Graph
+    opset: int
+    dims: tuple | None  # ints, or None per symbolic dim; None when even the rank is unknown
+    dtype: str | None
+    out_dtype: str | None
+
+    @property
+    def rank(self) -> int | None:
+        return len(self.dims) if self.dims is not None else None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A rule's answer for one norm: the form it writes (`after`), or why it refuses, with advice."""
+
+    rule: str
+    after: str
+    write: Callable[["Writer"], object] | None = None
+    refused: str | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    matches: str  # what it rewrites
+    writes: str  # what it writes instead
+    needs: str  # the opsets the written form needs
+    why_safe: str  # why the written form computes the same function
+    plan: Callable[[Site], Plan | None]
+    default: bool = True  # False: opt-in (--rules NAME)
+
+
+RULES: Registry[Rule] = Registry("rule")
+
+
+class Writer:
+    """Builds the replacement of one layer with onnx_ir: nodes in order, constants as initializers,
+    every name under the layer's prefix (so the rewritten form can be found again by name)."""
+
+    def __init__(self, graph, x, prefix: str, opset: int, values: dict):
+        self.graph, self.x, self.prefix, self.opset, self.values = graph, x, prefix, opset, values
+        self.nodes: list = []
+        self._n = 0
+
+    def _name(self, what: str) -> str:
+        self._n += 1
+        return f"{self.prefix}{what}_{self._n}"
+
+    def const(self, array: np.ndarray, what: str = "const"):
+        import onnx_ir as ir
+
+        name = self._name(what)
+        t = ir.tensor(np.ascontiguousarray(array), name=name)
+        v = ir.Value(name=name, const_value=t, type=ir.TensorType(t.dtype), shape=ir.Shape(t.shape))
+        self.graph.register_initializer(v)
+        return v
+
+    def op(self, op_type: str, *inputs, domain: str = "", **attrs):
+        import onnx_ir as ir
+
+        node = ir.node(op_type, list(inputs), attrs or None, domain=domain, name=self._name(op_type))
+        node.outputs[0].name = node.name + ":0"
+        self.nodes.append(node)
+        return node.outputs[0]
+
+    def value(self, name: str):
+        return self.values[name]
+
+    def reduce_mean(self, x, axes: tuple[int, ...]):
+        # ReduceMean's axes: an attribute up to opset 17, an input from 18
+        if self.opset >= 18:
+            return self.op("ReduceMean", x, self.const(np.asarray(axes, np.int64), "axes"), keepdims=1)
+        return self.op("ReduceMean", x, axes=list(axes), keepdims=1)
+
+    def cast(self, x, frm: str | None, to: str):
+        return x if frm == to else self.op("Cast", x, to=DTYPES[to].onnx)
+
+
+# -- what the rules read off a norm ----------------------------------------------------------------
+class Refuse(Exception):
+    """A reason a rule cannot rewrite a layer it matched (reported with advice, never rewritten)."""
+
+
+def _param(site: Site, key: str) -> np.ndarray | None:
+    name = dict(site.norm.params).get(key)
+    if not name:
+        return None
+    v = site.g.const(name)
+    if v is None or not np.issubdtype(v.dtype, np.floating):
+        raise Refuse(f"its {key} ({name}) is computed in the graph, not a float constant: a rule rewrites only "
+                     "constant parameters")
+    return np.asarray(v, np.float64)
+
+
+def _check_eps(f: FoundNorm) -> None:
+    if any("outside the sqrt" in r for r in f.risks):
+        raise Refuse("eps is added outside the square root (std + eps, not sqrt(var + eps)): no standard op computes "
+                     "that; fix it in the model's source (torch.nn.LayerNorm or x * rsqrt(var + eps)) and re-export")
+    if f.eps is None or not np.isfinite(f.eps) or f.eps <= 0:
+        raise Refuse(f"eps = {f.eps}: a zero-variance row divides by zero; if the source's eps underflowed on export "
+                     "(float16 eps 1e-8 -> 0, pytorch/pytorch#86580), export in float32 or raise eps")
+
+
+def _comp(dtype: str) -> str:
+    """The dtype statistics are computed in: float32 for float16/bfloat16 (x^2 overflows float16 at |x|~256)."""
+    return "float32" if dtype in LOW_PRECISION else dtype
+
+
+def _dtype(site: Site) -> str:
+    if site.dtype is None or site.dtype not in DTYPES:
+        raise Refuse(f"the input's element type is unknown or not a float ({site.dtype})")
+    return site.dtype
+
+
+def _planned(name: str, after: str, build: Callable[[Site], Callable[[Writer], object]], site: Site) -> Plan:
+    try:
+        return Plan(name, after, write=build(site))
+    except Refuse as e:
+        return Plan(name, after, refused=str(e))
+
+
+# -- GroupNorm: GroupNormalization-18/21 and com.microsoft GroupNorm -> the instance form -----------
+def gn_channel_affine(site: Site) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The per-channel weight and bias a GroupNorm layer applies, float64 (None where it has none)."""
+    f = site.norm
+    w, b = _param(site, "weight"), _param(site, "bias")
+    pw, pb = _param(site, "post_weight"), _param(site, "post_bias")
+    if f.param_layout == "per-group":
+        # GroupNormalization-18: scale/bias per group; to channels by repeating each C/G times
+        sizes = [v.size for v in (pw, pb) if v is not None and v.size > 1]
+        c = sizes[0] if sizes else (site.dims[1] if site.dims and len(site.dims) > 1 else None)
+        if not isinstance(c, int):
+            raise Refuse("GroupNormalization-18 with a symbolic channel dim and no per-channel Mul/Add: the channel "
+                         "count is unknown; give --input-shape")
+        rep = c // f.groups
+        w = np.repeat(w.reshape(-1), rep) if w is not None else None
+        b = np.repeat(b.reshape(-1), rep) if b is not None else None
+        for v, what in ((pw, "Mul"), (pb, "Add")):
+            if v is not None and v.size not in (1, c):
+                raise Refuse(f"the {what} after GroupNormalization-18 is not per channel ({v.size} values, {c} "
+                             "channels)")
+        if pw is not None:
+            pw = pw.reshape(-1)
+            w = pw * (w if w is not None else 1.0)
+            b = b * pw if b is not None else None
+        if pb is not None:
+            b = pb.reshape(-1) + (b if b is not None else 0.0)
+        w = np.broadcast_to(w, (c,)) if w is not None else None
+        b = np.broadcast_to(b, (c,)) if b is not None else None
+    else:
+        w = w.reshape(-1) if w is not None else None
+        b = b.reshape(-1) if b is not None else None
+    # an exact identity affine writes no Mul/Add
+    if w is not None and np.all(w == 1):
+        w = None
+    if b is not None and np.all(b == 0):
+        b = None
+    return w, b
+
+
+def write_gn_instance(w: Writer, *, groups: int, eps: float, weight, bias, rank: int, dtype: str,
+                      channels_last: bool = False, silu: bool = False):
+    """Reshape (N, G, -1) -> InstanceNormalization with identity scale per group -> Reshape back ->
+    per-channel Mul/Add. InstanceNormalization's variance is centered (two-pass) on every runtime, unlike
+    GroupNormalization's function body (E[x^2]-E[x]^2); float16 input runs it in float32 between Casts.
+    The reshapes copy the batch dim (0) and infer the rest (-1): symbolic batch/spatial dims stay."""
+    comp = _comp(dtype)
+    h = w.x
+    if channels_last:  # com.microsoft GroupNorm's NHWC input, to NCHW and back
+        h = w.op("Transpose", h, perm=[0, rank - 1, *range(1, rank - 1)])
+    h = w.cast(h, dtype, comp)
+    npd = DTYPES[comp].numpy
+    shape = w.op("Shape", h)
+    r = w.op("Reshape", h, w.const(np.array([0, groups, -1], np.int64), "group_view"))
+    n = w.op("InstanceNormalization", r, w.const(np.ones(groups, npd), "ones"), w.const(np.zeros(groups, npd), "zeros"),
+             epsilon=float(eps))
+    y = w.op("Reshape", n, shape)
+    view = (-1,) + (1,) * (rank - 2)
+    if weight is not None:
+        y = w.op("Mul", y, w.const(np.asarray(weight, npd).reshape(view), "weight"))
+    if bias is not None:
+        y = w.op("Add", y, w.const(np.asarray(bias, npd).reshape(view), "bias"))
+    y = w.cast(y, comp, dtype)
+    if channels_last:
+        y = w.op("Transpose", y, perm=[0, *range(2, rank), 1])
+    if silu:  # com.microsoft GroupNorm's fused activation
+        y = w.op("Mul", y, w.op("Sigmoid", y))
+    return y
+
+
+GN_AFTER = "Reshape/InstanceNormalization/Reshape/Mul/Add"
+
+
+def _plan_gn_native(site: Site) -> Plan | None:
+    f = site.norm
+    if f.kind != "gn" or f.form != "native":
+        return None
+
+    def build(site):
+        _check_eps(f)
+        dtype = _dtype(site)
+        if site.rank is None or site.rank < 3:
+            raise Refuse("the input's rank is unknown: give --input-shape")
+        weight, bias = gn_channel_affine(site)
+        return lambda w: write_gn_instance(w, groups=f.groups, eps=f.eps, weight=weight, bias=bias, rank=site.rank,
+                                           dtype=dtype)
+
+    return _planned("gn-instance", GN_AFTER, build, site)
+
+
+def _plan_gn_contrib(site: Site) -> Plan | None:
+    f = site.norm
+    if f.kind != "gn" or f.form != "contrib" or not f.op.endswith(".GroupNorm"):
+        return None
+    node = site.g.nodes[site.g.index[f.nodes[0]]]
+    from ..graph import attr
+
+    channels_last, silu = bool(attr(node, "channels_last", 1)), bool(attr(node, "activation", 0))
+
+    def build(site):
+        _check_eps(f)
+        dtype = _dtype(site)
+        if site.rank is None or site.rank < 3:
+            raise Refuse("the input's rank is unknown: give --input-shape")
+        weight, bias = gn_channel_affine(site)
+        return lambda w: write_gn_instance(w, groups=f.groups, eps=f.eps, weight=weight, bias=bias, rank=site.rank,
+                                           dtype=dtype, channels_last=channels_last, silu=silu)
+
+    after = ("Transpose/" if channels_last else "") + GN_AFTER + ("/Transpose" if channels_last else "") + (
+        "/Sigmoid/Mul" if silu else "")
+    return _planned("ms-groupnorm", after, build, site)
+
+
+RULES.register(Rule(
+    "gn-instance", "GroupNormalization-18/21 (ORT inlines its E[x^2]-E[x]^2 body: NaN at offset 1e4)",
+    GN_AFTER + " (the GroupNorm instance-trick; float32 between Casts for float16)", "any opset >= 6",
+    "the mean and variance over (C/G)*spatial elements per (n, g) are what InstanceNormalization computes on the "
+    "(N, G, -1) view; GroupNormalization-18's per-group scale/bias and any per-channel Mul/Add after it fold into "
+    "one per-channel affine", _plan_gn_native))
+RULES.register(Rule(
+    "ms-groupnorm", "com.microsoft GroupNorm (one-pass variance: error 2.3 at offset 1e3, NaN at 1e4)",
+    GN_AFTER + " (Transposes for channels_last, Sigmoid/Mul for activation=1)", "any opset >= 6",
+    "the same statistics computed centered; opt-in because the contrib kernel is 3-5x faster on CUDA than the "
+    "standard-op form", _plan_gn_contrib, default=False))
+
+
+# -- decomposed LayerNorm / RMSNorm -> the native op, or a float32-statistics island ---------------
+def _norm_axes(site: Site) -> tuple[int, ...]:
+    """The normalized axes as negative indices (trailing and contiguous, or Refuse)."""
+    f = site.norm
+    axes = f.axes or (-1,)
+    rank = site.rank
+    if any(a >= 0 for a in axes):
+        if rank is None:
+            raise Refuse(f"reduces axes {list(axes)} of an input of unknown rank: give --input-shape")
+        axes = tuple(a - rank for a in axes)
+    neg = sorted(set(axes))
+    if neg != list(range(-len(neg), 0)):
+        raise Refuse(f"normalizes axes {list(f.axes)}, not the trailing dims: no standard norm op computes that")
+    return tuple(neg)
+
+
+def _feature_param(site: Site, key: str, axes: tuple[int, ...]) -> np.ndarray | None:
+    """A decomposed chain's Mul/Add constant as an array over the normalized dims (LayerNormalization's
+    and RMSNormalization's scale/bias must have that shape), or Refuse."""
+    v = _param(site, key)
+    if v is None:
+        return None
+    k = len(axes)
+    while v.ndim > k and v.shape[0] == 1:
+        v = v.reshape(v.shape[1:])
+    if v.ndim > k:
+        raise Refuse(f"its {key} of shape {list(v.shape)} varies over dims the norm does not normalize")
+    nshape = tuple(site.dims[a] for a in axes) if site.dims is not None else None
+    if nshape is not None and all(isinstance(d, int) for d in nshape):
+        try:
+            return np.broadcast_to(v, nshape)
+        except ValueError:
+            raise Refuse(f"its {key} of shape {list(v.shape)} does not fit the normalized shape {list(nshape)}") \
+                from None
+    if v.ndim == k and v.size > 1:
+        return v
+    raise Refuse(f"the normalized dims are symbolic and its {key} does not fix them: give --input-shape")
+
+
+def _scale_of_ones(w: Writer, axis: int, dtype: str):
+    """A scale of ones shaped like the normalized dims at run time (symbolic dims stay symbolic)."""
+    import onnx_ir as ir
+
+    dims = w.op("Shape", w.x, start=axis)
+    return w.op("ConstantOfShape", dims, value=ir.tensor(np.ones(1, DTYPES[dtype].numpy)))
+
+
+def write_layer_norm(w: Writer, *, axes, eps, weight, bias, dtype: str, out_dtype: str | None):
+    """LayerNormalization with float32 statistics (stash_type=1: float16 rows accumulate in float32)."""
+    npd = DTYPES[dtype].numpy
+    scale = w.const(np.asarray(weight, npd), "weight") if weight is not None else _scale_of_ones(w, axes[0], dtype)
+    ins = [w.x, scale] + ([w.const(np.asarray(bias, npd), "bias")] if bias is not None else [])
+    y = w.op("LayerNormalization", *ins, axis=axes[0], epsilon=float(eps), stash_type=1)
+    return w.cast(y, dtype, out_dtype or dtype)
+
+
+def write_rms_norm(w: Writer, *, axes, eps, weight, bias, dtype: str, out_dtype: str | None):
+    """RMSNormalization-23 with float32 statistics; a bias (rare in RMSNorm) stays an Add after it."""
+    npd = DTYPES[dtype].numpy
+    scale = w.const(np.asarray(weight, npd), "weight") if weight is not None else _scale_of_ones(w, axes[0], dtype)
+    y = w.op("RMSNormalization", w.x, scale, axis=axes[0], epsilon=float(eps), stash_type=1)
+    if bias is not None:
+        y = w.op("Add", y, w.const(np.asarray(bias, npd), "bias"))
+    return w.cast(y, dtype, out_dtype or dtype)
+
+
+def write_island(w: Writer, *, axes, eps, weight, bias, dtype: str, out_dtype: str | None, centered: bool):
+    """The chain rewritten with its statistics in float32 between Casts (for opsets below the native
+    op): LN as mean, d = x - mean, mean(d*d) (centered, two-pass); RMS as mean(x*x)."""
+    comp = _comp(dtype)
+    npd = DTYPES[comp].numpy
+    x = w.cast(w.x, dtype, comp)
+    d = w.op("Sub", x, w.reduce_mean(x, axes)) if centered else x
+    var = w.reduce_mean(w.op("Mul", d, d), axes)
+    y = w.op("Div", d, w.op("Sqrt", w.op("Add", var, w.const(np.array(eps, npd), "eps"))))
+    if weight is not None:
+        y = w.op("Mul", y, w.const(np.asarray(weight, npd), "weight"))
+    if bias is not None:
+        y = w.op("Add", y, w.const(np.asarray(bias, npd), "bias"))
+    return w.cast(y, comp, out_dtype or dtype)
+
+
+def _low_precision_risk(f: FoundNorm) -> bool:
+    return any("float16 statistics" in r or "E[x^2]-E[x]^2" in r for r in f.risks)
+
+
+def _plan_decomposed(site: Site, kind: str) -> Plan | None:
+    f = site.norm
+    if f.form != "decomposed" or (f.kind != kind and not (kind == "ln" and f.kind == "gn")):
+        return None
+    native_opset = 17 if kind == "ln" else 23
+    native = site.opset >= native_opset
+    if not native and not _low_precision_risk(f):
+        return None  # a centered float32 chain below the native op's opset: nothing to gain
+    op = "LayerNormalization" if kind == "ln" else "RMSNormalization"
+    after = f"{op}(stash_type=1)" if native else (
+        f"float32-statistics {'two-pass ' if kind == 'ln' else ''}chain (opset {site.opset} < {native_opset}; "
+        f"--opset {native_opset} for {op})")
+
+    def build(site):
+        _check_eps(f)
+        dtype = _dtype(site)
+        axes = _norm_axes(site)
+        weight, bias = _feature_param(site, "weight", axes), _feature_param(site, "bias", axes)
+        nshape = tuple(site.dims[a] for a in axes) if site.dims is not None else None
+        if weight is None and nshape is not None and all(isinstance(d, int) for d in nshape):
+            weight = np.ones(nshape)  # a constant scale when the dims are known (readable by scan)
+        kw = dict(axes=axes, eps=f.eps, weight=weight, bias=bias, dtype=dtype, out_dtype=site.out_dtype)
+        if native:
+            writer = write_layer_norm if kind == "ln" else write_rms_norm
+            return lambda w: writer(w, **kw)
+        return lambda w: write_island(w, centered=kind == "ln", **kw)
+
+    return _planned(f"{kind}-native", after, build, site)
+
+
+RULES.register(Rule(
+    "ln-native", "a decomposed LayerNorm (ReduceMean chains: Pow or Mul, Div(Sqrt), Mul(Reciprocal), Pow(.5), "
+    "Cast islands, E[x^2]-E[x]^2), and a decomposed GroupNorm's inner chain",
+    "LayerNormalization(stash_type=1) at opset >= 17; below, a centered chain with float32 statistics (only where "
+    "the chain is float16 or E[x^2]-E[x]^2)", "LayerNormalization: 17",
+    "(x - mean) / sqrt(mean((x - mean)^2) + eps) * w + b over the same trailing axes, the Mul/Add constants as "
+    "scale/bias; E[x^2]-E[x]^2 equals the centered variance in exact arithmetic",
+    lambda site: _plan_decomposed(site, "ln")))
+RULES.register(Rule(
+    "rms-native", "a decomposed RMSNorm (x / sqrt(mean(x^2) + eps) * w)",
+    "RMSNormalization(stash_type=1) at opset >= 23; below, the chain with float32 statistics (only where float16)",
+    "RMSNormalization: 23", "the same mean of squares over the same trailing axes, the Mul constant as scale",
+    lambda site: _plan_decomposed(site, "rms")))
+
+
+# -- native LayerNormalization/RMSNormalization with float16 statistics -----------------------------
+def _plan_stash(site: Site) -> Plan | None:
+    f = site.norm
+    if f.form != "native" or f.kind not in ("ln", "rms") or not any("stash_type" in r for r in f.risks):
+        return None
+    node = site.g.nodes[site.g.index[f.nodes[0]]]
+
+    def write(w: Writer):
+        attrs = {a.name: onnx_attr(a) for a in node.attribute}
+        attrs["stash_type"] = 1
+        return w.op(node.op_type, *(w.value(n) if n else None for n in node.input), **attrs)
+
+    return Plan("stash-float32", f"{node.op_type}(stash_type=1)", write=write)
+
+
+def onnx_attr(a):
+    import onnx
+
+    return onnx.helper.get_attribute_value(a)
+
+
+RULES.register(Rule(
+    "stash-float32", "LayerNormalization/RMSNormalization on float16 with stash_type != 1 (float16 statistics)",
+    "the same op with stash_type=1", "LayerNormalization: 17, RMSNormalization: 23",
+    "stash_type only sets the precision the mean and variance are computed in", _plan_stash))
+
+
+def select(rules: list[str] | None, skip: list[str] | None) -> list[Rule]:
+    """The rules to apply: `rules` if given (opt-in ones included), else every default rule; minus
+    `skip`. Unknown names are BadInput listing the valid ones."""
+    chosen = [RULES.lookup(n) for n in rules] if rules else [r for r in RULES.values() if r.default]
+    skipped = {RULES.lookup(n).name for n in (skip or [])}
+    return [r for r in chosen if r.name not in skipped]
