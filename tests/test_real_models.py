@@ -151,3 +151,74 @@ def test_weight_standardised_conv_is_not_a_batchnorm_layer(folder):
     report = scan(path)
     assert [(f.kind, f.form) for f in report.norms] == [("gn", "instance-trick")]
     assert [(x.kind, "weight standardisation" in x.reason) for x in report.left_out] == [("bn", True)]
+
+
+# -- normonnx fix on real architectures (issue 13) ---------------------------------------------------
+def test_llama_fix_to_rmsnormalization_starts_after_the_shared_cast(folder):
+    """LlamaRMSNorm casts the residual stream to float32 and the residual Add reads that Cast too: the
+    rewrite starts after the Cast instead of refusing the layer. With --opset 23 every RMSNorm becomes
+    RMSNormalization, and the whole model agrees with the original."""
+    import normonnx
+    from transformers import LlamaConfig, LlamaModel
+
+    cfg = LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=100, max_position_embeddings=64)
+    src = _export(Wrap(LlamaModel(cfg), "input_ids", "attention_mask"), _ids(), folder / "llama-fix.onnx", 17,
+                  ["input_ids", "attention_mask"])
+    assert normonnx.fix(src, check=True).exit_code == 0  # float32 chains at opset 17: nothing to gain
+    report = normonnx.fix(src, folder / "llama-23.onnx", opset=23, timing=False)
+    assert [lf.status for lf in report.layers] == ["rewritten"] * 5, [lf.reason for lf in report.layers]
+    assert report.whole_model["passed"]
+    after = scan(folder / "llama-23.onnx", validate=True, inputs=["normal", "offset", "wide"])
+    assert [f.op for f in after.norms] == ["RMSNormalization"] * 5 and after.passed
+
+
+def test_diffusers_unet_groupnormalization_fixed(folder):
+    """A diffusers UNet2DModel through dynamo at opset 21: every GroupNormalization fails offset before
+    (ORT's E[x^2]-E[x]^2 body), every rewritten layer passes it after, and the whole model agrees."""
+    diffusers = pytest.importorskip("diffusers", reason="needs diffusers (test extras)")
+    import normonnx
+
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+                                 block_out_channels=(16, 32), norm_num_groups=8,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"))
+    src = folder / "unet21.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Wrap(unet, "sample", "timestep", out="sample").eval(),
+                          (torch.randn(1, 3, 8, 8), torch.tensor([10])), str(src), opset_version=21, dynamo=True,
+                          external_data=False, verbose=False)
+    report = normonnx.fix(src, folder / "unet21-fixed.onnx", timing=False)
+    assert len(report.layers) >= 10 and all(lf.status == "rewritten" for lf in report.layers)
+    for lf in report.layers:
+        assert lf.proof["before"]["cpu:offset"] == "fail" and lf.proof["after"]["cpu:offset"] == "pass", lf.proof
+    assert report.whole_model["passed"]
+    after = scan(folder / "unet21-fixed.onnx", validate=True, inputs=["offset"])
+    assert {f.form for f in after.norms} == {"instance-trick"} and after.passed
+
+
+def test_gpt2_float16_fix_within_float16_tolerance(folder):
+    """GPT-2 in float16 through TorchScript at opset 14 with symbolic dims: the LayerNorm that computes
+    in float16 is rewritten with float32 statistics (the others already see float32 after GPT-2's
+    upcast); the whole model is compared at float16's tolerance, the precision the rewrite changed."""
+    import normonnx
+    from transformers import GPT2Config, GPT2Model
+
+    g = GPT2Model(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=100, n_positions=64)).half()
+    src = _export(Wrap(g, "input_ids", "attention_mask"), _ids(), folder / "gpt2-fp16.onnx", 14,
+                  ["input_ids", "attention_mask"], dynamic={"input_ids": {0: "b", 1: "t"},
+                                                             "attention_mask": {0: "b", 1: "t"}})
+    shapes = {"input_ids": (2, 16), "attention_mask": (2, 16)}
+    report = normonnx.fix(src, folder / "gpt2-fixed.onnx", input_shapes=shapes, timing=False)
+    changed = [lf for lf in report.layers if lf.status == "rewritten"]
+    assert changed and all(lf.norm.dtype == "float16" for lf in changed)
+    assert all(lf.proof["before"]["reference:offset"] == "fail" and lf.proof["after"]["reference:offset"] == "pass"
+               for lf in changed)
+    assert report.whole_model["passed"] and report.written
+    import onnx
+
+    # the symbolic batch/sequence dims stay symbolic in the output (--input-shape only drives the proof)
+    a, b = onnx.load(str(src)), onnx.load(str(folder / "gpt2-fixed.onnx"))
+    assert [i.type for i in a.graph.input] == [i.type for i in b.graph.input]
+    assert b.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "b"

@@ -18,7 +18,7 @@ from pathlib import Path
 import onnx
 
 from ..errors import BadInput, ExitCode
-from ..graph import Graph, check_external_data, load_model, opset_of
+from ..graph import PASS_THROUGH, Graph, check_external_data, load_model, opset_of
 from ..scan import fix_input_shapes, infer_shapes
 from ..scan.patterns import FoundNorm, find_all
 from .rules import RULES, Plan, Rule, Site, Writer, select
@@ -129,25 +129,42 @@ def _convert_opset(model: onnx.ModelProto, opset: int | None) -> onnx.ModelProto
 
 
 # -- where a layer stands in the graph ----------------------------------------------------------------
-def region(g: Graph, f: FoundNorm) -> tuple[list[int], str | None]:
-    """The node indices that compute f.output from f.input (every node on a path between them), and
-    why the layer cannot be replaced alone, if an intermediate value is used outside it."""
-    start = g.producer.get(f.input, -1)
-    end = g.producer.get(f.output)
+def region(g: Graph, f: FoundNorm) -> tuple[list[int], str, str | None]:
+    """The node indices that compute f.output from the layer's input (every node on a path between
+    them), that input, and why the layer cannot be replaced alone if an intermediate value is used
+    outside it. A Cast/Identity at the input whose output is shared (LLaMA's RMSNorm casts the
+    residual stream to float32 and the residual Add reads that cast too) stays: the layer starts after it."""
+    start = f.input
+    for _ in range(4):
+        nodes, shared = _region_from(g, start, f.output)
+        if shared is None:
+            return nodes, start, None
+        value, why = shared
+        i = g.producer.get(value)
+        n = g.nodes[i] if i is not None else None
+        if n is None or n.op_type not in PASS_THROUGH or n.input[0] != start:
+            return nodes, start, why
+        start = value
+    return nodes, start, why
+
+
+def _region_from(g: Graph, start: str, output: str) -> tuple[list[int], tuple[str, str] | None]:
+    first = g.producer.get(start, -1)
+    end = g.producer.get(output)
     if end is None:
-        return [], f"its output {f.output} is not computed by a node"
+        return [], (output, f"its output {output} is not computed by a node")
     # backward from the output, only through nodes after the input's producer (graphs are sorted)
     seen, stack = set(), [end]
     while stack:
         i = stack.pop()
-        if i in seen or i <= start:
+        if i in seen or i <= first:
             continue
         seen.add(i)
         for v in g.nodes[i].input:
-            if v and v != f.input and v in g.producer:
+            if v and v != start and v in g.producer:
                 stack.append(g.producer[v])
     # of those, the ones that depend on the input (the rest are constants feeding the chain)
-    depends: set[str] = {f.input}
+    depends: set[str] = {start}
     nodes = []
     for i in sorted(seen):
         if any(v in depends for v in g.nodes[i].input):
@@ -157,23 +174,23 @@ def region(g: Graph, f: FoundNorm) -> tuple[list[int], str | None]:
     outputs = {o.name for o in g.graph.output}
     for i in nodes:
         for o in g.nodes[i].output:
-            if not o or o == f.output:
+            if not o or o == output:
                 continue
             if o in outputs:
-                return nodes, f"its intermediate value {o} is a graph output"
+                return nodes, (o, f"its intermediate value {o} is a graph output")
             outside = [j for j in g.consumers.get(o, []) if j not in inside]
             if outside:
-                return nodes, f"its intermediate value {o} is also used by {g.names[outside[0]]}"
+                return nodes, (o, f"its intermediate value {o} is also used by {g.names[outside[0]]}")
     return nodes, None
 
 
-def _site(g: Graph, f: FoundNorm, opset: int) -> Site:
-    dims = g.shapes.get(f.input)
+def _site(g: Graph, f: FoundNorm, opset: int, start: str) -> Site:
+    dims = g.shapes.get(start, g.shapes.get(f.input))
     dims = tuple(d if isinstance(d, int) and d > 0 else None for d in dims) if dims is not None else None
-    return Site(f, g, opset, dims, g.dtype(f.input), g.dtype(f.output))
+    return Site(f, g, opset, dims, g.dtype(start), g.dtype(f.output))
 
 
-def plan_layers(model: onnx.ModelProto, rules: list[Rule]) -> tuple[list[LayerFix], dict[int, tuple[Plan, list[int]]]]:
+def plan_layers(model: onnx.ModelProto, rules: list[Rule]) -> tuple[list[LayerFix], dict[int, tuple[Plan, list[int], str]]]:
     """Every norm of the (shape-inferred) model with what the first matching rule would do."""
     g = Graph(model.graph)
     opset = opset_of(model)
@@ -183,7 +200,8 @@ def plan_layers(model: onnx.ModelProto, rules: list[Rule]) -> tuple[list[LayerFi
         if f.scope:
             layers.append(LayerFix(k, f, "left", reason=f"inside {f.scope}: fix rewrites main-graph layers only"))
             continue
-        site = _site(g, f, opset)
+        nodes, start, shared = region(g, f)
+        site = _site(g, f, opset, start)
         plan = next((p for p in (r.plan(site) for r in rules) if p is not None), None)
         if plan is None:
             layers.append(LayerFix(k, f, "unchanged", reason="no selected rule covers this form"))
@@ -191,12 +209,11 @@ def plan_layers(model: onnx.ModelProto, rules: list[Rule]) -> tuple[list[LayerFi
         if plan.refused:
             layers.append(LayerFix(k, f, "refused", plan.rule, plan.after, plan.refused))
             continue
-        nodes, shared = region(g, f)
         if shared:
             layers.append(LayerFix(k, f, "refused", plan.rule, plan.after, f"cannot be replaced alone: {shared}"))
             continue
         layers.append(LayerFix(k, f, "would rewrite", plan.rule, plan.after))
-        plans[k] = (plan, nodes)
+        plans[k] = (plan, nodes, start)
     return layers, plans
 
 
@@ -204,7 +221,7 @@ def prefix_of(k: int, rule: str) -> str:
     return f"normonnx.fix/{k}.{rule}/"
 
 
-def apply(model: onnx.ModelProto, plans: dict[int, tuple[Plan, list[int]]], norms: dict[int, FoundNorm]):
+def apply(model: onnx.ModelProto, plans: dict[int, tuple[Plan, list[int], str]], norms: dict[int, FoundNorm]):
     """The model (an onnx_ir Model) with each planned layer replaced. `model` is the original proto
     (not shape-inferred): inferred value_info is not written into the user's graph."""
     import onnx_ir as ir
@@ -217,10 +234,10 @@ def apply(model: onnx.ModelProto, plans: dict[int, tuple[Plan, list[int]]], norm
     for n in order:
         values.update((o.name, o) for o in n.outputs if o.name)
     opset = irm.opset_imports.get("", 0)
-    for k, (plan, idx) in plans.items():
+    for k, (plan, idx, start) in plans.items():
         f = norms[k]
         old = [order[i] for i in idx]
-        w = Writer(graph, values[f.input], prefix_of(k, plan.rule), opset, values)
+        w = Writer(graph, values[start], prefix_of(k, plan.rule), opset, values)
         y = plan.write(w)
         out = values[f.output]
         feeders = {v for n in old for v in n.inputs if v is not None and v.producer() not in old}
@@ -334,7 +351,8 @@ def fix(path: str | Path, output: str | Path | None = None, *, rules: list[str] 
             original = work / "original.onnx"  # the version-converted model: same function, new opset
             onnx.save(model, str(original))
         if prove:
-            report.whole_model = proof.compare_models(original, cand, input_shapes)
+            dtypes = tuple(sorted({lf.norm.dtype for lf in layers if lf.status == "rewritten" and lf.norm.dtype}))
+            report.whole_model = proof.compare_models(original, cand, input_shapes, layer_dtypes=dtypes)
             if timing and report.whole_model.get("passed"):
                 report.timing = proof.time_models(original, cand, report.whole_model["feeds"])
             report.whole_model.pop("feeds", None)
