@@ -273,3 +273,48 @@ def test_cli_table_and_footer(fixed, tmp_path):
     assert r.returncode == 0
     assert "FAIL offset(cpu)" in r.stdout and "pass 12/12" in r.stdout
     assert "largest output difference" in r.stdout and r.stdout.rstrip().splitlines()[-1].startswith("PASSED: 2")
+
+
+def test_symbolic_dims_stay_symbolic_and_the_fix_runs_at_any_shape(tmp_path):
+    """GroupNormalization-21 on (N, C, H, W) with symbolic N, H, W: the rewrite reshapes with 0/-1 and
+    Shape(x), so the fixed model keeps the symbolic dims and is right at shapes other than the proof's."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    w, b = rng.uniform(0.5, 1.5, 8).astype(np.float32), rng.normal(0, 0.5, 8).astype(np.float32)
+    node = helper.make_node("GroupNormalization", ["x", "w", "b"], ["y"], num_groups=4, epsilon=1e-5)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8, "h", "w"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, "h", "w"])],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    src = tmp_path / "gn.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)]), str(src))
+    report = normonnx.fix(src, tmp_path / "out.onnx", input_shapes={"x": (2, 8, 6, 6)}, timing=False)
+    assert report.layers[0].status == "rewritten" and report.whole_model["passed"]
+    out = onnx.load(str(tmp_path / "out.onnx"))
+    assert [d.dim_param or d.dim_value for d in out.graph.input[0].type.tensor_type.shape.dim] == ["n", 8, "h", "w"]
+    sess = ort.InferenceSession(str(tmp_path / "out.onnx"), providers=["CPUExecutionProvider"])
+    for shape in ((1, 8, 3, 5), (3, 8, 16, 16)):
+        x = rng.normal(1e3, 1, shape).astype(np.float32)  # an offset the original's body gets wrong
+        y = sess.run(None, {"x": x})[0]
+        assert np.max(np.abs(y - group_norm(x, 4, w, b, 1e-5))) < 1e-2, shape
+
+
+def test_float16_layernorm_with_float16_statistics_gets_stash_type_1(tmp_path):
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(1)
+    node = helper.make_node("LayerNormalization", ["x", "w", "b"], ["y"], axis=-1, epsilon=1e-5, stash_type=0)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 4, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [2, 4, 16])],
+                          [numpy_helper.from_array(rng.uniform(0.5, 1.5, 16).astype(np.float16), "w"),
+                           numpy_helper.from_array(rng.normal(0, 0.5, 16).astype(np.float16), "b")])
+    src = tmp_path / "ln.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    report = normonnx.fix(src, tmp_path / "out.onnx", timing=False)
+    lf = report.layers[0]
+    assert (lf.rule, lf.status) == ("stash-float32", "rewritten"), lf.to_dict()
+    ln = onnx.load(str(tmp_path / "out.onnx")).graph.node[0]
+    assert ln.op_type == "LayerNormalization" and {a.name: a.i for a in ln.attribute if a.name == "stash_type"} == \
+        {"stash_type": 1}
+    assert normonnx.fix(tmp_path / "out.onnx", check=True).exit_code == 0
