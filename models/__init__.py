@@ -11,15 +11,18 @@ from .decomposed import (
     DecomposedLayerNorm,
     DecomposedRMSNorm,
     InstanceTrickGroupNorm,
+    LayerNormTrick,
 )
-from .native import native_module
+from .native import ChannelsLast, native_module
 
 __all__ = [
     "native_module",
+    "ChannelsLast",
     "DecomposedBatchNorm",
     "DecomposedLayerNorm",
     "DecomposedInstanceNorm",
     "DecomposedGroupNorm",
     "DecomposedRMSNorm",
     "InstanceTrickGroupNorm",
+    "LayerNormTrick",
 ]

@@ -45,23 +45,28 @@ class DecomposedBatchNorm(_Affine):
         return self._affine(y, view)
 
 
-def _centered_normalize(x: torch.Tensor, dims: list[int], eps: float) -> torch.Tensor:
-    mean = x.mean(dim=dims, keepdim=True)
-    d = x - mean
+_LOW = (torch.float16, torch.bfloat16)  # fp32=True widens these to float32 (float64 stays float64)
+
+
+def _centered_normalize(x: torch.Tensor, dims: list[int], eps: float, fp32: bool = False) -> torch.Tensor:
+    h = x.float() if fp32 and x.dtype in _LOW else x  # Casts around the statistics: x*x never in float16
+    mean = h.mean(dim=dims, keepdim=True)
+    d = h - mean
     var = (d * d).mean(dim=dims, keepdim=True)  # two-pass: no E[x^2]-E[x]^2 cancellation
-    return d / torch.sqrt(var + eps)
+    return (d / torch.sqrt(var + eps)).to(x.dtype)
 
 
 class DecomposedLayerNorm(_Affine):
     """LayerNorm over the trailing len(normalized_shape) dims."""
 
-    def __init__(self, normalized_shape, eps: float = 1e-5, affine: bool = True, bias: bool = True):
+    def __init__(self, normalized_shape, eps: float = 1e-5, affine: bool = True, bias: bool = True,
+                 fp32: bool = False):
         super().__init__(tuple(normalized_shape), affine, bias)
         self.ndim = len(tuple(normalized_shape))
-        self.eps = eps
+        self.eps, self.fp32 = eps, fp32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = _centered_normalize(x, list(range(-self.ndim, 0)), self.eps)
+        y = _centered_normalize(x, list(range(-self.ndim, 0)), self.eps, self.fp32)
         if self.weight is not None:
             y = y * self.weight
         if self.bias is not None:
@@ -72,9 +77,10 @@ class DecomposedLayerNorm(_Affine):
 class DecomposedInstanceNorm(_Affine):
     """InstanceNorm over the spatial dims; with track_running_stats it normalizes like inference BN."""
 
-    def __init__(self, channels: int, eps: float = 1e-5, affine: bool = False, track_running_stats: bool = False):
+    def __init__(self, channels: int, eps: float = 1e-5, affine: bool = False, track_running_stats: bool = False,
+                 fp32: bool = False):
         super().__init__((channels,), affine, running=track_running_stats)
-        self.eps = eps
+        self.eps, self.fp32 = eps, fp32
         self.track_running_stats = track_running_stats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,20 +88,20 @@ class DecomposedInstanceNorm(_Affine):
         if self.track_running_stats:
             y = (x - self.running_mean.reshape(view)) / torch.sqrt(self.running_var.reshape(view) + self.eps)
         else:
-            y = _centered_normalize(x, list(range(2, x.dim())), self.eps)
+            y = _centered_normalize(x, list(range(2, x.dim())), self.eps, self.fp32)
         return self._affine(y, view)
 
 
 class DecomposedGroupNorm(_Affine):
     """GroupNorm: reshape to (N, G, -1), normalize the last dim, reshape back, per-channel affine."""
 
-    def __init__(self, groups: int, channels: int, eps: float = 1e-5, affine: bool = True):
+    def __init__(self, groups: int, channels: int, eps: float = 1e-5, affine: bool = True, fp32: bool = False):
         super().__init__((channels,), affine)
         self.groups = groups
-        self.eps = eps
+        self.eps, self.fp32 = eps, fp32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = _centered_normalize(x.reshape(x.shape[0], self.groups, -1), [2], self.eps).reshape(x.shape)
+        y = _centered_normalize(x.reshape(x.shape[0], self.groups, -1), [2], self.eps, self.fp32).reshape(x.shape)
         return self._affine(y, _channel_view(x.dim()))
 
 
@@ -105,24 +111,42 @@ class InstanceTrickGroupNorm(_Affine):
     This is what torch's exporters write for GroupNorm below opset 21: InstanceNormalization's
     per-(n, c) statistics become per-(n, group) statistics once the channels are folded into G."""
 
-    def __init__(self, groups: int, channels: int, eps: float = 1e-5, affine: bool = True):
+    def __init__(self, groups: int, channels: int, eps: float = 1e-5, affine: bool = True, fp32: bool = False):
         super().__init__((channels,), affine)
         self.groups = groups
-        self.eps = eps
+        self.eps, self.fp32 = eps, fp32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = nn.functional.instance_norm(x.reshape(x.shape[0], self.groups, -1), eps=self.eps).reshape(x.shape)
+        h = x.float() if self.fp32 and x.dtype in _LOW else x  # InstanceNormalization in float32 between Casts
+        y = nn.functional.instance_norm(h.reshape(x.shape[0], self.groups, -1), eps=self.eps).to(x.dtype)
+        return self._affine(y.reshape(x.shape), _channel_view(x.dim()))
+
+
+class LayerNormTrick(_Affine):
+    """GroupNorm (sets = G) or InstanceNorm (sets = C) as Reshape(N, sets, -1) -> LayerNormalization over
+    the last dim (no affine: its scale of ones is built to the row length at run time, so dynamic shapes
+    work) -> Reshape -> per-channel Mul/Add. LayerNormalization kernels accumulate in float32
+    (stash_type=1) and are exact on zero-variance rows in ORT, where InstanceNormalization is not."""
+
+    def __init__(self, sets: int, channels: int, eps: float = 1e-5, affine: bool = True):
+        super().__init__((channels,), affine)
+        self.sets, self.eps = sets, eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.reshape(x.shape[0], self.sets, -1)
+        y = nn.functional.layer_norm(h, h.shape[-1:], eps=self.eps).reshape(x.shape)
         return self._affine(y, _channel_view(x.dim()))
 
 
 class DecomposedRMSNorm(_Affine):
     """RMSNorm over the trailing dims: x / sqrt(mean(x*x) + eps) * weight (no centering, no shift)."""
 
-    def __init__(self, normalized_shape, eps: float = 1e-5, affine: bool = True):
+    def __init__(self, normalized_shape, eps: float = 1e-5, affine: bool = True, fp32: bool = False):
         super().__init__(tuple(normalized_shape), affine, bias=False)
         self.ndim = len(tuple(normalized_shape))
-        self.eps = eps
+        self.eps, self.fp32 = eps, fp32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x / torch.sqrt((x * x).mean(dim=list(range(-self.ndim, 0)), keepdim=True) + self.eps)
+        h = x.float() if self.fp32 and x.dtype in _LOW else x
+        y = (h / torch.sqrt((h * h).mean(dim=list(range(-self.ndim, 0)), keepdim=True) + self.eps)).to(x.dtype)
         return y * self.weight if self.weight is not None else y

@@ -40,3 +40,15 @@ def native_module(spec, params: dict) -> nn.Module:
     else:  # pragma: no cover - NormSpec validates kind
         raise ValueError(k)
     return load_params(m, params).eval()
+
+
+class ChannelsLast(nn.Module):
+    """`inner` (an NCHW module) taking and giving NHWC tensors: exported with com.microsoft GroupNorm
+    (channels_last=1) the permutes cancel the op's own Transposes."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)

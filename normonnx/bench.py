@@ -24,7 +24,7 @@ from .params import make_params
 from .runtimes import SessionConfig, get_runtime, session_options
 from .spec import NormSpec
 from .tables import DTYPES, PROVIDERS
-from .variants import get_variant, variants_for
+from .variants import get_variant, usable_variants
 
 # the standard shapes: what the benchmark suite runs and what `normonnx bench` uses by default
 BENCH_SHAPES = {"ln": (8, 512, 768), "gn": (8, 320, 64, 64), "in": (8, 64, 128, 128), "bn": (32, 64, 56, 56),
@@ -104,6 +104,7 @@ class BenchRecord:
     threads: int | str | None = None
     fastest: bool = False  # the fastest variant that passed validation, with a stable, plausible timing
     error: str | None = None
+    unsupported: str | None = None  # the variant cannot run on this provider (why); not timed, not an error
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,7 +119,7 @@ class BenchReport:
     @property
     def trusted(self) -> tuple[bool, str]:
         """(can these timings be trusted, one line saying so and what to do if not)."""
-        timed = [r for r in self.records if r.error is None]
+        timed = [r for r in self.records if r.error is None and r.unsupported is None]
         unstable = [r.form for r in timed if r.stable is False]
         odd = [r.form for r in timed if r.implausible]
         if not unstable and not odd:
@@ -192,7 +193,7 @@ def benchmark(
                        "needs rounds)")
     # by default every variant that can express the spec at this opset (RMS native needs 23); a
     # variant asked for by name that cannot is bad input
-    variants = variants or [v for v in variants_for(spec.kind) if get_variant(v).min_opset[spec.kind] <= opset]
+    variants = variants or usable_variants(spec, opset)
     for v in variants:
         get_variant(v).check(spec, opset)
     providers = providers or ["cpu"]
@@ -232,6 +233,10 @@ def benchmark(
                                      "torch": dict(form="torch", opset=None, exporter=None)}
             for v in variants:
                 row = rows[v] = dict(form=v, opset=opset, exporter=exporter)
+                variant = get_variant(v)
+                if variant.unsupported_on(p):
+                    row["unsupported"] = variant.unsupported_on(p)  # reported, not timed, not an error
+                    continue
                 if isinstance(models[v], Exception):
                     row["error"] = str(models[v])
                     continue
@@ -247,7 +252,8 @@ def benchmark(
                         or f"not checked: {bad[0].error if bad else 'no result'}")
                 try:
                     sess = ort.InferenceSession(str(models[v]), session_options(config), providers=[PROVIDERS[p]])
-                    io = _bind(sess, x, y, device)
+                    xv = variant.to_model(x)  # an NHWC variant binds its own channels-last copy
+                    io = _bind(sess, xv, torch.empty_like(xv) if xv is not x else y, device)
                     forms[v] = (lambda s, b: lambda: s.run_with_iobinding(b))(sess, io)
                     row["ort_provider"] = sess.get_providers()[0]
                     row["io_binding"] = True
@@ -285,7 +291,8 @@ def benchmark(
                                              "batch", "passed", "validation", "ort_provider")},
                     io_binding=r.get("io_binding", False),
                     opt_level=opt_level if r["form"] not in ("copy", "torch") else None,
-                    threads=threads or "default", fastest=name == fastest, error=r.get("error")))
+                    threads=threads or "default", fastest=name == fastest, error=r.get("error"),
+                    unsupported=r.get("unsupported")))
     return report
 
 

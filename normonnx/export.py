@@ -148,7 +148,8 @@ def export_report(
     from .graph import model_facts, set_metadata
 
     module = v.build(spec, make_params(spec)).to(DTYPES[spec.dtype].torch)
-    example = torch.randn(spec.shape, generator=torch.Generator().manual_seed(0)).to(DTYPES[spec.dtype].torch)
+    example = torch.randn(v.model_shape(spec.shape), generator=torch.Generator().manual_seed(0)) \
+        .to(DTYPES[spec.dtype].torch)
     log: list[str] = []
     with tempfile.TemporaryDirectory(prefix="normonnx-export-") as tmp:
         raw = Path(tmp) / "model.onnx"

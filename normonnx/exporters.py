@@ -97,10 +97,15 @@ def quiet_export(log: list[str]):
             log.extend(line for line in sink.read().decode(errors="replace").splitlines() if line.strip())
 
 
-def _dynamic_dims(spec: NormSpec) -> list[int]:
-    """Dims that may vary at run time: batch and spatial for bn/in/gn; the leading dims for ln."""
+def _dynamic_dims(spec: NormSpec, variant: str = "native") -> list[int]:
+    """Dims that may vary at run time: batch and spatial for bn/in/gn; the leading dims for ln (of the
+    model's input: an NHWC variant's spatial dims are 1..rank-2)."""
+    from .variants import get_variant
+
     if spec.kind in ("ln", "rms"):
         return list(range(len(spec.shape) - spec.normalized_ndim))
+    if get_variant(variant).layout == "nhwc":
+        return list(range(len(spec.shape) - 1))
     return [0] + list(range(2, len(spec.shape)))
 
 
@@ -169,8 +174,80 @@ def _gn_torchscript_symbolic(spec: NormSpec, opset: int):
         torch.onnx.unregister_custom_op_symbolic("::group_norm", opset)
 
 
-def _native_gn(spec: NormSpec, variant: str) -> bool:
-    return spec.kind == "gn" and variant == "native"
+# -- com.microsoft GroupNorm (the `contrib` variants) -----------------------------------------------
+# ORT's contrib GroupNorm (CUDA only) takes NHWC input (channels_last=1) with per-channel gamma/beta and
+# computes the variance in one pass. `contrib` wraps it in Transposes so the model stays NCHW;
+# `contrib-nhwc` models take and give NHWC (its module permutes, and the Transposes cancel).
+
+def _contrib_schema():
+    """com.microsoft GroupNorm's signature (ORT's contrib_defs), which onnx does not register: onnxscript
+    needs a schema to emit a call."""
+    from onnx.defs import OpSchema
+
+    floats = ["tensor(float16)", "tensor(float)"]
+    return OpSchema(
+        "GroupNorm", "com.microsoft", 1,
+        inputs=[OpSchema.FormalParameter("X", "T"), OpSchema.FormalParameter("gamma", "M"),
+                OpSchema.FormalParameter("beta", "M")],
+        outputs=[OpSchema.FormalParameter("Y", "T")],
+        type_constraints=[("T", floats, ""), ("M", floats, "")],
+        attributes=[OpSchema.Attribute(name, kind, "") for name, kind in (
+            ("groups", OpSchema.AttrType.INT), ("epsilon", OpSchema.AttrType.FLOAT),
+            ("activation", OpSchema.AttrType.INT), ("channels_last", OpSchema.AttrType.INT))])
+
+
+def _gn_contrib_dynamo_translation(spec: NormSpec, opset: int):
+    import onnxscript
+    import torch
+
+    op = getattr(onnxscript, f"opset{min(max(opset, 18), 23)}", onnxscript.opset18)
+    group_norm_op = onnxscript.values.Op(onnxscript.values.Opset("com.microsoft", 1), "GroupNorm", _contrib_schema())
+    c = spec.channels
+
+    def group_norm(input, num_groups: int, weight=None, bias=None, eps: float = 1e-5, cudnn_enabled: bool = True):
+        ones = op.Expand(op.CastLike(op.Constant(value_float=1.0), input), op.Constant(value_ints=[c]))
+        zeros = op.Expand(op.CastLike(op.Constant(value_float=0.0), input), op.Constant(value_ints=[c]))
+        x = op.Transpose(input, perm=[0, 2, 3, 1])
+        y = group_norm_op(x, ones if weight is None else weight, zeros if bias is None else bias, groups=num_groups,
+                           epsilon=eps, activation=0, channels_last=1)
+        return op.Transpose(y, perm=[0, 3, 1, 2])
+
+    return {torch.ops.aten.group_norm.default: group_norm}
+
+
+@contextlib.contextmanager
+def _gn_contrib_torchscript_symbolic(spec: NormSpec, opset: int):
+    import torch
+    from torch.onnx import symbolic_helper as sh
+
+    dt = DTYPES[spec.dtype].torch
+
+    @sh.parse_args("v", "i", "v", "v", "f", "none")
+    def group_norm(gr, input, num_groups, weight, bias, eps, cudnn_enabled):
+        w = gr.op("Constant", value_t=torch.ones(spec.channels, dtype=dt)) if sh._is_none(weight) else weight
+        b = gr.op("Constant", value_t=torch.zeros(spec.channels, dtype=dt)) if sh._is_none(bias) else bias
+        x = gr.op("Transpose", input, perm_i=[0, 2, 3, 1])
+        y = gr.op("com.microsoft::GroupNorm", x, w, b, groups_i=num_groups, epsilon_f=eps, activation_i=0,
+                  channels_last_i=1)
+        return gr.op("Transpose", y, perm_i=[0, 3, 1, 2])
+
+    torch.onnx.register_custom_op_symbolic("::group_norm", group_norm, opset)
+    try:
+        yield
+    finally:
+        torch.onnx.unregister_custom_op_symbolic("::group_norm", opset)
+
+
+def _gn_hooks(spec: NormSpec, variant: str):
+    """(dynamo translation table factory, TorchScript symbolic context factory) for the GN variants
+    that write GroupNorm ops torch does not (GroupNormalization-18/21, com.microsoft GroupNorm)."""
+    if spec.kind != "gn":
+        return None
+    if variant == "native":
+        return _gn_dynamo_translation, _gn_torchscript_symbolic
+    if variant.startswith("contrib"):
+        return _gn_contrib_dynamo_translation, _gn_contrib_torchscript_symbolic
+    return None
 
 
 def _run_dynamo(module, example, path: Path, opset: int, spec: NormSpec, variant: str, dynamic: bool) -> None:
@@ -178,9 +255,10 @@ def _run_dynamo(module, example, path: Path, opset: int, spec: NormSpec, variant
 
     kwargs = {}
     if dynamic:
-        kwargs["dynamic_shapes"] = ({d: torch.export.Dim.DYNAMIC for d in _dynamic_dims(spec)},)
-    if _native_gn(spec, variant):
-        kwargs["custom_translation_table"] = _gn_dynamo_translation(spec, opset)
+        kwargs["dynamic_shapes"] = ({d: torch.export.Dim.DYNAMIC for d in _dynamic_dims(spec, variant)},)
+    hooks = _gn_hooks(spec, variant)
+    if hooks:
+        kwargs["custom_translation_table"] = hooks[0](spec, opset)
     torch.onnx.export(module, (example,), str(path), opset_version=opset, dynamo=True, external_data=False,
                       input_names=["x"], output_names=["y"], verbose=False, **kwargs)
 
@@ -190,9 +268,12 @@ def _run_torchscript(module, example, path: Path, opset: int, spec: NormSpec, va
 
     kwargs = {}
     if dynamic:
-        dims = {d: f"d{d}" for d in _dynamic_dims(spec)}
+        dims = {d: f"d{d}" for d in _dynamic_dims(spec, variant)}
         kwargs["dynamic_axes"] = {"x": dims, "y": dims}
-    ctx = _gn_torchscript_symbolic(spec, opset) if _native_gn(spec, variant) else contextlib.nullcontext()
+    hooks = _gn_hooks(spec, variant)
+    ctx = hooks[1](spec, opset) if hooks else contextlib.nullcontext()
+    if variant.startswith("contrib"):
+        kwargs["custom_opsets"] = {"com.microsoft": 1}
     with ctx:
         torch.onnx.export(module, (example,), str(path), opset_version=opset, dynamo=False,
                           input_names=["x"], output_names=["y"], do_constant_folding=True, **kwargs)

@@ -75,6 +75,9 @@ def bench_text(report) -> str:
         if r.error:
             rows.append([r.form, r.provider, None, None, None, None, None, None, "ERROR", r.error[:80]])
             continue
+        if r.unsupported:
+            rows.append([r.form, r.provider, None, None, None, None, "n/a", None, "", r.unsupported[:100]])
+            continue
         check = {True: "pass", False: "FAIL", None: "-"}[r.passed]
         note = r.implausible or (r.unstable_reason if r.stable is False else "") or \
             ("" if r.passed is not False else (r.validation or ""))

@@ -22,7 +22,7 @@ from .results import (META, RESULTS, FolderLock, ResultsWriter, atomic_write, ma
                       read_results, versions_diff)
 from .spec import NormSpec
 from .tables import ALL_KINDS, DTYPES, KINDS, kind_order
-from .variants import REGISTRY as VARIANTS
+from .variants import REGISTRY as VARIANTS, usable_variants
 
 DEFAULT_OPSETS = (13, 17, 18, 21, 23)
 
@@ -111,6 +111,9 @@ def run_case(case: Case, inputs: list[str] | None = None, cache_dir: str | None 
     rec = {"case_id": case.id, **asdict(case), "spec_id": case.spec.id, "versions": versions()}
     try:
         check_request(case.spec, case.variant, case.opset, case.exporter)
+        why = VARIANTS[case.variant].unsupported_on(case.provider)
+        if why:
+            raise BadInput(why)
     except BadInput as e:
         return make_record("case", **rec, status="unsupported", reason=str(e), duration_s=0.0)
     cache = None
@@ -165,8 +168,8 @@ def run_bench_group(norm: str, dtype: str, provider: str, opset: int, min_time: 
            "opset": opset, "versions": versions()}
     try:
         spec = bench_spec(norm, dtype)
-        variants = [v for v in VARIANTS if norm in VARIANTS[v].min_opset and VARIANTS[v].min_opset[norm] <= opset]
-        rep = benchmark(spec, variants, [provider], opset=opset, min_time=min_time, warmup=2, rounds=9)
+        rep = benchmark(spec, usable_variants(spec, opset), [provider], opset=opset, min_time=min_time, warmup=2,
+                        rounds=9)
         return make_record("bench", **rec, status="timed", spec_id=spec.id, machine=rep.machine,
                            records=[r.to_dict() for r in rep.records])
     except Exception as e:

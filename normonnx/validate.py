@@ -186,13 +186,20 @@ def resolve_source(spec: NormSpec | None, model: str | Path | None, *, variant: 
 
         _, graph_spec, params = params_from_model(m)
         spec, variant, exp = spec or graph_spec, "native", None
-    dynamic = _check_input(m, spec, path)
+    dynamic = _check_input(m, spec, path, _variant_or_native(variant).model_shape(spec.shape))
     return Source(spec, params, variant, exp or "unknown", opset_of(m), None, path, f"{spec.id}-{path.stem}",
                   str(path), dynamic, False, model_facts(m)["ops"], preopened)
 
 
-def _check_input(model, spec: NormSpec, path) -> bool:
-    """Raise BadInput if the model's input cannot take the spec's shape and dtype; return whether it is dynamic."""
+def _variant_or_native(name: str):
+    from .variants import REGISTRY
+
+    return REGISTRY.get(name) or REGISTRY["native"]
+
+
+def _check_input(model, spec: NormSpec, path, shape: tuple[int, ...]) -> bool:
+    """Raise BadInput if the model's input cannot take `shape` (the spec's, in the variant's layout) and
+    the spec's dtype; return whether it is dynamic."""
     if len(model.graph.input) != 1:
         raise BadInput(f"{path} has {len(model.graph.input)} graph inputs; a norm model takes exactly one")
     tt = model.graph.input[0].type.tensor_type
@@ -201,11 +208,11 @@ def _check_input(model, spec: NormSpec, path) -> bool:
         raise BadInput(f"{path} takes {dt or 'an unknown type'} input but the spec says {spec.dtype}"
                        + ("" if dt in DTYPES else f": normonnx checks {', '.join(DTYPES)} norms"))
     dims = tt.shape.dim
-    if len(dims) != len(spec.shape):
+    if len(dims) != len(shape):
         raise BadInput(f"{path} takes a rank-{len(dims)} input but the spec's shape "
-                       f"{'x'.join(map(str, spec.shape))} has rank {len(spec.shape)}")
+                       f"{'x'.join(map(str, shape))} has rank {len(shape)}")
     dynamic = False
-    for i, (d, want) in enumerate(zip(dims, spec.shape)):
+    for i, (d, want) in enumerate(zip(dims, shape)):
         if d.HasField("dim_value"):
             if d.dim_value != want:
                 raise BadInput(f"{path} input dim {i} is {d.dim_value} but the spec's shape has {want}")
@@ -242,6 +249,7 @@ class SuiteRunner:
         self.src, self.active, self.config, self.info, self.seed = src, active, config, info, seed
         self.do_export, self.work, self.save_inputs = do_export, work, save_inputs
         self.sessions: dict[str, dict[str, Session | Exception]] = {}
+        self.variant = _variant_or_native(src.variant)
 
     def sessions_for(self, spec: NormSpec, model_path: Path) -> dict:
         key = str(model_path)
@@ -253,6 +261,8 @@ class SuiteRunner:
                     .to(DTYPES[spec.dtype].torch)
             opened: dict = {}
             for n in self.active:
+                if self.variant.unsupported_on(n):
+                    continue  # reported per sample as skipped, with why
                 if model_path == src.path and n in src.preopened:
                     opened[n] = src.preopened[n]
                     continue
@@ -280,22 +290,50 @@ class SuiteRunner:
         src, info = self.src, self.info
         s_spec, s_path, s_params = src.spec, src.path, src.params
         if suite.derive_spec is not None:
-            s_spec = suite.derive_spec(src.spec)
-            refused = _torch_refuses(s_spec, src.variant)
-            if refused:
-                return [info.result("*", suite.name, "skipped", reason=f"PyTorch itself refuses shape "
-                                    f"{'x'.join(map(str, s_spec.shape))}: {refused}")]
+            got = self._export_for(suite.name, suite.derive_spec(src.spec))
+            if isinstance(got, Result):
+                return [got]
+            s_spec, s_path, s_params = got
+        out = self._run_samples(suite, s_spec, s_path, s_params, "")
+        big = suites_mod.large_spec(s_spec) if suite.large else None
+        if big is not None:
+            # the same suite at a realistic normalization-set size (see inputs.large_spec)
+            label = f"{suite.name}-large"
+            if not src.can_reexport:
+                out.append(info.result("*", label, "skipped", reason="the large-size run needs its own export; not "
+                                                                      "available for a given model file"))
+            else:
+                got = self._export_for(label, big)
+                out += [got] if isinstance(got, Result) else self._run_samples(suite, *got, "-large")
+        return out
+
+    def _export_for(self, label: str, s_spec: NormSpec):
+        """(spec, model path, params) for a suite that runs at its own shape, or the Result saying why not;
+        one export per shape (constant, offset and wide share the large one)."""
+        info, src = self.info, self.src
+        refused = _torch_refuses(s_spec, src.variant)
+        if refused:
+            return info.result("*", label, "skipped", reason=f"PyTorch itself refuses shape "
+                                                             f"{'x'.join(map(str, s_spec.shape))}: {refused}")
+        memo = self.__dict__.setdefault("_exports", {})
+        if s_spec.id not in memo:
             try:
-                s_path = self.do_export(s_spec, self.work / f"{suite.name}.onnx")
+                memo[s_spec.id] = self.do_export(s_spec, self.work / f"{label}-{s_spec.id}.onnx")
             except Exception as e:
-                return [info.result("*", suite.name, "error", False, error=f"export for {suite.name} failed: {e}")]
-            s_params = make_params(s_spec)
+                memo[s_spec.id] = e
+        got = memo[s_spec.id]
+        if isinstance(got, Exception):
+            return info.result("*", label, "error", False, error=f"export for {label} failed: {got}")
+        return s_spec, got, make_params(s_spec)
+
+    def _run_samples(self, suite, s_spec: NormSpec, s_path: Path, s_params: dict, tag: str) -> list[Result]:
+        src, info = self.src, self.info
         sess = self.sessions_for(s_spec, s_path)
         # the oracle takes the parameters as the model stores them: rounded to its dtype
         mparams = params_as(params_as(s_params, numpy_dtype(src.spec.dtype)), np.float32)
         out = []
         for sample in suites_mod.samples(suite, s_spec, self.seed):
-            label = f"{suite.name}:{sample.name}"
+            label = f"{suite.name}:{sample.name}{tag}"
             ref = reference(s_spec, mparams, sample.x)
             mag, std = normalized_stats(s_spec, mparams, sample.x)
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -304,17 +342,17 @@ class SuiteRunner:
             outputs: dict[str, np.ndarray] = {}
             torch_out = None
             for n in sorted(self.active, key=lambda r: RUNTIMES[r].kind != "torch"):  # torch first
-                se = sess[n]
-                cannot = RUNTIMES[n].unsupported_dtypes.get(src.spec.dtype)
+                cannot = RUNTIMES[n].unsupported_dtypes.get(src.spec.dtype) or self.variant.unsupported_on(n)
                 if cannot:
                     out.append(info.result(n, label, "skipped", reason=cannot))
                     continue
+                se = sess[n]
                 if isinstance(se, Exception):
                     out.append(info.result(n, label, "error", error=str(se)))
                     continue
                 try:
                     with np.errstate(all="ignore"):
-                        y = se.run(sample.x)
+                        y = self.variant.from_model(se.run(self.variant.to_model(sample.x)))
                 except Exception as e:
                     out.append(info.result(n, label, "error", error=f"{n} failed to run: {first_line(e)}"))
                     continue
@@ -325,7 +363,7 @@ class SuiteRunner:
                 out.append(info.result(n, label, "pass" if c.passed else "fail", c.passed, comparison=c,
                                        vs_torch=_vs_torch(torch_out, y) if RUNTIMES[n].kind != "torch" else None))
             if self.save_inputs is not None:
-                np.savez(self.save_inputs / f"{info.case_id}-{sample.name}.npz",
+                np.savez(self.save_inputs / f"{info.case_id}-{sample.name}{tag}.npz",
                          x=sample.x.astype(np.float32) if src.spec.dtype == "bfloat16" else sample.x, oracle=ref,
                          **{f"out_{k.replace('-', '_')}": np.asarray(v) for k, v in outputs.items()})
         return out
@@ -354,10 +392,11 @@ def _torch_refuses(spec: NormSpec, variant: str) -> str | None:
     """Why the source module cannot run a spec's shape in eager mode (e.g. InstanceNorm on 1x1), or None."""
     import torch
 
-    module = get_variant(variant).build(spec, make_params(spec))
+    v = get_variant(variant)
+    module = v.build(spec, make_params(spec))
     try:
         with torch.inference_mode():
-            module(torch.zeros(spec.shape))
+            module(torch.zeros(v.model_shape(spec.shape)))
     except Exception as e:
         return f"{type(e).__name__}: {first_line(e)}"
     return None
@@ -395,10 +434,14 @@ def runtime_facts(runner: SuiteRunner, seed: int) -> dict:
             if n == "cuda":
                 try:
                     x = suites_mod.samples(suites_mod.REGISTRY["normal"], src.spec, seed)[0].x
-                    f["placement"] = placement(se, x)
+                    f["placement"] = placement(se, runner.variant.to_model(x))
                 except Exception as e:  # profiling is a nicety; never fail validation on it
                     f["placement"] = f"unavailable: {first_line(e)}"
         facts[n] = f
+    for n in runner.active:
+        why = runner.variant.unsupported_on(n)
+        if why:
+            facts[n] = {"unsupported": why}
     return facts
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 
+import numpy as np
+
 from .errors import BadInput
 from .registry import Registry
 from .spec import NormSpec
@@ -27,12 +29,40 @@ class Variant:
     build: Callable[[NormSpec, dict], "nn.Module"] = field(repr=False, compare=False)
     expect: Callable[[NormSpec, int, set[str]], str | None] = field(repr=False, compare=False)
     emits: Callable[[str, int], str] = field(repr=False, compare=False)  # norm, opset -> ops, for docs
+    refuses: Callable[[NormSpec], str | None] = field(default=lambda spec: None, repr=False, compare=False)
+    # the ORT providers with a kernel for every op it writes (None: all); elsewhere "unsupported", with why
+    providers: tuple[str, ...] | None = None
+    providers_why: str = ""
+    layout: str = "nchw"  # "nhwc": the model takes and gives channels-last tensors (the spec's shape stays NCHW)
+
+    def unsupported_on(self, runtime: str) -> str | None:
+        """Why this variant's graph cannot run on a normonnx runtime ('cpu', 'cuda', 'reference', ...)."""
+        if self.providers is None or runtime in self.providers:
+            return None
+        return f"variant {self.name!r} does not run on {runtime}: {self.providers_why}"
+
+    def model_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(shape[i] for i in TO_NHWC) if self.layout == "nhwc" else tuple(shape)
+
+    def to_model(self, x):
+        """An NCHW array (numpy or torch) as the model takes it."""
+        if self.layout != "nhwc":
+            return x
+        return x.permute(*TO_NHWC).contiguous() if hasattr(x, "permute") else np.ascontiguousarray(x.transpose(TO_NHWC))
+
+    def from_model(self, y):
+        if self.layout != "nhwc":
+            return y
+        return y.permute(*TO_NCHW) if hasattr(y, "permute") else np.asarray(y).transpose(TO_NCHW)
 
     def check(self, spec: NormSpec, opset: int) -> None:
         """Raise BadInput, saying what would be valid, if this variant cannot express spec at opset."""
         if spec.kind not in self.min_opset:
             ok = ", ".join(sorted(self.min_opset))
             raise BadInput(f"variant {self.name!r} does not support {spec.kind}: it supports {ok}")
+        why = self.refuses(spec)
+        if why:
+            raise BadInput(f"variant {self.name!r} cannot express {spec.id}: {why}")
         lo = self.min_opset[spec.kind]
         if opset < lo:
             raise BadInput(
@@ -41,6 +71,7 @@ class Variant:
             )
 
 
+TO_NHWC, TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
 REGISTRY: Registry[Variant] = Registry("variant")
 register = REGISTRY.register
 get_variant = REGISTRY.lookup
@@ -48,6 +79,18 @@ get_variant = REGISTRY.lookup
 
 def variants_for(kind: str) -> list[str]:
     return [n for n, v in REGISTRY.items() if kind in v.min_opset]
+
+
+def usable_variants(spec: NormSpec, opset: int) -> list[str]:
+    """The variants that can express `spec` at `opset` (what bench and a sweep's timing run by default)."""
+    out = []
+    for n in variants_for(spec.kind):
+        try:
+            REGISTRY[n].check(spec, opset)
+            out.append(n)
+        except BadInput:
+            pass
+    return out
 
 
 # -- native --------------------------------------------------------------------------------------
@@ -86,7 +129,7 @@ register(Variant(
 
 
 # -- decomposed ----------------------------------------------------------------------------------
-def _build_decomposed(spec: NormSpec, params: dict) -> "nn.Module":
+def _build_decomposed(spec: NormSpec, params: dict, fp32: bool = False) -> "nn.Module":
     from normonnx import models
     from normonnx.models.native import load_params
 
@@ -94,13 +137,13 @@ def _build_decomposed(spec: NormSpec, params: dict) -> "nn.Module":
     if k == "bn":
         m = models.DecomposedBatchNorm(spec.channels, spec.eps, spec.affine)
     elif k == "ln":
-        m = models.DecomposedLayerNorm(spec.normalized_shape, spec.eps, spec.affine, spec.bias)
+        m = models.DecomposedLayerNorm(spec.normalized_shape, spec.eps, spec.affine, spec.bias, fp32=fp32)
     elif k == "rms":
-        m = models.DecomposedRMSNorm(spec.normalized_shape, spec.eps, spec.affine)
+        m = models.DecomposedRMSNorm(spec.normalized_shape, spec.eps, spec.affine, fp32=fp32)
     elif k == "in":
-        m = models.DecomposedInstanceNorm(spec.channels, spec.eps, spec.affine, spec.track_running_stats)
+        m = models.DecomposedInstanceNorm(spec.channels, spec.eps, spec.affine, spec.track_running_stats, fp32=fp32)
     else:
-        m = models.DecomposedGroupNorm(spec.groups, spec.channels, spec.eps, spec.affine)
+        m = models.DecomposedGroupNorm(spec.groups, spec.channels, spec.eps, spec.affine, fp32=fp32)
     return load_params(m, params).eval()
 
 
@@ -124,11 +167,12 @@ register(Variant(
 
 
 # -- instance-trick (GN only) --------------------------------------------------------------------
-def _build_instance_trick(spec: NormSpec, params: dict) -> "nn.Module":
+def _build_instance_trick(spec: NormSpec, params: dict, fp32: bool = False) -> "nn.Module":
     from normonnx.models import InstanceTrickGroupNorm
     from normonnx.models.native import load_params
 
-    return load_params(InstanceTrickGroupNorm(spec.groups, spec.channels, spec.eps, spec.affine), params).eval()
+    return load_params(InstanceTrickGroupNorm(spec.groups, spec.channels, spec.eps, spec.affine, fp32=fp32),
+                       params).eval()
 
 
 def _expect_instance_trick(spec: NormSpec, opset: int, ops: set[str]) -> str | None:
@@ -145,4 +189,116 @@ register(Variant(
     min_opset={"gn": 11},
     build=_build_instance_trick, expect=_expect_instance_trick,
     emits=lambda kind, opset: "Reshape/InstanceNormalization/Reshape/Mul/Add",
+))
+
+
+# -- layernorm-trick (GN, IN) ----------------------------------------------------------------------
+def _build_layernorm_trick(spec: NormSpec, params: dict) -> "nn.Module":
+    from normonnx.models import LayerNormTrick
+    from normonnx.models.native import load_params
+
+    sets = spec.groups if spec.kind == "gn" else spec.channels
+    return load_params(LayerNormTrick(sets, spec.channels, spec.eps, spec.affine), params).eval()
+
+
+def _expect_layernorm_trick(spec: NormSpec, opset: int, ops: set[str]) -> str | None:
+    if "LayerNormalization" not in ops or ops & {"GroupNormalization", "InstanceNormalization"}:
+        return f"a layernorm-trick graph must hold LayerNormalization and no Group/InstanceNormalization; found " \
+               f"{', '.join(sorted(ops))}"
+    return None
+
+
+register(Variant(
+    name="layernorm-trick",
+    description="GroupNorm/InstanceNorm as Reshape(N, G or C, -1) -> LayerNormalization (float32 statistics, exact on "
+                "zero-variance rows in ORT) -> Reshape -> Mul -> Add",
+    min_opset={"gn": 17, "in": 17},
+    build=_build_layernorm_trick, expect=_expect_layernorm_trick,
+    emits=lambda kind, opset: "Reshape/LayerNormalization/Reshape/Mul/Add",
+    refuses=lambda spec: "InstanceNorm with running statistics normalizes like BatchNorm: no per-row statistics"
+    if spec.kind == "in" and spec.track_running_stats else None,
+))
+
+
+# -- float32 statistics for float16 graphs ---------------------------------------------------------
+def _fp32_only_for_low_precision(spec: NormSpec) -> str | None:
+    if spec.dtype == "float32":
+        return "float32 statistics are what float32 graphs compute already: use the variant without -fp32acc"
+    if spec.kind == "in" and spec.track_running_stats:
+        return "InstanceNorm with running statistics computes no statistics"
+    return None
+
+
+def _expect_fp32acc(base: Callable) -> Callable:
+    def expect(spec: NormSpec, opset: int, ops: set[str]) -> str | None:
+        return base(spec, opset, ops) or (None if "Cast" in ops else "expected Casts to float32 around the statistics")
+
+    return expect
+
+
+register(Variant(
+    name="decomposed-fp32acc",
+    description="decomposed, with Casts to float32 around the statistics (float16/bfloat16 specs): x*x never lives in "
+                "float16",
+    min_opset={"ln": 11, "in": 11, "gn": 11, "rms": 11},
+    build=lambda spec, params: _build_decomposed(spec, params, fp32=True),
+    expect=_expect_fp32acc(_expect_decomposed),
+    emits=lambda kind, opset: "Cast -> ReduceMean/Sub/Mul/Sqrt/Div -> Cast" + (" + Reshape" if kind == "gn" else ""),
+    refuses=_fp32_only_for_low_precision,
+))
+register(Variant(
+    name="instance-trick-fp32acc",
+    description="instance-trick with InstanceNormalization in float32 between Casts (float16/bfloat16 specs)",
+    min_opset={"gn": 11},
+    build=lambda spec, params: _build_instance_trick(spec, params, fp32=True),
+    expect=_expect_fp32acc(_expect_instance_trick),
+    emits=lambda kind, opset: "Reshape/Cast/InstanceNormalization/Cast/Reshape/Mul/Add",
+    refuses=_fp32_only_for_low_precision,
+))
+
+
+# -- contrib (GN): ONNX Runtime's com.microsoft GroupNorm --------------------------------------------
+CONTRIB_RUNTIMES = ("cuda", "torch", "torch-cuda")
+CONTRIB_WHY = "ONNX Runtime has com.microsoft GroupNorm kernels only in its CUDA (and ROCm/DirectML) providers"
+
+
+def _contrib_refuses(spec: NormSpec) -> str | None:
+    if len(spec.shape) != 4:
+        return "com.microsoft GroupNorm takes 4-D (N, H, W, C) input only"
+    if spec.dtype not in ("float32", "float16"):
+        return "com.microsoft GroupNorm takes float32 or float16"
+    return None
+
+
+def _expect_contrib(spec: NormSpec, opset: int, ops: set[str]) -> str | None:
+    if "com.microsoft.GroupNorm" not in ops:
+        return f"expected com.microsoft GroupNorm in the graph, found {', '.join(sorted(ops))}"
+    return None
+
+
+register(Variant(
+    name="contrib",
+    description="ONNX Runtime's com.microsoft GroupNorm (channels_last, one-pass variance: fast on CUDA, wrong at large "
+                "offsets) between Transposes, so the model stays NCHW; CUDA only",
+    min_opset={"gn": 11},
+    build=_build_native, expect=_expect_contrib,
+    emits=lambda kind, opset: "Transpose/com.microsoft.GroupNorm/Transpose",
+    refuses=_contrib_refuses, providers=CONTRIB_RUNTIMES, providers_why=CONTRIB_WHY,
+))
+
+
+def _build_channels_last(spec: NormSpec, params: dict) -> "nn.Module":
+    from normonnx.models import ChannelsLast
+
+    return ChannelsLast(_build_native(spec, params)).eval()
+
+
+register(Variant(
+    name="contrib-nhwc",
+    description="com.microsoft GroupNorm on channels-last tensors: the model takes and gives NHWC (for models that "
+                "keep activations channels-last; no Transposes); CUDA only",
+    min_opset={"gn": 11},
+    build=_build_channels_last, expect=_expect_contrib,
+    emits=lambda kind, opset: "com.microsoft.GroupNorm (NHWC in and out)",
+    refuses=_contrib_refuses, providers=CONTRIB_RUNTIMES, providers_why=CONTRIB_WHY, layout="nhwc",
 ))

@@ -15,14 +15,25 @@ def report():
 
 def test_records_cover_baselines_and_every_variant(report):
     forms = [r.form for r in report.records]
-    assert forms == ["copy", "torch", "native", "decomposed", "instance-trick"]
+    assert forms == ["copy", "torch", "native", "decomposed", "instance-trick", "layernorm-trick", "contrib",
+                     "contrib-nhwc"]
     assert all(isinstance(r, BenchRecord) and r.error is None for r in report.records)
+
+
+def test_a_variant_without_a_cpu_kernel_is_unsupported_with_why_not_timed(report):
+    contrib = [r for r in report.records if r.form.startswith("contrib")]
+    assert contrib and all("CUDA" in r.unsupported and r.p50_ms is None and r.error is None for r in contrib)
+    assert all(r.unsupported is None for r in report.records if not r.form.startswith("contrib"))
+
+
+def _timed(report):
+    return [r for r in report.records if r.unsupported is None]
 
 
 def test_ratios_come_from_the_same_run(report):
     by = {r.form: r for r in report.records}
     assert by["copy"].x_copy == 1.0 and by["torch"].x_torch == 1.0
-    for r in report.records:
+    for r in _timed(report):
         assert r.ci_low <= r.x_copy <= r.ci_high and r.x_torch_ci_low <= r.x_torch <= r.x_torch_ci_high
         assert r.rounds == 5 and r.batch >= 1 and r.stable in (True, False)
         assert r.min_ms <= r.p50_ms <= r.p90_ms <= r.p99_ms <= r.max_ms
@@ -31,12 +42,12 @@ def test_ratios_come_from_the_same_run(report):
     import numpy as np
 
     moved = 2 * np.zeros((2, 8, 16, 16), np.float32).nbytes
-    for r in report.records:
+    for r in _timed(report):
         assert r.gbps * 1e9 * r.p50_ms / 1e3 == pytest.approx(moved)
 
 
 def test_variants_use_iobinding_on_the_requested_provider(report):
-    for r in report.records:
+    for r in _timed(report):
         if r.form in ("copy", "torch"):
             assert not r.io_binding and r.ort_provider is None
         else:

@@ -16,7 +16,7 @@ from normonnx.graph import metadata
 from normonnx.params import make_params, params_as
 from normonnx.reference import reference
 from normonnx.spec import numpy_dtype
-from normonnx.variants import variants_for
+from normonnx.variants import get_variant, variants_for
 
 OPSETS = (13, 15, 17, 18, 21, 23)
 DTYPES = ("float32", "float16")
@@ -55,8 +55,8 @@ def _expected(spec, variant, opset, exporter) -> str:
 def test_export_matrix_runs_on_ort_cpu_and_matches_oracle(spec, variant, opset, exporter, tmp_path):
     expected = _expected(spec, variant, opset, exporter)
     out = tmp_path / "m.onnx"
-    if expected == "unsupported":
-        with pytest.raises(BadInput, match="opset"):
+    if expected == "unsupported":  # refused before exporting: an opset below the variant's, or a spec it cannot express
+        with pytest.raises(BadInput, match="opset|cannot express"):
             export_report(spec, variant, opset, exporter, output=out)
         return
     try:
@@ -73,6 +73,12 @@ def test_export_matrix_runs_on_ort_cpu_and_matches_oracle(spec, variant, opset, 
     assert NormSpec.from_dict(json.loads(meta["spec"])) == spec
     assert (meta["variant"], meta["exporter"], meta["opset_requested"]) == (variant, exporter, str(opset))
     assert {"torch", "onnx", "onnxscript", "normonnx"} <= set(json.loads(meta["versions"]))
+    v = get_variant(variant)
+    if v.unsupported_on("cpu"):  # com.microsoft GroupNorm: CUDA only; here its graph and input layout are checked
+        assert "com.microsoft.GroupNorm" in rep.ops and "CUDA" in v.unsupported_on("cpu")
+        dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+        assert tuple(dims) == v.model_shape(spec.shape)
+        return
     x = np.random.default_rng(1).standard_normal(spec.shape).astype(numpy_dtype(spec.dtype))
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     y = sess.run(None, {"x": x})[0]
@@ -146,3 +152,84 @@ def test_allow_mismatch_keeps_and_labels_the_file(tmp_path):
         pytest.skip("this torch converted down to 13 by itself")
     assert rep.opset == 18 and "declares opset 18" in rep.mismatch
     assert "mismatch" in metadata(onnx.load(str(rep.path)))
+
+
+def _elem_types(model) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    return {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *inferred.graph.input,
+                                                           *inferred.graph.output)}
+
+
+@pytest.mark.parametrize("kind, variant, op", [("ln", "decomposed-fp32acc", "ReduceMean"),
+                                               ("gn", "decomposed-fp32acc", "ReduceMean"),
+                                               ("rms", "decomposed-fp32acc", "ReduceMean"),
+                                               ("gn", "instance-trick-fp32acc", "InstanceNormalization")])
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_fp32_accumulation_is_casts_around_the_statistics(kind, variant, op, exporter, tmp_path):
+    """A float16 model in and out, and every reduction (or InstanceNormalization) reading float32."""
+    spec = SPEC_BY_KIND[kind].replace(dtype="float16")
+    model = onnx.load(str(export_report(spec, variant, 18, exporter, output=tmp_path / "m.onnx").path))
+    types = _elem_types(model)
+    f16, f32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    assert types[model.graph.input[0].name] == f16 and types[model.graph.output[0].name] == f16
+    stats = [n for n in model.graph.node if n.op_type == op]
+    assert stats and all(types[n.input[0]] == f32 for n in stats), [(n.name, types[n.input[0]]) for n in stats]
+    assert any(n.op_type == "Cast" for n in model.graph.node)
+    plain = onnx.load(str(export_report(spec, variant.removesuffix("-fp32acc"), 18, exporter,
+                                        output=tmp_path / "p.onnx").path))
+    ptypes = _elem_types(plain)
+    assert all(ptypes[n.input[0]] == f16 for n in plain.graph.node if n.op_type == op)  # the form it fixes
+
+
+def test_fp32_accumulation_is_refused_for_float32_with_why():
+    with pytest.raises(BadInput, match="float32 statistics are what float32 graphs compute already"):
+        export_report(SPEC_BY_KIND["ln"], "decomposed-fp32acc")
+
+
+@pytest.mark.parametrize("kind", ["gn", "in"])
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_layernorm_trick_graph(kind, exporter, tmp_path):
+    model = onnx.load(str(export_report(SPEC_BY_KIND[kind], "layernorm-trick", 18, exporter,
+                                        output=tmp_path / "m.onnx").path))
+    ops = [n.op_type for n in model.graph.node if n.op_type != "Constant"]
+    assert ops.count("LayerNormalization") == 1 and ops.count("Reshape") == 2
+    assert not {"InstanceNormalization", "GroupNormalization"} & set(ops)
+    ln = next(n for n in model.graph.node if n.op_type == "LayerNormalization")
+    assert {a.name: a.i for a in ln.attribute if a.name == "axis"}["axis"] in (-1, 2)
+
+
+def test_layernorm_trick_dynamic_builds_its_scale_at_run_time(tmp_path):
+    """Exported with symbolic dims, the LayerNormalization's scale is expanded to the row length at run time."""
+    spec = SPEC_BY_KIND["gn"]
+    rep = export_report(spec, "layernorm-trick", 18, "dynamo", dynamic=True, output=tmp_path / "d.onnx")
+    x = np.random.default_rng(3).standard_normal((3, 8, 5, 7)).astype(np.float32)
+    y = ort.InferenceSession(str(rep.path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    ref = reference(spec, make_params(spec), x)
+    assert compare(y, ref, "float32", tolerance_for("float32")).passed
+
+
+def test_layernorm_trick_refuses_instance_norm_with_running_stats():
+    with pytest.raises(BadInput, match="running statistics"):
+        export_report(NormSpec.make("in", track_running_stats=True), "layernorm-trick", 18)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_contrib_graphs(exporter, tmp_path):
+    """contrib: Transpose -> com.microsoft GroupNorm(channels_last=1) -> Transpose, NCHW in and out;
+    contrib-nhwc: the op alone on NHWC tensors (the module's permutes cancel the op's Transposes)."""
+    spec = SPEC_BY_KIND["gn"]
+    nchw = onnx.load(str(export_report(spec, "contrib", 18, exporter, output=tmp_path / "a.onnx").path))
+    gn = next(n for n in nchw.graph.node if n.op_type == "GroupNorm")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in gn.attribute}
+    assert gn.domain == "com.microsoft" and attrs["channels_last"] == 1 and attrs["groups"] == 4
+    assert [n.op_type for n in nchw.graph.node if n.op_type in ("Transpose", "GroupNorm")] == \
+        ["Transpose", "GroupNorm", "Transpose"]
+    if exporter == "dynamo":
+        nhwc = onnx.load(str(export_report(spec, "contrib-nhwc", 18, exporter, output=tmp_path / "b.onnx").path))
+        assert [n.op_type for n in nhwc.graph.node if n.op_type != "Constant"] == ["GroupNorm"]
+        assert [d.dim_value for d in nhwc.graph.input[0].type.tensor_type.shape.dim] == [2, 6, 6, 8]
+
+
+def test_contrib_refuses_what_the_kernel_cannot_take():
+    with pytest.raises(BadInput, match="4-D"):
+        export_report(NormSpec.make("gn", shape="2x8x16", groups=4), "contrib")

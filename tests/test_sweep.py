@@ -19,7 +19,8 @@ def read_results(path):
     assert not bad, [str(b) for b in bad]
     return records
 
-SMALL = Matrix(norms=("ln", "gn"), variants=("native", "instance-trick"), opsets=(17, 21), dtypes=("float32",),
+SMALL = Matrix(norms=("ln", "gn"), variants=("native", "instance-trick", "layernorm-trick"), opsets=(17, 21),
+               dtypes=("float32",),
                providers=("cpu",))
 INPUTS = ["normal", "offset", "constant"]
 
@@ -177,8 +178,10 @@ def test_report_html_is_self_contained_with_matrix_and_images(full, tmp_path):
 
 def test_recommendation_never_picks_a_failing_variant(full):
     recs = {(r["norm"], r["dtype"]): r for r in recommendations(read_results(full / "out" / RESULTS))}
-    assert recs[("gn", "float32")]["recommended"] == "instance-trick"
-    assert "native" in recs[("gn", "float32")]["failing"]
+    # at a realistic group size ORT CPU's InstanceNormalization errs on constant groups: only the
+    # layernorm-trick passes every suite on ORT CPU
+    assert recs[("gn", "float32")]["recommended"] == "layernorm-trick"
+    assert {"native", "instance-trick"} <= set(recs[("gn", "float32")]["failing"])
     assert recs[("ln", "float32")]["recommended"] == "native"
 
 
