@@ -333,18 +333,41 @@ def report(out, output):
 @click.option("--jobs", type=int, default=1, show_default=True, help="Processes validating layers in parallel.")
 @click.option("--no-fusion", is_flag=True,
               help="Skip asking ORT what it fuses in the whole model (its optimizer is the slowest step on huge models).")
+@click.option("--activations", is_flag=True,
+              help="Also run the model and check every norm on the activations it really sees, with a float16 "
+                   "what-if.")
+@click.option("--data", type=click.Path(dir_okay=False), default=None,
+              help="--activations on these inputs: an .npz with one array per graph input (optional leading "
+                   "sample axis); default: seeded inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
-def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, as_json):
-    """Find every normalization layer in MODEL, with its risks; --validate checks each one."""
-    from normonnx.render import scan_text
+def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, activations, data, as_json):
+    """Find every normalization layer in MODEL, with its risks; --validate checks each one on stress
+    inputs, --activations on the model's own activations."""
+    from normonnx.render import activations_text, scan_text
     from normonnx.scan import parse_input_shapes, scan as run_scan
 
+    if data is not None and not activations:
+        raise click.UsageError("--data goes with --activations")
     progress = None if as_json or not do_validate else (
         lambda i, n, f: click.echo(f"  .. validating {i + 1}/{n}: {f.kind} {f.form} at {f.nodes[0]}", err=True))
+    shapes = parse_input_shapes(input_shapes)
     report = run_scan(model, validate=do_validate, runtimes=runtimes, inputs=inputs, progress=progress,
-                      input_shapes=parse_input_shapes(input_shapes), jobs=jobs, check_fusion=not no_fusion)
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else scan_text(report))
-    return report.exit_code
+                      input_shapes=shapes, jobs=jobs, check_fusion=not no_fusion)
+    act = None
+    if activations:
+        from normonnx.scan.activations import check_activations
+
+        act = check_activations(model, data=data, input_shapes=shapes, progress=None if as_json else (
+            lambda i, n, f: click.echo(f"  .. activations {i + 1}/{n}: {f.kind} {f.form} at {f.nodes[0]}", err=True)))
+    if as_json:
+        doc = report.to_dict()
+        if act is not None:
+            doc["activations"] = act.to_dict()
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(scan_text(report) + ("\n\n" + activations_text(act) if act is not None else ""))
+    codes = [report.exit_code] + ([act.exit_code] if act is not None else [])
+    return next((c for c in (ExitCode.CHECK_FAILED, ExitCode.NOT_CHECKED) if c in codes), ExitCode.PASSED)
 
 
 @cli.command()

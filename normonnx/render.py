@@ -206,3 +206,44 @@ def rules_text() -> str:
                  [[r.name, "yes" if r.default else "opt-in", r.matches[:70], r.writes[:70], r.needs]
                   for r in RULES.values()]) + "\n\n" + "\n".join(f"{r.name}: safe because {r.why_safe}"
                                                                    for r in RULES.values())
+
+
+def _what_if_cell(d: dict | None) -> str:
+    if not d:
+        return "-"
+    if d.get("passed") is None:
+        return f"- ({d.get('why') or 'not run'})"[:50]
+    word = "pass" if d["passed"] else "FAIL"
+    return f"{word} {d['max_abs_err']:.2g}" + (f" [{d['rule']}]" if d.get("rule") else "")
+
+
+def activations_text(report) -> str:
+    """Table of a normonnx.scan.activations.ActivationReport: per norm, its captured input's statistics,
+    the model's output against the oracle, and the float16 what-if."""
+    rows = []
+    for lc in report.layers:
+        f, st = lc.norm, lc.stats
+        verdict = {True: "pass", False: "FAIL", None: "-"}[lc.passed]
+        if lc.passed is None:
+            verdict = f"not checked: {lc.why}"[:60]
+        err = lc.error.get("max_abs_err") if lc.error else None
+        rows.append([lc.index, f.nodes[0][:36], f"{f.kind} {f.form}", st.get("max_abs"), st.get("max_offset_over_std"),
+                     st.get("max_x2_over_fp16_max" if f.kind == "rms" else "max_dev2_over_fp16_max"), err, verdict, _what_if_cell(lc.fp16.get("converted")),
+                     _what_if_cell(lc.fp16.get("fp32_statistics"))])
+    head = (f"on the model's activations ({report.source}; {report.samples} samples, {report.runs} model runs, "
+            f"{report.captured_bytes / 1e6:.3g} MB captured, {report.seconds:.3g} s)")
+    body = table(["#", "layer", "norm", "max|x|", "offset/std", "dev^2/fp16 max", "error", "float32 verdict",
+                  "as float16", "float16 + float32 stats [rule]"], rows)
+    bad = [lc for lc in report.layers if lc.passed is False]
+    out = head + "\n\n" + body
+    for lc in bad:
+        out += f"\nFAIL #{lc.index} {lc.norm.nodes[0]}: {lc.error.get('reason')}"
+    out += ("\n\nmax|x|: largest captured input; offset/std: largest |mean|/std over its normalization sets (where "
+            "E[x^2]-E[x]^2 and one-pass kernels break); dev^2/fp16 max: largest squared deviation from the set's mean "
+            "(rms: largest x^2) over float16's largest value (> 1: a float16 variance overflows). As float16: the layer through "
+            "onnxruntime's float16 converter, on onnx.reference (float16 ops in float16, as on a GPU); + float32 stats: "
+            "after normonnx fix's rule.")
+    c = [lc.passed for lc in report.layers]
+    out += (f"\n\n{verdict_word(report.exit_code)}: {c.count(True)} passed, {c.count(False)} failed, "
+            f"{c.count(None)} not checked on the model's activations")
+    return out

@@ -388,3 +388,32 @@ def contrib_groupnorm_nhwc_silu() -> onnx.ModelProto:
     for d in (2, 4, 4, 8):
         m.graph.output[0].type.tensor_type.shape.dim.add().dim_value = d
     return m
+
+
+# -- models for `scan --activations` (issue 15) -----------------------------------------------------
+class MassiveActivationsBlock(nn.Module):
+    """A pre-norm transformer MLP block whose residual stream carries a few huge channels (the "massive
+    activations" real LMs have): the LayerNorm's input deviates by ~600 from its mean."""
+
+    def __init__(self, d: int = 32):
+        super().__init__()
+        self.ln, self.up, self.down = nn.LayerNorm(d), nn.Linear(d, 64), nn.Linear(64, d)
+        massive = torch.zeros(d)
+        massive[3], massive[17] = 600.0, -450.0
+        self.register_buffer("massive", massive)
+
+    def forward(self, x):
+        h = x + self.massive
+        return h + self.down(torch.relu(self.up(self.ln(h))))
+
+
+class ResidualGNBlock(nn.Module):
+    """A UNet ResNet block as diffusers writes it: x + Conv(SiLU(GroupNorm(x))). The GroupNorm sees the
+    block's input, so a common offset on it reaches the norm intact."""
+
+    def __init__(self, c: int = 8, groups: int = 4):
+        super().__init__()
+        self.conv, self.norm = nn.Conv2d(c, c, 3, padding=1), nn.GroupNorm(groups, c)
+
+    def forward(self, x):
+        return x + self.conv(nn.functional.silu(self.norm(x)))

@@ -1,0 +1,395 @@
+"""Every norm of a model checked on the activations the model really feeds it (`scan --activations`).
+
+The model runs once per sample on ORT with every main-graph norm's input and output added as graph
+outputs (fetched a bounded number of bytes at a time). Per norm, on its captured input: the float64
+oracle with the layer's own parameters against the captured output (validate's conditioning-aware
+rule), the statistics that decide the risk (max|x|, common offset relative to the spread of a
+normalization set, the largest squared deviation against float16's range), and a float16 what-if:
+the layer converted with onnxruntime's float16 converter, and that conversion with float32
+statistics (`normonnx fix`'s rules), run on onnx's reference evaluator, which computes float16 ops
+in float16 as a GPU provider does (ORT CPU computes them in float32 and would hide an overflow).
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..errors import BadInput, ExitCode, verdict_code
+from ..graph import Graph, load_model
+from ..tables import DTYPES, dtype_of_onnx
+from .derive import derive_spec
+from .extract import LayerExtractor
+from .patterns import FoundNorm, find_all
+
+FLOAT16_MAX = 65504.0
+MAX_FETCH_BYTES = 1 << 30  # captured tensors fetched per model run: 1 GiB (more layers: more runs)
+
+
+@dataclass
+class LayerCheck:
+    """One norm on its captured activations: stats, the float32 verdict, the float16 what-if."""
+
+    index: int
+    norm: FoundNorm
+    passed: bool | None = None  # the model's own output vs the oracle; None: not checked (why)
+    why: str | None = None
+    stats: dict = field(default_factory=dict)
+    error: dict | None = None  # max_abs_err, worst element, reason
+    fp16: dict = field(default_factory=dict)  # converted / fp32_statistics: {"passed", "why", "rule"}
+
+    def to_dict(self) -> dict:
+        return {"layer": self.norm.nodes[0], "kind": self.norm.kind, "form": self.norm.form, "op": self.norm.op,
+                "dtype": self.norm.dtype, "passed": self.passed, "why": self.why, "stats": self.stats,
+                "error": self.error, "float16": self.fp16}
+
+
+@dataclass
+class ActivationReport:
+    model: str
+    samples: int
+    source: str  # "--data FILE" or "seeded inputs"
+    inputs: dict  # name -> shape of one sample
+    layers: list[LayerCheck]
+    runs: int = 0  # model runs (samples x fetch batches)
+    captured_bytes: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        v = [lf.passed for lf in self.layers]
+        return verdict_code(v.count(True), v.count(False), v.count(None)) if v else ExitCode.PASSED
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "samples": self.samples, "source": self.source, "inputs": self.inputs,
+                "runs": self.runs, "captured_bytes": self.captured_bytes, "seconds": round(self.seconds, 2),
+                "notes": self.notes, "layers": [lf.to_dict() for lf in self.layers], "exit_code": int(self.exit_code)}
+
+
+# -- inputs ------------------------------------------------------------------------------------------
+def _graph_inputs(model: onnx.ModelProto) -> list:
+    inits = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def vocab_sizes(model: onnx.ModelProto) -> dict[str, int]:
+    """Graph inputs used as Gather indices into a constant table (token ids): name -> rows of the table."""
+    g = Graph(model.graph)
+    out = {}
+    names = {i.name for i in _graph_inputs(model)}
+
+    def source(v: str) -> str:  # through the reshapes exporters put between ids and the lookup
+        for _ in range(8):
+            _, n = g.node(v)
+            if n is None or n.op_type not in ("Reshape", "Flatten", "Unsqueeze", "Squeeze", "Cast", "Identity"):
+                return v
+            v = n.input[0]
+        return v
+
+    for n in model.graph.node:
+        if n.op_type == "Gather" and len(n.input) == 2 and source(n.input[1]) in names:
+            table = g.shapes.get(g.origin(n.input[0]))
+            if table and isinstance(table[0], int):
+                name = source(n.input[1])
+                out[name] = min(out.get(name, table[0]), table[0])
+    return out
+
+
+def load_data(path: str | Path, model: onnx.ModelProto) -> tuple[list[dict[str, np.ndarray]], dict]:
+    """--data FILE.npz: one array per graph input, named as the input; an extra leading axis holds
+    several samples. BadInput naming the input and what it expected otherwise."""
+    p = Path(path)
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:
+        raise BadInput(f"--data {p}: not a readable .npz file ({type(e).__name__}); save one with "
+                       "numpy.savez(path, input_name=array, ...)") from None
+    inputs = _graph_inputs(model)
+    want = {i.name: i for i in inputs}
+    extra = sorted(set(arrays) - set(want))
+    if extra:
+        raise BadInput(f"--data {p}: no graph input named {extra[0]!r}; the model's inputs are {', '.join(want)}")
+    missing = [n for n in want if n not in arrays]
+    if missing:
+        raise BadInput(f"--data {p}: no array for graph input {missing[0]!r} (give one per input: {', '.join(want)})")
+    counts = set()
+    for name, vi in want.items():
+        a = arrays[name]
+        tt = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        np_dt = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        if a.ndim == len(dims) + 1:
+            counts.add(a.shape[0])
+        elif a.ndim == len(dims):
+            counts.add(0)
+        else:
+            raise BadInput(f"--data {p}: {name} has rank {a.ndim}; the input takes rank {len(dims)} (or "
+                           f"{len(dims) + 1} with a leading sample axis)")
+        shape = a.shape[1:] if a.ndim == len(dims) + 1 else a.shape
+        for i, (d, got) in enumerate(zip(dims, shape)):
+            if d is not None and d != got:
+                raise BadInput(f"--data {p}: {name} dim {i} is {got}; the model's input has {d} there")
+        if np.dtype(a.dtype).kind != np.dtype(np_dt).kind:
+            raise BadInput(f"--data {p}: {name} is {a.dtype}; the input takes {np.dtype(np_dt)}")
+        arrays[name] = a.astype(np_dt)
+    if len(counts) != 1:
+        raise BadInput(f"--data {p}: every array needs the same sample layout (all with, or all without, a "
+                       "leading sample axis of one length)")
+    n = counts.pop()
+    samples = [{k: v for k, v in arrays.items()}] if n == 0 else [{k: v[s] for k, v in arrays.items()}
+                                                                  for s in range(n)]
+    return samples, {k: list(v.shape) for k, v in samples[0].items()}
+
+
+def seeded_samples(model: onnx.ModelProto, input_shapes: dict | None, seed: int = 0) -> list[dict]:
+    """One sample of seeded inputs (repair.proof.seeded_feeds), token ids drawn in the vocabulary range."""
+    from ..repair.proof import seeded_feeds
+
+    feeds = seeded_feeds(model, input_shapes, seed)
+    rng = np.random.default_rng(seed + 1)
+    for name, vocab in vocab_sizes(model).items():
+        if name in feeds and np.issubdtype(feeds[name].dtype, np.integer):
+            feeds[name] = rng.integers(0, vocab, feeds[name].shape).astype(feeds[name].dtype)
+    return [feeds]
+
+
+# -- the check ---------------------------------------------------------------------------------------
+def _set_axes(spec, x: np.ndarray):
+    """x viewed per normalization set, and the axes each set spans."""
+    if spec.kind in ("ln", "rms"):
+        return x, tuple(range(x.ndim - spec.normalized_ndim, x.ndim))
+    if spec.kind == "gn":
+        return x.reshape(x.shape[0], spec.groups, -1), (2,)
+    if spec.kind == "in":
+        return x, tuple(range(2, x.ndim))
+    return x, (0,) + tuple(range(2, x.ndim))  # bn: running statistics, the batch's spread for context
+
+
+def activation_stats(spec, x: np.ndarray) -> dict:
+    x = np.asarray(x, np.float64)
+    xs, axes = _set_axes(spec, x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = xs.mean(axis=axes, keepdims=True)
+        std = xs.std(axis=axes, keepdims=True)
+        offset = np.abs(mean) / np.maximum(std, 1e-30)
+        dev = np.abs(xs - mean).max() if xs.size else 0.0
+    finite = np.isfinite(x)
+    return {"max_abs": float(np.abs(x[finite]).max()) if finite.any() else None,
+            "max_offset_over_std": float(np.nanmax(offset)) if offset.size else None,
+            "max_abs_deviation": float(dev),
+            "max_x2_over_fp16_max": float(np.abs(x[finite]).max() ** 2 / FLOAT16_MAX) if finite.any() else None,
+            "max_dev2_over_fp16_max": float(dev ** 2 / FLOAT16_MAX)}
+
+
+def _judge(spec, params, x, y, dtype: str) -> tuple[bool, dict]:
+    from ..compare import compare, tolerance_for
+    from ..reference import normalized_stats, reference
+    from ..validate import _scale_broadcast
+
+    ref = reference(spec, params, np.asarray(x, np.float64))
+    mag, std = normalized_stats(spec, params, x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cond = mag / std
+    c = compare(np.asarray(y), ref, dtype, tolerance_for(dtype), cond, _scale_broadcast(spec, params, np.shape(x)))
+    d = c.to_dict()
+    return c.passed, {k: d.get(k) for k in ("max_abs_err", "worst_index", "worst_got", "worst_expected", "reason")}
+
+
+def _fp16_layer(layer_path: Path, out: Path) -> Path:
+    """The layer as onnxruntime's float16 converter writes it (what a float16 deployment would run)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    m = onnx.load(str(layer_path))
+    if m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+        m = convert_float_to_float16(m, keep_io_types=False, disable_shape_infer=True)
+    onnx.save(m, str(out))
+    return out
+
+
+def _run_reference(path: Path, x: np.ndarray) -> np.ndarray:
+    from ..runtimes import SessionConfig, get_runtime
+
+    return get_runtime("reference").open(path, SessionConfig(), None).run(x)
+
+
+def float16_what_if(f: FoundNorm, layer_path: Path, spec, params, xs: list[np.ndarray], work: Path) -> dict:
+    """{converted: {...}, fp32_statistics: {...}}: the layer in float16 (onnxruntime's converter), and
+    that float16 layer with float32 statistics (normonnx fix), on the captured inputs, on onnx's
+    reference evaluator, against the oracle at float16's tolerance."""
+    from ..repair import fix
+
+    out: dict = {}
+    try:
+        conv = _fp16_layer(layer_path, work / f"{layer_path.stem}-fp16.onnx")
+    except Exception as e:
+        return {"converted": {"passed": None, "why": f"the float16 converter failed: {str(e).splitlines()[0][:120]}"}}
+    spec16 = spec.replace(dtype="float16")
+    for key, path, rule in (("converted", conv, None), ("fp32_statistics", None, None)):
+        if key == "fp32_statistics":
+            fixed = work / f"{layer_path.stem}-fp16-fixed.onnx"
+            try:
+                rep = fix(conv, fixed, prove=False, timing=False)
+            except Exception as e:
+                out[key] = {"passed": None, "why": f"fix failed: {str(e).splitlines()[0][:120]}"}
+                continue
+            rules = [lf.rule for lf in rep.layers if lf.status == "rewritten"]
+            if not rules:
+                why = next((lf.reason for lf in rep.layers if lf.reason), "no rule covers this form")
+                out[key] = {"passed": None, "why": f"not rewritten: {why}"}
+                continue
+            path, rule = fixed, rules[0]
+        try:
+            verdicts = [_judge(spec16, params, x.astype(np.float16), _run_reference(path, x.astype(np.float16)),
+                               "float16") for x in xs]
+        except Exception as e:
+            out[key] = {"passed": None, "why": f"could not run on onnx.reference: {str(e).splitlines()[0][:120]}"}
+            continue
+        bad = [d for ok, d in verdicts if not ok]
+        out[key] = {"passed": not bad, "why": bad[0]["reason"] if bad else None, "rule": rule,
+                    "max_abs_err": max((d["max_abs_err"] or 0.0) for _, d in verdicts)}
+    return out
+
+
+def check_activations(path: str | Path, *, data: str | Path | None = None,
+                      input_shapes: dict[str, tuple[int, ...]] | None = None, seed: int = 0, what_if: bool = True,
+                      progress=None, max_fetch_bytes: int = MAX_FETCH_BYTES) -> ActivationReport:
+    """Run the model on `data` (an .npz, one array per graph input, optional leading sample axis) or on
+    seeded inputs, capture every main-graph norm's input and output, and judge each (see the module doc)."""
+    import time
+
+    import onnxruntime as ort
+
+    from . import fix_input_shapes, infer_shapes
+
+    t0 = time.perf_counter()
+    p = Path(path)
+    stored = load_model(p, load_external_data=False)  # every check first
+    if data is not None:
+        samples, shapes = load_data(data, stored)
+        source = f"--data {data}"
+    else:
+        samples = seeded_samples(stored, input_shapes, seed)
+        shapes = {k: list(v.shape) for k, v in samples[0].items()}
+        source = "seeded inputs (standard normal floats; token ids within the embedding's rows)"
+    analysed = onnx.ModelProto()
+    analysed.CopyFrom(stored)
+    fix_input_shapes(analysed, {k: tuple(v) for k, v in shapes.items()})
+    analysed = infer_shapes(analysed)
+    g = Graph(analysed.graph)
+    norms, _ = find_all(analysed, infer=False, main=g)
+    layers = [LayerCheck(i, f) for i, f in enumerate(norms)]
+    report = ActivationReport(str(p), len(samples), source, shapes, layers)
+    todo = []
+    for lc in layers:
+        f = lc.norm
+        if f.scope:
+            lc.why = f"inside {f.scope}: only main-graph values can be captured"
+        elif f.unvalidatable:
+            lc.why = f.unvalidatable
+        else:
+            todo.append(lc)
+    if not todo:
+        report.seconds = time.perf_counter() - t0
+        return report
+    # the model with every wanted value as an extra graph output
+    full = load_model(p)
+    outputs = {o.name for o in full.graph.output}
+    wanted = list(dict.fromkeys(n for lc in todo for n in (lc.norm.input, *lc.norm.extra_inputs, lc.norm.output)))
+    for name in wanted:
+        if name not in outputs:
+            full.graph.output.append(onnx.helper.make_tensor_value_info(name, g.types.get(name, 0), None))
+    with tempfile.TemporaryDirectory(prefix="normonnx-act-") as tmp:
+        work = Path(tmp)
+        capture = work / "capture.onnx"
+        big = full.ByteSize() > (1 << 31) - (1 << 26)
+        onnx.save(full, str(capture), save_as_external_data=big, location="capture.data" if big else None)
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        try:
+            sess = ort.InferenceSession(str(capture), so, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise BadInput(f"ORT cannot load {p} with its norms' values as outputs: {str(e).splitlines()[0][:200]}") \
+                from None
+        extractor = LayerExtractor(analysed, p.parent, [lc.norm for lc in todo], g)
+        batches = _batches(todo, lambda n: _nbytes(g, n), max_fetch_bytes)
+        for batch in batches:
+            names = list(dict.fromkeys(n for lc in batch for n in (lc.norm.input, *lc.norm.extra_inputs,
+                                                                      lc.norm.output)))
+            got: dict[str, list[np.ndarray]] = {n: [] for n in names}
+            for feeds in samples:
+                try:
+                    vals = sess.run(names, feeds)
+                except Exception as e:
+                    raise BadInput(f"ORT cannot run {p} on {source.split(' (')[0]}: {str(e).splitlines()[0][:200]}") \
+                        from None
+                report.runs += 1
+                for n, v in zip(names, vals):
+                    got[n].append(v)
+                    report.captured_bytes += int(v.nbytes)
+            for lc in batch:
+                if progress:
+                    progress(lc.index, len(norms), lc.norm)
+                _check_layer(lc, got, extractor, work, what_if)
+            del got  # one batch's tensors at a time
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _nbytes(g: Graph, name: str) -> int:
+    """A captured tensor's size from the inferred shape (symbolic dims count 1: a lower bound)."""
+    dims = g.shapes.get(name) or []
+    dt = dtype_of_onnx(g.types.get(name))
+    size = int(np.prod([d if isinstance(d, int) else 1 for d in dims])) if dims else 1
+    return size * (DTYPES[dt].itemsize if dt in DTYPES else 4)
+
+
+def _batches(todo: list, nbytes, limit: int) -> list[list]:
+    """Layers grouped so that one model run fetches at most `limit` bytes of captured tensors."""
+    out, cur, used = [], [], 0
+    for lc in todo:
+        need = sum(nbytes(n) for n in (lc.norm.input, *lc.norm.extra_inputs, lc.norm.output))
+        if cur and used + need > limit:
+            out.append(cur)
+            cur, used = [], 0
+        cur.append(lc)
+        used += need
+    return out + ([cur] if cur else [])
+
+
+def _check_layer(lc: LayerCheck, got: dict, extractor: LayerExtractor, work: Path, what_if: bool) -> None:
+    f = lc.norm
+    try:
+        layer_path = extractor.extract(f, work / f"layer{lc.index}.onnx")
+        spec, params = derive_spec(f, onnx.load(str(layer_path)))
+    except BadInput as e:
+        lc.why = str(e)
+        return
+    xs = []
+    for s, x in enumerate(got[f.input]):
+        x = np.asarray(x)
+        for extra in f.extra_inputs:  # Skip*: the op normalizes input + skip (+ its bias)
+            x = x + got[extra][s]
+        if f.pre_bias:
+            bias = extractor._extractor.initializers.get(f.pre_bias)
+            if bias is not None:
+                x = x + onnx.numpy_helper.to_array(bias)
+        xs.append(x)
+    try:
+        s_spec = spec.replace(shape=tuple(xs[0].shape))
+    except Exception as e:
+        lc.why = f"the captured input {list(xs[0].shape)} does not fit the layer's spec: {e}"
+        return
+    verdicts = [_judge(s_spec, params, x, y, spec.dtype) for x, y in zip(xs, got[f.output])]
+    bad = [d for ok, d in verdicts if not ok]
+    lc.passed = not bad
+    worst = max((d for _, d in verdicts), key=lambda d: d["max_abs_err"] or 0.0)
+    lc.error = bad[0] if bad else worst
+    stats = [activation_stats(s_spec, x) for x in xs]
+    lc.stats = {k: max((s[k] for s in stats if s[k] is not None), default=None) for k in stats[0]}
+    if what_if:
+        lc.fp16 = float16_what_if(f, layer_path, s_spec, params, xs, work)

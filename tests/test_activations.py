@@ -1,0 +1,119 @@
+"""scan --activations: every norm checked on the activations the model feeds it, with the statistics
+that decide the risk and a float16 what-if, on models made by real exporters."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import corpus
+from conftest import run_cli
+from normonnx.errors import ExitCode
+from normonnx.scan.activations import check_activations, load_data
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("act")
+    return {
+        "massive": corpus.export_block(corpus.MassiveActivationsBlock(), (2, 5, 32), d / "massive.onnx", 14,
+                                       "torchscript"),
+        "gn21": corpus.export_block(corpus.ResidualGNBlock(), (2, 8, 8, 8), d / "gn21.onnx", 21, "dynamo"),
+        "folder": d,
+    }
+
+
+def test_massive_activations_pass_in_float32_and_break_in_float16(models):
+    """The outlier shows in the captured stats; the float32 LayerNorm (decomposed, opset 14) is right;
+    converted to float16 its (x - mean)^2 overflows; with float32 statistics (fix's rule) it is right."""
+    rep = check_activations(models["massive"])
+    (lc,) = rep.layers
+    assert (lc.norm.kind, lc.norm.form) == ("ln", "decomposed")
+    assert lc.stats["max_abs"] > 400 and lc.stats["max_dev2_over_fp16_max"] > 1
+    assert lc.passed is True and lc.error["max_abs_err"] < 1e-4
+    assert lc.fp16["converted"]["passed"] is False and lc.fp16["converted"]["max_abs_err"] > 1
+    assert lc.fp16["fp32_statistics"] == {**lc.fp16["fp32_statistics"], "passed": True, "rule": "ln-native"}
+    assert rep.exit_code == ExitCode.PASSED
+
+
+def test_a_large_offset_breaks_groupnormalization_on_the_captured_activations(models, tmp_path):
+    """GroupNormalization-21 runs as ORT's E[x^2]-E[x]^2 body: on inputs with a common offset of 1e3
+    the captured output is wrong (exit 1); on normal inputs the same model passes."""
+    normal = check_activations(models["gn21"])
+    assert [lc.passed for lc in normal.layers] == [True] and normal.exit_code == 0
+    x = (1e3 + np.random.default_rng(0).standard_normal((2, 2, 8, 8, 8))).astype(np.float32)  # 2 samples
+    np.savez(tmp_path / "offset.npz", x=x)
+    off = check_activations(models["gn21"], data=tmp_path / "offset.npz")
+    (lc,) = off.layers
+    assert off.samples == 2 and off.runs == 2
+    assert lc.stats["max_offset_over_std"] > 100
+    assert lc.passed is False and off.exit_code == ExitCode.CHECK_FAILED
+    assert lc.fp16["fp32_statistics"]["rule"] == "gn-instance"
+
+
+def test_cli_table_json_and_exit_code(models, tmp_path):
+    x = (1e3 + np.random.default_rng(1).standard_normal((2, 8, 8, 8))).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x)
+    r = run_cli("scan", str(models["gn21"]), "--activations", "--data", str(tmp_path / "d.npz"))
+    assert r.returncode == 1 and "on the model's activations" in r.stdout and "FAIL #0" in r.stdout
+    doc = json.loads(run_cli("scan", str(models["massive"]), "--activations", "--json").stdout)
+    layer = doc["activations"]["layers"][0]
+    assert layer["passed"] is True and layer["float16"]["converted"]["passed"] is False
+
+
+@pytest.mark.parametrize("arrays, words", [
+    ({"y": np.zeros((2, 8, 8, 8), np.float32)}, "no graph input named 'y'"),
+    ({}, "no array for graph input 'x'"),
+    ({"x": np.zeros((2, 8, 8), np.float32)}, "has rank 3"),
+    ({"x": np.zeros((2, 4, 8, 8), np.float32)}, "dim 1 is 4"),
+    ({"x": np.zeros((2, 8, 8, 8), np.int64)}, "is int64"),
+], ids=["unknown-name", "missing", "rank", "shape", "dtype"])
+def test_bad_data_is_exit_2_one_line(models, tmp_path, arrays, words):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    r = run_cli("scan", str(models["gn21"]), "--activations", "--data", str(tmp_path / "bad.npz"))
+    assert r.returncode == ExitCode.BAD_INPUT and words in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_data_that_is_not_npz_is_exit_2(models, tmp_path):
+    (tmp_path / "x.npz").write_bytes(b"junk")
+    r = run_cli("scan", str(models["gn21"]), "--activations", "--data", str(tmp_path / "x.npz"))
+    assert r.returncode == 2 and "not a readable .npz" in r.stderr
+
+
+def test_token_ids_are_drawn_in_the_vocabulary_range(tmp_path):
+    """Seeded inputs for token ids stay below the embedding's row count (an id past it is an ORT error)."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from normonnx.scan.activations import seeded_samples, vocab_sizes
+    from normonnx.graph import load_model
+
+    cfg = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=50, n_positions=64)
+
+    class Wrap(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = transformers.GPT2Model(cfg)
+
+        def forward(self, ids):
+            return self.m(input_ids=ids).last_hidden_state
+
+    path = tmp_path / "gpt2.onnx"
+    torch.onnx.export(Wrap().eval(), (torch.randint(0, 50, (2, 8)),), str(path), opset_version=14, dynamo=False,
+                      input_names=["ids"])
+    model = load_model(path, load_external_data=False)
+    assert vocab_sizes(model) == {"ids": 50}
+    ids = seeded_samples(model, None)[0]["ids"]
+    assert ids.max() < 50 and ids.max() > 2  # the whole range, not only 0/1
+    rep = check_activations(path)
+    assert rep.layers and all(lc.passed for lc in rep.layers)
+
+
+def test_load_data_takes_a_leading_sample_axis(models, tmp_path):
+    from normonnx.graph import load_model
+
+    np.savez(tmp_path / "s.npz", x=np.zeros((3, 2, 8, 8, 8), np.float32))
+    samples, shapes = load_data(tmp_path / "s.npz", load_model(models["gn21"], load_external_data=False))
+    assert len(samples) == 3 and shapes == {"x": [2, 8, 8, 8]}
