@@ -230,7 +230,8 @@ def activations_text(report) -> str:
         rows.append([lc.index, f.nodes[0][:36], f"{f.kind} {f.form}", st.get("max_abs"), st.get("max_offset_over_std"),
                      st.get("max_x2_over_fp16_max" if f.kind == "rms" else "max_dev2_over_fp16_max"), err, verdict, _what_if_cell(lc.fp16.get("converted")),
                      _what_if_cell(lc.fp16.get("fp32_statistics"))])
-    head = (f"on the model's activations ({report.source}; {report.samples} samples, {report.runs} model runs, "
+    head = (f"on the model's activations ({report.source}; {report.provider or 'ORT'}; {report.samples} samples, "
+            f"{report.runs} model runs, "
             f"{report.captured_bytes / 1e6:.3g} MB captured, {report.seconds:.3g} s)")
     body = table(["#", "layer", "norm", "max|x|", "offset/std", "dev^2/fp16 max", "error", "float32 verdict",
                   "as float16", "float16 + float32 stats [rule]"], rows)

@@ -111,18 +111,21 @@ HOSTILE = {
 
 # scan reads only what it validates: a missing weight file makes that layer "not validated" (exit 4,
 # test_missing_weight_file_is_not_validated), while validate --model reads every tensor (exit 2)
-CASES = [(c, n) for c in ("scan --validate", "validate --model") for n in HOSTILE
-         if not (c.startswith("scan") and n == "missing-file")]
+# fix and scan --activations read every weight (they rewrite and run the whole model): exit 2 there too
+COMMANDS = {"scan --validate": lambda p, t: ["scan", p, "--validate"],
+            "validate --model": lambda p, t: ["validate", "--model", p],
+            "fix": lambda p, t: ["fix", p, "-o", str(t / "fixed.onnx")],
+            "scan --activations": lambda p, t: ["scan", p, "--activations"]}
+CASES = [(c, n) for c in COMMANDS for n in HOSTILE if not (c == "scan --validate" and n == "missing-file")]
 
 
-@pytest.mark.parametrize("command, name", CASES, ids=[f"{c.split()[0]}-{n}" for c, n in CASES])
+@pytest.mark.parametrize("command, name", CASES, ids=[f"{c.replace(' --', '-')}-{n}" for c, n in CASES])
 def test_hostile_model_is_exit_2_with_one_line(tmp_path, name, command):
     build, needle = HOSTILE[name]
     folder = tmp_path / "model"
     folder.mkdir()
     path = build(folder)
-    args = ["scan", path, "--validate"] if command.startswith("scan") else ["validate", "--model", path]
-    proc = run_cli(*args)
+    proc = run_cli(*COMMANDS[command](path, tmp_path))
     one_line_error(proc, 2, needle)
     assert "canary" not in proc.stdout + proc.stderr
 

@@ -46,6 +46,8 @@ def _validate(f, path: Path, runtimes, inputs) -> tuple[dict[str, str], str | No
         return suite_statuses(run_layer(f, path, list(runtimes), inputs)), None, claim
     except BadInput as e:
         return {}, str(e), None
+    except Exception as e:  # normonnx's own failure: the layer is not validated (a rewrite is then rolled back)
+        return {}, f"internal error ({type(e).__name__}: {str(e).strip()[:120]}); please report it", None
 
 
 def claim_differs(before: tuple, after: tuple) -> str | None:

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..graph import Graph
+from ..graph import Graph, attr
 from ..registry import Registry
 from ..scan.patterns import FoundNorm
 from ..tables import DTYPES, LOW_PRECISION
@@ -221,10 +221,8 @@ def write_gn_instance(w: Writer, *, groups: int, eps: float, weight, bias, rank:
 GN_AFTER = "Reshape/InstanceNormalization/Reshape/Mul/Add"
 
 
-def _plan_gn_native(site: Site) -> Plan | None:
-    f = site.norm
-    if f.kind != "gn" or f.form != "native":
-        return None
+def _gn_builder(f: FoundNorm, **layout):
+    """The GroupNorm rules' shared build: checks, then write_gn_instance (layout: channels_last, silu)."""
 
     def build(site):
         _check_eps(f)
@@ -233,9 +231,16 @@ def _plan_gn_native(site: Site) -> Plan | None:
             raise Refuse("the input's rank is unknown: give --input-shape")
         weight, bias = gn_channel_affine(site)
         return lambda w: write_gn_instance(w, groups=f.groups, eps=f.eps, weight=weight, bias=bias, rank=site.rank,
-                                           dtype=dtype)
+                                           dtype=dtype, **layout)
 
-    return _planned("gn-instance", GN_AFTER, build, site)
+    return build
+
+
+def _plan_gn_native(site: Site) -> Plan | None:
+    f = site.norm
+    if f.kind != "gn" or f.form != "native":
+        return None
+    return _planned("gn-instance", GN_AFTER, _gn_builder(f), site)
 
 
 def _plan_gn_contrib(site: Site) -> Plan | None:
@@ -243,19 +248,8 @@ def _plan_gn_contrib(site: Site) -> Plan | None:
     if f.kind != "gn" or f.form != "contrib" or not f.op.endswith(".GroupNorm"):
         return None
     node = site.g.nodes[site.g.index[f.nodes[0]]]
-    from ..graph import attr
-
     channels_last, silu = bool(attr(node, "channels_last", 1)), bool(attr(node, "activation", 0))
-
-    def build(site):
-        _check_eps(f)
-        dtype = _dtype(site)
-        if site.rank is None or site.rank < 3:
-            raise Refuse("the input's rank is unknown: give --input-shape")
-        weight, bias = gn_channel_affine(site)
-        return lambda w: write_gn_instance(w, groups=f.groups, eps=f.eps, weight=weight, bias=bias, rank=site.rank,
-                                           dtype=dtype, channels_last=channels_last, silu=silu)
-
+    build = _gn_builder(f, channels_last=channels_last, silu=silu)
     after = ("Transpose/" if channels_last else "") + GN_AFTER + ("/Transpose" if channels_last else "") + (
         "/Sigmoid/Mul" if silu else "")
     return _planned("ms-groupnorm", after, build, site)

@@ -55,6 +55,7 @@ class ActivationReport:
     inputs: dict  # name -> shape of one sample
     layers: list[LayerCheck]
     runs: int = 0  # model runs (samples x fetch batches)
+    provider: str | None = None  # the ORT provider the model ran on
     captured_bytes: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -65,7 +66,8 @@ class ActivationReport:
         return verdict_code(v.count(True), v.count(False), v.count(None)) if v else ExitCode.PASSED
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "samples": self.samples, "source": self.source, "inputs": self.inputs,
+        return {"model": self.model, "provider": self.provider, "samples": self.samples, "source": self.source,
+                "inputs": self.inputs,
                 "runs": self.runs, "captured_bytes": self.captured_bytes, "seconds": round(self.seconds, 2),
                 "notes": self.notes, "layers": [lf.to_dict() for lf in self.layers], "exit_code": int(self.exit_code)}
 
@@ -310,8 +312,14 @@ def check_activations(path: str | Path, *, data: str | Path | None = None,
         onnx.save(full, str(capture), save_as_external_data=big, location="capture.data" if big else None)
         so = ort.SessionOptions()
         so.log_severity_level = 3
+        from ..runtimes import get_runtime
+
+        # the model runs where it would be deployed: ORT CUDA when this onnxruntime has it, else CPU
+        providers = (["CUDAExecutionProvider"] if get_runtime("cuda").unavailable() is None else []) + \
+            ["CPUExecutionProvider"]
+        report.provider = providers[0]
         try:
-            sess = ort.InferenceSession(str(capture), so, providers=["CPUExecutionProvider"])
+            sess = ort.InferenceSession(str(capture), so, providers=providers)
         except Exception as e:
             raise BadInput(f"ORT cannot load {p} with its norms' values as outputs: {str(e).splitlines()[0][:200]}") \
                 from None
@@ -384,7 +392,11 @@ def _check_layer(lc: LayerCheck, got: dict, extractor: LayerExtractor, work: Pat
     except Exception as e:
         lc.why = f"the captured input {list(xs[0].shape)} does not fit the layer's spec: {e}"
         return
-    verdicts = [_judge(s_spec, params, x, y, spec.dtype) for x, y in zip(xs, got[f.output])]
+    try:
+        verdicts = [_judge(s_spec, params, x, y, spec.dtype) for x, y in zip(xs, got[f.output])]
+    except Exception as e:  # normonnx's own failure is never a verdict on the layer
+        lc.why = f"internal error ({type(e).__name__}: {str(e).strip()[:120]}); please report it"
+        return
     bad = [d for ok, d in verdicts if not ok]
     lc.passed = not bad
     worst = max((d for _, d in verdicts), key=lambda d: d["max_abs_err"] or 0.0)
