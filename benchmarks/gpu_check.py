@@ -27,6 +27,7 @@ SPECS = {"bn": {}, "ln": {}, "in": {"affine": True}, "gn": {"groups": 4}, "rms":
 
 
 def validate_all(out: Path, opset: int) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
     rows = []
     for kind in ALL_KINDS:
         for dtype in ("float32", "float16"):
@@ -73,7 +74,6 @@ def main() -> int:
         print(f"no CUDA here: {why}", file=sys.stderr)
         return 3
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     validate_all(out, args.opset)
     if not args.no_bench:
         for dtype in ("float32", "float16"):
