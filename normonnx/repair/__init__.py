@@ -299,7 +299,7 @@ def fix(path: str | Path, output: str | Path | None = None, *, rules: list[str] 
         timing: bool = True, progress=None) -> FixReport:
     """Rewrite the risky norms of the model at `path` into `output` (never the input), proving each
     rewrite; dry_run/check only say what would change (check: exit code 1 if anything would).
-    rules/skip_rules: names from fix.RULES; opset: allow raising the model's opset to this first;
+    rules/skip_rules: names from normonnx.repair.RULES; opset: allow raising the model's opset to this first;
     input_shapes: dims for symbolic graph inputs (proof and shape-dependent rules); prove=False skips
     the proof (the output is still checked by onnx.checker); inputs and runtimes: the suites and
     runtimes of the layer proof (default: every suite, on ORT CPU and onnx's reference evaluator)."""
@@ -335,8 +335,7 @@ def fix(path: str | Path, output: str | Path | None = None, *, rules: list[str] 
             report.notes.append(note)
         if prove and plans:
             rolled = proof.prove_layers(analysed, src.parent, fixed, layers, plans, work, runtimes, inputs,
-                                        input_shapes,
-                                        progress)
+                                        input_shapes, progress)
             if rolled:
                 for k in rolled:
                     plans.pop(k)

@@ -50,6 +50,13 @@ def _validate(f, path: Path, runtimes, inputs) -> tuple[dict[str, str], str | No
         return {}, f"internal error ({type(e).__name__}: {str(e).strip()[:120]}); please report it", None
 
 
+def _cut_and_validate(extractor, f, path: Path, runtimes, inputs) -> tuple[dict[str, str], str | None, tuple | None]:
+    try:
+        return _validate(f, extractor.extract(f, path), runtimes, inputs)
+    except BadInput as e:
+        return {}, str(e), None
+
+
 def claim_differs(before: tuple, after: tuple) -> str | None:
     """Why the after layer claims a different norm than the before layer (validation compares each
     with the oracle of its *own* parameters, so a rewrite that changed eps or a weight would pass it):
@@ -88,7 +95,7 @@ def prove_layers(analysed: onnx.ModelProto, base: Path, fixed: onnx.ModelProto, 
     after_model = infer_shapes(after_model)
     after_norms, _ = find_all(after_model, infer=False, main=Graph(after_model.graph))
     by_index = {lf.index: lf for lf in layers}
-    todo = [k for k in plans]
+    todo = list(plans)
     before_x = LayerExtractor(analysed, base, [by_index[k].norm for k in todo])
     after_x = LayerExtractor(after_model, work, after_norms)
     rolled = []
@@ -96,21 +103,14 @@ def prove_layers(analysed: onnx.ModelProto, base: Path, fixed: onnx.ModelProto, 
         lf = by_index[k]
         if progress:
             progress(n, len(todo), lf.norm)
-        before, before_note, claim = {}, None, None
-        try:
-            before, before_note, claim = _validate(lf.norm, before_x.extract(lf.norm, work / f"before{k}.onnx"), runtimes, inputs)
-        except BadInput as e:
-            before_note = str(e)
+        before, before_note, claim = _cut_and_validate(before_x, lf.norm, work / f"before{k}.onnx", runtimes, inputs)
         prefix = prefix_of(k, plans[k][0].rule)
         found = [f for f in after_norms if any(name.startswith(prefix) for name in f.nodes)]
-        after, after_note, after_claim = {}, None, None
         if len(found) != 1:
-            after_note = f"scan finds {len(found)} norms in the rewritten form, not one"
+            after, after_note, after_claim = {}, f"scan finds {len(found)} norms in the rewritten form, not one", None
         else:
-            try:
-                after, after_note, after_claim = _validate(found[0], after_x.extract(found[0], work / f"after{k}.onnx"), runtimes, inputs)
-            except BadInput as e:
-                after_note = str(e)
+            after, after_note, after_claim = _cut_and_validate(after_x, found[0], work / f"after{k}.onnx", runtimes,
+                                                               inputs)
         lf.proof = {"before": before, "after": after, "before_note": before_note, "after_note": after_note,
                     "after_form": found[0].op if len(found) == 1 else None}
         lost = [s for s, st in before.items() if st == "pass" and after.get(s) != "pass"]
