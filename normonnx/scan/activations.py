@@ -219,41 +219,45 @@ def _run_reference(path: Path, x: np.ndarray) -> np.ndarray:
     return get_runtime("reference").open(path, SessionConfig(), None).run(x)
 
 
-def float16_what_if(f: FoundNorm, layer_path: Path, spec, params, xs: list[np.ndarray], work: Path) -> dict:
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+
+
+def _float16_verdict(path: Path, spec16, params, xs: list[np.ndarray], rule: str | None) -> dict:
+    """A float16 layer on the captured inputs, on onnx.reference, against the oracle at float16's tolerance."""
+    try:
+        verdicts = [_judge(spec16, params, x.astype(np.float16), _run_reference(path, x.astype(np.float16)),
+                           "float16") for x in xs]
+    except Exception as e:
+        return {"passed": None, "why": f"could not run on onnx.reference: {_first_line(e)}"}
+    bad = [d for ok, d in verdicts if not ok]
+    return {"passed": not bad, "why": bad[0]["reason"] if bad else None, "rule": rule,
+            "max_abs_err": max((d["max_abs_err"] or 0.0) for _, d in verdicts)}
+
+
+def float16_what_if(layer_path: Path, spec, params, xs: list[np.ndarray], work: Path) -> dict:
     """{converted: {...}, fp32_statistics: {...}}: the layer in float16 (onnxruntime's converter), and
-    that float16 layer with float32 statistics (normonnx fix), on the captured inputs, on onnx's
-    reference evaluator, against the oracle at float16's tolerance."""
+    that float16 layer with float32 statistics (normonnx fix), on the captured inputs."""
     from ..repair import fix
 
-    out: dict = {}
     try:
         conv = _fp16_layer(layer_path, work / f"{layer_path.stem}-fp16.onnx")
     except Exception as e:
-        return {"converted": {"passed": None, "why": f"the float16 converter failed: {str(e).splitlines()[0][:120]}"}}
+        return {"converted": {"passed": None, "why": f"the float16 converter failed: {_first_line(e)}"}}
     spec16 = spec.replace(dtype="float16")
-    for key, path, rule in (("converted", conv, None), ("fp32_statistics", None, None)):
-        if key == "fp32_statistics":
-            fixed = work / f"{layer_path.stem}-fp16-fixed.onnx"
-            try:
-                rep = fix(conv, fixed, prove=False, timing=False)
-            except Exception as e:
-                out[key] = {"passed": None, "why": f"fix failed: {str(e).splitlines()[0][:120]}"}
-                continue
-            rules = [lf.rule for lf in rep.layers if lf.status == "rewritten"]
-            if not rules:
-                why = next((lf.reason for lf in rep.layers if lf.reason), "no rule covers this form")
-                out[key] = {"passed": None, "why": f"not rewritten: {why}"}
-                continue
-            path, rule = fixed, rules[0]
-        try:
-            verdicts = [_judge(spec16, params, x.astype(np.float16), _run_reference(path, x.astype(np.float16)),
-                               "float16") for x in xs]
-        except Exception as e:
-            out[key] = {"passed": None, "why": f"could not run on onnx.reference: {str(e).splitlines()[0][:120]}"}
-            continue
-        bad = [d for ok, d in verdicts if not ok]
-        out[key] = {"passed": not bad, "why": bad[0]["reason"] if bad else None, "rule": rule,
-                    "max_abs_err": max((d["max_abs_err"] or 0.0) for _, d in verdicts)}
+    out = {"converted": _float16_verdict(conv, spec16, params, xs, None)}
+    fixed = work / f"{layer_path.stem}-fp16-fixed.onnx"
+    try:
+        rep = fix(conv, fixed, prove=False, timing=False)
+    except Exception as e:
+        out["fp32_statistics"] = {"passed": None, "why": f"fix failed: {_first_line(e)}"}
+        return out
+    rules = [lf.rule for lf in rep.layers if lf.status == "rewritten"]
+    if not rules:
+        why = next((lf.reason for lf in rep.layers if lf.reason), "no rule covers this form")
+        out["fp32_statistics"] = {"passed": None, "why": f"not rewritten: {why}"}
+    else:
+        out["fp32_statistics"] = _float16_verdict(fixed, spec16, params, xs, rules[0])
     return out
 
 
@@ -404,4 +408,4 @@ def _check_layer(lc: LayerCheck, got: dict, extractor: LayerExtractor, work: Pat
     stats = [activation_stats(s_spec, x) for x in xs]
     lc.stats = {k: max((s[k] for s in stats if s[k] is not None), default=None) for k in stats[0]}
     if what_if:
-        lc.fp16 = float16_what_if(f, layer_path, s_spec, params, xs, work)
+        lc.fp16 = float16_what_if(layer_path, s_spec, params, xs, work)
