@@ -244,10 +244,9 @@ def benchmark(
                     say(f"{p}: validate {v}")
                     rep = validate(model=models[v], runtimes=[p], inputs=["normal"], config=config)
                     # only a finished comparison says FAIL; a check that could not run leaves it unknown
-                    code = rep.exit_code
-                    row["passed"] = {ExitCode.PASSED: True, ExitCode.CHECK_FAILED: False}.get(code)
+                    row["passed"] = rep.verdict.ok
                     bad = rep.failures()
-                    row["validation"] = "pass" if code == ExitCode.PASSED else (
+                    row["validation"] = "pass" if rep.verdict.ok else (
                         next((r.reason for r in bad if r.status == "fail"), None)
                         or f"not checked: {bad[0].error if bad else 'no result'}")
                 try:

@@ -1,7 +1,8 @@
 """Content-addressed export cache: a second sweep does no exporting at all.
 
-The key hashes everything that determines the bytes: spec, variant, opset, exporter, dynamic, and
-the torch/onnx/onnxscript/normonnx versions. Failed exports (an opset mismatch, an exporter crash)
+The key hashes everything that determines the bytes: spec, variant, opset, exporter, dynamic, the
+torch/onnx/onnxscript/normonnx versions, and a hash of normonnx's own source (its reference modules,
+variants and exporter translations: an edited module is exported afresh). Failed exports (an opset mismatch, an exporter crash)
 are cached too, as their error, so a warm run does not retry them. Writes are atomic.
 
 What the cache returns is checked, never trusted: each model has its SHA-256 beside it, and its
@@ -19,7 +20,7 @@ import warnings
 from pathlib import Path
 
 from .errors import BadInput, ExportMismatch
-from .export import export_report, tool_versions
+from .export import export_report, source_digest, tool_versions
 from .results import atomic_write
 from .spec import NormSpec
 
@@ -52,10 +53,11 @@ class ExportCache:
         self.misses = 0
         self.rejected = 0
         self._versions = tool_versions()
+        self._source = source_digest()
 
     def key(self, spec: NormSpec, variant: str, opset: int, exporter: str, dynamic: bool, allow_mismatch: bool) -> str:
         doc = {"spec": spec.to_dict(), "variant": variant, "opset": opset, "exporter": exporter, "dynamic": dynamic,
-               "allow_mismatch": allow_mismatch, "versions": self._versions}
+               "allow_mismatch": allow_mismatch, "versions": self._versions, "source": self._source}
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
     def export(self, spec: NormSpec, variant: str, opset: int, exporter: str, dynamic: bool = False,

@@ -383,15 +383,20 @@ def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, ac
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
               help="Dims for a graph input with symbolic dims, e.g. x=1x3x64x64 (repeatable).")
 @click.option("--runtimes", callback=_csv, default=None,
-              help="Runtimes of the per-layer proof (default: cpu,reference: reference runs float16 ops in float16).")
+              help="The runtimes the model ships to: each layer gets a form that passes on all of them "
+                   "(default: cpu; add reference to run float16 ops in float16, as a GPU does).")
 @click.option("--inputs", callback=_csv, default=None, help="Input suites of the per-layer proof (default: all).")
-@click.option("--no-proof", is_flag=True, help="Skip the proof (the output is still checked by onnx.checker).")
+@click.option("--least-bad", is_flag=True,
+              help="Where no form passes, keep the one that fails fewest checks if it fails fewer than the original.")
+@click.option("--no-proof", is_flag=True,
+              help="Write the rules' first form for every layer with a known risk, unproven (exit 4); the output is "
+                   "still checked by onnx.checker.")
 @click.option("--no-timing", is_flag=True, help="Skip timing the original and fixed models.")
 @click.option("--list-rules", is_flag=True, help="Show the rules and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
-def fix(model, output, rules, skip_rules, dry_run, check, opset, input_shapes, runtimes, inputs, no_proof, no_timing,
-        list_rules, as_json):
-    """Rewrite the risky norms of MODEL into forms that compute the right thing, and prove it."""
+def fix(model, output, rules, skip_rules, dry_run, check, opset, input_shapes, runtimes, inputs, least_bad, no_proof,
+        no_timing, list_rules, as_json):
+    """Rewrite the norms of MODEL that fail on the runtimes it ships to into forms that pass there, and prove it."""
     from normonnx.repair import fix as run_fix
     from normonnx.render import fix_text, rules_text
     from normonnx.scan import parse_input_shapes
@@ -402,10 +407,10 @@ def fix(model, output, rules, skip_rules, dry_run, check, opset, input_shapes, r
     if model is None:
         raise click.UsageError("Missing argument 'MODEL'.")
     progress = None if as_json else (
-        lambda i, n, f: click.echo(f"  .. proving {i + 1}/{n}: {f.kind} {f.form} at {f.nodes[0]}", err=True))
+        lambda i, n, f: click.echo(f"  .. validating {i + 1}/{n}: {f.kind} {f.form} at {f.nodes[0]}", err=True))
     report = run_fix(model, output, rules=rules, skip_rules=skip_rules, dry_run=dry_run, check=check, opset=opset,
                      input_shapes=parse_input_shapes(input_shapes), prove=not no_proof, timing=not no_timing,
-                     runtimes=runtimes, inputs=inputs, progress=progress)
+                     runtimes=runtimes, inputs=inputs, least_bad=least_bad, progress=progress)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else fix_text(report))
     return report.exit_code
 

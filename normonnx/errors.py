@@ -24,15 +24,6 @@ class ExitCode(IntEnum):
     INTERNAL = 5
 
 
-def verdict_code(passed: int, failed: int, not_checked: int) -> ExitCode:
-    """The exit code of a run that made `passed` + `failed` comparisons and could not make `not_checked`."""
-    if failed:
-        return ExitCode.CHECK_FAILED
-    if not passed:
-        return ExitCode.NOT_CHECKED
-    return ExitCode.PASSED
-
-
 class NormonnxError(Exception):
     """Base class: a one-line, user-facing message and an exit code."""
 

@@ -124,6 +124,52 @@ def check_output_path(path: Path, what: str = "model") -> None:
 
 
 
+def raised_by_normonnx(e: BaseException) -> bool:
+    """Whether the innermost frame of the exception (following its causes) is normonnx's own code: the
+    exporters call back into normonnx's translation functions and reference modules, and a failure
+    there is normonnx's, not the exporter's."""
+    roots = _source_roots()
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        tb, last = e.__traceback__, None
+        while tb is not None:
+            last = tb.tb_frame.f_code.co_filename
+            tb = tb.tb_next
+        if last and any(Path(last).resolve().is_relative_to(r) for r in roots):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def source_digest() -> str:
+    """A hash of the source that decides what an export holds: the package's own modules (variants,
+    exporters, translations, export) and the reference modules (normonnx.models), so an edited module is
+    never served from an old cache entry."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for root in _source_roots():
+        for f in sorted(root.rglob("*.py")):
+            h.update(f.relative_to(root).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _source_roots() -> list[Path]:
+    """normonnx's folder and that of normonnx.models (in a checkout's editable install, models/ lies
+    beside the package, not inside it)."""
+    import importlib.util
+
+    roots = [Path(__file__).resolve().parent]
+    spec = importlib.util.find_spec("normonnx.models")
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        p = Path(loc).resolve()
+        if not any(p.is_relative_to(r) for r in roots):
+            roots.append(p)
+    return roots
+
+
 def export_report(
     spec: NormSpec,
     variant: str = DEFAULT_VARIANT,
@@ -159,6 +205,10 @@ def export_report(
         except Exception as e:
             import re
 
+            if raised_by_normonnx(e):
+                # normonnx's own translation tables or reference modules failed: a bug to report (exit 5),
+                # never an exporter finding, never cached
+                raise
             text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
             first = text.splitlines()[0] if text else ""
             raise ExportMismatch(f"{exporter} exporter failed on {case_id(spec, variant, opset, exporter, dynamic)}: "

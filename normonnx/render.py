@@ -116,7 +116,7 @@ def scan_text(report) -> str:
         v = report.fused.get(i)
         fused = v if isinstance(v, str) else {True: "fused", False: "no", None: "-"}[v]
         row = [i, f.kind, f.form, where[:60], shape, f"{f.eps:.3g}" if f.eps is not None else "-",
-               "yes" if f.affine else "no", f.dtype or "-", fused, "; ".join(f.risks)[:90] or "-"]
+               "yes" if f.affine else "no", f.dtype or "-", fused, "; ".join(map(str, f.risks))[:90] or "-"]
         if report.validated:
             v = report.validations.get(i, {})
             status = {True: "pass", False: "FAIL", None: "-"}[v.get("passed")]
@@ -139,44 +139,49 @@ def scan_text(report) -> str:
     return out
 
 
-def _proof_cell(proof: dict | None, side: str) -> str:
-    """'pass 11/13' or 'FAIL offset(reference)': the suites one side of a rewrite passed."""
-    if not proof:
+def _validation_cell(v: dict | None) -> str:
+    """A layer's validation as scan --validate shows it: 'pass', 'FAIL constant:constant', 'not validated'."""
+    if not v:
         return "-"
-    st = proof.get(side) or {}
-    if not st:
-        note = proof.get(f"{side}_note") or "not validated"
-        return f"not validated: {note}"[:60]
-    ran = {k: v for k, v in st.items() if v != "skipped"}
-    bad = sorted({f"{k.split(':', 1)[1]}({k.split(':', 1)[0]})" for k, v in ran.items() if v != "pass"})
-    passed = sum(v == "pass" for v in ran.values())
-    return f"pass {passed}/{len(ran)}" if not bad else f"FAIL {', '.join(bad)}"[:60]
+    if v.get("passed") is True:
+        return "pass"
+    text = v.get("validation") or ""
+    if v.get("passed") is False:
+        return ("FAIL " + text.split(": ", 1)[0])[:40]
+    return "not validated"
 
 
 def fix_text(report) -> str:
-    """Table of a normonnx.repair.FixReport: one row per norm, then the whole-model proof and timing."""
-    head = f"{report.model}: opset {report.opset}; {len(report.layers)} norms, {len(report.changes)} " + (
-        "rewritten" if report.mode == "fix" else "would change")
+    """Table of a normonnx.repair.FixReport: one row per norm (its validation before and, in the written
+    model, after), the candidates each rewritten or failing layer had, the whole-model proof and timing,
+    and a last line that says what the table says."""
+    rts = ",".join(report.runtimes)
+    head = f"{report.model}: opset {report.opset}; {len(report.layers)} norms; target runtimes: {rts}"
     if not report.layers:
         return head + "\n\nnothing to fix" + (f"; wrote {report.output}" if report.written else "")
     rows = []
     for lf in report.layers:
         f = lf.norm
         where = f.nodes[0] if len(f.nodes) == 1 else f"{f.nodes[0]} .. ({len(f.nodes)} nodes)"
-        rows.append([lf.index, where[:40], f.kind, f.op[:40], lf.status, lf.rule or "-", (lf.after or "-")[:48],
-                     _proof_cell(lf.proof, "before"), _proof_cell(lf.proof, "after")])
-    out = head + "\n\n" + table(["#", "layer", "kind", "before", "status", "rule", "after", "validate before",
+        rows.append([lf.index, where[:36], f.kind, f.op[:30], lf.status, lf.form or "-",
+                     _validation_cell(lf.before), _validation_cell(lf.final)])
+    out = head + "\n\n" + table(["#", "layer", "kind", "before", "status", "form", "validate before",
                                   "validate after"], rows)
-    reasons = [lf for lf in report.layers if lf.reason and lf.status in ("refused", "rolled back")]
-    for lf in reasons:
-        out += f"\n{lf.status}: #{lf.index} {lf.norm.nodes[0]}: {lf.reason}"
+    tried = [lf for lf in report.layers if lf.candidates]
+    if tried:
+        out += f"\n\ncandidate forms, each validated against the layer's own norm on {rts}:"
+        for lf in tried:
+            out += f"\n  #{lf.index}: " + "; ".join(c.summary() for c in lf.candidates)
+    for lf in report.layers:
+        if lf.reason and lf.status in ("refused", "failing", "rewritten", "would rewrite"):
+            out += f"\n{lf.status}: #{lf.index} {lf.norm.nodes[0]}: {lf.reason}"
     w = report.whole_model
     if w is not None:
         if w.get("passed") is None:
             out += f"\n\nwhole model: not compared ({w.get('error')})"
         else:
             shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in w["inputs"].items())
-            out += (f"\n\nwhole model on ORT CPU, seeded normal inputs ({shapes}): largest output difference "
+            out += (f"\n\nwhole model on ORT CPU, seeded inputs ({shapes}): largest output difference "
                     f"{w['max_abs_diff']:.3g} " + ("(within tolerance)" if w["passed"] else "(OUTSIDE tolerance)"))
     t = report.timing
     if t:
@@ -186,17 +191,32 @@ def fix_text(report) -> str:
                 + ("" if t["stable"] else "; unstable: a busy machine") + ")")
     for note in report.notes:
         out += f"\nnote: {note}"
+    return out + "\n\n" + fix_summary(report)
+
+
+def fix_summary(report) -> str:
+    """The last line: the judge's word and the counts behind it."""
+    n, failing = len(report.changes), len(report.failing)
+    unchecked = sum(lf.status == "not validated" or (lf.final or lf.before or {}).get("passed") is None
+                    for lf in report.layers if lf.status != "left")
+    rts = ",".join(report.runtimes)
+    tail = (f"; {failing} fail on {rts} (no form passes)" if failing else "") + (
+        f"; {unchecked} not validated" if unchecked else "")
     if report.mode == "check":
-        out += (f"\n\n{'FAILED' if report.changes else 'PASSED'}: {len(report.changes)} layers would change"
-                + (f" (normonnx fix {report.model} -o FIXED.onnx)" if report.changes else ""))
-    elif report.mode == "dry-run":
-        out += f"\n\ndry run: {len(report.changes)} layers would change; nothing written"
-    else:
         word = verdict_word(report.exit_code)
-        rolled = sum(lf.status == "rolled back" for lf in report.layers)
-        out += (f"\n\n{word}: {len(report.changes)} layers rewritten, {rolled} rolled back; "
-                + (f"wrote {report.output}" if report.written else "nothing written"))
-    return out
+        return (f"{word}: {n} layers would change{tail}"
+                + (f" (normonnx fix {report.model} -o FIXED.onnx)" if n else "")
+                + ("" if n or failing else f"; every validated layer passes on {rts}"))
+    if report.mode == "dry-run":
+        return f"dry run: {n} layers would change{tail}; nothing written"
+    wrote = f"wrote {report.output}" if report.written else "nothing written"
+    if not report.proven:
+        return f"NOT PROVEN: {n} layers rewritten without a proof (--no-proof); {wrote}"
+    word = verdict_word(report.exit_code)
+    w = report.whole_model or {}
+    whole = "" if w.get("passed") is not False else "; the whole model differs from the original"
+    whole = whole or ("" if w.get("passed") is not None else "; the whole model could not be compared")
+    return f"{word}: {n} layers rewritten{tail}{whole}; {wrote}"
 
 
 def rules_text() -> str:

@@ -18,6 +18,7 @@ from typing import Callable, Iterable
 
 from .errors import BadInput, ExitCode, ExportMismatch, NormonnxError
 from .export import check_request, tool_versions
+from .judge import judge
 from .results import (META, RESULTS, FolderLock, ResultsWriter, atomic_write, make_record, quarantine, read_meta,
                       read_results, versions_diff)
 from .spec import NormSpec
@@ -133,7 +134,7 @@ def run_case(case: Case, inputs: list[str] | None = None, cache_dir: str | None 
     bad = failed or [r for r in samples if r.status == "error"]
     worst = max(bad, key=lambda r: (r.nonfinite_mismatch or 0, r.max_abs_err or 0.0), default=None)
     finite_errs = [r.max_abs_err for r in samples if r.max_abs_err is not None]
-    status = "fail" if failed else ("error" if bad or not any(r.status == "pass" for r in samples) else "pass")
+    status = {"pass": "pass", "fail": "fail"}.get(judge(r.status for r in samples).status, "error")
     return make_record(
         "case",
         **rec,

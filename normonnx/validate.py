@@ -18,9 +18,10 @@ import numpy as np
 
 from . import inputs as suites_mod
 from .compare import Comparison, Tolerance, compare, tolerance_for
-from .errors import BadInput, ExitCode, RuntimeUnavailable, verdict_code
+from .errors import BadInput, ExitCode, RuntimeUnavailable
 from .export import DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_VARIANT, case_id, export_report
 from .graph import load_model, metadata, model_facts, opset_of
+from .judge import Verdict, judge, status_of
 from .params import make_params, params_as
 from .reference import normalized_stats, reference
 from .runtimes import (REGISTRY as RUNTIMES, Session, SessionConfig, SessionError, available_runtimes, first_line,
@@ -100,18 +101,17 @@ class ValidationReport:
     results: list[Result] = field(default_factory=list)
 
     @property
+    def verdict(self) -> Verdict:
+        return judge(r.status for r in self.results)
+
+    @property
     def counts(self) -> dict[str, int]:
-        c = {"pass": 0, "fail": 0, "error": 0, "skipped": 0}
-        for r in self.results:
-            c[r.status] += 1
-        return c
+        return self.verdict.counts()
 
     @property
     def exit_code(self) -> ExitCode:
         """1 if a comparison failed; 4 if nothing ran or a requested check could not run; else 0."""
-        c = self.counts
-        code = verdict_code(c["pass"], c["fail"], c["error"])
-        return ExitCode.NOT_CHECKED if code == ExitCode.PASSED and c["error"] else code
+        return self.verdict.exit_code
 
     @property
     def passed(self) -> bool:
@@ -360,7 +360,7 @@ class SuiteRunner:
                 if RUNTIMES[n].kind == "torch" and torch_out is None:
                     torch_out = np.asarray(y, dtype=np.float64)
                 c = compare(y, ref, src.spec.dtype, info.tol, cond, scale)
-                out.append(info.result(n, label, "pass" if c.passed else "fail", c.passed, comparison=c,
+                out.append(info.result(n, label, status_of(c.passed), c.passed, comparison=c,
                                        vs_torch=_vs_torch(torch_out, y) if RUNTIMES[n].kind != "torch" else None))
             if self.save_inputs is not None:
                 np.savez(self.save_inputs / f"{info.case_id}-{sample.name}{tag}.npz",

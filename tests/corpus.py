@@ -417,3 +417,26 @@ class ResidualGNBlock(nn.Module):
 
     def forward(self, x):
         return x + self.conv(nn.functional.silu(self.norm(x)))
+
+
+# -- issue 19: a UNet-style Conv -> GroupNorm(8, 32) -> SiLU block at a realistic size ---------------
+class GNSiluBlock(nn.Module):
+    """Two Conv -> GroupNorm(8, 32) -> SiLU stages at 32x32: 4 channels per group, 4096 elements per
+    group, the size at which ORT CPU's InstanceNormalization misses a zero-variance group."""
+
+    def __init__(self, c: int = 32, groups: int = 8):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(4, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+        self.n1, self.n2 = nn.GroupNorm(groups, c), nn.GroupNorm(groups, c)
+
+    def forward(self, x):
+        h = nn.functional.silu(self.n1(self.c1(x)))
+        return nn.functional.silu(self.n2(self.c2(h)))
+
+
+# the three ways torch writes it: GroupNormalization-21, and the instance-trick at 18 (dynamo) and 17
+GN_SILU_EXPORTS = {"op21-dynamo": (21, "dynamo"), "op18-dynamo": (18, "dynamo"), "op17-torchscript": (17, "torchscript")}
+
+
+def gn_silu_block(path: Path, opset: int, exporter: str) -> Path:
+    return export_block(GNSiluBlock(), (1, 4, 32, 32), path, opset, exporter)

@@ -49,7 +49,7 @@ def test_a_large_offset_breaks_groupnormalization_on_the_captured_activations(mo
     assert off.samples == 2 and off.runs == 2
     assert lc.stats["max_offset_over_std"] > 100
     assert lc.passed is False and off.exit_code == ExitCode.CHECK_FAILED
-    assert lc.fp16["fp32_statistics"]["rule"] == "gn-instance"
+    assert lc.fp16["fp32_statistics"]["rule"] == "group-norm"
 
 
 def test_cli_table_json_and_exit_code(models, tmp_path):

@@ -18,6 +18,7 @@ from pathlib import Path
 import onnx
 
 from ..errors import BadInput, ExitCode
+from ..judge import Verdict, over_layers
 from ..graph import PASS_THROUGH, Graph, check_external_data, load_model, opset_of
 from ..scan import fix_input_shapes, infer_shapes
 from ..scan.patterns import FoundNorm, find_all
@@ -28,8 +29,9 @@ __all__ = ["fix", "FixReport", "LayerFix", "RULES", "Rule", "select"]
 
 @dataclass
 class LayerFix:
-    """One found norm and what fix did with it. status: rewritten | would rewrite | refused |
-    rolled back | unchanged (no selected rule covers it) | left (inside a subgraph or function)."""
+    """One found norm and what fix did with it. status: rewritten | would rewrite | passes (validated,
+    nothing to do) | failing (fails on a target runtime and no form passes: kept as it was) | refused |
+    unchanged (no selected rule covers it) | not validated | left (inside a subgraph or function)."""
 
     index: int
     norm: FoundNorm
@@ -37,12 +39,17 @@ class LayerFix:
     rule: str | None = None
     after: str | None = None
     reason: str | None = None
-    proof: dict | None = None  # per-suite statuses before/after, from proof.prove_layer
+    before: dict | None = None  # the layer's validation as scan --validate reports it
+    candidates: list = field(default_factory=list)  # proof.Candidate, in the rule's order of preference
+    form: str | None = None  # the chosen form
+    final: dict | None = None  # the written model's validation of this layer (scan --validate)
 
     def to_dict(self) -> dict:
         return {"layer": self.norm.nodes[0], "kind": self.norm.kind, "before": self.norm.op, "form": self.norm.form,
-                "output": self.norm.output, "status": self.status, "rule": self.rule, "after": self.after,
-                "reason": self.reason, "risks": list(self.norm.risks), "proof": self.proof}
+                "output": self.norm.output, "status": self.status, "rule": self.rule, "chosen": self.form,
+                "after": self.after, "reason": self.reason, "risks": [r.message for r in self.norm.risks],
+                "risk_codes": [r.code for r in self.norm.risks], "validation_before": self.before,
+                "candidates": [c.to_dict() for c in self.candidates], "validation_after": self.final}
 
 
 @dataclass
@@ -52,9 +59,12 @@ class FixReport:
     opset: int
     layers: list[LayerFix]
     mode: str = "fix"  # fix | dry-run | check
+    runtimes: tuple[str, ...] = ("cpu",)
+    proven: bool = True
     written: bool = False
     whole_model: dict | None = None  # proof.compare_models
     timing: dict | None = None  # proof.time_models
+    after: object = None  # the written model's ScanReport (the judge of the exit code)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -62,20 +72,41 @@ class FixReport:
         return [lf for lf in self.layers if lf.status in ("rewritten", "would rewrite")]
 
     @property
+    def failing(self) -> list[LayerFix]:
+        return [lf for lf in self.layers if lf.status == "failing" or (lf.final or {}).get("passed") is False]
+
+    @property
+    def verdict(self) -> Verdict:
+        """The one judge over the layers: before (check, dry run) or in the written model (fix), as
+        scan --validate with the same runtimes and suites judges them; a whole model that differs, or
+        could not be compared, fails the proof."""
+        if self.mode != "fix":
+            flags = [lf.before.get("passed") for lf in self.layers if lf.before is not None]
+            v = over_layers(flags)
+            return Verdict("fail", v.passed, v.failed + len(self.changes), v.not_checked) if self.changes else v
+        if not self.proven:
+            return Verdict("not checked")
+        v = over_layers(self.after.validations[i].get("passed") for i in self.after.validations) \
+            if self.after is not None else Verdict("not checked")
+        w = self.whole_model
+        if w is not None and w.get("passed") is not True and v.status != "fail":
+            return Verdict("fail", v.passed, v.failed + 1, v.not_checked)
+        return v
+
+    @property
     def exit_code(self) -> ExitCode:
-        """--check: 1 if anything would change. Otherwise 1 when the fixed model differs from the
-        original on normal inputs beyond tolerance (nothing is written then), else 0."""
-        if self.mode == "check":
-            return ExitCode.CHECK_FAILED if self.changes else ExitCode.PASSED
-        if self.whole_model is not None and self.whole_model.get("passed") is False:
-            return ExitCode.CHECK_FAILED
-        return ExitCode.PASSED
+        """--check: 1 if anything would change or a layer fails (0 implies scan --validate passes too).
+        fix: the written model judged like scan --validate (1 if a layer fails on a target runtime), and
+        1 if the whole model differs from the original or could not be compared; 4 without a proof."""
+        return ExitCode.PASSED if self.mode == "dry-run" else self.verdict.exit_code
 
     def to_dict(self) -> dict:
+        v = self.verdict
         return {"model": self.model, "output": self.output, "opset": self.opset, "mode": self.mode,
-                "written": self.written, "changes": len(self.changes), "layers": [lf.to_dict() for lf in self.layers],
-                "whole_model": self.whole_model, "timing": self.timing, "notes": self.notes,
-                "exit_code": int(self.exit_code)}
+                "runtimes": list(self.runtimes), "proven": self.proven, "written": self.written,
+                "changes": len(self.changes), "failing": len(self.failing), "verdict": v.status,
+                "layers": [lf.to_dict() for lf in self.layers], "whole_model": self.whole_model,
+                "timing": self.timing, "notes": self.notes, "exit_code": int(self.exit_code)}
 
 
 # -- inputs ----------------------------------------------------------------------------------------
@@ -190,8 +221,9 @@ def _site(g: Graph, f: FoundNorm, opset: int, start: str) -> Site:
     return Site(f, g, opset, dims, g.dtype(start), g.dtype(f.output))
 
 
-def plan_layers(model: onnx.ModelProto, rules: list[Rule]) -> tuple[list[LayerFix], dict[int, tuple[Plan, list[int], str]]]:
-    """Every norm of the (shape-inferred) model with what the first matching rule would do."""
+def plan_layers(model: onnx.ModelProto, rules: list[Rule]) -> tuple[list[LayerFix], dict]:
+    """Every norm of the (shape-inferred) model, and for each a rule covers: (rule, candidate Plans,
+    the layer's node indices, the value it starts from). Refused layers carry the reason."""
     g = Graph(model.graph)
     opset = opset_of(model)
     norms, _ = find_all(model, infer=False, main=g)
@@ -202,18 +234,23 @@ def plan_layers(model: onnx.ModelProto, rules: list[Rule]) -> tuple[list[LayerFi
             continue
         nodes, start, shared = region(g, f)
         site = _site(g, f, opset, start)
-        plan = next((p for p in (r.plan(site) for r in rules) if p is not None), None)
-        if plan is None:
+        found = next(((r, ps) for r in rules if (ps := r.plan(site)) is not None), None)
+        if found is None:
             layers.append(LayerFix(k, f, "unchanged", reason="no selected rule covers this form"))
             continue
-        if plan.refused:
-            layers.append(LayerFix(k, f, "refused", plan.rule, plan.after, plan.refused))
+        rule, ps = found
+        if ps and ps[0].refused:
+            layers.append(LayerFix(k, f, "refused", rule.name, None, ps[0].refused))
             continue
         if shared:
-            layers.append(LayerFix(k, f, "refused", plan.rule, plan.after, f"cannot be replaced alone: {shared}"))
+            layers.append(LayerFix(k, f, "refused", rule.name, None, f"cannot be replaced alone: {shared}"))
             continue
-        layers.append(LayerFix(k, f, "would rewrite", plan.rule, plan.after))
-        plans[k] = (plan, nodes, start)
+        if not ps:
+            layers.append(LayerFix(k, f, "unchanged", rule.name, reason=f"rule {rule.name} has no form at opset "
+                                                                       f"{opset}"))
+            continue
+        layers.append(LayerFix(k, f, "unchanged", rule.name))
+        plans[k] = (rule, ps, nodes, start)
     return layers, plans
 
 
@@ -295,14 +332,16 @@ def _first_line(e: BaseException) -> str:
 def fix(path: str | Path, output: str | Path | None = None, *, rules: list[str] | None = None,
         skip_rules: list[str] | None = None, dry_run: bool = False, check: bool = False, opset: int | None = None,
         input_shapes: dict[str, tuple[int, ...]] | None = None, prove: bool = True, inputs: list[str] | None = None,
-        runtimes: list[str] | None = None,
-        timing: bool = True, progress=None) -> FixReport:
-    """Rewrite the risky norms of the model at `path` into `output` (never the input), proving each
-    rewrite; dry_run/check only say what would change (check: exit code 1 if anything would).
-    rules/skip_rules: names from normonnx.repair.RULES; opset: allow raising the model's opset to this first;
-    input_shapes: dims for symbolic graph inputs (proof and shape-dependent rules); prove=False skips
-    the proof (the output is still checked by onnx.checker); inputs and runtimes: the suites and
-    runtimes of the layer proof (default: every suite, on ORT CPU and onnx's reference evaluator)."""
+        runtimes: list[str] | None = None, timing: bool = True, least_bad: bool = False,
+        progress=None) -> FixReport:
+    """Rewrite the norms of the model at `path` that fail on the target `runtimes` (default: ORT CPU)
+    into forms that pass there, into `output` (never the input), proving each rewrite (see `proof`).
+    dry_run/check only say what would change (check: exit code 1 if anything would change or a layer
+    fails). rules/skip_rules: names from normonnx.repair.RULES; opset: allow raising the model's opset to
+    this first; input_shapes: dims for symbolic graph inputs; prove=False writes the rules' first form
+    for every layer with a known risk, unproven (exit code 4); inputs: the suites (default: all);
+    timing: time passing forms against each other and the whole models; least_bad: where no form
+    passes, keep the one that fails fewest checks if it fails fewer than the original."""
     chosen = select(rules, skip_rules)
     src = Path(path)
     stored = load_model(src, load_external_data=False)  # every check; which tensors live in which files
@@ -310,11 +349,13 @@ def fix(path: str | Path, output: str | Path | None = None, *, rules: list[str] 
     out = Path(output) if output is not None else None
     if mode == "fix":
         _check_output(src, out, stored)
+    if (check or dry_run) and not prove:
+        raise BadInput("--check and --dry-run judge layers by validating them: leave out --no-proof")
     model = load_model(src)  # with the weights: rules read and rewrite them
-    from ..scan import check_runtime_request
-    from .proof import PROOF_RUNTIMES
+    from ..scan import check_runtime_request, scan
+    from . import proof
 
-    runtimes = check_runtime_request(list(runtimes or PROOF_RUNTIMES), inputs)  # bad names fail before any work
+    runtimes = check_runtime_request(list(runtimes or proof.DEFAULT_RUNTIMES), inputs)  # before any work
     model = _convert_opset(model, opset)
     analysed = onnx.ModelProto()
     analysed.CopyFrom(model)
@@ -322,27 +363,29 @@ def fix(path: str | Path, output: str | Path | None = None, *, rules: list[str] 
         fix_input_shapes(analysed, input_shapes)
     analysed = infer_shapes(analysed)
     layers, plans = plan_layers(analysed, chosen)
-    report = FixReport(str(src), str(out) if out and mode == "fix" else None, opset_of(model), layers, mode)
-    if mode != "fix":
-        return report
-    from . import proof
-
-    norms = {lf.index: lf.norm for lf in layers}
+    report = FixReport(str(src), str(out) if out and mode == "fix" else None, opset_of(model), layers, mode,
+                       tuple(runtimes), prove)
+    memo: dict = {}
     with tempfile.TemporaryDirectory(prefix="normonnx-fix-") as tmp:
         work = Path(tmp)
-        fixed, note = to_checked_proto(apply(model, plans, norms), model)
+        if prove:
+            proof.judge_layers(analysed, src.parent, layers, plans, work, runtimes, inputs, memo,
+                               timed=timing and mode == "fix", least_bad=least_bad, progress=progress)
+        else:
+            for lf in layers:
+                if lf.index in plans and plans[lf.index][0].wants(lf.norm.risks, proven=False):
+                    first = plans[lf.index][1][0]
+                    lf.status, lf.form, lf.after = "would rewrite", first.form, first.after
+        if mode != "fix":
+            return report
+        norms = {lf.index: lf.norm for lf in layers}
+        todo = {lf.index: (next(p for p in plans[lf.index][1] if p.form == lf.form), *plans[lf.index][2:])
+                for lf in report.changes}
+        fixed, note = to_checked_proto(apply(model, todo, norms), model)
         if note:
             report.notes.append(note)
-        if prove and plans:
-            rolled = proof.prove_layers(analysed, src.parent, fixed, layers, plans, work, runtimes, inputs,
-                                        input_shapes, progress)
-            if rolled:
-                for k in rolled:
-                    plans.pop(k)
-                fixed, _ = to_checked_proto(apply(model, plans, norms), model)
-        for lf in layers:
-            if lf.status == "would rewrite":
-                lf.status = "rewritten"
+        for lf in report.changes:
+            lf.status = "rewritten"
         cand = work / "fixed.onnx"
         onnx.save(fixed, str(cand))
         original = src
@@ -350,17 +393,39 @@ def fix(path: str | Path, output: str | Path | None = None, *, rules: list[str] 
             original = work / "original.onnx"  # the version-converted model: same function, new opset
             onnx.save(model, str(original))
         if prove:
-            dtypes = tuple(sorted({lf.norm.dtype for lf in layers if lf.status == "rewritten" and lf.norm.dtype}))
+            report.after = scan(cand, validate=True, runtimes=list(runtimes), inputs=inputs,
+                                input_shapes=input_shapes, check_fusion=False, memo=memo)
+            _map_final(report, layers)
+            dtypes = tuple(sorted({lf.norm.dtype for lf in report.changes if lf.norm.dtype}))
             report.whole_model = proof.compare_models(original, cand, input_shapes, layer_dtypes=dtypes)
-            if timing and report.whole_model.get("passed"):
+            if timing and report.whole_model.get("passed") and report.changes:
                 report.timing = proof.time_models(original, cand, report.whole_model["feeds"])
             report.whole_model.pop("feeds", None)
-        if report.whole_model is None or report.whole_model.get("passed") is not False:
+        if not prove or report.whole_model.get("passed") is True:
             _write(fixed, out, external=_has_external_data(stored))
             report.written = True
+        elif report.whole_model.get("passed") is False:
+            report.notes.append("nothing written: the fixed model differs from the original on seeded inputs")
         else:
-            report.notes.append("nothing written: the fixed model differs from the original on normal inputs")
+            report.notes.append("nothing written: the fixed model could not be compared with the original, so it is "
+                                "not proven (--no-proof writes it unproven)")
     return report
+
+
+def _map_final(report: FixReport, layers: list[LayerFix]) -> None:
+    """Each layer's verdict in the written model: the norm scan finds under a rewritten layer's node names,
+    or at an unchanged layer's output."""
+    after = report.after
+    for lf in layers:
+        if lf.status == "rewritten":
+            prefix = prefix_of(lf.index, lf.rule)
+            idx = [i for i, f in enumerate(after.norms) if any(n.startswith(prefix) for n in f.nodes)]
+        else:
+            idx = [i for i, f in enumerate(after.norms) if f.output == lf.norm.output and f.scope == lf.norm.scope]
+        vals = [after.validations[i] for i in idx if i in after.validations]
+        if vals:
+            v = over_layers(x.get("passed") for x in vals)
+            lf.final = {"passed": v.ok, "validation": "; ".join(x.get("validation", "") for x in vals)}
 
 
 def _write(proto: onnx.ModelProto, out: Path, *, external: bool) -> None:

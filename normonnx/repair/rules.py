@@ -41,9 +41,11 @@ class Site:
 
 @dataclass(frozen=True)
 class Plan:
-    """A rule's answer for one norm: the form it writes (`after`), or why it refuses, with advice."""
+    """One candidate of a rule for one norm: the form it writes (`form`, described by `after`), or why
+    the rule refuses the layer, with advice."""
 
     rule: str
+    form: str
     after: str
     write: Callable[["Writer"], object] | None = None
     refused: str | None = None
@@ -51,13 +53,26 @@ class Plan:
 
 @dataclass(frozen=True)
 class Rule:
+    """A rewrite rule. `plan` answers None (not mine) or the candidate Plans in order of preference (one
+    refused Plan when the layer cannot be rewritten). fix rewrites a layer that fails its validation on
+    a target runtime, or that carries a risk in `hidden` (a hazard ORT CPU hides: it computes float16
+    chains in float32 and re-fuses decomposed LayerNorm); without a proof, a layer with a risk in
+    `fixes` or `hidden`."""
+
     name: str
     matches: str  # what it rewrites
     writes: str  # what it writes instead
     needs: str  # the opsets the written form needs
     why_safe: str  # why the written form computes the same function
-    plan: Callable[[Site], Plan | None]
+    plan: Callable[[Site], "list[Plan] | None"]
     default: bool = True  # False: opt-in (--rules NAME)
+    hidden: frozenset = frozenset()  # risk codes worth a rewrite even where the layer passes
+    fixes: frozenset = frozenset()  # risk codes the rule's forms remove (what --no-proof rewrites)
+
+    def wants(self, risks, proven: bool) -> bool:
+        """Whether a layer with these risks is worth rewriting without a failing verdict."""
+        codes = {r.code for r in risks}
+        return bool(codes & self.hidden) or (not proven and bool(codes & self.fixes))
 
 
 RULES: Registry[Rule] = Registry("rule")
@@ -115,6 +130,11 @@ def _param(site: Site, key: str) -> np.ndarray | None:
     name = dict(site.norm.params).get(key)
     if not name:
         return None
+    if name in {i.name for i in site.g.graph.input}:
+        # a graph input, or an initializer a graph input of the same name overrides (IR < 4): whatever
+        # value fix saw, the caller may feed another at run time, so no rewrite may fold it in
+        raise Refuse(f"its {key} ({name}) is fed at run time (a graph input): a rewrite would freeze the value it "
+                     "saw; keep the layer as it is, or make the parameter an initializer")
     v = site.g.const(name)
     if v is None or not np.issubdtype(v.dtype, np.floating):
         raise Refuse(f"its {key} ({name}) is computed in the graph, not a float constant: a rule rewrites only "
@@ -123,7 +143,7 @@ def _param(site: Site, key: str) -> np.ndarray | None:
 
 
 def _check_eps(f: FoundNorm) -> None:
-    if any("outside the sqrt" in r for r in f.risks):
+    if any(r.code == "eps-outside-sqrt" for r in f.risks):
         raise Refuse("eps is added outside the square root (std + eps, not sqrt(var + eps)): no standard op computes "
                      "that; fix it in the model's source (torch.nn.LayerNorm or x * rsqrt(var + eps)) and re-export")
     if f.eps is None or not np.isfinite(f.eps) or f.eps <= 0:
@@ -142,16 +162,19 @@ def _dtype(site: Site) -> str:
     return site.dtype
 
 
-def _planned(name: str, after: str, build: Callable[[Site], Callable[[Writer], object]], site: Site) -> Plan:
+def _planned(name: str, forms: dict[str, str], build: Callable[[Site, str], Callable[[Writer], object]],
+             site: Site) -> list[Plan]:
+    """A Plan per form (name -> after), or one refused Plan when the layer cannot be rewritten."""
     try:
-        return Plan(name, after, write=build(site))
+        return [Plan(name, form, after, write=build(site, form)) for form, after in forms.items()]
     except Refuse as e:
-        return Plan(name, after, refused=str(e))
+        return [Plan(name, "-", "-", refused=str(e))]
 
 
-# -- GroupNorm: GroupNormalization-18/21 and com.microsoft GroupNorm -> the instance form -----------
+# -- GroupNorm and InstanceNorm: the forms a group norm can be written in ---------------------------
 def gn_channel_affine(site: Site) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The per-channel weight and bias a GroupNorm layer applies, float64 (None where it has none)."""
+    """The per-channel weight and bias a GroupNorm/InstanceNorm layer applies, float64 (None where it has
+    none; a single value stays one value and broadcasts over the channels)."""
     f = site.norm
     w, b = _param(site, "weight"), _param(site, "bias")
     pw, pb = _param(site, "post_weight"), _param(site, "post_bias")
@@ -178,8 +201,7 @@ def gn_channel_affine(site: Site) -> tuple[np.ndarray | None, np.ndarray | None]
         w = np.broadcast_to(w, (c,)) if w is not None else None
         b = np.broadcast_to(b, (c,)) if b is not None else None
     else:
-        w = w.reshape(-1) if w is not None else None
-        b = b.reshape(-1) if b is not None else None
+        w, b = (_per_channel(site, v, what) for v, what in ((w, "weight"), (b, "bias")))
     # an exact identity affine writes no Mul/Add
     if w is not None and np.all(w == 1):
         w = None
@@ -188,27 +210,86 @@ def gn_channel_affine(site: Site) -> tuple[np.ndarray | None, np.ndarray | None]
     return w, b
 
 
-def write_gn_instance(w: Writer, *, groups: int, eps: float, weight, bias, rank: int, dtype: str,
-                      channels_last: bool = False, silu: bool = False):
-    """Reshape (N, G, -1) -> InstanceNormalization with identity scale per group -> Reshape back ->
-    per-channel Mul/Add. InstanceNormalization's variance is centered (two-pass) on every runtime, unlike
-    GroupNormalization's function body (E[x^2]-E[x]^2); float16 input runs it in float32 between Casts.
-    The reshapes copy the batch dim (0) and infer the rest (-1): symbolic batch/spatial dims stay."""
+def _per_channel(site: Site, v: np.ndarray | None, what: str) -> np.ndarray | None:
+    """A Mul/Add constant after a trick (shape (C, 1, 1), (1, C, 1, 1) or a scalar) as C values or one."""
+    if v is None:
+        return None
+    rank = site.rank or v.ndim
+    lead = v.reshape(v.shape[1:]) if v.ndim == rank and v.shape[0] == 1 else v
+    if v.size > 1 and v.ndim > 1 and (lead.ndim != rank - 1 or any(d != 1 for d in lead.shape[1:])):
+        raise Refuse(f"its {what} of shape {list(v.shape)} is not per channel")
+    return v.reshape(-1)
+
+
+# Which forms a group norm can take (ORT CPU, measured: torch 2.13 / onnx 1.23 / ORT 1.32): the
+# layernorm-trick is exact on zero-variance groups at every size; InstanceNormalization and
+# ReduceMean chains err ~1e-2 on a constant 64x64 group; GroupNormalization's body is E[x^2]-E[x]^2.
+# Listed in order of preference: among forms that pass on every target runtime and time alike, the
+# first is kept.
+GROUP_FORMS = {
+    "layernorm-trick": ("Reshape(N, G, -1)/LayerNormalization(stash_type=1)/Reshape/Mul/Add", 17),
+    "instance-trick": ("Reshape(N, G, -1)/InstanceNormalization/Reshape/Mul/Add", 6),
+    "decomposed": ("Reshape(N, G, -1)/ReduceMean/Sub/Mul/ReduceMean/Add/Sqrt/Div (centered)/Reshape/Mul/Add", 13),
+    # GroupNormalization-18 is deprecated (onnx.checker rejects it in a new model): only -21 is written
+    "native": ("GroupNormalization-21 (InstanceNormalization for an InstanceNorm)", 21),
+}
+
+
+def write_group_form(w: Writer, form: str, *, groups: int | None, eps: float, weight, bias, rank: int, dtype: str,
+                     dims: tuple | None, channels_last: bool = False, silu: bool = False):
+    """A group norm over (N, C, *spatial) in one of GROUP_FORMS, statistics in float32 for float16 input.
+    groups None: an InstanceNorm (one group per channel; the reshapes copy C from the input, so a
+    symbolic C stays). The reshapes copy the batch dim (0) and infer the rest (-1): symbolic batch and
+    spatial dims stay symbolic."""
     comp = _comp(dtype)
+    npd = DTYPES[comp].numpy
     h = w.x
     if channels_last:  # com.microsoft GroupNorm's NHWC input, to NCHW and back
         h = w.op("Transpose", h, perm=[0, rank - 1, *range(1, rank - 1)])
     h = w.cast(h, dtype, comp)
-    npd = DTYPES[comp].numpy
-    shape = w.op("Shape", h)
-    r = w.op("Reshape", h, w.const(np.array([0, groups, -1], np.int64), "group_view"))
-    n = w.op("InstanceNormalization", r, w.const(np.ones(groups, npd), "ones"), w.const(np.zeros(groups, npd), "zeros"),
-             epsilon=float(eps))
-    y = w.op("Reshape", n, shape)
     view = (-1,) + (1,) * (rank - 2)
-    if weight is not None:
+    c = dims[1] if dims and isinstance(dims[1], int) else None
+    affine_after = True
+    if form == "native" and groups is None:
+        if c is None and (weight is not None and np.size(weight) == 1 or bias is not None and np.size(bias) == 1
+                          or weight is None or bias is None):
+            raise Refuse("InstanceNormalization needs C scale/bias values and the channel dim is symbolic")
+        sc = np.broadcast_to(weight if weight is not None else 1.0, (c,)) if c else np.asarray(weight)
+        bi = np.broadcast_to(bias if bias is not None else 0.0, (c,)) if c else np.asarray(bias)
+        y = w.op("InstanceNormalization", h, w.const(np.asarray(sc, npd), "scale"), w.const(np.asarray(bi, npd), "B"),
+                 epsilon=float(eps))
+        affine_after = False
+    elif form == "native":
+        if c is None:
+            raise Refuse("GroupNormalization-21 takes a per-channel scale and the channel dim is symbolic")
+        sc = np.broadcast_to(weight if weight is not None else 1.0, (c,))
+        bi = np.broadcast_to(bias if bias is not None else 0.0, (c,))
+        y = w.op("GroupNormalization", h, w.const(np.asarray(sc, npd), "scale"), w.const(np.asarray(bi, npd), "bias"),
+                 epsilon=float(eps), num_groups=groups)
+        affine_after = False
+    else:
+        shape = w.op("Shape", h)
+        r = w.op("Reshape", h, w.const(np.array([0, groups or 0, -1], np.int64), "group_view"))
+        if form == "layernorm-trick":
+            known = dims is not None and all(isinstance(d, int) for d in dims[1:])
+            if known and (groups or c):
+                scale = w.const(np.ones(int(np.prod(dims[1:])) // (groups or c), npd), "ones")
+            else:
+                scale = w.op("ConstantOfShape", w.op("Shape", r, start=2), value=_ones_tensor(comp))
+            n = w.op("LayerNormalization", r, scale, axis=2, epsilon=float(eps), stash_type=1)
+        elif form == "instance-trick":
+            n = w.op("InstanceNormalization", r, w.const(np.ones(groups, npd), "ones"),
+                     w.const(np.zeros(groups, npd), "zeros"), epsilon=float(eps))
+        elif form == "decomposed":
+            d = w.op("Sub", r, w.reduce_mean(r, (2,)))
+            var = w.reduce_mean(w.op("Mul", d, d), (2,))
+            n = w.op("Div", d, w.op("Sqrt", w.op("Add", var, w.const(np.array(eps, npd), "eps"))))
+        else:
+            raise ValueError(f"unknown group form {form!r}")
+        y = w.op("Reshape", n, shape)
+    if affine_after and weight is not None:
         y = w.op("Mul", y, w.const(np.asarray(weight, npd).reshape(view), "weight"))
-    if bias is not None:
+    if affine_after and bias is not None:
         y = w.op("Add", y, w.const(np.asarray(bias, npd).reshape(view), "bias"))
     y = w.cast(y, comp, dtype)
     if channels_last:
@@ -218,54 +299,80 @@ def write_gn_instance(w: Writer, *, groups: int, eps: float, weight, bias, rank:
     return y
 
 
-GN_AFTER = "Reshape/InstanceNormalization/Reshape/Mul/Add"
+def _ones_tensor(dtype: str):
+    import onnx_ir as ir
+
+    return ir.tensor(np.ones(1, DTYPES[dtype].numpy))
 
 
-def _gn_builder(f: FoundNorm, **layout):
-    """The GroupNorm rules' shared build: checks, then write_gn_instance (layout: channels_last, silu)."""
-
-    def build(site):
+def _group_candidates(site: Site, rule: str, *, skip: str | None, **layout) -> list[Plan]:
+    """One Plan per group form the opset allows (the layer's own form left out, unless statistics move
+    to float32); all refused alike when the layer itself cannot be rewritten."""
+    f = site.norm
+    try:
         _check_eps(f)
         dtype = _dtype(site)
         if site.rank is None or site.rank < 3:
             raise Refuse("the input's rank is unknown: give --input-shape")
+        if any(r.code == "trick-affine" for r in f.risks):
+            raise Refuse("the InstanceNormalization inside the trick has its own scale/bias: the layer is not a plain "
+                         "GroupNorm")
         weight, bias = gn_channel_affine(site)
-        return lambda w: write_gn_instance(w, groups=f.groups, eps=f.eps, weight=weight, bias=bias, rank=site.rank,
-                                           dtype=dtype, **layout)
+    except Refuse as e:
+        return [Plan(rule, "-", "-", refused=str(e))]
+    groups = f.groups if f.kind == "gn" else None
+    plans = []
+    for form, (after, needs) in GROUP_FORMS.items():
+        if form == skip and dtype not in LOW_PRECISION or site.opset < (6 if f.kind == "in" and form == "native"
+                                                                        else needs):
+            continue
+        if f.kind == "in" and form == "instance-trick":
+            continue  # an InstanceNorm's instance-trick is the op itself
+        kw = dict(groups=groups, eps=f.eps, weight=weight, bias=bias, rank=site.rank, dtype=dtype, dims=site.dims,
+                  **layout)
+        plans.append(Plan(rule, form, _after(after, **layout),
+                          write=(lambda fm, k: lambda w: write_group_form(w, fm, **k))(form, kw)))
+    return plans
 
-    return build
+
+def _after(text: str, channels_last: bool = False, silu: bool = False) -> str:
+    return ("Transpose/" if channels_last else "") + text + ("/Transpose" if channels_last else "") + (
+        "/Sigmoid/Mul" if silu else "")
 
 
-def _plan_gn_native(site: Site) -> Plan | None:
+def _plan_group(site: Site) -> list[Plan] | None:
     f = site.norm
-    if f.kind != "gn" or f.form != "native":
+    own = {"native": "native", "instance-trick": "instance-trick"}.get(f.form)
+    if own is None or f.kind not in ("gn", "in") or (f.kind == "in" and f.form != "native"):
         return None
-    return _planned("gn-instance", GN_AFTER, _gn_builder(f), site)
+    return _group_candidates(site, "group-norm", skip=own)
 
 
-def _plan_gn_contrib(site: Site) -> Plan | None:
+def _plan_gn_contrib(site: Site) -> list[Plan] | None:
     f = site.norm
     if f.kind != "gn" or f.form != "contrib" or not f.op.endswith(".GroupNorm"):
         return None
     node = site.g.nodes[site.g.index[f.nodes[0]]]
-    channels_last, silu = bool(attr(node, "channels_last", 1)), bool(attr(node, "activation", 0))
-    build = _gn_builder(f, channels_last=channels_last, silu=silu)
-    after = ("Transpose/" if channels_last else "") + GN_AFTER + ("/Transpose" if channels_last else "") + (
-        "/Sigmoid/Mul" if silu else "")
-    return _planned("ms-groupnorm", after, build, site)
+    return _group_candidates(site, "ms-groupnorm", skip=None, channels_last=bool(attr(node, "channels_last", 1)),
+                             silu=bool(attr(node, "activation", 0)))
 
 
 RULES.register(Rule(
-    "gn-instance", "GroupNormalization-18/21 (ORT inlines its E[x^2]-E[x]^2 body: NaN at offset 1e4)",
-    GN_AFTER + " (the GroupNorm instance-trick; float32 between Casts for float16)", "any opset >= 6",
-    "the mean and variance over (C/G)*spatial elements per (n, g) are what InstanceNormalization computes on the "
-    "(N, G, -1) view; GroupNormalization-18's per-group scale/bias and any per-channel Mul/Add after it fold into "
-    "one per-channel affine", _plan_gn_native))
+    "group-norm", "GroupNormalization-18/21 (ORT inlines its E[x^2]-E[x]^2 body: NaN at offset 1e4), the "
+    "GroupNorm instance-trick torch writes below opset 21, and InstanceNormalization (both err on zero-variance "
+    "groups at real sizes on ORT CPU)",
+    "the first form that passes on every target runtime, of: " + "; ".join(
+        f"{k} ({v[0]}, opset >= {v[1]})" for k, v in GROUP_FORMS.items()) + " (float32 statistics for float16)",
+    "layernorm-trick: 17; GroupNormalization: 18",
+    "the mean and variance over (C/G)*spatial elements per (n, g) are what each form computes on the (N, G, -1) "
+    "view; GroupNormalization-18's per-group scale/bias and any per-channel Mul/Add after it fold into one "
+    "per-channel affine", _plan_group, hidden=frozenset({"fp16-statistics"}),
+    fixes=frozenset({"gn-function-body", "gn18-per-group-affine"})))
 RULES.register(Rule(
     "ms-groupnorm", "com.microsoft GroupNorm (one-pass variance: error 2.3 at offset 1e3, NaN at 1e4)",
-    GN_AFTER + " (Transposes for channels_last, Sigmoid/Mul for activation=1)", "any opset >= 6",
+    "the group-norm rule's forms (Transposes for channels_last, Sigmoid/Mul for activation=1)", "any opset >= 6",
     "the same statistics computed centered; opt-in because the contrib kernel is 3-5x faster on CUDA than the "
-    "standard-op form", _plan_gn_contrib, default=False))
+    "standard-op form", _plan_gn_contrib, default=False, fixes=frozenset({"one-pass-variance"})))
 
 
 # -- decomposed LayerNorm / RMSNorm -> the native op, or a float32-statistics island ---------------
@@ -350,24 +457,18 @@ def write_island(w: Writer, *, axes, eps, weight, bias, dtype: str, out_dtype: s
     return w.cast(y, comp, out_dtype or dtype)
 
 
-def _low_precision_risk(f: FoundNorm) -> bool:
-    return any("float16 statistics" in r or "E[x^2]-E[x]^2" in r for r in f.risks)
-
-
-def _plan_decomposed(site: Site, kind: str) -> Plan | None:
+def _plan_decomposed(site: Site, kind: str) -> list[Plan] | None:
     f = site.norm
     if f.form != "decomposed" or (f.kind != kind and not (kind == "ln" and f.kind == "gn")):
         return None
     native_opset = 17 if kind == "ln" else 23
-    native = site.opset >= native_opset
-    if not native and not _low_precision_risk(f):
-        return None  # a centered float32 chain below the native op's opset: nothing to gain
     op = "LayerNormalization" if kind == "ln" else "RMSNormalization"
-    after = f"{op}(stash_type=1)" if native else (
-        f"float32-statistics {'two-pass ' if kind == 'ln' else ''}chain (opset {site.opset} < {native_opset}; "
-        f"--opset {native_opset} for {op})")
+    forms = {"native": f"{op}(stash_type=1)"} if site.opset >= native_opset else {}
+    forms["float32-island"] = (f"{'centered ' if kind == 'ln' else ''}chain with float32 statistics"
+                               + ("" if forms else f" (opset {site.opset} < {native_opset}; --opset {native_opset} "
+                                                     f"for {op})"))
 
-    def build(site):
+    def build(site, form):
         _check_eps(f)
         dtype = _dtype(site)
         axes = _norm_axes(site)
@@ -376,33 +477,33 @@ def _plan_decomposed(site: Site, kind: str) -> Plan | None:
         if weight is None and nshape is not None and all(isinstance(d, int) for d in nshape):
             weight = np.ones(nshape)  # a constant scale when the dims are known (readable by scan)
         kw = dict(axes=axes, eps=f.eps, weight=weight, bias=bias, dtype=dtype, out_dtype=site.out_dtype)
-        if native:
+        if form == "native":
             writer = write_layer_norm if kind == "ln" else write_rms_norm
             return lambda w: writer(w, **kw)
         return lambda w: write_island(w, centered=kind == "ln", **kw)
 
-    return _planned(f"{kind}-native", after, build, site)
+    return _planned(f"{kind}-native", forms, build, site)
 
 
 RULES.register(Rule(
     "ln-native", "a decomposed LayerNorm (ReduceMean chains: Pow or Mul, Div(Sqrt), Mul(Reciprocal), Pow(.5), "
     "Cast islands, E[x^2]-E[x]^2), and a decomposed GroupNorm's inner chain",
-    "LayerNormalization(stash_type=1) at opset >= 17; below, a centered chain with float32 statistics (only where "
-    "the chain is float16 or E[x^2]-E[x]^2)", "LayerNormalization: 17",
+    "LayerNormalization(stash_type=1) at opset >= 17; a centered chain with float32 statistics at any opset "
+    "(the first that passes on every target runtime)", "LayerNormalization: 17",
     "(x - mean) / sqrt(mean((x - mean)^2) + eps) * w + b over the same trailing axes, the Mul/Add constants as "
     "scale/bias; E[x^2]-E[x]^2 equals the centered variance in exact arithmetic",
-    lambda site: _plan_decomposed(site, "ln")))
+    lambda site: _plan_decomposed(site, "ln"), hidden=frozenset({"variance-e-x2", "fp16-statistics"})))
 RULES.register(Rule(
     "rms-native", "a decomposed RMSNorm (x / sqrt(mean(x^2) + eps) * w)",
-    "RMSNormalization(stash_type=1) at opset >= 23; below, the chain with float32 statistics (only where float16)",
+    "RMSNormalization(stash_type=1) at opset >= 23; the chain with float32 statistics at any opset",
     "RMSNormalization: 23", "the same mean of squares over the same trailing axes, the Mul constant as scale",
-    lambda site: _plan_decomposed(site, "rms")))
+    lambda site: _plan_decomposed(site, "rms"), hidden=frozenset({"fp16-statistics"})))
 
 
 # -- native LayerNormalization/RMSNormalization with float16 statistics -----------------------------
-def _plan_stash(site: Site) -> Plan | None:
+def _plan_stash(site: Site) -> list[Plan] | None:
     f = site.norm
-    if f.form != "native" or f.kind not in ("ln", "rms") or not any("stash_type" in r for r in f.risks):
+    if f.form != "native" or f.kind not in ("ln", "rms") or not any(r.code == "fp16-stash" for r in f.risks):
         return None
     node = site.g.nodes[site.g.index[f.nodes[0]]]
 
@@ -411,7 +512,7 @@ def _plan_stash(site: Site) -> Plan | None:
         attrs["stash_type"] = 1
         return w.op(node.op_type, *(w.value(n) if n else None for n in node.input), **attrs)
 
-    return Plan("stash-float32", f"{node.op_type}(stash_type=1)", write=write)
+    return [Plan("stash-float32", "stash-float32", f"{node.op_type}(stash_type=1)", write=write)]
 
 
 def onnx_attr(a):
@@ -423,7 +524,8 @@ def onnx_attr(a):
 RULES.register(Rule(
     "stash-float32", "LayerNormalization/RMSNormalization on float16 with stash_type != 1 (float16 statistics)",
     "the same op with stash_type=1", "LayerNormalization: 17, RMSNormalization: 23",
-    "stash_type only sets the precision the mean and variance are computed in", _plan_stash))
+    "stash_type only sets the precision the mean and variance are computed in", _plan_stash,
+    hidden=frozenset({"fp16-stash"})))
 
 
 def select(rules: list[str] | None, skip: list[str] | None) -> list[Rule]:

@@ -8,16 +8,18 @@ outside the model's folder) and loaded only for the tensors of the layers being 
 """
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
 
-from ..errors import BadInput, ExitCode, verdict_code
+from ..errors import BadInput, ExitCode
+from ..judge import over_layers
 from ..graph import Graph, load_model, opset_of
 from .derive import concrete_shape, derive_spec, params_from_model
-from .extract import LayerExtractor, ort_fusion, ort_optimized
+from .extract import DRAWN, LayerExtractor, ort_fusion, ort_optimized
 from .patterns import FoundNorm, LeftOut, find_all, find_norms
 
 __all__ = ["scan", "ScanReport", "FoundNorm", "LeftOut", "find_all", "find_norms", "derive_spec", "concrete_shape", "params_from_model",
@@ -54,8 +56,7 @@ class ScanReport:
         norms were found and none could be checked, else 0 (layers not validated are listed)."""
         if not self.validated:
             return ExitCode.PASSED
-        c = self.counts
-        return verdict_code(c["passed"], c["failed"], c["not_validated"])
+        return over_layers(v.get("passed") for v in self.validations.values()).exit_code
 
     def to_dict(self) -> dict:
         norms = []
@@ -159,10 +160,11 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def scan(path: str | Path, *, validate: bool = False, runtimes: list[str] | None = None,
          inputs: list[str] | None = None, check_fusion: bool = True, progress=None,
-         input_shapes: dict[str, tuple[int, ...]] | None = None, jobs: int = 1) -> ScanReport:
+         input_shapes: dict[str, tuple[int, ...]] | None = None, jobs: int = 1, memo: dict | None = None) -> ScanReport:
     """Find the norms of the model at `path`; with validate=True check each one in isolation.
     input_shapes: dims for graph inputs whose dims are symbolic (the CLI's --input-shape);
-    jobs: processes validating layers in parallel."""
+    jobs: processes validating layers in parallel; memo: validations already made of identical
+    cut-out layers (normonnx fix passes its own, so a layer it did not change is not validated twice)."""
     if jobs < 1:
         raise BadInput(f"--jobs must be >= 1, got {jobs}")
     if validate:
@@ -190,11 +192,12 @@ def scan(path: str | Path, *, validate: bool = False, runtimes: list[str] | None
                 layers[i] = extractor.extract(f, Path(tmp) / f"layer{i}.onnx")
             except BadInput as e:
                 report.validations[i] = {"passed": None, "validation": f"not validated: {e}"}
-        if jobs == 1:
+        if jobs == 1 or memo is not None:
+            memo = {} if memo is None else memo
             for n, (i, layer) in enumerate(layers.items()):
                 if progress:
                     progress(n, len(layers), norms[i])
-                report.validations[i] = validate_layer(norms[i], layer, runtimes, inputs)
+                report.validations[i] = validate_cached(norms[i], layer, runtimes, inputs, memo)
         else:
             report.validations.update(_validate_in_parallel(norms, layers, runtimes, inputs, jobs, progress))
     report.validations = dict(sorted(report.validations.items()))
@@ -222,6 +225,19 @@ def _validate_in_parallel(norms, layers: dict, runtimes, inputs, jobs: int, prog
                 out[i] = {"passed": None, "validation": f"not validated: the worker process failed "
                                                         f"({type(e).__name__}); please report it"}
     return out
+
+
+def layer_key(path: Path, runtimes, inputs) -> str:
+    """What a layer's validation depends on: the cut-out layer's bytes, the runtimes and the suites."""
+    return hashlib.sha256(path.read_bytes()).hexdigest() + repr((tuple(runtimes), tuple(inputs or ())))
+
+
+def validate_cached(f: FoundNorm, path: Path, runtimes, inputs, memo: dict) -> dict:
+    """validate_layer, memoized on layer_key (an unchanged layer of a fixed model is not validated twice)."""
+    key = layer_key(path, runtimes, inputs)
+    if key not in memo:
+        memo[key] = validate_layer(f, path, list(runtimes), inputs)
+    return memo[key]
 
 
 def run_layer(f: FoundNorm, layer_path: Path, runtimes: list[str] | None, inputs: list[str] | None,
@@ -253,13 +269,23 @@ def validate_layer(f: FoundNorm, layer_path: Path, runtimes: list[str] | None, i
     except Exception as e:  # normonnx's own failure: never a verdict on the user's model
         return {"passed": None, "validation": f"not validated: internal error ({type(e).__name__}: "
                                               f"{str(e).strip()[:160]}); please report it"}
-    spec = rep.spec
-    c = rep.counts
+    out = summarize(f, rep)
+    drawn = {p.key: p.value for p in onnx.load(str(layer_path), load_external_data=False).metadata_props}.get(DRAWN)
+    if drawn:
+        out["validation"] += f" (parameters drawn: {drawn.replace(',', ', ')} fed as graph input)"
+        out["parameters_drawn"] = drawn.split(",")
+    return out
+
+
+def summarize(f: FoundNorm, rep) -> dict:
+    """A layer's ValidationReport as scan's row: the judge's verdict and its first reason."""
+    spec, v = rep.spec, rep.verdict
+    c = v.counts()
     bad = rep.failures()
-    if c["fail"]:
+    if v.status == "fail":
         first = next(r for r in bad if r.status == "fail")
         return {"passed": False, "spec_id": spec.id, "counts": c, "validation": f"{first.inputs}: {first.reason}"}
-    if c["error"] or not c["pass"]:
+    if v.status != "pass":
         why = bad[0].error if bad else "every runtime or input suite was skipped"
         return {"passed": None, "spec_id": spec.id, "counts": c, "validation": f"not validated: {why}"}
     how = " (zero residual and bias: the norm of x alone)" if f.pre_bias else \

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..errors import BadInput, ExitCode, verdict_code
+from ..errors import BadInput, ExitCode
+from ..judge import judge, over_layers, status_of
 from ..graph import Graph, load_model
 from ..tables import DTYPES, dtype_of_onnx
 from .derive import derive_spec
@@ -63,7 +64,7 @@ class ActivationReport:
     @property
     def exit_code(self) -> ExitCode:
         v = [lf.passed for lf in self.layers]
-        return verdict_code(v.count(True), v.count(False), v.count(None)) if v else ExitCode.PASSED
+        return over_layers(v).exit_code if v else ExitCode.PASSED
 
     def to_dict(self) -> dict:
         return {"model": self.model, "provider": self.provider, "samples": self.samples, "source": self.source,
@@ -231,7 +232,7 @@ def _float16_verdict(path: Path, spec16, params, xs: list[np.ndarray], rule: str
     except Exception as e:
         return {"passed": None, "why": f"could not run on onnx.reference: {_first_line(e)}"}
     bad = [d for ok, d in verdicts if not ok]
-    return {"passed": not bad, "why": bad[0]["reason"] if bad else None, "rule": rule,
+    return {"passed": judge(status_of(ok) for ok, _ in verdicts).ok, "why": bad[0]["reason"] if bad else None, "rule": rule,
             "max_abs_err": max((d["max_abs_err"] or 0.0) for _, d in verdicts)}
 
 
@@ -402,7 +403,7 @@ def _check_layer(lc: LayerCheck, got: dict, extractor: LayerExtractor, work: Pat
         lc.why = f"internal error ({type(e).__name__}: {str(e).strip()[:120]}); please report it"
         return
     bad = [d for ok, d in verdicts if not ok]
-    lc.passed = not bad
+    lc.passed = judge(status_of(ok) for ok, _ in verdicts).ok
     worst = max((d for _, d in verdicts), key=lambda d: d["max_abs_err"] or 0.0)
     lc.error = bad[0] if bad else worst
     stats = [activation_stats(s_spec, x) for x in xs]

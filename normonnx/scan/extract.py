@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import tempfile
+import zlib
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from ..errors import BadInput
@@ -36,6 +38,8 @@ class LayerExtractor:
 
     def __init__(self, model: onnx.ModelProto, base: Path, norms: list[FoundNorm], g: Graph | None = None):
         self.base = base
+        self.graph_inputs = {i.name: i for i in model.graph.input}
+        self.initializer_names = {t.name for t in model.graph.initializer}
         names = [n for f in norms if not f.scope for n in (f.input, f.output, *f.extra_inputs)]
         _ensure_value_info(model, names, g or Graph(model.graph))
         try:
@@ -68,6 +72,9 @@ class LayerExtractor:
                 if t.name == f.pre_bias:
                     t.CopyFrom(onnx.helper.make_tensor(t.name, t.data_type, list(t.dims),
                                                        [0] * math.prod(t.dims)))
+        drawn = self._draw_fed_parameters(f, sub)
+        if drawn:
+            onnx.helper.set_model_props(sub, {DRAWN: ",".join(drawn)})
         read_external_data(check_external_data(sub, self.base))  # only this layer's tensors
         # a standalone layer keeps only what a runtime needs; drop value_info that may reference the rest
         del sub.graph.value_info[:]
@@ -75,6 +82,35 @@ class LayerExtractor:
             sub.opset_import.append(onnx.helper.make_opsetid(MS, 1))
         onnx.save(sub, str(out))
         return out
+
+
+    def _draw_fed_parameters(self, f: FoundNorm, sub: onnx.ModelProto) -> list[str]:
+        """A parameter fed at run time (a graph input: ONNX's conformance models feed scale and bias so)
+        has no value to read: the layer is checked with seeded drawn values of its declared shape,
+        scale ~ 1 + 0.1 N(0,1), bias and mean ~ N(0,1), variance ~ 0.5 + |N(0,1)| (> 0). An initializer
+        that a graph input of the same name may override (IR < 4) keeps its stored value: that default
+        is what runs unless the caller feeds another."""
+        made = {o for n in sub.graph.node for o in n.output} | {t.name for t in sub.graph.initializer}
+        drawn = []
+        for key, name in f.params:
+            if name in made or name not in self.graph_inputs or name in self.initializer_names:
+                continue
+            tt = self.graph_inputs[name].type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else 0 for d in tt.shape.dim] if tt.HasField("shape") else None
+            if dims is None or any(d <= 0 for d in dims):
+                raise BadInput(f"its {key} ({name}) is a graph input of unknown shape: no value can be drawn for it")
+            np_dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+            if not np.issubdtype(np_dtype, np.floating):
+                raise BadInput(f"its {key} ({name}) is a graph input of non-float type")
+            rng = np.random.default_rng(zlib.crc32(name.encode()))
+            z = rng.standard_normal(dims)
+            v = {"weight": 1 + 0.1 * z, "running_var": 0.5 + np.abs(z)}.get(key, z)
+            sub.graph.initializer.append(onnx.numpy_helper.from_array(v.astype(np_dtype), name))
+            drawn.append(f"{key} {name}")
+        return drawn
+
+
+DRAWN = "normonnx.parameters_drawn"  # model property of a cut-out layer: which parameters were drawn
 
 
 def _first(e: BaseException) -> str:

@@ -17,8 +17,42 @@ NATIVE = KIND_OF_NATIVE_OP
 CONTRIB = {"LayerNormalization": "ln", "SimplifiedLayerNormalization": "rms", "SkipLayerNormalization": "ln",
            "SkipSimplifiedLayerNormalization": "rms", "GroupNorm": "gn", "SkipGroupNorm": "gn",
            "EmbedLayerNormalization": "ln"}
-# com.microsoft GroupNorm/SkipGroupNorm kernels compute the variance in one pass (CUDA only)
-ONE_PASS_RISK = "com.microsoft GroupNorm computes E[x^2]-E[x]^2 in one pass: wrong at large offsets"
+# Risks are data: a stable code (what fix's rules and tests match) and a message (what people read).
+# Rewording a message changes nothing a rule does.
+RISKS = {
+    "gn-function-body": "ORT has no GroupNormalization kernel: it inlines the function body, whose variance is "
+                        "E[x^2]-E[x]^2 (NaN at large offsets and on zero-variance groups)",
+    "gn18-per-group-affine": "GroupNormalization-18: scale/bias per group, not per channel (onnx/onnx#5466)",
+    # com.microsoft GroupNorm/SkipGroupNorm kernels compute the variance in one pass (CUDA only)
+    "one-pass-variance": "com.microsoft GroupNorm computes E[x^2]-E[x]^2 in one pass: wrong at large offsets",
+    "variance-e-x2": "variance as E[x^2]-E[x]^2: cancels catastrophically at large offsets",
+    "fp16-statistics": "float16 statistics without float32 accumulation",
+    "fp16-stash": "float16 statistics without float32 accumulation (stash_type != 1)",
+    "eps-outside-sqrt": "eps added outside the sqrt: std + eps, not sqrt(var + eps)",
+    "training-mode": "training_mode=1: normalizes with batch statistics",
+    "trick-affine": "InstanceNormalization inside the GroupNorm trick has a non-identity scale/bias",
+}
+
+
+@dataclass(frozen=True)
+class Risk:
+    """A risk of one found layer: `code` is stable (rules match it), the message is for people."""
+
+    code: str
+
+    @property
+    def message(self) -> str:
+        return RISKS[self.code]
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def risk(code: str) -> Risk:
+    if code not in RISKS:
+        raise KeyError(f"unknown risk code {code!r}")
+    return Risk(code)
+
 
 @dataclass(frozen=True)
 class FoundNorm:
@@ -35,7 +69,7 @@ class FoundNorm:
     eps: float | None = None
     affine: bool = False
     dtype: str | None = None
-    risks: tuple[str, ...] = ()
+    risks: tuple[Risk, ...] = ()
     params: tuple[tuple[str, str], ...] = ()
     extra_inputs: tuple[str, ...] = ()  # inputs set to zero to check the norm of x alone: Skip*'s residual
     param_layout: str = "per-channel"  # or "per-group" (GroupNormalization-18)
@@ -47,7 +81,8 @@ class FoundNorm:
         return {"kind": self.kind, "form": self.form, "op": self.op, "nodes": list(self.nodes), "input": self.input,
                 "output": self.output, "axes": list(self.axes) if self.axes is not None else None,
                 "groups": self.groups, "eps": self.eps, "affine": self.affine, "dtype": self.dtype,
-                "risks": list(self.risks), "params": dict(self.params), "scope": self.scope or "main graph"}
+                "risks": [r.message for r in self.risks],
+                "risk_codes": [r.code for r in self.risks], "params": dict(self.params), "scope": self.scope or "main graph"}
 
 
 def _other(node, name: str, g: Graph) -> str | None:
@@ -110,7 +145,7 @@ def _denominator_chain(g: Graph, var: str, numer: str):
                 found = _divide(g, e.output[0], numer)
                 if found:
                     out, nodes = found
-                    return out, [ia, ie] + nodes, eps, ["eps added outside the sqrt: std + eps, not sqrt(var + eps)"]
+                    return out, [ia, ie] + nodes, eps, [risk("eps-outside-sqrt")]
     return None
 
 
@@ -201,7 +236,7 @@ def _find_decomposed(g: Graph, used: set[int]) -> list[FoundNorm]:
                             if m2 is not None and m2.op_type in ("Mul", "Pow") and _is_square_of(g, m2, mean):
                                 var = sv.output[0]
                                 var_nodes = [isq, irm, g.producer[sv.input[1]], isv]
-                                risks = ["variance as E[x^2]-E[x]^2: cancels catastrophically at large offsets"]
+                                risks = [risk("variance-e-x2")]
             if var is None:
                 continue  # a mean-centering without a variance is not a norm
             chain = _denominator_chain(g, var, d)
@@ -211,7 +246,7 @@ def _find_decomposed(g: Graph, used: set[int]) -> list[FoundNorm]:
             out, aff_nodes, weight, bias = _affine(g, _through_casts(g, normed))
             idx = [i, isub] + var_nodes + den_nodes + aff_nodes
             if _accumulates_in_low_precision(g, x):
-                risks.append("float16 statistics without float32 accumulation")
+                risks.append(risk("fp16-statistics"))
             found.append(_finish(g, "ln", "decomposed", "ReduceMean/Sub/" + "/".join(
                 g.nodes[j].op_type for j in var_nodes + den_nodes), idx, x, out, axes, None, eps, weight, bias,
                 risks + den_risks))
@@ -238,7 +273,7 @@ def _find_decomposed(g: Graph, used: set[int]) -> list[FoundNorm]:
         out, aff_nodes, weight, bias = _affine(g, _through_casts(g, normed))
         risks = list(den_risks)
         if _accumulates_in_low_precision(g, src):
-            risks.append("float16 statistics without float32 accumulation")
+            risks.append(risk("fp16-statistics"))
         idx = [g.producer[x], i] + den_nodes + aff_nodes
         found.append(_finish(g, "rms", "decomposed", "Pow|Mul/ReduceMean/" + "/".join(
             g.nodes[j].op_type for j in den_nodes), idx, src, out, axes, None, eps, weight, bias, risks))
@@ -275,7 +310,7 @@ def _instance_trick(g: Graph, i: int, n) -> FoundNorm | None:
     risks = []
     b = g.const(n.input[2])
     if scale is not None and (not np.allclose(scale, 1) or (b is not None and not np.allclose(b, 0))):
-        risks.append("InstanceNormalization inside the GroupNorm trick has a non-identity scale/bias")
+        risks.append(risk("trick-affine"))
     idx = [g.producer[n.input[0]], i, r2s[0]] + aff_nodes
     params = tuple((k, v) for k, v in (("weight", weight), ("bias", bias)) if v)
     return FoundNorm("gn", "instance-trick", "Reshape/InstanceNormalization/Reshape" + "".join(
@@ -299,22 +334,21 @@ def _native(g: Graph, i: int, n, opset: int) -> FoundNorm | None:
             params = (("weight", n.input[1]), ("bias", n.input[2]), ("running_mean", n.input[3]),
                       ("running_var", n.input[4]))
             if _attr(n, "training_mode", 0):
-                risks.append("training_mode=1: normalizes with batch statistics")
+                risks.append(risk("training-mode"))
         elif kind == "in":
             params = (("weight", n.input[1]), ("bias", n.input[2]))
         elif kind in ("ln", "rms"):
             axes = (int(_attr(n, "axis", -1)),)
             params = tuple((k, v) for k, v in zip(("weight", "bias"), n.input[1:]) if v)
             if dt in LOW_PRECISION and _attr(n, "stash_type", 1) != 1:
-                risks.append("float16 statistics without float32 accumulation (stash_type != 1)")
+                risks.append(risk("fp16-stash"))
         else:  # gn
             groups = int(_attr(n, "num_groups"))
             params = (("weight", n.input[1]), ("bias", n.input[2]))
-            risks.append("ORT has no GroupNormalization kernel: it inlines the function body, whose variance is "
-                         "E[x^2]-E[x]^2 (NaN at large offsets and on zero-variance groups)")
+            risks.append(risk("gn-function-body"))
             if opset < 21:
                 layout = "per-group"
-                risks.append("GroupNormalization-18: scale/bias per group, not per channel (onnx/onnx#5466)")
+                risks.append(risk("gn18-per-group-affine"))
                 # the usual repair: identity per-group scale, the per-channel affine as Mul/Add after it
                 out, aff, w, b = _affine(g, n.output[0])
                 if aff:
@@ -345,7 +379,7 @@ def _native(g: Graph, i: int, n, opset: int) -> FoundNorm | None:
             # (X, gamma, beta) and (X, gamma, beta, skip, bias?): NHWC, an optional fused SiLU
             groups = int(_attr(n, "groups"))
             params = named(("weight", 1), ("bias", 2))
-            risks = (ONE_PASS_RISK,)
+            risks = (risk("one-pass-variance"),)
             if n.op_type == "SkipGroupNorm":
                 extra, pre_bias = (inputs[3],), inputs[4]
             if _attr(n, "activation", 0):
