@@ -324,9 +324,25 @@ class Graph:
                 if a.name in ("value_float", "value_int", "value_floats", "value_ints"):
                     return np.asarray(onnx.helper.get_attribute_value(a))
             return None
+        if n is not None and n.op_type == "ConstantOfShape" and n.domain in DEFAULT_DOMAINS:
+            return self._constant_of_shape(n)
         if n is None and self.outer is not None and name not in self.types:
             return self.outer.const(name)
         return None
+
+    def _constant_of_shape(self, n) -> np.ndarray | None:
+        """ConstantOfShape(Shape(x, start, end)) where x's dims are known: the filled array (normonnx fix
+        writes a LayerNormalization scale of ones so, to keep symbolic dims symbolic)."""
+        _, sh = self.node(n.input[0]) if n.input else (None, None)
+        if sh is None or sh.op_type != "Shape" or not sh.input:
+            return None
+        dims = self.shapes.get(sh.input[0])
+        if dims is None or not all(isinstance(d, int) and d >= 0 for d in dims):
+            return None
+        start, end = attr(sh, "start", 0), attr(sh, "end", None)
+        dims = dims[start:end]
+        value = next((tensor_value(a.t) for a in n.attribute if a.name == "value"), np.zeros(1, np.float32))
+        return np.full(dims, value.reshape(-1)[0], dtype=value.dtype)
 
     def is_const(self, name: str) -> bool:
         name = self.origin(name)

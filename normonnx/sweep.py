@@ -103,6 +103,11 @@ def versions() -> dict:
 
 
 # -- one case ------------------------------------------------------------------------------------
+def case_status(samples) -> str:
+    """A sweep record's status from its samples, by the one judge: pass, fail, or error (not checked)."""
+    return {"pass": "pass", "fail": "fail"}.get(judge(r.status for r in samples).status, "error")
+
+
 def run_case(case: Case, inputs: list[str] | None = None, cache_dir: str | None = None, seed: int = 0) -> dict:
     """Validate one case on its provider and return its flat record. Never raises."""
     from .cache import ExportCache
@@ -134,7 +139,7 @@ def run_case(case: Case, inputs: list[str] | None = None, cache_dir: str | None 
     bad = failed or [r for r in samples if r.status == "error"]
     worst = max(bad, key=lambda r: (r.nonfinite_mismatch or 0, r.max_abs_err or 0.0), default=None)
     finite_errs = [r.max_abs_err for r in samples if r.max_abs_err is not None]
-    status = {"pass": "pass", "fail": "fail"}.get(judge(r.status for r in samples).status, "error")
+    status = case_status(samples)
     return make_record(
         "case",
         **rec,

@@ -271,11 +271,8 @@ def write_group_form(w: Writer, form: str, *, groups: int | None, eps: float, we
         shape = w.op("Shape", h)
         r = w.op("Reshape", h, w.const(np.array([0, groups or 0, -1], np.int64), "group_view"))
         if form == "layernorm-trick":
-            known = dims is not None and all(isinstance(d, int) for d in dims[1:])
-            if known and (groups or c):
-                scale = w.const(np.ones(int(np.prod(dims[1:])) // (groups or c), npd), "ones")
-            else:
-                scale = w.op("ConstantOfShape", w.op("Shape", r, start=2), value=_ones_tensor(comp))
+            # a scale of ones as long as a group, from the shape at run time: symbolic dims stay symbolic
+            scale = w.op("ConstantOfShape", w.op("Shape", r, start=2), value=_ones_tensor(comp))
             n = w.op("LayerNormalization", r, scale, axis=2, epsilon=float(eps), stash_type=1)
         elif form == "instance-trick":
             n = w.op("InstanceNormalization", r, w.const(np.ones(groups, npd), "ones"),

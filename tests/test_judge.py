@@ -1,0 +1,154 @@
+"""One judge: the same outputs fed through every place a verdict is made (validate's report and exit
+code, scan's layer row, fix's layers and whole-model check, scan --activations, sweep records, bench's
+validation column, normonnx.testing) get one verdict. Plus the sabotages a review found no test caught."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from normonnx.compare import compare, tolerance_for
+from normonnx.errors import ExitCode
+from normonnx.judge import judge, over_layers, status_of
+from normonnx.spec import NormSpec
+from normonnx.validate import CaseInfo, ValidationReport
+
+TOL = tolerance_for("float32")
+REF = np.array([0.5, -1.0, 2.0, 0.0], np.float64)
+
+
+def _with(i, v):
+    got = REF.astype(np.float32).copy()
+    got[i] = v
+    return got
+
+
+# name -> (got, oracle, statuses of the other checks in the same set, the one verdict)
+CASES = {
+    "exact": (REF.astype(np.float32), REF, [], "pass"),
+    "nan-placed-alike": (_with(1, np.nan), np.where(np.arange(4) == 1, np.nan, REF), [], "pass"),
+    "plus-inf-placed-alike": (_with(2, np.inf), np.where(np.arange(4) == 2, np.inf, REF), [], "pass"),
+    "minus-inf-placed-alike": (_with(2, -np.inf), np.where(np.arange(4) == 2, -np.inf, REF), [], "pass"),
+    "nan-where-finite": (_with(1, np.nan), REF, [], "fail"),
+    "minus-inf-where-finite": (_with(1, -np.inf), REF, [], "fail"),
+    "minus-inf-where-plus-inf": (_with(2, -np.inf), np.where(np.arange(4) == 2, np.inf, REF), [], "fail"),
+    "just-inside-tolerance": (_with(2, 2.0 + 0.9 * (TOL.atol + TOL.rtol * 2.0)), REF, [], "pass"),
+    "just-outside-tolerance": (_with(2, 2.0 + 1.5 * (TOL.atol + TOL.rtol * 2.0)), REF, [], "fail"),
+    "pass-beside-an-error": (REF.astype(np.float32), REF, ["error"], "not checked"),
+    "fail-beside-an-error": (_with(1, -np.inf), REF, ["error"], "fail"),
+    "pass-beside-skipped": (REF.astype(np.float32), REF, ["skipped"], "pass"),
+}
+
+
+def _report(got, ref, others) -> ValidationReport:
+    spec = NormSpec.make("ln", shape=(1, 4))
+    info = CaseInfo("c", spec.id, "native", 18, "dynamo", "float32", TOL)
+    c = compare(got, ref, "float32", TOL)
+    results = [info.result("cpu", "normal:normal", status_of(c.passed), c.passed, comparison=c)]
+    results += [info.result("cpu", f"other:{k}", st, error="could not run" if st == "error" else None)
+                for k, st in enumerate(others)]
+    return ValidationReport(spec, "c", "test", {}, {}, results)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_every_entry_point_gives_one_verdict(name, monkeypatch):
+    from normonnx.repair.proof import compare_outputs
+    from normonnx.scan import summarize
+    from normonnx.scan.activations import _judge
+    from normonnx.scan.patterns import FoundNorm
+    from normonnx.sweep import case_status
+    from normonnx.testing import check_report
+
+    got, ref, others, want = CASES[name]
+    flag = {"pass": True, "fail": False, "not checked": None}[want]
+    rep = _report(got, ref, others)
+    assert rep.verdict.status == want
+    assert rep.exit_code == {"pass": ExitCode.PASSED, "fail": ExitCode.CHECK_FAILED}.get(want, ExitCode.NOT_CHECKED)
+    # scan --validate's layer row, and a model of that one layer (scan's and fix's exit code)
+    row = summarize(FoundNorm("ln", "native", "LayerNormalization", ("n",), "x", "y"), rep)
+    assert row["passed"] is flag
+    assert over_layers([row["passed"]]).exit_code == rep.exit_code
+    # a sweep record
+    assert case_status(rep.results) == {"not checked": "error"}.get(want, want)
+    # bench's validation column
+    assert rep.verdict.ok is flag
+    # normonnx.testing
+    if want == "pass":
+        check_report(rep)
+    else:
+        with pytest.raises(AssertionError):
+            check_report(rep)
+    if others:
+        return  # the two below judge one output alone
+    # fix's whole-model check: the same arrays as a model's output against the original's
+    whole = compare_outputs(["y"], [ref.astype(np.float32)], [got])
+    assert whole["passed"] is flag, whole
+    # scan --activations: a captured output against the oracle (the table's oracle stands in for the
+    # reference of the captured input)
+    import normonnx.reference
+
+    monkeypatch.setattr(normonnx.reference, "reference", lambda spec, params, x: ref.reshape(1, 4))
+    spec = NormSpec.make("ln", shape=(1, 4), affine=False)
+    ok, _ = _judge(spec, {}, np.array([[0.1, 0.2, 0.3, 0.4]]), got.reshape(1, 4), "float32")
+    assert judge([status_of(ok)]).ok is flag
+
+
+def test_the_judge_orders_fail_before_not_checked_before_pass():
+    assert judge([]).status == "not checked"
+    assert judge(["skipped"]).status == "not checked"
+    assert judge(["pass", "skipped"]).status == "pass"
+    assert judge(["pass", "error"]).status == "not checked"
+    assert judge(["fail", "error", "pass"]).status == "fail"
+    with pytest.raises(ValueError):
+        judge(["passed"])
+    assert over_layers([]).status == "pass"  # no norms: nothing to fail
+    assert over_layers([None, None]).status == "not checked" and over_layers([True, None]).status == "pass"
+
+
+# -- sabotages a review found no test would catch ---------------------------------------------------
+@pytest.mark.parametrize("args, stable", [
+    (dict(ratio=(1.0, 0.88, 1.12), copy_cv=0.0, others=None), False),  # CI half-width 12 % > 10 %
+    (dict(ratio=(1.0, 0.93, 1.07), copy_cv=0.0, others=None), True),
+    (dict(ratio=(1.0, 0.99, 1.01), copy_cv=0.20, others=None), False),  # copy varied 20 % > 15 %
+    (dict(ratio=(1.0, 0.99, 1.01), copy_cv=0.10, others=None), True),
+    (dict(ratio=(1.0, 0.99, 1.01), copy_cv=0.0, others=0.30), False),  # others 0.30 cores > 0.25
+    (dict(ratio=(1.0, 0.99, 1.01), copy_cv=0.0, others=0.20), True),
+], ids=["ci-12%", "ci-7%", "copy-20%", "copy-10%", "others-0.30", "others-0.20"])
+def test_noise_verdict_edges(args, stable):
+    """Each noise limit checked just past and just inside it: a limit made 3x looser (or tighter) fails here."""
+    from normonnx import timing
+
+    v = timing.Verdict.of(args["ratio"], args["copy_cv"], None, 2, args["others"])
+    assert v.stable is stable, v.reason
+
+
+def test_activations_check_the_skip_layernorm_on_input_plus_residual(tmp_path):
+    """SkipLayerNormalization normalizes input + skip (+ bias): the captured check must add the residual.
+    Judged on x alone (the residual dropped), the captured output would disagree with the oracle."""
+    import corpus
+    from normonnx.scan.activations import check_activations
+
+    path = tmp_path / "skip.onnx"
+    onnx.save(corpus.contrib_skip_with_bias(), str(path))
+    rep = check_activations(path, what_if=False)
+    assert [lc.passed for lc in rep.layers] == [True, True], [(lc.why, lc.error) for lc in rep.layers]
+
+
+def test_whole_model_check_fails_a_model_that_computes_something_else(tmp_path):
+    """compare_models on two models that differ in one bias value: never 'within'."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from normonnx.repair.proof import compare_models
+
+    def model(b):
+        node = helper.make_node("Add", ["x", "b"], ["y"])
+        g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+                              [numpy_helper.from_array(np.asarray(b, np.float32), "b")])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    onnx.save(model([0.0, 0.0, 0.0]), str(tmp_path / "a.onnx"))
+    onnx.save(model([0.0, 0.01, 0.0]), str(tmp_path / "b.onnx"))
+    assert compare_models(tmp_path / "a.onnx", tmp_path / "a.onnx", None)["passed"] is True
+    w = compare_models(tmp_path / "a.onnx", tmp_path / "b.onnx", None)
+    assert w["passed"] is False and w["outputs"]["y"]["within"] is False
