@@ -14,14 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
 
 from .errors import BadInput, ExportMismatch
 from .export import export_report, source_digest, tool_versions
-from .results import atomic_write
+from .safeio import atomic_write, check_output_path, check_regular_file
 from .spec import NormSpec
 
 
@@ -89,12 +88,12 @@ class ExportCache:
                 os.replace(Path(tmp) / "m.onnx", model)
         if output is None:
             return model
-        shutil.copyfile(model, output)
+        atomic_write(Path(output), model.read_bytes(), "model")
         return Path(output)
 
 
 def _read_error(path: Path) -> str | None:
-    if not path.is_file():
+    if not path.is_file() or path.is_symlink():
         return None
     try:
         err = json.loads(path.read_text(encoding="utf-8"))["error"]
@@ -109,6 +108,9 @@ def _entry_problem(model: Path, digest: Path, spec: NormSpec, variant: str, opse
 
     from .graph import metadata
 
+    # a cache entry is never read through a link, nor from a pipe (it would block forever)
+    if any(p.is_symlink() or not p.is_file() for p in (model, digest)):
+        return "is not a regular file, or its checksum is not"
     try:
         data = model.read_bytes()
         want = digest.read_text(encoding="ascii").strip()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
+from .safeio import check_output_path, publish, staging
 from .errors import BadInput, ExportMismatch
 from .exporters import get_exporter, quiet_export
 from .params import make_params
@@ -104,24 +105,6 @@ def check_model(model: onnx.ModelProto, allow_deprecated_gn18: bool = False) -> 
     except Exception as e:
         raise ExportMismatch(f"exported model fails strict shape inference: {str(e).splitlines()[0][:300]}") from e
     return "strict shape inference (onnx.checker refuses the deprecated GroupNormalization-18)"
-
-
-def check_output_path(path: Path, what: str = "model") -> None:
-    """BadInput unless `path` can receive a new file: its folder exists and is writable, and it is
-    absent or a regular file. A symlink or a device is refused: writing through a temp file and a
-    rename would replace it, writing into it would write somewhere else."""
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_symlink():
-        raise BadInput(f"output path {path} is a symbolic link: give the {what} file's real path")
-    if path.is_dir():
-        raise BadInput(f"output path {path} is a directory: give a file name for the {what}")
-    if path.exists() and not path.is_file():
-        raise BadInput(f"output path {path} exists and is not a regular file (a device or a pipe): give a file path")
-    if not parent.is_dir():
-        raise BadInput(f"cannot write {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise BadInput(f"cannot write {path}: folder {parent} is not writable")
-
 
 
 def raised_by_normonnx(e: BaseException) -> bool:
@@ -223,9 +206,9 @@ def export_report(
         "spec": spec.to_json(), "variant": variant, "exporter": exporter, "opset_requested": str(opset),
         "dynamic": json.dumps(dynamic), "versions": tool_versions(), "checker": checker_note, **({"mismatch": mismatch} if mismatch else {}),
     })
-    tmp_out = out.with_name(out.name + ".tmp")
-    onnx.save_model(model, str(tmp_out), save_as_external_data=False)
-    os.replace(tmp_out, out)  # atomic: a reader never sees half a model
+    with staging(out) as folder:  # atomic and link-proof: a reader never sees half a model
+        onnx.save_model(model, str(folder / out.name), save_as_external_data=False)
+        publish(folder / out.name, out, "model")
     facts = model_facts(model, out)
     return ExportReport(out, spec, variant, exporter, opset, facts["opset"], facts["ops"], facts["size_bytes"],
                         dynamic, mismatch, tuple(log))

@@ -19,6 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import BadInput
+from .safeio import check_regular_file
 from .tables import dtype_of_onnx
 
 META_PREFIX = "normonnx."
@@ -33,8 +34,9 @@ def load_model(path: str | Path, *, load_external_data: bool = True) -> onnx.Mod
     """Load an ONNX file or raise BadInput with a one-line reason. External data is checked always
     (location, offset, length against the file and the tensor's dims) and read only if asked."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists() and not p.is_symlink():
         raise BadInput(f"no such model file: {p}")
+    check_regular_file(p, "model file")
     try:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as e:  # protobuf's DecodeError and friends
@@ -266,6 +268,9 @@ class Graph:
             for x in n.input:
                 self.consumers.setdefault(x, []).append(i)
         self.initializers = {t.name: t for t in graph.initializer}
+        # an initializer that is also a graph input is only a default the caller may override (IR < 4
+        # models list every initializer so): its value is not a constant
+        self.overridable = {v.name for v in graph.input} & set(self.initializers)
         self.types: dict[str, int] = {}
         self.shapes: dict[str, list] = {}
         for v in list(graph.input) + list(graph.value_info) + list(graph.output):
@@ -277,6 +282,17 @@ class Graph:
         for t in graph.initializer:
             self.types[t.name] = t.data_type
             self.shapes[t.name] = list(t.dims)
+
+    def check_order(self) -> None:
+        """BadInput unless every node reads only values computed before it (ONNX requires topological
+        order; a graph with a cycle has none, and a walk back through it would never end)."""
+        for i, n in enumerate(self.nodes):
+            for v in n.input:
+                j = self.producer.get(v)
+                if j is not None and j >= i:
+                    raise BadInput(f"the graph is not in topological order: node {self.names[i]} reads {v!r}, which "
+                                   f"{'it computes itself' if j == i else f'the later node {self.names[j]} computes'}"
+                                   " (a cycle, or nodes out of order: ONNX requires each value computed before use)")
 
     def node(self, name: str):
         i = self.producer.get(name)
@@ -311,6 +327,8 @@ class Graph:
     def const(self, name: str) -> np.ndarray | None:
         """The value of an initializer or Constant output (None if computed or stored externally)."""
         name = self.origin(name)
+        if name in self.overridable:
+            return None
         if name in self.initializers:
             t = self.initializers[name]
             if t.data_location == onnx.TensorProto.EXTERNAL:

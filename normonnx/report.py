@@ -392,7 +392,7 @@ def render_markdown(records: list[dict], meta: dict) -> str:
 
 def write_report(out_dir: str | Path, output: str | Path, warn: Callable[[str], None] | None = None) -> Path:
     """Write OUT's report to `output` (.html, or .md for Markdown)."""
-    from .export import check_output_path
+    from .safeio import atomic_write, check_output_path
 
     output = Path(output)
     if output.suffix.lower() not in (".html", ".htm", ".md"):
@@ -400,7 +400,5 @@ def write_report(out_dir: str | Path, output: str | Path, warn: Callable[[str], 
     check_output_path(output, "report")
     records, meta = load(out_dir, warn)
     text = render_markdown(records, meta) if output.suffix.lower() == ".md" else render_html(records, meta)
-    from .results import atomic_write
-
     atomic_write(output, text.encode("utf-8"))
     return output

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .safeio import atomic_write, open_own
 from .errors import BadInput
 
 RESULTS = "results.jsonl"
@@ -133,15 +134,6 @@ def versions_diff(a: dict | None, b: dict | None) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_records(path: Path, records: list[dict]) -> None:
     """Replace `path` by these records, atomically (a reader sees the old file or the new one)."""
     atomic_write(path, b"".join(json.dumps(r, sort_keys=True, default=str).encode() + b"\n" for r in records))
@@ -151,7 +143,7 @@ def quarantine(folder: Path, bad: list[BadLine], records: list[dict]) -> Path:
     """Move malformed lines out of results.jsonl into results.rejected.jsonl (kept, never deleted)
     and rewrite results.jsonl with the valid records only: their cases then run again on resume."""
     rejected = folder / REJECTED
-    with open(rejected, "ab") as f:
+    with open_own(rejected, "ab", "rejected-lines file") as f:
         for b in bad:
             f.write(b.raw.rstrip(b"\n") + b"\n")
     write_records(folder / RESULTS, records)
@@ -165,7 +157,7 @@ class ResultsWriter:
     def __init__(self, path: Path):
         self.path = path
         try:
-            self._f = open(path, "a", encoding="utf-8")
+            self._f = open_own(path, "a", "results file")
             if self._f.tell() and not path.read_bytes().endswith(b"\n"):
                 self._f.write("\n")  # a write cut just before its newline: never glue a record onto it
         except OSError as e:
@@ -202,7 +194,7 @@ class FolderLock:
             import fcntl
         except ImportError:  # not POSIX: no lock, as before
             return self
-        f = open(self.path, "a+", encoding="utf-8")
+        f = open_own(self.path, "a+", "lock file")
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

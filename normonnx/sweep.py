@@ -19,8 +19,9 @@ from typing import Callable, Iterable
 from .errors import BadInput, ExitCode, ExportMismatch, NormonnxError
 from .export import check_request, tool_versions
 from .judge import judge
-from .results import (META, RESULTS, FolderLock, ResultsWriter, atomic_write, make_record, quarantine, read_meta,
+from .results import (META, RESULTS, FolderLock, ResultsWriter, make_record, quarantine, read_meta,
                       read_results, versions_diff)
+from .safeio import atomic_write
 from .spec import NormSpec
 from .tables import ALL_KINDS, DTYPES, KINDS, kind_order
 from .variants import REGISTRY as VARIANTS, usable_variants

@@ -8,6 +8,7 @@ graph). A check that could not run is a Result with status "error" and why, neve
 """
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,7 @@ from .params import make_params, params_as
 from .reference import normalized_stats, reference
 from .runtimes import (REGISTRY as RUNTIMES, Session, SessionConfig, SessionError, available_runtimes, first_line,
                        get_runtime, placement)
+from .safeio import atomic_write
 from .spec import NormSpec, numpy_dtype
 from .tables import DTYPES, NATIVE_OPS, dtype_of_onnx
 from .variants import get_variant
@@ -363,9 +365,11 @@ class SuiteRunner:
                 out.append(info.result(n, label, status_of(c.passed), c.passed, comparison=c,
                                        vs_torch=_vs_torch(torch_out, y) if RUNTIMES[n].kind != "torch" else None))
             if self.save_inputs is not None:
-                np.savez(self.save_inputs / f"{info.case_id}-{sample.name}{tag}.npz",
-                         x=sample.x.astype(np.float32) if src.spec.dtype == "bfloat16" else sample.x, oracle=ref,
+                buf = io.BytesIO()
+                np.savez(buf, x=sample.x.astype(np.float32) if src.spec.dtype == "bfloat16" else sample.x, oracle=ref,
                          **{f"out_{k.replace('-', '_')}": np.asarray(v) for k, v in outputs.items()})
+                atomic_write(self.save_inputs / f"{info.case_id}-{sample.name}{tag}.npz", buf.getvalue(),
+                             "--save-inputs file")
         return out
 
 

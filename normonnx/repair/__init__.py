@@ -212,6 +212,8 @@ def _region_from(g: Graph, start: str, output: str) -> tuple[list[int], tuple[st
             outside = [j for j in g.consumers.get(o, []) if j not in inside]
             if outside:
                 return nodes, (o, f"its intermediate value {o} is also used by {g.names[outside[0]]}")
+            if o in _read_in_subgraphs(g):
+                return nodes, (o, f"its intermediate value {o} is also read inside an If/Loop/Scan body")
     return nodes, None
 
 
@@ -271,10 +273,11 @@ def apply(model: onnx.ModelProto, plans: dict[int, tuple[Plan, list[int], str]],
     for n in order:
         values.update((o.name, o) for o in n.outputs if o.name)
     opset = irm.opset_imports.get("", 0)
+    taken = set(values) | {n.name for n in order if n.name} | _subgraph_names(model.graph)
     for k, (plan, idx, start) in plans.items():
         f = norms[k]
         old = [order[i] for i in idx]
-        w = Writer(graph, values[start], prefix_of(k, plan.rule), opset, values)
+        w = Writer(graph, values[start], prefix_of(k, plan.rule), opset, values, taken)
         y = plan.write(w)
         out = values[f.output]
         feeders = {v for n in old for v in n.inputs if v is not None and v.producer() not in old}
@@ -282,6 +285,27 @@ def apply(model: onnx.ModelProto, plans: dict[int, tuple[Plan, list[int], str]],
         values[f.output] = y
         _drop_unused(graph, feeders)
     return irm
+
+
+def _read_in_subgraphs(g: Graph) -> set[str]:
+    """Names the main graph's subgraphs mention (an outer value they read is among them); memoized on g."""
+    if "_subgraph_names" not in g.__dict__:
+        g.__dict__["_subgraph_names"] = _subgraph_names(g.graph)
+    return g.__dict__["_subgraph_names"]
+
+
+def _subgraph_names(graph: onnx.GraphProto) -> set[str]:
+    """Every value and node name inside the graph's If/Loop/Scan bodies, at any depth."""
+    names, stack = set(), [graph]
+    while stack:
+        g = stack.pop()
+        for n in g.node:
+            for a in n.attribute:
+                for sg in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                    names.update(v for m in sg.node for v in (*m.input, *m.output, m.name) if v)
+                    names.update(t.name for t in sg.initializer)
+                    stack.append(sg)
+    return names
 
 
 def _drop_unused(graph, values: set) -> None:

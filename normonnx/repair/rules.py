@@ -82,14 +82,20 @@ class Writer:
     """Builds the replacement of one layer with onnx_ir: nodes in order, constants as initializers,
     every name under the layer's prefix (so the rewritten form can be found again by name)."""
 
-    def __init__(self, graph, x, prefix: str, opset: int, values: dict):
+    def __init__(self, graph, x, prefix: str, opset: int, values: dict, taken: set | None = None):
         self.graph, self.x, self.prefix, self.opset, self.values = graph, x, prefix, opset, values
         self.nodes: list = []
         self._n = 0
+        # names the model already uses (values and nodes): a fresh name never collides with one of them
+        self.taken = taken if taken is not None else set(values)
 
     def _name(self, what: str) -> str:
-        self._n += 1
-        return f"{self.prefix}{what}_{self._n}"
+        while True:
+            self._n += 1
+            name = f"{self.prefix}{what}_{self._n}"
+            if name not in self.taken and f"{name}:0" not in self.taken:
+                self.taken.update((name, f"{name}:0"))
+                return name
 
     def const(self, array: np.ndarray, what: str = "const"):
         import onnx_ir as ir
@@ -189,7 +195,7 @@ def gn_channel_affine(site: Site) -> tuple[np.ndarray | None, np.ndarray | None]
         w = np.repeat(w.reshape(-1), rep) if w is not None else None
         b = np.repeat(b.reshape(-1), rep) if b is not None else None
         for v, what in ((pw, "Mul"), (pb, "Add")):
-            if v is not None and v.size not in (1, c):
+            if v is not None and (v.size not in (1, c) or _per_channel(site, v, what).size not in (1, c)):
                 raise Refuse(f"the {what} after GroupNormalization-18 is not per channel ({v.size} values, {c} "
                              "channels)")
         if pw is not None:
@@ -200,7 +206,10 @@ def gn_channel_affine(site: Site) -> tuple[np.ndarray | None, np.ndarray | None]
             b = pb.reshape(-1) + (b if b is not None else 0.0)
         w = np.broadcast_to(w, (c,)) if w is not None else None
         b = np.broadcast_to(b, (c,)) if b is not None else None
-    else:
+    elif f.form == "native":  # the op's own scale/bias inputs: per channel by definition
+        w = w.reshape(-1) if w is not None else None
+        b = b.reshape(-1) if b is not None else None
+    else:  # the Mul/Add after a trick
         w, b = (_per_channel(site, v, what) for v, what in ((w, "weight"), (b, "bias")))
     # an exact identity affine writes no Mul/Add
     if w is not None and np.all(w == 1):
@@ -211,13 +220,19 @@ def gn_channel_affine(site: Site) -> tuple[np.ndarray | None, np.ndarray | None]
 
 
 def _per_channel(site: Site, v: np.ndarray | None, what: str) -> np.ndarray | None:
-    """A Mul/Add constant after a trick (shape (C, 1, 1), (1, C, 1, 1) or a scalar) as C values or one."""
+    """A Mul/Add constant after the norm as C values or one, or Refuse. It broadcasts against (N, C, ...)
+    from the trailing dims (numpy rules: a 1-D constant of C values scales the *last* dim), so it is per
+    channel only when, padded to the input's rank, every dim but the channel dim is 1."""
     if v is None:
         return None
-    rank = site.rank or v.ndim
-    lead = v.reshape(v.shape[1:]) if v.ndim == rank and v.shape[0] == 1 else v
-    if v.size > 1 and v.ndim > 1 and (lead.ndim != rank - 1 or any(d != 1 for d in lead.shape[1:])):
-        raise Refuse(f"its {what} of shape {list(v.shape)} is not per channel")
+    if v.size == 1:
+        return v.reshape(-1)
+    rank = site.rank
+    if rank is None or v.ndim > rank:
+        raise Refuse(f"its {what} of shape {list(v.shape)} cannot be placed against an input of unknown rank")
+    padded = (1,) * (rank - v.ndim) + tuple(v.shape)
+    if padded[0] != 1 or any(d != 1 for d in padded[2:]):
+        raise Refuse(f"its {what} of shape {list(v.shape)} is not per channel (it varies over other dims)")
     return v.reshape(-1)
 
 

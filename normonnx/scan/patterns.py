@@ -211,6 +211,8 @@ def _find_decomposed(g: Graph, used: set[int]) -> list[FoundNorm]:
     for i, n in enumerate(g.nodes):
         if i in used or n.op_type != "ReduceMean" or n.domain not in DEFAULT_DOMAINS or not n.input:
             continue
+        if _attr(n, "keepdims", 1) != 1:
+            continue  # a mean without its reduced axes broadcasts against other dims: not a norm's statistics
         x = n.input[0]
         mean = n.output[0]
         axes = _reduce_axes(g, n)
@@ -224,7 +226,8 @@ def _find_decomposed(g: Graph, used: set[int]) -> list[FoundNorm]:
             for isq in g.uses(d, ("Pow", "Mul")):
                 if _is_square_of(g, g.nodes[isq], d):
                     for irm in g.uses(g.nodes[isq].output[0], "ReduceMean"):
-                        var, var_nodes = g.nodes[irm].output[0], [isq, irm]
+                        if _attr(g.nodes[irm], "keepdims", 1) == 1:
+                            var, var_nodes = g.nodes[irm].output[0], [isq, irm]
             if var is None:  # E[x^2] - E[x]^2
                 for isq in g.uses(x, ("Pow", "Mul")):
                     if not _is_square_of(g, g.nodes[isq], x):
@@ -418,6 +421,7 @@ def _check_nodes(g: Graph, opset: int) -> None:
 
 
 def _find_in_graph(g: Graph, opset: int, scope: str) -> list[FoundNorm]:
+    g.check_order()
     _check_nodes(g, opset)
     check_initializers(g.graph)
     found: list[tuple[int, FoundNorm]] = []
