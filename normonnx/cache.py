@@ -77,6 +77,9 @@ class ExportCache:
                 warnings.warn(f"export cache entry {model} {why}: exported again", CacheWarning, stacklevel=2)
             self.misses += 1
             folder.mkdir(parents=True, exist_ok=True)
+            for p in (model, digest, failure):  # a link or a pipe planted in the cache goes; a file is replaced
+                if p.is_symlink() or (p.exists() and not p.is_file()):
+                    p.unlink()
             with tempfile.TemporaryDirectory(dir=folder, prefix=".tmp-") as tmp:
                 try:
                     export_report(spec, variant, opset, exporter, dynamic, Path(tmp) / "m.onnx", allow_mismatch)

@@ -16,6 +16,7 @@ import click
 import normonnx
 from normonnx.errors import ExitCode, NormonnxError
 from normonnx.export import DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_VARIANT
+from normonnx.render import json_text
 from normonnx.spec import NormSpec
 from normonnx.tables import ALL_KINDS, DTYPES
 
@@ -153,7 +154,7 @@ def export(variant, opset, exporter, dynamic, allow_mismatch, output, as_json, *
     spec = make_spec(**_spec_args(kw))
     rep = normonnx.export_report(spec, variant, opset, exporter, dynamic, output, allow_mismatch)
     if as_json:
-        click.echo(json.dumps(rep.to_dict(), indent=2))
+        click.echo(json_text(rep.to_dict()))
         return
     from normonnx.render import ops_line
 
@@ -196,7 +197,7 @@ def validate(variant, opset, exporter, dynamic, allow_mismatch, model, runtimes,
                           runtimes=runtimes, inputs=inputs, config=SessionConfig(opt_level, threads), atol=atol,
                           rtol=rtol, save_inputs=save_inputs, skip_missing=skip_missing, seed=seed,
                           allow_mismatch=allow_mismatch)
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else validation_text(report))
+    click.echo(json_text(report.to_dict()) if as_json else validation_text(report))
     return report.exit_code
 
 
@@ -237,7 +238,7 @@ def bench(variant_names, providers, opset, exporter, warmup, min_time, rounds, t
     report = benchmark(spec, variants, providers, opset=opset, exporter=exporter, warmup=warmup, min_time=min_time,
                        rounds=rounds, threads=threads, opt_level=opt_level, validate_first=not no_validate,
                        progress=progress)
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else bench_text(report))
+    click.echo(json_text(report.to_dict()) if as_json else bench_text(report))
 
 
 def _ints(ctx, param, value):
@@ -262,7 +263,8 @@ def _ints(ctx, param, value):
 @click.option("--inputs", callback=_csv, default=None, help="Comma list of input suites (default: all that apply).")
 @click.option("--resume", is_flag=True, help="Skip the cases OUT/results.jsonl already holds.")
 @click.option("--force", is_flag=True, help="Discard OUT/results.jsonl and start over.")
-@click.option("--jobs", type=int, default=1, show_default=True, help="Parallel processes for accuracy cases.")
+@click.option("--jobs", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Parallel processes for accuracy cases.")
 @click.option("--shard", default=None, help="Run shard K/N of the matrix, e.g. 2/3 (merge them with normonnx merge).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Export cache (default: $NORMONNX_CACHE or ~/.cache/normonnx).")
@@ -286,7 +288,7 @@ def sweep(out, norms, variants, opsets, exporters, dtypes, providers, inputs, re
                         bench_opset=bench_opset, bench_min_time=bench_min_time, progress=not as_json,
                         warn=lambda m: click.echo(f"warning: {m}", err=True))
     if as_json:
-        click.echo(json.dumps(summary.to_dict(), indent=2))
+        click.echo(json_text(summary.to_dict()))
     else:
         counts = ", ".join(f"{v} {k}" for k, v in sorted(summary.counts.items())) or "nothing new"
         click.echo(f"{summary.out}/results.jsonl: {counts}"
@@ -330,7 +332,8 @@ def report(out, output):
 @click.option("--inputs", callback=_csv, default=None, help="Input suites for --validate (default: all that apply).")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
               help="Dims for a graph input with symbolic dims, e.g. input_ids=2x16 (repeatable).")
-@click.option("--jobs", type=int, default=1, show_default=True, help="Processes validating layers in parallel.")
+@click.option("--jobs", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Processes validating layers in parallel.")
 @click.option("--no-fusion", is_flag=True,
               help="Skip asking ORT what it fuses in the whole model (its optimizer is the slowest step on huge models).")
 @click.option("--activations", is_flag=True,
@@ -339,8 +342,13 @@ def report(out, output):
 @click.option("--data", type=click.Path(dir_okay=False), default=None,
               help="--activations on these inputs: an .npz with one array per graph input (optional leading "
                    "sample axis); default: seeded inputs.")
+@click.option("--max-samples", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="--data: the most samples taken (each is one model run).")
+@click.option("--max-data-bytes", type=click.IntRange(min=1), default=1 << 30, show_default=True,
+              help="--data: the most bytes its arrays may hold decompressed.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
-def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, activations, data, as_json):
+def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, activations, data, max_samples,
+         max_data_bytes, as_json):
     """Find every normalization layer in MODEL, with its risks; --validate checks each one on stress
     inputs, --activations on the model's own activations."""
     from normonnx.render import activations_text, scan_text
@@ -357,13 +365,14 @@ def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, ac
     if activations:
         from normonnx.scan.activations import check_activations
 
-        act = check_activations(model, data=data, input_shapes=shapes, progress=None if as_json else (
+        act = check_activations(model, data=data, input_shapes=shapes, max_samples=max_samples,
+                                max_data_bytes=max_data_bytes, progress=None if as_json else (
             lambda i, n, f: click.echo(f"  .. activations {i + 1}/{n}: {f.kind} {f.form} at {f.nodes[0]}", err=True)))
     if as_json:
         doc = report.to_dict()
         if act is not None:
             doc["activations"] = act.to_dict()
-        click.echo(json.dumps(doc, indent=2))
+        click.echo(json_text(doc))
     else:
         click.echo(scan_text(report) + ("\n\n" + activations_text(act) if act is not None else ""))
     codes = [report.exit_code] + ([act.exit_code] if act is not None else [])
@@ -411,7 +420,7 @@ def fix(model, output, rules, skip_rules, dry_run, check, opset, input_shapes, r
     report = run_fix(model, output, rules=rules, skip_rules=skip_rules, dry_run=dry_run, check=check, opset=opset,
                      input_shapes=parse_input_shapes(input_shapes), prove=not no_proof, timing=not no_timing,
                      runtimes=runtimes, inputs=inputs, least_bad=least_bad, progress=progress)
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else fix_text(report))
+    click.echo(json_text(report.to_dict()) if as_json else fix_text(report))
     return report.exit_code
 
 

@@ -286,6 +286,13 @@ class Graph:
     def check_order(self) -> None:
         """BadInput unless every node reads only values computed before it (ONNX requires topological
         order; a graph with a cycle has none, and a walk back through it would never end)."""
+        made: dict[str, int] = {}
+        for i, n in enumerate(self.nodes):
+            for o in n.output:
+                if o and o in made:
+                    raise BadInput(f"value {o!r} is computed by two nodes ({self.names[made[o]]} and {self.names[i]}): "
+                                   "ONNX requires every value name to be assigned once")
+                made[o] = i
         for i, n in enumerate(self.nodes):
             for v in n.input:
                 j = self.producer.get(v)

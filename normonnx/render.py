@@ -1,7 +1,28 @@
 """Plain-text rendering of reports for the terminal (the CLI prints what these return)."""
 from __future__ import annotations
 
+import json
+import math
 from typing import Sequence
+
+
+def json_safe(value):
+    """`value` with every non-finite float as a string ("nan", "inf", "-inf"): JSON has no NaN or
+    Infinity, and a bare NaN makes a --json document unreadable to strict parsers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # a numpy scalar
+        return json_safe(value.item())
+    return value
+
+
+def json_text(doc: dict) -> str:
+    """A --json document: valid JSON, non-finite numbers as strings (json_safe)."""
+    return json.dumps(json_safe(doc), indent=2, allow_nan=False, default=str)
 
 
 def verdict_word(code: int) -> str:
@@ -213,9 +234,9 @@ def fix_summary(report) -> str:
     if not report.proven:
         return f"NOT PROVEN: {n} layers rewritten without a proof (--no-proof); {wrote}"
     word = verdict_word(report.exit_code)
-    w = report.whole_model or {}
-    whole = "" if w.get("passed") is not False else "; the whole model differs from the original"
-    whole = whole or ("" if w.get("passed") is not None else "; the whole model could not be compared")
+    w = report.whole_model
+    whole = "" if w is None else {False: "; the whole model differs from the original",
+                                  None: "; the whole model could not be compared (not proven)"}.get(w.get("passed"), "")
     return f"{word}: {n} layers rewritten{tail}{whole}; {wrote}"
 
 

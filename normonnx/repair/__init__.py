@@ -18,6 +18,7 @@ from pathlib import Path
 import onnx
 
 from ..errors import BadInput, ExitCode
+from ..safeio import check_output_path, publish, staging
 from ..judge import Verdict, over_layers
 from ..graph import PASS_THROUGH, Graph, check_external_data, load_model, opset_of
 from ..scan import fix_input_shapes, infer_shapes
@@ -115,16 +116,18 @@ def _check_output(src: Path, out: Path | None, model: onnx.ModelProto) -> None:
         raise BadInput("give the output path: normonnx fix MODEL.onnx -o FIXED.onnx")
     if out.exists() and out.is_dir():
         raise BadInput(f"-o {out} is a folder: give a file path such as {out / 'fixed.onnx'}")
+    check_output_path(out, "fixed model")
+    if _data_path(out).is_symlink() or (_data_path(out).exists() and not _data_path(out).is_file()):
+        raise BadInput(f"-o {out}: {_data_path(out).name} beside it is a link or not a regular file: remove it")
     if out.resolve() == src.resolve():
         raise BadInput(f"-o {out} is the input model: fix never overwrites its input; give another path")
     folder = out.resolve().parent
     if not folder.is_dir():
         raise BadInput(f"-o {out}: the folder {folder} does not exist")
     _refuse_input_files(src, out, model)
-    probe = out.with_name(out.name + ".tmp")
-    try:  # a real write, not os.access: read-only mounts and /proc answer access() with yes
-        probe.open("wb").close()
-        probe.unlink()
+    try:  # a real write (a fresh, exclusive folder), not os.access: read-only mounts and /proc answer yes
+        with staging(out):
+            pass
     except OSError as e:
         raise BadInput(f"-o {out}: cannot write in the folder {folder} ({e.strerror})") from None
 
@@ -416,7 +419,12 @@ def fix(path: str | Path, output: str | Path | None = None, *, rules: list[str] 
         if opset_of(model) != opset_of(stored):
             original = work / "original.onnx"  # the version-converted model: same function, new opset
             onnx.save(model, str(original))
-        if prove:
+        if prove and not report.changes:
+            # nothing rewritten: the output is the input re-serialized; judged as scan judges the input
+            report.after = scan(cand, validate=True, runtimes=list(runtimes), inputs=inputs,
+                                input_shapes=input_shapes, check_fusion=False, memo=memo)
+            _map_final(report, layers)
+        elif prove:
             report.after = scan(cand, validate=True, runtimes=list(runtimes), inputs=inputs,
                                 input_shapes=input_shapes, check_fusion=False, memo=memo)
             _map_final(report, layers)
@@ -425,7 +433,7 @@ def fix(path: str | Path, output: str | Path | None = None, *, rules: list[str] 
             if timing and report.whole_model.get("passed") and report.changes:
                 report.timing = proof.time_models(original, cand, report.whole_model["feeds"])
             report.whole_model.pop("feeds", None)
-        if not prove or report.whole_model.get("passed") is True:
+        if not prove or not report.changes or report.whole_model.get("passed") is True:
             _write(fixed, out, external=_has_external_data(stored))
             report.written = True
         elif report.whole_model.get("passed") is False:
@@ -455,12 +463,13 @@ def _map_final(report: FixReport, layers: list[LayerFix]) -> None:
 def _write(proto: onnx.ModelProto, out: Path, *, external: bool) -> None:
     """Save like the input: external data (in a file beside the output, in its folder) when the input
     had some, else one file."""
-    tmp = out.with_name(out.name + ".tmp")
-    if external:
-        data = _data_path(out)
-        data.unlink(missing_ok=True)  # onnx appends to an existing data file
-        onnx.save(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
-                  size_threshold=1024)
-    else:
-        onnx.save(proto, str(tmp))
-    os.replace(tmp, out)
+    with staging(out) as folder:  # a fresh random folder beside -o: nothing planted there is written through
+        tmp = folder / out.name
+        if external:
+            data = _data_path(out)
+            onnx.save(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
+                      size_threshold=1024)
+            publish(folder / data.name, data, "fixed model's weights")
+        else:
+            onnx.save(proto, str(tmp))
+        publish(tmp, out, "fixed model")

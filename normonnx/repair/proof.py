@@ -228,7 +228,7 @@ def seeded_feeds(model: onnx.ModelProto, input_shapes: dict | None, seed: int = 
         if np.issubdtype(dt, np.floating):
             feeds[vi.name] = rng.standard_normal(shape).astype(dt)
         elif dt == np.bool_:
-            feeds[vi.name] = rng.random(shape) < 0.5
+            feeds[vi.name] = np.asarray(rng.random(shape) < 0.5)
         elif np.issubdtype(dt, np.integer):
             feeds[vi.name] = rng.integers(0, 2, shape).astype(dt)
         else:

@@ -148,7 +148,9 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     onnxruntime's symbolic shape inference, which does. Either may fail on a given model: what they
     could not infer stays unknown (scan then propagates through shape-preserving ops, or says why)."""
     model = _infer_without_weights(model)
-    if any(n.domain == "com.microsoft" for n in model.graph.node):
+    # ORT's own ops: com.microsoft, and SimplifiedLayerNormalization, which ORT's fusion writes in the
+    # default domain (onnx knows neither, so its inference leaves everything after them untyped)
+    if any(n.domain == "com.microsoft" or n.op_type == "SimplifiedLayerNormalization" for n in model.graph.node):
         try:
             from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 

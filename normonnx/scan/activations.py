@@ -28,6 +28,9 @@ from .patterns import FoundNorm, find_all
 
 FLOAT16_MAX = 65504.0
 MAX_FETCH_BYTES = 1 << 30  # captured tensors fetched per model run: 1 GiB (more layers: more runs)
+MAX_SAMPLES = 1024  # --data samples (--max-samples raises it): each is one model run
+MAX_DATA_BYTES = 1 << 30  # --data arrays, decompressed (--max-data-bytes raises it)
+WHAT_IF_SAMPLES = 16  # the float16 what-if runs on onnx.reference, slowly: the first samples only
 
 
 @dataclass
@@ -102,10 +105,47 @@ def vocab_sizes(model: onnx.ModelProto) -> dict[str, int]:
     return out
 
 
-def load_data(path: str | Path, model: onnx.ModelProto) -> tuple[list[dict[str, np.ndarray]], dict]:
+def _npz_sizes(p: Path) -> dict[str, tuple[tuple[int, ...], int]]:
+    """Each array's (shape, bytes) from the .npz's headers, before anything is decompressed."""
+    import zipfile
+
+    out = {}
+    with zipfile.ZipFile(p) as z:
+        for info in z.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with z.open(info) as f:
+                major, _ = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(f)
+            out[info.filename[:-4]] = (tuple(shape), int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+    return out
+
+
+def load_data(path: str | Path, model: onnx.ModelProto, *, max_samples: int = MAX_SAMPLES,
+              max_bytes: int = MAX_DATA_BYTES) -> tuple[list[dict[str, np.ndarray]], dict]:
     """--data FILE.npz: one array per graph input, named as the input; an extra leading axis holds
-    several samples. BadInput naming the input and what it expected otherwise."""
+    several samples. BadInput naming the input and what it expected otherwise; the file must be a
+    regular file, and its sample count and decompressed size within the limits (checked from the
+    arrays' headers, before any is read)."""
+    from ..safeio import check_regular_file
+
     p = Path(path)
+    check_regular_file(p, "--data")
+    try:
+        sizes = _npz_sizes(p)
+    except Exception as e:
+        raise BadInput(f"--data {p}: not a readable .npz file ({type(e).__name__}); save one with "
+                       "numpy.savez(path, input_name=array, ...)") from None
+    total = sum(b for _, b in sizes.values())
+    if total > max_bytes:
+        raise BadInput(f"--data {p}: its arrays hold {total / 2**20:.0f} MiB decompressed, over the limit of "
+                       f"{max_bytes / 2**20:.0f} MiB; raise it with --max-data-bytes")
+    ranks = {i.name: len(i.type.tensor_type.shape.dim) for i in _graph_inputs(model)}
+    n = max((shape[0] for k, (shape, _) in sizes.items() if len(shape) == ranks.get(k, -2) + 1), default=1)
+    if n > max_samples:
+        raise BadInput(f"--data {p}: {n} samples, over the limit of {max_samples} (each is one model run); raise it "
+                       "with --max-samples or pass fewer")
     try:
         with np.load(p, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -139,7 +179,8 @@ def load_data(path: str | Path, model: onnx.ModelProto) -> tuple[list[dict[str, 
                 raise BadInput(f"--data {p}: {name} dim {i} is {got}; the model's input has {d} there")
         if np.dtype(a.dtype).kind != np.dtype(np_dt).kind:
             raise BadInput(f"--data {p}: {name} is {a.dtype}; the input takes {np.dtype(np_dt)}")
-        arrays[name] = a.astype(np_dt)
+        with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values become inf: judged as "no finite"
+            arrays[name] = a.astype(np_dt)
     if len(counts) != 1:
         raise BadInput(f"--data {p}: every array needs the same sample layout (all with, or all without, a "
                        "leading sample axis of one length)")
@@ -264,7 +305,8 @@ def float16_what_if(layer_path: Path, spec, params, xs: list[np.ndarray], work: 
 
 def check_activations(path: str | Path, *, data: str | Path | None = None,
                       input_shapes: dict[str, tuple[int, ...]] | None = None, seed: int = 0, what_if: bool = True,
-                      progress=None, max_fetch_bytes: int = MAX_FETCH_BYTES) -> ActivationReport:
+                      progress=None, max_fetch_bytes: int = MAX_FETCH_BYTES, max_samples: int = MAX_SAMPLES,
+                      max_data_bytes: int = MAX_DATA_BYTES) -> ActivationReport:
     """Run the model on `data` (an .npz, one array per graph input, optional leading sample axis) or on
     seeded inputs, capture every main-graph norm's input and output, and judge each (see the module doc)."""
     import time
@@ -277,7 +319,7 @@ def check_activations(path: str | Path, *, data: str | Path | None = None,
     p = Path(path)
     stored = load_model(p, load_external_data=False)  # every check first
     if data is not None:
-        samples, shapes = load_data(data, stored)
+        samples, shapes = load_data(data, stored, max_samples=max_samples, max_bytes=max_data_bytes)
         source = f"--data {data}"
     else:
         samples = seeded_samples(stored, input_shapes, seed)
@@ -309,7 +351,7 @@ def check_activations(path: str | Path, *, data: str | Path | None = None,
     wanted = list(dict.fromkeys(n for lc in todo for n in (lc.norm.input, *lc.norm.extra_inputs, lc.norm.output)))
     for name in wanted:
         if name not in outputs:
-            full.graph.output.append(onnx.helper.make_tensor_value_info(name, g.types.get(name, 0), None))
+            full.graph.output.append(onnx.helper.make_tensor_value_info(name, _elem_type(g, name, todo), None))
     with tempfile.TemporaryDirectory(prefix="normonnx-act-") as tmp:
         work = Path(tmp)
         capture = work / "capture.onnx"
@@ -353,6 +395,17 @@ def check_activations(path: str | Path, *, data: str | Path | None = None,
     return report
 
 
+def _elem_type(g: Graph, name: str, todo: list) -> int:
+    """The element type to declare a captured value with: the inferred one, else (a norm's output that
+    shape inference left untyped, e.g. after GroupNormalization-21) its input's: norms keep the dtype."""
+    if g.types.get(name):
+        return g.types[name]
+    for lc in todo:
+        if lc.norm.output == name and g.types.get(lc.norm.input):
+            return g.types[lc.norm.input]
+    return onnx.TensorProto.FLOAT
+
+
 def _nbytes(g: Graph, name: str) -> int:
     """A captured tensor's size from the inferred shape (symbolic dims count 1: a lower bound)."""
     dims = g.shapes.get(name) or []
@@ -392,6 +445,10 @@ def _check_layer(lc: LayerCheck, got: dict, extractor: LayerExtractor, work: Pat
             if bias is not None:
                 x = x + onnx.numpy_helper.to_array(bias)
         xs.append(x)
+    if not any(np.isfinite(x).any() for x in xs):
+        lc.why = ("the captured input has no finite element (e.g. --data values beyond float32's range): nothing "
+                  "to judge")
+        return
     try:
         s_spec = spec.replace(shape=tuple(xs[0].shape))
     except Exception as e:
@@ -409,4 +466,4 @@ def _check_layer(lc: LayerCheck, got: dict, extractor: LayerExtractor, work: Pat
     stats = [activation_stats(s_spec, x) for x in xs]
     lc.stats = {k: max((s[k] for s in stats if s[k] is not None), default=None) for k in stats[0]}
     if what_if:
-        lc.fp16 = float16_what_if(layer_path, s_spec, params, xs, work)
+        lc.fp16 = float16_what_if(layer_path, s_spec, params, xs[:WHAT_IF_SAMPLES], work)

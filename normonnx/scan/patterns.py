@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from ..errors import BadInput
 from ..graph import DEFAULT_DOMAINS, MS, Graph, attr as _attr, check_initializers, check_node, opset_of
 from ..tables import KIND_OF_NATIVE_OP, LOW_PRECISION
 
@@ -380,7 +381,9 @@ def _native(g: Graph, i: int, n, opset: int) -> FoundNorm | None:
             pre_bias = inputs[4] if kind == "ln" else inputs[3]
         elif n.op_type in ("GroupNorm", "SkipGroupNorm"):
             # (X, gamma, beta) and (X, gamma, beta, skip, bias?): NHWC, an optional fused SiLU
-            groups = int(_attr(n, "groups"))
+            groups = int(_attr(n, "groups", 0))
+            if groups < 1:
+                raise BadInput(f"{name}: com.microsoft {n.op_type} has groups={groups}; it needs a positive group count")
             params = named(("weight", 1), ("bias", 2))
             risks = (risk("one-pass-variance"),)
             if n.op_type == "SkipGroupNorm":
