@@ -62,8 +62,16 @@ def ort_optimized(src: Path, dst: Path, model_type: str, **kw) -> Path:
 def corpus(folder: Path):
     """(name, path) pairs, built one by one (each export a few seconds)."""
     from diffusers import AutoencoderKL, UNet2DModel
-    from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, LlamaConfig, LlamaModel, ViTConfig, \
-        ViTModel
+    from transformers import (
+        BertConfig,
+        BertModel,
+        GPT2Config,
+        GPT2Model,
+        LlamaConfig,
+        LlamaModel,
+        ViTConfig,
+        ViTModel,
+    )
 
     torch.manual_seed(0)
     unet = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 64),

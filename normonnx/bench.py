@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import BadInput, ExitCode, NormonnxError, RuntimeUnavailable
+from .errors import BadInput, NormonnxError, RuntimeUnavailable
 from .export import DEFAULT_EXPORTER, export_report
 from .params import make_params
 from .runtimes import SessionConfig, get_runtime, session_options

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .errors import BadInput, ExportMismatch
 from .export import export_report, source_digest, tool_versions
-from .safeio import atomic_write, check_output_path, check_regular_file
+from .safeio import atomic_write
 from .spec import NormSpec
 
 

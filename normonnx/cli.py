@@ -5,7 +5,6 @@ into codes and one-line messages (see normonnx.errors for the contract)."""
 from __future__ import annotations
 
 import errno
-import json
 import os
 import sys
 import traceback

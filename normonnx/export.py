@@ -2,18 +2,16 @@
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .safeio import check_output_path, publish, staging
-from .errors import BadInput, ExportMismatch
+from .errors import ExportMismatch
 from .exporters import get_exporter, quiet_export
 from .params import make_params
+from .safeio import check_output_path, publish, staging
 from .spec import NormSpec
 from .tables import DTYPES
 from .variants import get_variant

@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import BadInput
 from .inputs import REGISTRY as SUITES
+from .judge import judge
 from .results import RESULTS, read_meta, read_results
 from .tables import DTYPES, kind_order
 from .timing import separated
@@ -123,9 +124,11 @@ def recommendations(records: list[dict]) -> list[dict]:
             sts = status.get((norm, provider, dtype, v))
             if not sts:
                 continue
-            if "pass" in sts and not any(s in ("fail", "error") for s in sts):
+            # the one judge over the form's records (a mismatch or an unsupported case checks nothing)
+            verdict = judge(s if s in ("pass", "fail", "error") else "skipped" for s in sts)
+            if verdict.status == "pass":
                 ok.append(v)
-            elif "fail" in sts or "error" in sts:
+            elif verdict.status == "fail" or "error" in sts:
                 bad.append(v)
         # a timing counts only if it is trustworthy: stable across rounds and not faster than a copy
         timed = [v for v in ok if (norm, provider, dtype, v) in timing and trustworthy(timing[(norm, provider, dtype, v)])]

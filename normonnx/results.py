@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .safeio import atomic_write, open_own
 from .errors import BadInput
+from .safeio import atomic_write, open_own
 
 RESULTS = "results.jsonl"
 META = "meta.json"

@@ -19,12 +19,22 @@ from typing import Callable, Iterable
 from .errors import BadInput, ExitCode, ExportMismatch, NormonnxError
 from .export import check_request, tool_versions
 from .judge import judge
-from .results import (META, RESULTS, FolderLock, ResultsWriter, make_record, quarantine, read_meta,
-                      read_results, versions_diff)
+from .results import (
+    META,
+    RESULTS,
+    FolderLock,
+    ResultsWriter,
+    make_record,
+    quarantine,
+    read_meta,
+    read_results,
+    versions_diff,
+)
 from .safeio import atomic_write
 from .spec import NormSpec
 from .tables import ALL_KINDS, DTYPES, KINDS, kind_order
-from .variants import REGISTRY as VARIANTS, usable_variants
+from .variants import REGISTRY as VARIANTS
+from .variants import usable_variants
 
 DEFAULT_OPSETS = (13, 17, 18, 21, 23)
 
@@ -58,7 +68,8 @@ class Matrix:
 
     def __post_init__(self):
         from .exporters import REGISTRY as EXPORTERS
-        from .runtimes import REGISTRY as RUNTIMES, available_runtimes
+        from .runtimes import REGISTRY as RUNTIMES
+        from .runtimes import available_runtimes
 
         checks = [("norm", self.norms, ALL_KINDS), ("variant", self.variants, tuple(VARIANTS)),
                   ("exporter", self.exporters, tuple(EXPORTERS)), ("dtype", self.dtypes, tuple(DTYPES)),

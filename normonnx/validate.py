@@ -20,13 +20,27 @@ import numpy as np
 from . import inputs as suites_mod
 from .compare import Comparison, Tolerance, compare, tolerance_for
 from .errors import BadInput, ExitCode, RuntimeUnavailable
-from .export import DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_VARIANT, case_id, export_report
+from .export import (
+    DEFAULT_EXPORTER,
+    DEFAULT_OPSET,
+    DEFAULT_VARIANT,
+    case_id,
+    export_report,
+)
 from .graph import load_model, metadata, model_facts, opset_of
 from .judge import Verdict, judge, status_of
 from .params import make_params, params_as
 from .reference import normalized_stats, reference
-from .runtimes import (REGISTRY as RUNTIMES, Session, SessionConfig, SessionError, available_runtimes, first_line,
-                       get_runtime, placement)
+from .runtimes import REGISTRY as RUNTIMES
+from .runtimes import (
+    Session,
+    SessionConfig,
+    SessionError,
+    available_runtimes,
+    first_line,
+    get_runtime,
+    placement,
+)
 from .safeio import atomic_write
 from .spec import NormSpec, numpy_dtype
 from .tables import DTYPES, NATIVE_OPS, dtype_of_onnx

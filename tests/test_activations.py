@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 
 import corpus
@@ -117,3 +118,23 @@ def test_load_data_takes_a_leading_sample_axis(models, tmp_path):
     np.savez(tmp_path / "s.npz", x=np.zeros((3, 2, 8, 8, 8), np.float32))
     samples, shapes = load_data(tmp_path / "s.npz", load_model(models["gn21"], load_external_data=False))
     assert len(samples) == 3 and shapes == {"x": [2, 8, 8, 8]}
+
+
+@pytest.mark.parametrize("dims, runs", [(("n", 4, 16), 3), ((2, 4, 16), 100)], ids=["symbolic-batch", "fixed-batch"])
+def test_samples_are_stacked_into_runs_where_the_batch_dim_allows(tmp_path, dims, runs):
+    """100 samples of a model whose batch dim is symbolic: 1 + 2 stacked runs (64 a run), each sample judged
+    alone; with a fixed batch dim, one run a sample. The verdicts are the same either way."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    node = helper.make_node("LayerNormalization", ["x", "w", "b"], ["y"], axis=-1, epsilon=1e-5)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(dims))],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(dims))],
+                          [numpy_helper.from_array(rng.uniform(0.5, 1.5, 16).astype(np.float32), "w"),
+                           numpy_helper.from_array(rng.normal(0, 0.5, 16).astype(np.float32), "b")])
+    path = tmp_path / "ln.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((100, 2, 4, 16)).astype(np.float32))
+    rep = check_activations(path, data=tmp_path / "d.npz", what_if=False)
+    assert rep.samples == 100 and rep.runs == runs
+    assert [lc.passed for lc in rep.layers] == [True]

@@ -10,7 +10,6 @@ suites is rolled back) and runs the whole original and fixed models side by side
 """
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +17,9 @@ from pathlib import Path
 import onnx
 
 from ..errors import BadInput, ExitCode
-from ..safeio import check_output_path, publish, staging
-from ..judge import Verdict, over_layers
 from ..graph import PASS_THROUGH, Graph, check_external_data, load_model, opset_of
+from ..judge import Verdict, over_layers
+from ..safeio import check_output_path, publish, staging
 from ..scan import fix_input_shapes, infer_shapes
 from ..scan.patterns import FoundNorm, find_all
 from .rules import RULES, Plan, Rule, Site, Writer, select

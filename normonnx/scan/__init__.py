@@ -16,8 +16,8 @@ from pathlib import Path
 import onnx
 
 from ..errors import BadInput, ExitCode
-from ..judge import over_layers
 from ..graph import Graph, load_model, opset_of
+from ..judge import over_layers
 from .derive import concrete_shape, derive_spec, params_from_model
 from .extract import DRAWN, LayerExtractor, ort_fusion, ort_optimized
 from .patterns import FoundNorm, LeftOut, find_all, find_norms

@@ -11,7 +11,8 @@ import numpy as np
 import onnx
 
 from ..errors import BadInput
-from ..graph import DEFAULT_DOMAINS, MS, Graph, attr as _attr, check_initializers, check_node, opset_of
+from ..graph import DEFAULT_DOMAINS, MS, Graph, check_initializers, check_node, opset_of
+from ..graph import attr as _attr
 from ..tables import KIND_OF_NATIVE_OP, LOW_PRECISION
 
 NATIVE = KIND_OF_NATIVE_OP
