@@ -237,7 +237,8 @@ def fix_summary(report) -> str:
     w = report.whole_model
     whole = "" if w is None else {False: "; the whole model differs from the original",
                                   None: "; the whole model could not be compared (not proven)"}.get(w.get("passed"), "")
-    return f"{word}: {n} layers rewritten{tail}{whole}; {wrote}"
+    done = "rewritten" if report.written or not n else "rewritten in a model not written"
+    return f"{word}: {n} layers {done}{tail}{whole}; {wrote}"
 
 
 def rules_text() -> str:

@@ -195,7 +195,7 @@ def test_list_shows_registries():
     (["merge", "/nonexistent-a", "-o", "/tmp/normonnx-merge-x"], 2, ["holds no results.jsonl"]),
     (["report", "/nonexistent-out"], 2, ["run 'normonnx sweep"]),
     (["sweep", "--opsets", "x,y"], 2, ["comma-separated integers"]),
-    (["sweep", "--jobs", "0", "-o", "/tmp/normonnx-jobs0"], 2, ["--jobs must be >= 1"]),
+    (["sweep", "--jobs", "0", "-o", "/tmp/normonnx-jobs0"], 2, ["--jobs", "1<=x<=256"]),
     (["scan"], 2, ["Missing argument"]),
 ])
 def test_other_commands_reject_bad_input(args, code, needles):

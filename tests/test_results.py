@@ -139,12 +139,12 @@ def test_two_sweeps_racing_for_one_folder_record_each_case_once(done, tmp_path):
     assert not bad and sorted(r["case_id"] for r in records) == sorted(c.id for c in ONE.cases())
 
 
-def test_a_full_disk_is_exit_2_naming_the_file(done, tmp_path):
+def test_a_results_file_that_is_a_link_is_exit_2_naming_it(done, tmp_path):
     out = tmp_path / "o"
     out.mkdir()
-    os.symlink("/dev/full", out / RESULTS)  # every write fails with ENOSPC
+    os.symlink("/dev/full", out / RESULTS)  # a link: refused before any write (never written through)
     proc = run_cli("sweep", "-o", str(out), *SWEEP_ARGS, "--cache-dir", str(done / "cache"), "--json")
-    one_line_error(proc, 2, f"cannot write {out / RESULTS}: No space left on device", "--resume")
+    one_line_error(proc, 2, f"results file {out / RESULTS} is a symbolic link")
 
 
 def test_merge_refuses_a_folder_with_results_unless_force(done, tmp_path):

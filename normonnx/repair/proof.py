@@ -174,8 +174,10 @@ def choose(lf, cands: list[Candidate], work: Path, claim_of, timed: bool, least_
 
 def judge_layers(analysed: onnx.ModelProto, base: Path, layers: list, plans: dict, work: Path, runtimes,
                  inputs: list[str] | None, memo: dict, *, timed: bool = True, least_bad: bool = False,
-                 progress=None) -> None:
-    """Validate every main-graph layer as scan does, and choose a form for each one that needs one."""
+                 native: bool = False, progress=None) -> None:
+    """Validate every main-graph layer as scan does, and choose a form for each one that needs one.
+    native: the user raised the opset to get native ops (--opset): a decomposed chain whose rule can write
+    the native op tries it too, and takes it if it passes."""
     todo = [lf for lf in layers if lf.status != "left"]
     extractor = LayerExtractor(analysed, base, [lf.norm for lf in todo])
     for n, lf in enumerate(todo):
@@ -186,6 +188,12 @@ def judge_layers(analysed: onnx.ModelProto, base: Path, layers: list, plans: dic
             extractor.extract(lf.norm, path)
         except BadInput as e:
             lf.before = {"passed": None, "validation": f"not validated: {e}"}
+            if lf.index in plans and plans[lf.index][0].wants(lf.norm.risks, proven=False):
+                # a known hazard in a layer that cannot be checked as it is (e.g. com.microsoft GroupNorm on
+                # NHWC input): the rule's first form, judged in the written model by scan --validate
+                first = plans[lf.index][1][0]
+                lf.status, lf.form, lf.after = "would rewrite", first.form, first.after
+                lf.reason = f"the original cannot be validated ({e}); the rewritten form is judged in the written model"
             continue
         lf.before = validate_cached(lf.norm, path, runtimes, inputs, memo)
         passed = lf.before.get("passed")
@@ -194,7 +202,9 @@ def judge_layers(analysed: onnx.ModelProto, base: Path, layers: list, plans: dic
                 lf.status, lf.reason = "failing", "fails and no selected rule covers this form"
             continue  # a refused layer stays "refused", its validation shows whether it fails
         rule, cand_plans, _, start = plans[lf.index]
-        if passed is True and not rule.wants(lf.norm.risks, proven=True):
+        if native and passed is True and lf.norm.form == "decomposed" and any(p.form == "native" for p in cand_plans):
+            cand_plans = [p for p in cand_plans if p.form == "native"]  # asked for: the native op, if it passes
+        elif passed is True and not rule.wants(lf.norm.risks, proven=True):
             lf.status = "passes"
             continue
         if passed is None and not rule.wants(lf.norm.risks, proven=False):

@@ -206,7 +206,7 @@ def gn_channel_affine(site: Site) -> tuple[np.ndarray | None, np.ndarray | None]
             b = pb.reshape(-1) + (b if b is not None else 0.0)
         w = np.broadcast_to(w, (c,)) if w is not None else None
         b = np.broadcast_to(b, (c,)) if b is not None else None
-    elif f.form == "native":  # the op's own scale/bias inputs: per channel by definition
+    elif f.form in ("native", "contrib"):  # the op's own scale/bias inputs: per channel by definition
         w = w.reshape(-1) if w is not None else None
         b = b.reshape(-1) if b is not None else None
     else:  # the Mul/Add after a trick
