@@ -485,9 +485,8 @@ def _plan_decomposed(site: Site, kind: str) -> list[Plan] | None:
         dtype = _dtype(site)
         axes = _norm_axes(site)
         weight, bias = _feature_param(site, "weight", axes), _feature_param(site, "bias", axes)
-        nshape = tuple(site.dims[a] for a in axes) if site.dims is not None else None
-        if weight is None and nshape is not None and all(isinstance(d, int) for d in nshape):
-            weight = np.ones(nshape)  # a constant scale when the dims are known (readable by scan)
+        # no weight: a scale of ones from the shape at run time (dims given by --input-shape may be symbolic
+        # in the model; scan reads the scale back where the dims are known)
         kw = dict(axes=axes, eps=f.eps, weight=weight, bias=bias, dtype=dtype, out_dtype=site.out_dtype)
         if form == "native":
             writer = write_layer_norm if kind == "ln" else write_rms_norm
