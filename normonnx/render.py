@@ -234,6 +234,8 @@ def fix_summary(report) -> str:
     if not report.proven:
         return f"NOT PROVEN: {n} layers rewritten without a proof (--no-proof); {wrote}"
     word = verdict_word(report.exit_code)
+    unproven = [lf for lf in getattr(report, "unproven", []) if (lf.final or {}).get("passed") is not False]
+    tail += f"; {len(unproven)} rewritten layers not validated in the written model (not proven)" if unproven else ""
     w = report.whole_model
     whole = "" if w is None else {False: "; the whole model differs from the original",
                                   None: "; the whole model could not be compared (not proven)"}.get(w.get("passed"), "")

@@ -419,3 +419,37 @@ def test_float16_layernorm_with_float16_statistics_gets_stash_type_1(tmp_path):
     assert ln.op_type == "LayerNormalization" and {a.name: a.i for a in ln.attribute if a.name == "stash_type"} == \
         {"stash_type": 1}
     assert normonnx.fix(tmp_path / "out.onnx", check=True).exit_code == 0
+
+
+def _pow_rule(site):
+    """A correct rewrite scan does not recognise: (x - mean) * Pow(var + eps, -0.5) * w + b."""
+    found = _decomposed_ln(site)
+    if found is None:
+        return None
+    axes, w, b = found
+
+    def write(wr):
+        x = wr.x
+        d = wr.op("Sub", x, wr.reduce_mean(x, axes))
+        var = wr.reduce_mean(wr.op("Mul", d, d), axes)
+        inv = wr.op("Pow", wr.op("Add", var, wr.const(np.float32(site.norm.eps))), wr.const(np.float32(-0.5)))
+        return wr.op("Add", wr.op("Mul", wr.op("Mul", d, inv), wr.const(w.astype(np.float32))),
+                     wr.const(b.astype(np.float32)))
+
+    return [Plan("pow", "pow", "Pow(var + eps, -0.5) chain", write=write)]
+
+
+def test_a_rewrite_scan_cannot_validate_in_place_is_not_proven(tmp_path, monkeypatch):
+    """The candidate passes against the layer's norm, but in the written model scan finds no norm there to
+    validate: fix does not call that proven (exit 1), though the whole model agrees."""
+    monkeypatch.setitem(RULES, "pow", Rule("pow", "test", "test", "13", "same maths", _pow_rule, default=False,
+                                           hidden=frozenset({"variance-e-x2"})))
+    src = tmp_path / "m.onnx"
+    onnx.save(corpus.ln_chain(naive=True, opset=17), str(src))
+    report = normonnx.fix(src, tmp_path / "out.onnx", rules=["pow"], timing=False)
+    (lf,) = report.layers
+    assert lf.status == "rewritten" and lf.candidates[0].status == "pass" and lf.final is None, lf.to_dict()
+    assert report.whole_model["passed"] is True and report.exit_code == ExitCode.CHECK_FAILED
+    from normonnx.render import fix_summary
+
+    assert "not proven" in fix_summary(report) and fix_summary(report).startswith("FAILED")

@@ -91,7 +91,16 @@ class FixReport:
         w = self.whole_model
         if w is not None and w.get("passed") is not True and v.status != "fail":
             return Verdict("fail", v.passed, v.failed + 1, v.not_checked)
+        if self.unproven and v.status != "fail":  # a rewrite scan cannot validate in place is not proven
+            return Verdict("fail", v.passed, v.failed + len(self.unproven), v.not_checked)
         return v
+
+    @property
+    def unproven(self) -> list[LayerFix]:
+        """Rewritten layers the written model's scan --validate did not pass (found, validated, passed)."""
+        if self.mode != "fix" or not self.proven or self.after is None:
+            return []
+        return [lf for lf in self.changes if (lf.final or {}).get("passed") is not True]
 
     @property
     def exit_code(self) -> ExitCode:
