@@ -157,6 +157,8 @@ def scan_text(report) -> str:
         c = report.counts
         out += (f"\n\n{verdict_word(report.exit_code)}: {c['passed']} passed, {c['failed']} failed, "
                 f"{c['not_validated']} not validated")
+        if c["failed"]:
+            out += f" (normonnx fix {report.model} -o FIXED.onnx gives each failing layer a form that passes, or says why not)"
     return out
 
 
