@@ -429,12 +429,10 @@ def _pow_rule(site):
     axes, w, b = found
 
     def write(wr):
-        x = wr.x
-        d = wr.op("Sub", x, wr.reduce_mean(x, axes))
-        var = wr.reduce_mean(wr.op("Mul", d, d), axes)
-        inv = wr.op("Pow", wr.op("Add", var, wr.const(np.float32(site.norm.eps))), wr.const(np.float32(-0.5)))
-        return wr.op("Add", wr.op("Mul", wr.op("Mul", d, inv), wr.const(w.astype(np.float32))),
-                     wr.const(b.astype(np.float32)))
+        d = wr.op("Sub", wr.x, wr.reduce_mean(wr.x, axes))
+        ve = wr.op("Add", wr.reduce_mean(wr.op("Mul", d, d), axes), wr.const(np.float32(site.norm.eps)))
+        y = wr.op("Mul", d, wr.op("Pow", ve, wr.const(np.float32(-0.5))))
+        return wr.op("Add", wr.op("Mul", y, wr.const(w.astype(np.float32))), wr.const(b.astype(np.float32)))
 
     return [Plan("pow", "pow", "Pow(var + eps, -0.5) chain", write=write)]
 

@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,7 +149,7 @@ def choose(lf, cands: list[Candidate], work: Path, claim_of, timed: bool, least_
         if timed and len(passing) > 1:
             try:
                 form, ms = fastest({c.form: work / f"cand{lf.index}-{c.form}.onnx" for c in passing}, claim_of())
-                cands[:] = [Candidate(**{**c.__dict__, "ms": ms.get(c.form)}) for c in cands]
+                cands[:] = [dataclasses.replace(c, ms=ms.get(c.form)) for c in cands]
                 pick = next(c for c in cands if c.form == form)
             except Exception:  # timing is a nicety: the first passing form stands
                 pass

@@ -266,8 +266,7 @@ def write_group_form(w: Writer, form: str, *, groups: int | None, eps: float, we
     c = dims[1] if dims and isinstance(dims[1], int) else None
     affine_after = True
     if form == "native" and groups is None:
-        if c is None and (weight is not None and np.size(weight) == 1 or bias is not None and np.size(bias) == 1
-                          or weight is None or bias is None):
+        if c is None and not all(v is not None and np.size(v) > 1 for v in (weight, bias)):
             raise Refuse("InstanceNormalization needs C scale/bias values and the channel dim is symbolic")
         sc = np.broadcast_to(weight if weight is not None else 1.0, (c,)) if c else np.asarray(weight)
         bi = np.broadcast_to(bias if bias is not None else 0.0, (c,)) if c else np.asarray(bias)
