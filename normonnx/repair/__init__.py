@@ -1,12 +1,12 @@
-"""`normonnx fix` (`normonnx.fix()`): rewrite the risky norms of a user's model into forms that compute the right thing,
-and prove it.
+"""`normonnx fix` (`normonnx.fix()`): give each norm of a user's model that fails on the runtimes it ships to a
+form that passes there, and prove it.
 
-`scan` finds the norms; each selected rule (`rules`) plans a rewrite of the layers it covers or
-refuses with a reason; the rewrites are applied with onnx_ir (the graph IR onnxscript uses), each
-layer's replacement standing exactly between the norm's input and output values, so graph inputs,
-outputs, names, metadata and every initializer a rule did not use stay as they were. `proof` then
-validates every rewritten layer before and after on every input suite (a rewrite that passes fewer
-suites is rolled back) and runs the whole original and fixed models side by side on ORT CPU.
+`scan` finds the norms; each selected rule (`rules`) offers the candidate forms it can write for a layer,
+or refuses with a reason; `proof` validates every layer as scan does and each candidate against the
+layer's own norm, and picks one; the choices are applied with onnx_ir (the graph IR onnxscript uses),
+each layer's replacement standing exactly between the norm's input and output values, so graph inputs,
+outputs, names, metadata and every initializer a rule did not use stay as they were. The written model
+is judged by `scan --validate` itself, and run beside the original on seeded inputs.
 """
 from __future__ import annotations
 
