@@ -451,3 +451,18 @@ def test_a_rewrite_scan_cannot_validate_in_place_is_not_proven(tmp_path, monkeyp
     from normonnx.render import fix_summary
 
     assert "not proven" in fix_summary(report) and fix_summary(report).startswith("FAILED")
+
+
+def test_fix_run_from_the_models_folder_with_the_same_name(tmp_path):
+    """`cd models && normonnx fix big.onnx -o fixed/big.onnx`, as people type it: the output's weights file has
+    the input's weights file's name; onnx's saver looked for it in the current folder and refused."""
+    m = onnx.load(str(corpus.export_block(corpus.UNetBlock(), (2, 4, 8, 8), tmp_path / "a.onnx", 21, "dynamo")))
+    folder = tmp_path / "models"
+    (folder / "fixed").mkdir(parents=True)
+    onnx.save(m, str(folder / "big.onnx"), save_as_external_data=True, location="big.onnx.data", size_threshold=0)
+    before = (folder / "big.onnx.data").read_bytes()
+    r = run_cli("fix", "big.onnx", "-o", "fixed/big.onnx", "--no-timing", cwd=folder)
+    assert r.returncode == 0, (r.stdout[-800:], r.stderr[-500:])
+    assert (folder / "fixed" / "big.onnx.data").is_file() and (folder / "big.onnx.data").read_bytes() == before
+    onnx.checker.check_model(str(folder / "fixed" / "big.onnx"), full_check=True)
+    assert scan(folder / "fixed" / "big.onnx", validate=True).exit_code == ExitCode.PASSED

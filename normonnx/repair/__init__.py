@@ -469,6 +469,41 @@ def _map_final(report: FixReport, layers: list[LayerFix]) -> None:
             lf.final = {"passed": v.ok, "validation": "; ".join(x.get("validation", "") for x in vals)}
 
 
+def _save_external(proto: onnx.ModelProto, model_path: Path, data_path: Path, threshold: int = 1024) -> None:
+    """Save with every initializer of `threshold` bytes or more in one data file beside the model. Written
+    here rather than by onnx's saver, which refuses when a file of the data file's *name* exists in the
+    current folder (run from the input's folder with -o fixed/SAME_NAME.onnx, it found the input's own
+    weights file and gave up)."""
+    from onnx.external_data_helper import set_external_data
+
+    with open(data_path, "xb") as f:  # in a fresh staging folder: exclusive, never through a link
+        stack = [proto.graph]
+        while stack:
+            g = stack.pop()
+            for t in g.initializer:
+                if not t.HasField("raw_data"):
+                    if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize * max(1, _numel(t)) < threshold:
+                        continue
+                    t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t), t.name))
+                if len(t.raw_data) < threshold:
+                    continue
+                offset = f.tell()
+                f.write(t.raw_data)
+                set_external_data(t, location=data_path.name, offset=offset, length=len(t.raw_data))
+                t.ClearField("raw_data")
+                t.data_location = onnx.TensorProto.EXTERNAL
+            stack.extend(a.g for n in g.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH)
+            stack.extend(sg for n in g.node for a in n.attribute for sg in a.graphs)
+    onnx.save(proto, str(model_path))
+
+
+def _numel(t: onnx.TensorProto) -> int:
+    n = 1
+    for d in t.dims:
+        n *= d
+    return n
+
+
 def _write(proto: onnx.ModelProto, out: Path, *, external: bool) -> None:
     """Save like the input: external data (in a file beside the output, in its folder) when the input
     had some, else one file."""
@@ -476,8 +511,7 @@ def _write(proto: onnx.ModelProto, out: Path, *, external: bool) -> None:
         tmp = folder / out.name
         if external:
             data = _data_path(out)
-            onnx.save(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
-                      size_threshold=1024)
+            _save_external(proto, tmp, folder / data.name)
             publish(folder / data.name, data, "fixed model's weights")
         else:
             onnx.save(proto, str(tmp))
