@@ -385,9 +385,12 @@ def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, ac
 @click.option("--rules", callback=_csv, default=None, help="Only these rules (opt-in ones included); see --list-rules.")
 @click.option("--skip-rules", callback=_csv, default=None, help="Rules not to apply.")
 @click.option("--dry-run", is_flag=True, help="Say what would change; write nothing.")
-@click.option("--check", is_flag=True, help="Exit 1 if anything would change (for CI); write nothing.")
+@click.option("--check", is_flag=True,
+              help="Exit 1 if anything would change or a layer fails (for CI; exit 0 means scan --validate with the "
+                   "same runtimes and suites passes too); write nothing.")
 @click.option("--opset", type=int, default=None,
-              help="Allow raising the model's opset to this first (e.g. 17 for LayerNormalization); default: never.")
+              help="Raise the model's opset to this first and write the native op where it passes (e.g. 17 for "
+                   "LayerNormalization); default: never.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
               help="Dims for a graph input with symbolic dims, e.g. x=1x3x64x64 (repeatable).")
 @click.option("--runtimes", callback=_csv, default=None,
@@ -399,7 +402,8 @@ def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, ac
 @click.option("--no-proof", is_flag=True,
               help="Write the rules' first form for every layer with a known risk, unproven (exit 4); the output is "
                    "still checked by onnx.checker.")
-@click.option("--no-timing", is_flag=True, help="Skip timing the original and fixed models.")
+@click.option("--no-timing", is_flag=True,
+              help="Skip timing: passing forms are then taken in order, and the models are not timed.")
 @click.option("--list-rules", is_flag=True, help="Show the rules and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
 def fix(model, output, rules, skip_rules, dry_run, check, opset, input_shapes, runtimes, inputs, least_bad, no_proof,
