@@ -10,6 +10,7 @@ is judged by `scan --validate` itself, and run beside the original on seeded inp
 """
 from __future__ import annotations
 
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -428,18 +429,14 @@ def fix(path: str | Path, output: str | Path | None = None, *, rules: list[str] 
         if opset_of(model) != opset_of(stored):
             original = work / "original.onnx"  # the version-converted model: same function, new opset
             onnx.save(model, str(original))
-        if prove and not report.changes:
-            # nothing rewritten: the output is the input re-serialized; judged as scan judges the input
+        if prove:  # the written model judged by scan --validate itself (memo: unchanged layers are not re-run)
             report.after = scan(cand, validate=True, runtimes=list(runtimes), inputs=inputs,
                                 input_shapes=input_shapes, check_fusion=False, memo=memo)
             _map_final(report, layers)
-        elif prove:
-            report.after = scan(cand, validate=True, runtimes=list(runtimes), inputs=inputs,
-                                input_shapes=input_shapes, check_fusion=False, memo=memo)
-            _map_final(report, layers)
+        if prove and report.changes:  # with nothing rewritten the output is the input re-serialized: nothing to compare
             dtypes = tuple(sorted({lf.norm.dtype for lf in report.changes if lf.norm.dtype}))
             report.whole_model = proof.compare_models(original, cand, input_shapes, layer_dtypes=dtypes)
-            if timing and report.whole_model.get("passed") and report.changes:
+            if timing and report.whole_model.get("passed"):
                 report.timing = proof.time_models(original, cand, report.whole_model["feeds"])
             report.whole_model.pop("feeds", None)
         if not prove or not report.changes or report.whole_model.get("passed") is True:
@@ -482,7 +479,7 @@ def _save_external(proto: onnx.ModelProto, model_path: Path, data_path: Path, th
             g = stack.pop()
             for t in g.initializer:
                 if not t.HasField("raw_data"):
-                    if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize * max(1, _numel(t)) < threshold:
+                    if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize * math.prod(t.dims) < threshold:
                         continue
                     t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t), t.name))
                 if len(t.raw_data) < threshold:
@@ -495,13 +492,6 @@ def _save_external(proto: onnx.ModelProto, model_path: Path, data_path: Path, th
             stack.extend(a.g for n in g.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH)
             stack.extend(sg for n in g.node for a in n.attribute for sg in a.graphs)
     onnx.save(proto, str(model_path))
-
-
-def _numel(t: onnx.TensorProto) -> int:
-    n = 1
-    for d in t.dims:
-        n *= d
-    return n
 
 
 def _write(proto: onnx.ModelProto, out: Path, *, external: bool) -> None:

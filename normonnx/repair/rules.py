@@ -286,7 +286,7 @@ def write_group_form(w: Writer, form: str, *, groups: int | None, eps: float, we
         r = w.op("Reshape", h, w.const(np.array([0, groups or 0, -1], np.int64), "group_view"))
         if form == "layernorm-trick":
             # a scale of ones as long as a group, from the shape at run time: symbolic dims stay symbolic
-            scale = w.op("ConstantOfShape", w.op("Shape", r, start=2), value=_ones_tensor(comp))
+            scale = _scale_of_ones(w, 2, comp, r)
             n = w.op("LayerNormalization", r, scale, axis=2, epsilon=float(eps), stash_type=1)
         elif form == "instance-trick":
             n = w.op("InstanceNormalization", r, w.const(np.ones(groups, npd), "ones"),
@@ -308,12 +308,6 @@ def write_group_form(w: Writer, form: str, *, groups: int | None, eps: float, we
     if silu:  # com.microsoft GroupNorm's fused activation
         y = w.op("Mul", y, w.op("Sigmoid", y))
     return y
-
-
-def _ones_tensor(dtype: str):
-    import onnx_ir as ir
-
-    return ir.tensor(np.ones(1, DTYPES[dtype].numpy))
 
 
 def _group_candidates(site: Site, rule: str, *, skip: str | None, **layout) -> list[Plan]:
@@ -425,11 +419,12 @@ def _feature_param(site: Site, key: str, axes: tuple[int, ...]) -> np.ndarray | 
     raise Refuse(f"the normalized dims are symbolic and its {key} does not fix them: give --input-shape")
 
 
-def _scale_of_ones(w: Writer, axis: int, dtype: str):
-    """A scale of ones shaped like the normalized dims at run time (symbolic dims stay symbolic)."""
+def _scale_of_ones(w: Writer, axis: int, dtype: str, x=None):
+    """A scale of ones shaped like the dims of `x` (default: the layer's input) from `axis` on, taken at run
+    time (symbolic dims stay symbolic; scan reads the scale back where the dims are known)."""
     import onnx_ir as ir
 
-    dims = w.op("Shape", w.x, start=axis)
+    dims = w.op("Shape", w.x if x is None else x, start=axis)
     return w.op("ConstantOfShape", dims, value=ir.tensor(np.ones(1, DTYPES[dtype].numpy)))
 
 
