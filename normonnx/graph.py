@@ -148,6 +148,100 @@ def read_external_data(entries: list[ExternalEntry]) -> None:
         del e.tensor.external_data[:]
 
 
+MAX_LAZY_CONST = 64 << 20  # a norm's parameters are read on demand; a weight matrix never is
+
+
+def read_tensor(t: onnx.TensorProto, base: Path, limit: int = MAX_LAZY_CONST) -> np.ndarray | None:
+    """One externally stored tensor's value, read from its checked bytes alone (None if over `limit`):
+    how fix reads a layer's parameters without loading the model's weights."""
+    need = _tensor_nbytes(t)
+    if need is None or need > limit:
+        return None
+    holder = onnx.ModelProto()
+    copy = holder.graph.initializer.add()
+    copy.CopyFrom(t)
+    read_external_data(check_external_data(holder, base))
+    return tensor_value(copy)
+
+
+def copy_external_data(model: onnx.ModelProto, base: Path, data: Path, *, threshold: int = 1024,
+                       align: int = 4096, align_above: int = 1 << 20) -> dict[str, ExternalEntry]:
+    """Write every external tensor's bytes (read from `base`, streamed, never whole in memory) and every
+    inline tensor of `threshold` bytes or more into the new file `data`, and point the tensors there.
+    Tensors over `align_above` bytes start at a multiple of `align`, so ONNX Runtime can map them instead
+    of copying (its rule for mmap on CPU). Only this model's tensors are written: a data file two models
+    share is not copied whole. The kernel copies the bytes (copy_file_range: a reflink where the file
+    system has them). Returns, per main-graph initializer copied, where its bytes came from."""
+    from onnx.external_data_helper import _get_all_tensors
+
+    # protobuf's Python objects keep their id() only while referenced: every list here stays alive
+    tensors = list(_get_all_tensors(model))
+    main = list(model.graph.initializer)
+    inits = [t for g in _all_graphs(model.graph) for t in g.initializer]
+    entries = {id(e.tensor): e for e in check_external_data(model, base)}
+    sources = {t.name: entries[id(t)] for t in main if id(t) in entries}
+    inits_ids = {id(t) for t in inits}
+    with open(data, "xb") as f:  # a fresh name in a staging folder: exclusive, never through a link
+        for t in tensors:
+            e = entries.get(id(t))
+            if e is None and (id(t) not in inits_ids or t.data_location == onnx.TensorProto.EXTERNAL):
+                continue  # a Constant's tensor stays in the graph, as onnx's saver leaves it by default
+            if e is None:
+                if not t.HasField("raw_data"):
+                    need = _tensor_nbytes(t)
+                    if need is None or need < threshold or t.data_type == onnx.TensorProto.STRING:
+                        continue
+                    t.CopyFrom(numpy_helper.from_array(tensor_value(t), t.name))
+                if len(t.raw_data) < threshold:
+                    continue
+            nbytes = e.nbytes if e is not None else len(t.raw_data)
+            if nbytes > align_above and f.tell() % align:
+                f.write(b"\0" * (align - f.tell() % align))
+            offset = f.tell()
+            if e is not None:
+                _copy_range(e, f)
+            else:
+                f.write(t.raw_data)
+                t.ClearField("raw_data")
+            del t.external_data[:]
+            for key, value in (("location", data.name), ("offset", str(offset)), ("length", str(nbytes))):
+                entry = t.external_data.add()
+                entry.key, entry.value = key, value
+            t.data_location = onnx.TensorProto.EXTERNAL
+    return sources
+
+
+def _all_graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    out, stack = [], [graph]
+    while stack:
+        g = stack.pop()
+        out.append(g)
+        stack.extend(a.g for n in g.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH)
+        stack.extend(sg for n in g.node for a in n.attribute for sg in a.graphs)
+    return out
+
+
+def _copy_range(e: ExternalEntry, dst) -> None:
+    dst.flush()
+    try:
+        src = open(e.path, "rb")
+    except OSError as err:
+        raise BadInput(f"tensor {e.tensor.name[:80]!r}: cannot read external data ({err.strerror})") from None
+    with src:
+        left, at, out = e.nbytes, e.offset, dst.tell()
+        while left:
+            try:
+                n = os.copy_file_range(src.fileno(), dst.fileno(), min(left, 1 << 30), at, out)
+            except OSError:  # another file system, an old kernel: plain reads, 16 MiB at a time
+                src.seek(at)
+                n = len(chunk := src.read(min(left, 16 << 20)))
+                os.pwrite(dst.fileno(), chunk, out)
+            if n == 0:
+                raise BadInput(f"tensor {e.tensor.name[:80]!r}: external data file shrank while reading")
+            left, at, out = left - n, at + n, out + n
+        dst.seek(out)
+
+
 # -- node and tensor validity --------------------------------------------------------------------
 # onnx.defs knows no com.microsoft op: what normonnx reads of the contrib norms, checked the same way
 _CONTRIB_SCHEMA = {
@@ -254,9 +348,12 @@ class Graph:
 
     `outer` is the enclosing graph's index for a subgraph (If/Loop/Scan bodies read outer values)."""
 
-    def __init__(self, graph: onnx.GraphProto, outer: "Graph | None" = None, prefix: str = ""):
+    def __init__(self, graph: onnx.GraphProto, outer: "Graph | None" = None, prefix: str = "",
+                 base: Path | None = None):
         self.graph = graph
         self.outer = outer
+        self.base = base  # where external tensors live: given, small ones are read on demand (fix)
+        self._read: dict[str, np.ndarray | None] = {}
         self.nodes = list(graph.node)
         self.names = [prefix + (n.name or f"{n.op_type}_{i}") for i, n in enumerate(self.nodes)]
         self.index = {name: i for i, name in enumerate(self.names)}
@@ -339,7 +436,11 @@ class Graph:
         if name in self.initializers:
             t = self.initializers[name]
             if t.data_location == onnx.TensorProto.EXTERNAL:
-                return None
+                if self.base is None:
+                    return None
+                if name not in self._read:
+                    self._read[name] = read_tensor(t, self.base)
+                return self._read[name]
             return tensor_value(t)
         _, n = self.node(name)
         if n is not None and n.op_type == "Constant":

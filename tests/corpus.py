@@ -440,3 +440,77 @@ GN_SILU_EXPORTS = {"op21-dynamo": (21, "dynamo"), "op18-dynamo": (18, "dynamo"),
 
 def gn_silu_block(path: Path, opset: int, exporter: str) -> Path:
     return export_block(GNSiluBlock(), (1, 4, 32, 32), path, opset, exporter)
+
+
+# -- models at their real size (external data) ------------------------------------------------------
+def external_decoder(path: Path, hidden: int, layers: int, vocab: int = 8192, seq: int = 128) -> int:
+    """A GPT-2-shaped decoder with every weight in one external-data file PATH.data, streamed there as
+    drawn (a 2 GB model holds one matrix in memory); the weights' size in bytes. Per layer two residual
+    blocks: TorchScript's decomposed LayerNorm at opset 14, MatMul h->3h, Relu, MatMul 3h->h, and likewise
+    with 4h (14*h^2 weights a layer); then a final LayerNorm whose variance is E[x^2]-E[x]^2, which fails
+    at large offsets, so fix has a layer to rewrite (with --opset 17) and a whole model to compare.
+    benchmarks/large_model.py builds it at 1 and 2 GB; the tests, at a few MB."""
+    rng = np.random.default_rng(0)
+    data = path.with_name(path.name + ".data")
+    inits, nodes = [], []
+    with open(data, "wb") as f:
+        def weight(name: str, shape: tuple[int, ...], value: float | None = None) -> str:
+            a = (np.full(shape, value, np.float32) if value is not None
+                 else (rng.standard_normal(shape, dtype=np.float32) * 0.02))
+            t = onnx.TensorProto(name=name, data_type=TensorProto.FLOAT, dims=shape)
+            t.data_location = TensorProto.EXTERNAL
+            for k, v in (("location", data.name), ("offset", str(f.tell())), ("length", str(a.nbytes))):
+                e = t.external_data.add()
+                e.key, e.value = k, v
+            f.write(a.tobytes())
+            inits.append(t)
+            return name
+
+        def layer_norm(x: str, p: str, one_pass: bool = False) -> str:
+            # TorchScript's decomposed LayerNorm at opset 14; one_pass: variance as E[x^2] - E[x]^2
+            n = [helper.make_node("ReduceMean", [x], [f"{p}.mean"], axes=[-1], name=f"{p}/ReduceMean"),
+                 helper.make_node("Sub", [x, f"{p}.mean"], [f"{p}.d"], name=f"{p}/Sub")]
+            if one_pass:
+                n += [helper.make_node("Mul", [x, x], [f"{p}.xx"], name=f"{p}/Square"),
+                      helper.make_node("ReduceMean", [f"{p}.xx"], [f"{p}.ex2"], axes=[-1], name=f"{p}/ReduceMean_1"),
+                      helper.make_node("Mul", [f"{p}.mean", f"{p}.mean"], [f"{p}.m2"], name=f"{p}/MeanSquare"),
+                      helper.make_node("Sub", [f"{p}.ex2", f"{p}.m2"], [f"{p}.var"], name=f"{p}/Variance")]
+            else:
+                n += [helper.make_node("Pow", [f"{p}.d", "two"], [f"{p}.sq"], name=f"{p}/Pow"),
+                      helper.make_node("ReduceMean", [f"{p}.sq"], [f"{p}.var"], axes=[-1], name=f"{p}/ReduceMean_1")]
+            n += [helper.make_node("Add", [f"{p}.var", "eps"], [f"{p}.ve"], name=f"{p}/Add"),
+                 helper.make_node("Sqrt", [f"{p}.ve"], [f"{p}.std"], name=f"{p}/Sqrt"),
+                 helper.make_node("Div", [f"{p}.d", f"{p}.std"], [f"{p}.n"], name=f"{p}/Div"),
+                 helper.make_node("Mul", [f"{p}.n", weight(f"{p}.weight", (hidden,), 1.0)], [f"{p}.s"],
+                                  name=f"{p}/Mul"),
+                 helper.make_node("Add", [f"{p}.s", weight(f"{p}.bias", (hidden,), 0.0)], [f"{p}.out"],
+                                  name=f"{p}/Add_1")]
+            nodes.extend(n)
+            return f"{p}.out"
+
+        def block(x: str, p: str, wide: int) -> str:
+            h = layer_norm(x, f"{p}.ln")
+            nodes.extend([
+                helper.make_node("MatMul", [h, weight(f"{p}.up", (hidden, wide))], [f"{p}.u"], name=f"{p}/up"),
+                helper.make_node("Relu", [f"{p}.u"], [f"{p}.r"], name=f"{p}/Relu"),
+                helper.make_node("MatMul", [f"{p}.r", weight(f"{p}.down", (wide, hidden))], [f"{p}.o"],
+                                 name=f"{p}/down"),
+                helper.make_node("Add", [x, f"{p}.o"], [f"{p}.res"], name=f"{p}/residual")])
+            return f"{p}.res"
+
+        nodes.append(helper.make_node("Gather", [weight("wte", (vocab, hidden)), "input_ids"], ["h0"], name="wte"))
+        x = "h0"
+        for i in range(layers):
+            x = block(x, f"h.{i}.attn", 3 * hidden)
+            x = block(x, f"h.{i}.mlp", 4 * hidden)
+        x = layer_norm(x, "ln_f", one_pass=True)  # the layer fix must rewrite
+        size = f.tell()
+    consts = [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
+              helper.make_tensor("eps", TensorProto.FLOAT, [], [1e-5])]
+    graph = helper.make_graph(
+        nodes, "decoder", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, seq])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, seq, hidden])], consts + inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], producer_name="pytorch")
+    model.ir_version = 8
+    onnx.save(model, str(path))  # the tensors already name their bytes in the data file
+    return size

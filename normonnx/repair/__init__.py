@@ -10,7 +10,6 @@ is judged by `scan --validate` itself, and run beside the original on seeded inp
 """
 from __future__ import annotations
 
-import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,14 @@ from pathlib import Path
 import onnx
 
 from ..errors import BadInput, ExitCode
-from ..graph import PASS_THROUGH, Graph, check_external_data, load_model, opset_of
+from ..graph import (
+    PASS_THROUGH,
+    Graph,
+    check_external_data,
+    copy_external_data,
+    load_model,
+    opset_of,
+)
 from ..judge import Verdict, over_layers
 from ..safeio import check_output_path, publish, staging
 from ..scan import fix_input_shapes, infer_shapes
@@ -26,6 +32,8 @@ from ..scan.patterns import FoundNorm, find_all
 from .rules import RULES, Plan, Rule, Site, Writer, select
 
 __all__ = ["fix", "FixReport", "LayerFix", "RULES", "Rule", "select"]
+
+PROTO_LIMIT = (1 << 31) - (64 << 20)  # protobuf's 2 GB per message, less a margin for what fix adds
 
 
 @dataclass
@@ -139,6 +147,19 @@ def _check_output(src: Path, out: Path | None, model: onnx.ModelProto) -> None:
             pass
     except OSError as e:
         raise BadInput(f"-o {out}: cannot write in the folder {folder} ({e.strerror})") from None
+    _check_room(src, out, model)
+
+
+def _check_room(src: Path, out: Path, model: onnx.ModelProto) -> None:
+    """Refuse before any work when -o's folder cannot hold a copy of the weights (the output's data file
+    is the input's tensors streamed; ENOSPC half-way through a 14 GB copy helps nobody)."""
+    import shutil
+
+    need = sum(e.nbytes for e in check_external_data(model, src.parent, files=False)) + model.ByteSize()
+    free = shutil.disk_usage(out.resolve().parent).free
+    if need > free:
+        raise BadInput(f"-o {out}: the fixed model needs about {need / 1e9:.2f} GB free in {out.resolve().parent}, "
+                       f"which has {free / 1e9:.2f} GB: free some space or write elsewhere")
 
 
 def _refuse_input_files(src: Path, out: Path, model: onnx.ModelProto) -> None:
@@ -235,10 +256,11 @@ def _site(g: Graph, f: FoundNorm, opset: int, start: str) -> Site:
     return Site(f, g, opset, dims, g.dtype(start), g.dtype(f.output))
 
 
-def plan_layers(model: onnx.ModelProto, rules: list[Rule]) -> tuple[list[LayerFix], dict]:
+def plan_layers(model: onnx.ModelProto, rules: list[Rule], base: Path | None = None) -> tuple[list[LayerFix], dict]:
     """Every norm of the (shape-inferred) model, and for each a rule covers: (rule, candidate Plans,
-    the layer's node indices, the value it starts from). Refused layers carry the reason."""
-    g = Graph(model.graph)
+    the layer's node indices, the value it starts from). Refused layers carry the reason. `base`: the
+    model's folder, where a layer's externally stored parameters are read from when a rule needs them."""
+    g = Graph(model.graph, base=base)
     opset = opset_of(model)
     norms, _ = find_all(model, infer=False, main=g)
     layers, plans = [], {}
@@ -348,6 +370,10 @@ def to_checked_proto(irm, original: onnx.ModelProto) -> tuple[onnx.ModelProto, s
     import onnx_ir as ir
 
     proto = ir.to_proto(irm)
+    if proto.ByteSize() > PROTO_LIMIT:  # onnx.checker takes such a model only as a file: the proof judges it
+        return proto, ("the fixed model's inline tensors pass protobuf's 2 GB limit: its tensors of 1 kB or more "
+                       "are written to FIXED.onnx.data beside it (onnx.checker skipped; scan and the whole-model "
+                       "comparison judge the written file)")
     try:
         onnx.checker.check_model(proto, full_check=True)
         return proto, None
@@ -380,26 +406,28 @@ def fix(path: str | Path, output: str | Path | None = None, *, rules: list[str] 
     passes, keep the one that fails fewest checks if it fails fewer than the original."""
     chosen = select(rules, skip_rules)
     src = Path(path)
-    stored = load_model(src, load_external_data=False)  # every check; which tensors live in which files
+    # the weights stay in their files: rules read a layer's parameters on demand (Graph.base), the proof
+    # reads each cut-out layer's, and the output's data file is streamed from the input's
+    model = load_model(src, load_external_data=False)  # every check; which tensors live in which files
+    check_external_data(model, src.parent)  # and every data file there, before any work: fix copies them all
     mode = "check" if check else "dry-run" if dry_run else "fix"
     out = Path(output) if output is not None else None
     if mode == "fix":
-        _check_output(src, out, stored)
+        _check_output(src, out, model)
     if (check or dry_run) and not prove:
         raise BadInput("--check and --dry-run judge layers by validating them: leave out --no-proof")
-    model = load_model(src)  # with the weights: rules read and rewrite them
-    from ..scan import check_runtime_request, scan
+    from ..scan import check_runtime_request
     from . import proof
 
     runtimes = check_runtime_request(list(runtimes or proof.DEFAULT_RUNTIMES), inputs)  # before any work
-    model = _convert_opset(model, opset)
+    converted = _convert_opset(model, opset)
     analysed = onnx.ModelProto()
-    analysed.CopyFrom(model)
+    analysed.CopyFrom(converted)
     if input_shapes:
         fix_input_shapes(analysed, input_shapes)
     analysed = infer_shapes(analysed)
-    layers, plans = plan_layers(analysed, chosen)
-    report = FixReport(str(src), str(out) if out and mode == "fix" else None, opset_of(model), layers, mode,
+    layers, plans = plan_layers(analysed, chosen, base=src.parent)
+    report = FixReport(str(src), str(out) if out and mode == "fix" else None, opset_of(converted), layers, mode,
                        tuple(runtimes), prove)
     memo: dict = {}
     with tempfile.TemporaryDirectory(prefix="normonnx-fix-") as tmp:
@@ -413,34 +441,29 @@ def fix(path: str | Path, output: str | Path | None = None, *, rules: list[str] 
                 if lf.index in plans and plans[lf.index][0].wants(lf.norm.risks, proven=False):
                     first = plans[lf.index][1][0]
                     lf.status, lf.form, lf.after = "would rewrite", first.form, first.after
-        if mode != "fix":
-            return report
-        norms = {lf.index: lf.norm for lf in layers}
-        todo = {lf.index: (next(p for p in plans[lf.index][1] if p.form == lf.form), *plans[lf.index][2:])
-                for lf in report.changes}
-        fixed, note = to_checked_proto(apply(model, todo, norms), model)
-        if note:
-            report.notes.append(note)
-        for lf in report.changes:
-            lf.status = "rewritten"
-        cand = work / "fixed.onnx"
-        onnx.save(fixed, str(cand))
-        original = src
-        if opset_of(model) != opset_of(stored):
-            original = work / "original.onnx"  # the version-converted model: same function, new opset
-            onnx.save(model, str(original))
-        if prove:  # the written model judged by scan --validate itself (memo: unchanged layers are not re-run)
-            report.after = scan(cand, validate=True, runtimes=list(runtimes), inputs=inputs,
-                                input_shapes=input_shapes, check_fusion=False, memo=memo)
-            _map_final(report, layers)
-        if prove and report.changes:  # with nothing rewritten the output is the input re-serialized: nothing to compare
-            dtypes = tuple(sorted({lf.norm.dtype for lf in report.changes if lf.norm.dtype}))
-            report.whole_model = proof.compare_models(original, cand, input_shapes, layer_dtypes=dtypes)
-            if timing and report.whole_model.get("passed"):
-                report.timing = proof.time_models(original, cand, report.whole_model["feeds"])
-            report.whole_model.pop("feeds", None)
+    if mode != "fix":
+        return report
+    norms = {lf.index: lf.norm for lf in layers}
+    todo = {lf.index: (next(p for p in plans[lf.index][1] if p.form == lf.form), *plans[lf.index][2:])
+            for lf in report.changes}
+    fixed, note = to_checked_proto(apply(converted, todo, norms), converted)
+    if note:
+        report.notes.append(note)
+    for lf in report.changes:
+        lf.status = "rewritten"
+    # the candidate is the output itself, staged beside -o (its weights streamed there once), judged,
+    # then published or thrown away
+    external = _has_external_data(model)
+    with staging(out) as folder:
+        cand, cand_src = _save(fixed, folder / out.name, src.parent, external=external)
+        # compared with the input itself, also after --opset (a version converter that changed what the
+        # model computes is caught too), its weights shared with the output's session
+        shared = (model, _sources(model, src.parent), cand_src) if external else None
+        _prove_written(report, layers, src, cand, input_shapes, inputs, memo, timing, shared)
         if not prove or not report.changes or report.whole_model.get("passed") is True:
-            _write(fixed, out, external=_has_external_data(stored))
+            if cand.with_name(cand.name + ".data").exists():
+                publish(cand.with_name(cand.name + ".data"), _data_path(out), "fixed model's weights")
+            publish(cand, out, "fixed model")
             report.written = True
         elif report.whole_model.get("passed") is False:
             report.notes.append("nothing written: the fixed model differs from the original on seeded inputs")
@@ -448,6 +471,35 @@ def fix(path: str | Path, output: str | Path | None = None, *, rules: list[str] 
             report.notes.append("nothing written: the fixed model could not be compared with the original, so it is "
                                 "not proven (--no-proof writes it unproven)")
     return report
+
+
+def _prove_written(report: FixReport, layers: list[LayerFix], original: Path, cand: Path, input_shapes, inputs,
+                   memo: dict, timing: bool, shared: tuple | None) -> None:
+    """The written model judged by scan --validate itself (memo: unchanged layers are not re-run), and run
+    beside the original on seeded inputs when anything changed (with nothing rewritten the output is the
+    input re-serialized: nothing to compare), one ORT session per model for both the outputs and the timing.
+    shared: (model, where the original's and the output's weights came from): the two sessions then read
+    the weights both have from the input's files, once."""
+    from ..scan import scan
+    from . import proof
+
+    if not report.proven:
+        return
+    report.after = scan(cand, validate=True, runtimes=list(report.runtimes), inputs=inputs,
+                        input_shapes=input_shapes, check_fusion=False, memo=memo)
+    _map_final(report, layers)
+    if not report.changes:
+        return
+    dtypes = tuple(sorted({lf.norm.dtype for lf in report.changes if lf.norm.dtype}))
+    weights = proof.shared_weights(*shared) if shared else {}
+    report.whole_model = proof.compare_models(original, cand, input_shapes, layer_dtypes=dtypes, shared=weights)
+    report.whole_model["shared_weights"] = len(weights)
+    sessions, run_s = report.whole_model.pop("sessions", None), report.whole_model.pop("run_s", 0.0)
+    if timing and report.whole_model.get("passed"):
+        # a large model's run is long enough for 5 interleaved rounds to show the ratio (each round is a run
+        # of both); 9 where runs are short
+        report.timing = proof.time_models(sessions, report.whole_model["feeds"], rounds=9 if run_s < 0.1 else 5)
+    report.whole_model.pop("feeds", None)
 
 
 def _map_final(report: FixReport, layers: list[LayerFix]) -> None:
@@ -466,43 +518,25 @@ def _map_final(report: FixReport, layers: list[LayerFix]) -> None:
             lf.final = {"passed": v.ok, "validation": "; ".join(x.get("validation", "") for x in vals)}
 
 
-def _save_external(proto: onnx.ModelProto, model_path: Path, data_path: Path, threshold: int = 1024) -> None:
-    """Save with every initializer of `threshold` bytes or more in one data file beside the model. Written
-    here rather than by onnx's saver, which refuses when a file of the data file's *name* exists in the
-    current folder (run from the input's folder with -o fixed/SAME_NAME.onnx, it found the input's own
-    weights file and gave up)."""
-    from onnx.external_data_helper import set_external_data
-
-    with open(data_path, "xb") as f:  # in a fresh staging folder: exclusive, never through a link
-        stack = [proto.graph]
-        while stack:
-            g = stack.pop()
-            for t in g.initializer:
-                if not t.HasField("raw_data"):
-                    if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize * math.prod(t.dims) < threshold:
-                        continue
-                    t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t), t.name))
-                if len(t.raw_data) < threshold:
-                    continue
-                offset = f.tell()
-                f.write(t.raw_data)
-                set_external_data(t, location=data_path.name, offset=offset, length=len(t.raw_data))
-                t.ClearField("raw_data")
-                t.data_location = onnx.TensorProto.EXTERNAL
-            stack.extend(a.g for n in g.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH)
-            stack.extend(sg for n in g.node for a in n.attribute for sg in a.graphs)
-    onnx.save(proto, str(model_path))
+def _sources(model: onnx.ModelProto, base: Path) -> dict:
+    """Where each main-graph initializer's bytes lie (graph.ExternalEntry by name)."""
+    main = list(model.graph.initializer)  # referenced, so each keeps its id() (protobuf's Python objects)
+    entries = {id(e.tensor): e for e in check_external_data(model, base)}
+    return {t.name: entries[id(t)] for t in main if id(t) in entries}
 
 
-def _write(proto: onnx.ModelProto, out: Path, *, external: bool) -> None:
-    """Save like the input: external data (in a file beside the output, in its folder) when the input
-    had some, else one file."""
-    with staging(out) as folder:  # a fresh random folder beside -o: nothing planted there is written through
-        tmp = folder / out.name
-        if external:
-            data = _data_path(out)
-            _save_external(proto, tmp, folder / data.name)
-            publish(folder / data.name, data, "fixed model's weights")
-        else:
-            onnx.save(proto, str(tmp))
-        publish(tmp, out, "fixed model")
+def _save(proto: onnx.ModelProto, path: Path, base: Path, *, external: bool) -> tuple[Path, dict]:
+    """Save like the input: one file, or (when the input had external data, or one file would pass
+    protobuf's 2 GB limit) every tensor of 1 kB or more in PATH.data beside it, the input's weights
+    streamed from `base` by the kernel, never held here. The data file is written by normonnx rather than
+    onnx's saver, which refuses when a file of the data file's *name* exists in the current folder (run
+    from the input's folder with -o fixed/SAME.onnx)."""
+    external = external or proto.ByteSize() > PROTO_LIMIT
+    sources = copy_external_data(proto, base, path.with_name(path.name + ".data")) if external else {}
+    try:
+        onnx.save(proto, str(path))
+    except ValueError as e:  # protobuf's 2 GB limit on one message
+        raise BadInput(f"the fixed model's graph is over protobuf's 2 GB limit ({_first_line(e)}): store the "
+                       "input's weights as external data first (onnx.save_model(..., save_as_external_data=True))") \
+            from None
+    return path, sources

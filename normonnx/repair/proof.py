@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import platform
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -247,12 +249,41 @@ def seeded_feeds(model: onnx.ModelProto, input_shapes: dict | None, seed: int = 
     return feeds
 
 
-def _session(path: Path):
+def _session(path: Path, shared: dict | None = None):
+    """An ORT CPU session; `shared`: {initializer name: OrtValue} it takes instead of reading its own copy
+    (see shared_weights), with prepacking off, so two sessions of one large model hold its weights once."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    if shared:
+        so.add_session_config_entry("session.disable_prepacking", "1")  # a packed copy would be per session
+        for name, value in shared.items():
+            so.add_initializer(name, value)
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def shared_weights(model: onnx.ModelProto, original: dict, fixed: dict, min_bytes: int = 1 << 20) -> dict:
+    """OrtValues over the input's own weight files (read-only maps: pages the kernel shares, never a copy)
+    for the main-graph initializers both models read from the same bytes of the same file: `original` and
+    `fixed` map names to graph.ExternalEntry, where each model's bytes came from (the fixed model's data
+    file is a streamed copy, so equal sources mean equal values by construction, not by assumption)."""
+    import onnxruntime as ort
+
+    tensors = {t.name: t for t in model.graph.initializer}
+    out = {}
+    for name, e in fixed.items():
+        o, t = original.get(name), tensors.get(name)
+        if o is None or t is None or (o.path, o.offset, o.nbytes) != (e.path, e.offset, e.nbytes) or e.nbytes < min_bytes:
+            continue
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+        except Exception:
+            continue
+        if dtype.kind not in "fiub" or e.offset % dtype.itemsize or dtype.itemsize * math.prod(t.dims) != e.nbytes:
+            continue  # bfloat16 and other types numpy lacks: the session reads its own copy
+        out[name] = ort.OrtValue.ortvalue_from_numpy(np.memmap(e.path, dtype, "r", e.offset, tuple(t.dims)))
+    return out
 
 
 def _first_line(e: BaseException) -> str:
@@ -286,18 +317,20 @@ def compare_outputs(names, original: list, fixed: list, layer_dtypes: tuple[str,
 
 
 def compare_models(original: Path, fixed: Path, input_shapes: dict | None, seed: int = 0,
-                   layer_dtypes: tuple[str, ...] = ()) -> dict:
+                   layer_dtypes: tuple[str, ...] = (), shared: dict | None = None) -> dict:
     """Both models on ORT CPU on the same seeded inputs (compare_outputs). The original runs twice: a
     model whose own outputs differ between runs (an unseeded random op) cannot prove a rewrite, and is
-    reported as such instead of blamed on it."""
+    reported as such instead of blamed on it. shared: weights both sessions take (shared_weights)."""
     model = onnx.load(str(original), load_external_data=False)
     feeds = seeded_feeds(model, input_shapes, seed)
     shapes = {k: list(v.shape) for k, v in feeds.items()}
     try:
-        sa = _session(original)
+        sa = _session(original, shared)
         a = sa.run(None, feeds)
+        t0 = time.perf_counter()
         a2 = sa.run(None, feeds)
-        sb = _session(fixed)
+        run_s = time.perf_counter() - t0
+        sb = _session(fixed, shared)
         b = sb.run(None, feeds)
     except Exception as e:
         return {"passed": None, "error": f"ORT could not run the models on seeded inputs: {_first_line(e)}",
@@ -308,21 +341,23 @@ def compare_models(original: Path, fixed: Path, input_shapes: dict | None, seed:
         return {"passed": None, "error": "the original model gives different outputs on two runs of the same inputs "
                                          "(a random op?): a rewrite cannot be compared with it", "inputs": shapes}
     out = compare_outputs(names, a, b, layer_dtypes)
-    return {**out, "seed": seed, "inputs": shapes, "feeds": feeds}
+    # feeds and sessions are for time_models (one session per model, never built twice); fix drops them
+    return {**out, "seed": seed, "inputs": shapes, "feeds": feeds, "sessions": (sa, sb, shared), "run_s": run_s}
 
 
-def time_models(original: Path, fixed: Path, feeds: dict, *, rounds: int = 9, min_time: float = 1.0,
-                seed: int = 0) -> dict:
-    """Latency of both models on ORT CPU, interleaved rounds (normonnx.timing): per-model median and
-    the fixed/original ratio with its 95 % CI, so the cost of the fix is visible."""
+def time_models(sessions: tuple, feeds: dict, *, rounds: int = 9, min_time: float = 1.0, seed: int = 0) -> dict:
+    """Latency of both models (the sessions compare_models made) on ORT CPU, interleaved rounds
+    (normonnx.timing): per-model median and the fixed/original ratio with its 95 % CI, so the cost of the
+    fix is visible."""
     from .. import timing
 
-    sa, sb = _session(original), _session(fixed)
+    sa, sb, shared = sessions
     measured = timing.run_rounds({"original": lambda: sa.run(None, feeds), "fixed": lambda: sb.run(None, feeds)},
-                                 lambda: None, rounds=rounds, min_time=min_time, warmup=2, seed=seed)
+                                 lambda: None, rounds=rounds, min_time=min_time, warmup=1, seed=seed)  # warm: compared
     ratio = timing.paired_ratios(measured.per_round, "original")["fixed"]
     med, lo, hi = timing.median_ci(ratio, seed)
     return {"original_ms": float(np.median(measured.per_round["original"])),
             "fixed_ms": float(np.median(measured.per_round["fixed"])), "ratio": med, "ratio_ci": [lo, hi],
             "stable": (hi - lo) / 2 <= timing.CI_WIDTH_LIMIT * med, "rounds": rounds,
+            "prepacking": not shared,
             "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, ORT CPU"}

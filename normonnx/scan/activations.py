@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from ..errors import BadInput, ExitCode
-from ..graph import Graph, load_model
+from ..graph import Graph, check_external_data, load_model
 from ..judge import judge, over_layers, status_of
 from ..tables import DTYPES, dtype_of_onnx
 from .derive import derive_spec
@@ -345,8 +345,10 @@ def check_activations(path: str | Path, *, data: str | Path | None = None,
     if not todo:
         report.seconds = time.perf_counter() - t0
         return report
-    # the model with every wanted value as an extra graph output
-    full = load_model(p)
+    # the model with every wanted value as an extra graph output; its weights stay in their files (ORT
+    # reads them from the model's folder: never re-saved, never held here), each entry checked first
+    check_external_data(stored, p.parent)
+    full = stored
     outputs = {o.name for o in full.graph.output}
     wanted = list(dict.fromkeys(n for lc in todo for n in (lc.norm.input, *lc.norm.extra_inputs, lc.norm.output)))
     for name in wanted:
@@ -354,9 +356,6 @@ def check_activations(path: str | Path, *, data: str | Path | None = None,
             full.graph.output.append(onnx.helper.make_tensor_value_info(name, _elem_type(g, name, todo), None))
     with tempfile.TemporaryDirectory(prefix="normonnx-act-") as tmp:
         work = Path(tmp)
-        capture = work / "capture.onnx"
-        big = full.ByteSize() > (1 << 31) - (1 << 26)
-        onnx.save(full, str(capture), save_as_external_data=big, location="capture.data" if big else None)
         so = ort.SessionOptions()
         so.log_severity_level = 3
         from ..runtimes import get_runtime
@@ -365,8 +364,18 @@ def check_activations(path: str | Path, *, data: str | Path | None = None,
         providers = (["CUDAExecutionProvider"] if get_runtime("cuda").unavailable() is None else []) + \
             ["CPUExecutionProvider"]
         report.provider = providers[0]
+        capture = full.SerializeToString() if full.ByteSize() < PROTO_LIMIT else None
+        if capture is not None:  # from bytes: ORT finds the external data in the model's own folder
+            so.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                        str(p.parent.resolve()))
+        else:  # a graph near protobuf's 2 GB of inline tensors: saved once, its tensors external
+            if any(t.data_location == onnx.TensorProto.EXTERNAL for t in full.graph.initializer):
+                raise BadInput(f"{p}: its inline tensors and the norms' values as outputs pass protobuf's 2 GB "
+                               "limit: store all its weights as external data first")
+            capture = str(work / "capture.onnx")
+            onnx.save(full, capture, save_as_external_data=True, location="capture.data")
         try:
-            sess = ort.InferenceSession(str(capture), so, providers=providers)
+            sess = ort.InferenceSession(capture, so, providers=providers)
         except Exception as e:
             raise BadInput(f"ORT cannot load {p} with its norms' values as outputs: {str(e).splitlines()[0][:200]}") \
                 from None
@@ -385,6 +394,7 @@ def check_activations(path: str | Path, *, data: str | Path | None = None,
     return report
 
 
+PROTO_LIMIT = (1 << 31) - (64 << 20)  # protobuf's 2 GB per message, less a margin
 SAMPLES_PER_RUN = 64  # samples stacked into one ORT run where the model's batch dim allows
 
 
