@@ -78,7 +78,7 @@ def main() -> int:
     if not args.no_bench:
         for dtype in ("float32", "float16"):
             subprocess.run([sys.executable, str(Path(__file__).with_name("run_bench.py")), "--out", str(out),
-                            "--providers", "cuda", "--dtypes", dtype, "--name", f"cuda-{dtype}", "--rounds", "9",
+                            "--runtimes", "cuda", "--dtypes", dtype, "--name", f"cuda-{dtype}", "--rounds", "9",
                             "--min-time", "0.5"], check=False)
     return 0
 

@@ -48,7 +48,8 @@ def main() -> int:
     ap.add_argument("--name", default=None, help="file stem (default: the first provider, e.g. cpu)")
     ap.add_argument("--norms", default=",".join(BENCH_SHAPES))
     ap.add_argument("--dtypes", default="float32,float16")
-    ap.add_argument("--providers", default=None, help="default: every provider available here")
+    ap.add_argument("--runtimes", "--providers", dest="providers", default=None,
+                    help="default: every ORT provider available here (--providers: its old name)")
     ap.add_argument("--min-time", type=float, default=1.0)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--threads", type=int, default=None)

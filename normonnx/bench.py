@@ -180,12 +180,45 @@ def benchmark(
 ) -> BenchReport:
     """Time every variant of `spec` on each provider next to torch eager and a copy, interleaved in
     `rounds` rounds (each form about `min_time` seconds in all); see normonnx.timing."""
-    import onnxruntime as ort
     import torch
 
-    from . import timing
-    from .validate import validate
+    variants, providers = _check_request(spec, variants, providers, opset, warmup, min_time, rounds)
+    config = SessionConfig(opt_level, threads)
+    if threads:
+        torch.set_num_threads(threads)
+    report = BenchReport(spec, machine=machine_info())
+    report.machine["threads"] = threads or "default"
+    say = progress or (lambda s: None)
+    base = dict(spec_id=spec.id, norm=spec.kind, dtype=spec.dtype, shape="x".join(map(str, spec.shape)))
+    with tempfile.TemporaryDirectory(prefix="normonnx-bench-") as tmp:
+        models = {}
+        for v in variants:
+            say(f"export {v}")
+            try:
+                models[v] = export_report(spec, v, opset, exporter, output=Path(tmp) / f"{v}.onnx").path
+            except NormonnxError as e:
+                models[v] = e
+        for p in providers:
+            forms, rows, sync = _forms(spec, p, variants, models, opset, exporter, config, validate_first, say)
+            say(f"{p}: timing {', '.join(forms)} in {rounds} interleaved rounds")
+            _time(forms, rows, sync, spec, report, rounds=rounds, min_time=min_time, warmup=warmup, seed=seed)
+            fastest = _fastest(rows)
+            for name, r in rows.items():
+                report.records.append(BenchRecord(
+                    **base, provider=p, form=r["form"], opset=r["opset"], exporter=r["exporter"], **r.get("times", {}),
+                    **{k: r.get(k) for k in ("gbps", "x_copy", "x_torch", "ci_low", "ci_high", "x_torch_ci_low",
+                                             "x_torch_ci_high", "stable", "unstable_reason", "implausible", "rounds",
+                                             "batch", "passed", "validation", "ort_provider")},
+                    io_binding=r.get("io_binding", False),
+                    opt_level=opt_level if r["form"] not in ("copy", "torch") else None,
+                    threads=threads or "default", fastest=name == fastest, error=r.get("error"),
+                    unsupported=r.get("unsupported")))
+    return report
 
+
+def _check_request(spec: NormSpec, variants, providers, opset: int, warmup: int, min_time: float,
+                   rounds: int) -> tuple[list[str], list[str]]:
+    """The variants and providers to time, or BadInput / RuntimeUnavailable saying why not."""
     if spec.dtype == "bfloat16":
         raise BadInput("bench times float32 and float16: ORT's IOBinding has no numpy bfloat16 type")
     if warmup < 0 or min_time < 0 or rounds < 3:
@@ -199,100 +232,106 @@ def benchmark(
     providers = providers or ["cpu"]
     for p in providers:
         if p not in DEVICES:
-            raise BadInput(f"unknown provider {p!r}: valid providers are {', '.join(DEVICES)}")
+            raise BadInput(f"unknown runtime {p!r} for bench: valid runtimes are {', '.join(DEVICES)}")
         why = get_runtime(p).unavailable()
         if why:
             raise RuntimeUnavailable(f"provider {p!r} is unavailable: {why}")
-    config = SessionConfig(opt_level, threads)
-    if threads:
-        torch.set_num_threads(threads)
-    report = BenchReport(spec, machine=machine_info())
-    report.machine["threads"] = threads or "default"
-    say = progress or (lambda s: None)
-    nbytes = int(np.prod(spec.shape)) * DTYPES[spec.dtype].itemsize
-    dt = DTYPES[spec.dtype].torch
-    base = dict(spec_id=spec.id, norm=spec.kind, dtype=spec.dtype, shape="x".join(map(str, spec.shape)))
-    cores = os.cpu_count() or 1
-    with tempfile.TemporaryDirectory(prefix="normonnx-bench-") as tmp:
-        models = {}
-        for v in variants:
-            say(f"export {v}")
-            try:
-                models[v] = export_report(spec, v, opset, exporter, output=Path(tmp) / f"{v}.onnx").path
-            except NormonnxError as e:
-                models[v] = e
-        for p in providers:
-            device = DEVICES[p]
-            sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-            gen = torch.Generator().manual_seed(0)
-            x = torch.randn(spec.shape, generator=gen).to(dt).to(device)
-            y = torch.empty_like(x)
-            module = get_variant("native").build(spec, make_params(spec)).to(dt).to(device)
-            forms: dict[str, Callable[[], object]] = {"copy": lambda: y.copy_(x), "torch": lambda: module(x)}
-            rows: dict[str, dict] = {"copy": dict(form="copy", opset=None, exporter=None),
-                                     "torch": dict(form="torch", opset=None, exporter=None)}
-            for v in variants:
-                row = rows[v] = dict(form=v, opset=opset, exporter=exporter)
-                variant = get_variant(v)
-                if variant.unsupported_on(p):
-                    row["unsupported"] = variant.unsupported_on(p)  # reported, not timed, not an error
-                    continue
-                if isinstance(models[v], Exception):
-                    row["error"] = str(models[v])
-                    continue
-                if validate_first:
-                    say(f"{p}: validate {v}")
-                    rep = validate(model=models[v], runtimes=[p], inputs=["normal"], config=config)
-                    # only a finished comparison says FAIL; a check that could not run leaves it unknown
-                    row["passed"] = rep.verdict.ok
-                    bad = rep.failures()
-                    row["validation"] = "pass" if rep.verdict.ok else (
-                        next((r.reason for r in bad if r.status == "fail"), None)
-                        or f"not checked: {bad[0].error if bad else 'no result'}")
-                try:
-                    sess = ort.InferenceSession(str(models[v]), session_options(config), providers=[PROVIDERS[p]])
-                    xv = variant.to_model(x)  # an NHWC variant binds its own channels-last copy
-                    io = _bind(sess, xv, torch.empty_like(xv) if xv is not x else y, device)
-                    forms[v] = (lambda s, b: lambda: s.run_with_iobinding(b))(sess, io)
-                    row["ort_provider"] = sess.get_providers()[0]
-                    row["io_binding"] = True
-                except Exception as e:
-                    from .runtimes import first_line
+    return variants, providers
 
-                    row["error"] = f"ORT {p} cannot run {v}: {first_line(e)}"
-            say(f"{p}: timing {', '.join(forms)} in {rounds} interleaved rounds")
-            load0 = timing.load_average()
-            with torch.inference_mode(), timing.OtherCpu() as others:
-                measured = timing.run_rounds(forms, sync, rounds=rounds, min_time=min_time, warmup=warmup, seed=seed)
-            load1 = timing.load_average()
-            report.machine["other_cores_while_timing"] = others.cores
-            load = (load0, load1) if load0 is not None and load1 is not None else None
-            vs_copy = timing.paired_ratios(measured.per_round, "copy")
-            vs_torch = timing.paired_ratios(measured.per_round, "torch")
-            copy_cv = timing.copy_cv(measured.per_round["copy"])
-            for name, row in rows.items():
-                if name not in forms:
-                    continue
-                t = Timing.of(measured.calls[name])
-                xc, xt = timing.median_ci(vs_copy[name], seed), timing.median_ci(vs_torch[name], seed)
-                verdict = timing.Verdict.of(xc if name != "copy" else xt, copy_cv, load, cores, others.cores)
-                row.update(times=asdict(t), gbps=2 * nbytes / (t.p50_ms / 1e3) / 1e9, x_copy=xc[0], ci_low=xc[1],
-                           ci_high=xc[2], x_torch=xt[0], x_torch_ci_low=xt[1], x_torch_ci_high=xt[2],
-                           stable=verdict.stable, unstable_reason=verdict.reason,
-                           implausible=timing.implausible(xc[0]) if name != "copy" else None,
-                           rounds=rounds, batch=measured.batch[name])
-            fastest = _fastest(rows)
-            for name, r in rows.items():
-                report.records.append(BenchRecord(
-                    **base, provider=p, form=r["form"], opset=r["opset"], exporter=r["exporter"], **r.get("times", {}),
-                    **{k: r.get(k) for k in ("gbps", "x_copy", "x_torch", "ci_low", "ci_high", "x_torch_ci_low",
-                                             "x_torch_ci_high", "stable", "unstable_reason", "implausible", "rounds",
-                                             "batch", "passed", "validation", "ort_provider")},
-                    io_binding=r.get("io_binding", False),
-                    opt_level=opt_level if r["form"] not in ("copy", "torch") else None,
-                    threads=threads or "default", fastest=name == fastest, error=r.get("error"),
-                    unsupported=r.get("unsupported")))
-    return report
+
+def _forms(spec: NormSpec, p: str, variants: list[str], models: dict, opset: int, exporter: str, config,
+           validate_first: bool, say) -> tuple[dict, dict, Callable[[], object]]:
+    """On provider `p`: the callables to time (copy, torch, and each variant's ORT session bound to the
+    same tensors), a row per form (what will not be timed says why), and the device's sync."""
+    import torch
+
+    device = DEVICES[p]
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    dt = DTYPES[spec.dtype].torch
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(spec.shape, generator=gen).to(dt).to(device)
+    y = torch.empty_like(x)
+    module = get_variant("native").build(spec, make_params(spec)).to(dt).to(device)
+    forms: dict[str, Callable[[], object]] = {"copy": lambda: y.copy_(x), "torch": lambda: module(x)}
+    rows: dict[str, dict] = {"copy": dict(form="copy", opset=None, exporter=None),
+                             "torch": dict(form="torch", opset=None, exporter=None)}
+    for v in variants:
+        row = rows[v] = dict(form=v, opset=opset, exporter=exporter)
+        variant = get_variant(v)
+        if variant.unsupported_on(p):
+            row["unsupported"] = variant.unsupported_on(p)  # reported, not timed, not an error
+            continue
+        if isinstance(models[v], Exception):
+            row["error"] = str(models[v])
+            continue
+        if validate_first:
+            say(f"{p}: validate {v}")
+            row.update(_validation(models[v], p, config))
+        try:
+            forms[v] = _bound_run(models[v], variant, p, config, x, y, row)
+        except Exception as e:
+            from .runtimes import first_line
+
+            row["error"] = f"ORT {p} cannot run {v}: {first_line(e)}"
+    return forms, rows, sync
+
+
+def _validation(model: Path, p: str, config) -> dict:
+    """The variant validated on normal inputs on `p`: passed (True/False/None) and why."""
+    from .validate import validate
+
+    rep = validate(model=model, runtimes=[p], inputs=["normal"], config=config)
+    # only a finished comparison says FAIL; a check that could not run leaves it unknown
+    bad = rep.failures()
+    return {"passed": rep.verdict.ok, "validation": "pass" if rep.verdict.ok else (
+        next((r.reason for r in bad if r.status == "fail"), None) or f"not checked: {bad[0].error if bad else 'no result'}")}
+
+
+def _bound_run(model: Path, variant, p: str, config, x, y, row: dict) -> Callable[[], object]:
+    import onnxruntime as ort
+    import torch
+
+    sess = ort.InferenceSession(str(model), session_options(config), providers=[PROVIDERS[p]])
+    xv = variant.to_model(x)  # an NHWC variant binds its own channels-last copy
+    out = torch.empty_like(xv) if xv is not x else y
+    io = _bind(sess, xv, out, DEVICES[p])
+    row["ort_provider"] = sess.get_providers()[0]
+    row["io_binding"] = True
+
+    def run(keep=(xv, out)):  # the binding holds raw pointers: the tensors live as long as the run does
+        return sess.run_with_iobinding(io)
+    return run
+
+
+def _time(forms: dict, rows: dict, sync, spec: NormSpec, report: BenchReport, *, rounds: int, min_time: float,
+          warmup: int, seed: int) -> None:
+    """Run the interleaved rounds and put each timed form's figures in its row."""
+    import torch
+
+    from . import timing
+
+    load0 = timing.load_average()
+    with torch.inference_mode(), timing.OtherCpu() as others:
+        measured = timing.run_rounds(forms, sync, rounds=rounds, min_time=min_time, warmup=warmup, seed=seed)
+    load1 = timing.load_average()
+    report.machine["other_cores_while_timing"] = others.cores
+    load = (load0, load1) if load0 is not None and load1 is not None else None
+    vs_copy = timing.paired_ratios(measured.per_round, "copy")
+    vs_torch = timing.paired_ratios(measured.per_round, "torch")
+    copy_cv = timing.copy_cv(measured.per_round["copy"])
+    nbytes = int(np.prod(spec.shape)) * DTYPES[spec.dtype].itemsize
+    cores = os.cpu_count() or 1
+    for name, row in rows.items():
+        if name not in forms:
+            continue
+        t = Timing.of(measured.calls[name])
+        xc, xt = timing.median_ci(vs_copy[name], seed), timing.median_ci(vs_torch[name], seed)
+        verdict = timing.Verdict.of(xc if name != "copy" else xt, copy_cv, load, cores, others.cores)
+        row.update(times=asdict(t), gbps=2 * nbytes / (t.p50_ms / 1e3) / 1e9, x_copy=xc[0], ci_low=xc[1],
+                   ci_high=xc[2], x_torch=xt[0], x_torch_ci_low=xt[1], x_torch_ci_high=xt[2],
+                   stable=verdict.stable, unstable_reason=verdict.reason,
+                   implausible=timing.implausible(xc[0]) if name != "copy" else None,
+                   rounds=rounds, batch=measured.batch[name])
 
 
 def _fastest(rows: dict[str, dict]) -> str | None:

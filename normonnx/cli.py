@@ -24,6 +24,27 @@ def _csv(ctx, param, value):
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
+def runtimes_options(help: str, default: str | None = None):
+    """--runtimes, the one name every command that runs models uses, and --providers, its old name on bench
+    and sweep, kept hidden for one release (see _runtimes)."""
+    def deco(f):
+        f = click.option("--providers", "providers_alias", callback=_csv, default=None, hidden=True,
+                         help="Deprecated: the old name of --runtimes.")(f)
+        return click.option("--runtimes", callback=_csv, default=None, help=help + (
+            f" [default: {default}]" if default else ""))(f)
+    return deco
+
+
+def _runtimes(runtimes, alias, default: str | None = None):
+    """--runtimes, or the deprecated --providers with a note (both: exit 2)."""
+    if alias and runtimes:
+        raise click.UsageError("give --runtimes only (--providers is its deprecated old name), not both")
+    if alias:
+        click.echo("warning: --providers is deprecated and goes in the next release: use --runtimes (same names)",
+                   err=True)
+    return alias or runtimes or ([default] if default else None)
+
+
 def spec_options(f):
     """The spec options every command shares, with the same meaning everywhere."""
     opts = [
@@ -204,7 +225,7 @@ def validate(variant, opset, exporter, dynamic, allow_mismatch, model, runtimes,
 @spec_options
 @click.option("--variant", "variant_names", default="all", show_default=True,
               help="Comma list of variants, or all.")
-@click.option("--providers", callback=_csv, default="cpu", show_default=True, help="Comma list: cpu, cuda.")
+@runtimes_options("Comma list: cpu, cuda.", default="cpu")
 @click.option("--opset", type=int, default=21, show_default=True)
 @click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default=DEFAULT_EXPORTER, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs first.")
@@ -217,8 +238,8 @@ def validate(variant, opset, exporter, dynamic, allow_mismatch, model, runtimes,
               show_default=True)
 @click.option("--no-validate", is_flag=True, help="Skip the validation that picks the fastest correct variant.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
-def bench(variant_names, providers, opset, exporter, warmup, min_time, rounds, threads, opt_level, no_validate,
-          as_json, **kw):
+def bench(variant_names, runtimes, providers_alias, opset, exporter, warmup, min_time, rounds, threads, opt_level,
+          no_validate, as_json, **kw):
     """Time each graph form on ORT next to PyTorch eager and a copy of the same tensor.
 
     Without --shape, each norm runs its standard benchmark shape (LN 8x512x768, GN 8x320x64x64 with
@@ -226,6 +247,7 @@ def bench(variant_names, providers, opset, exporter, warmup, min_time, rounds, t
     from normonnx.bench import benchmark, bench_spec
     from normonnx.render import bench_text
 
+    providers = _runtimes(runtimes, providers_alias, "cpu")
     args = _spec_args(kw)
     kind = args.pop("norm") or "ln"
     spec = bench_spec(kind, args.pop("dtype"), shape=args.pop("shape"), groups=args.pop("groups"),
@@ -252,13 +274,12 @@ def _ints(ctx, param, value):
 @cli.command()
 @click.option("-o", "--out", type=click.Path(file_okay=False), default="normonnx-out", show_default=True,
               help="Folder for results.jsonl and meta.json.")
-@click.option("--norms", callback=_csv, default=None, help="Comma list (default: bn,ln,in,gn).")
+@click.option("--norms", callback=_csv, default=None, help="Comma list (default: bn,ln,in,gn,rms).")
 @click.option("--variants", callback=_csv, default=None, help="Comma list (default: every variant).")
 @click.option("--opsets", callback=_ints, default=None, help="Comma list (default: 13,17,18,21,23).")
 @click.option("--exporters", callback=_csv, default=None, help="Comma list (default: dynamo,torchscript).")
 @click.option("--dtypes", callback=_csv, default=None, help="Comma list (default: float32,float16).")
-@click.option("--providers", callback=_csv, default=None,
-              help="Comma list of runtimes (default: every ORT provider available here).")
+@runtimes_options("Comma list of runtimes (default: every ORT provider available here).")
 @click.option("--inputs", callback=_csv, default=None, help="Comma list of input suites (default: all that apply).")
 @click.option("--resume", is_flag=True, help="Skip the cases OUT/results.jsonl already holds.")
 @click.option("--force", is_flag=True, help="Discard OUT/results.jsonl and start over.")
@@ -273,9 +294,10 @@ def _ints(ctx, param, value):
 @click.option("--bench-min-time", type=float, default=0.3, show_default=True)
 @click.option("--strict", is_flag=True, help="Exit 1 if any case failed (default: exit 0 once the matrix is recorded).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def sweep(out, norms, variants, opsets, exporters, dtypes, providers, inputs, resume, force, jobs, shard, cache_dir,
-          no_cache, bench, bench_opset, bench_min_time, strict, as_json):
+def sweep(out, norms, variants, opsets, exporters, dtypes, runtimes, providers_alias, inputs, resume, force, jobs,
+          shard, cache_dir, no_cache, bench, bench_opset, bench_min_time, strict, as_json):
     """Validate (and with --bench, time) the whole matrix into OUT/results.jsonl, resumably."""
+    providers = _runtimes(runtimes, providers_alias)
     from normonnx.cache import default_cache_dir
     from normonnx.sweep import Matrix, parse_shard, sweep as run_sweep
 

@@ -73,7 +73,7 @@ class Matrix:
 
         checks = [("norm", self.norms, ALL_KINDS), ("variant", self.variants, tuple(VARIANTS)),
                   ("exporter", self.exporters, tuple(EXPORTERS)), ("dtype", self.dtypes, tuple(DTYPES)),
-                  ("provider", self.providers, tuple(RUNTIMES))]
+                  ("runtime", self.providers, tuple(RUNTIMES))]
         for what, given, valid in checks:
             bad = [g for g in given if g not in valid]
             if bad:

@@ -71,7 +71,7 @@ def test_bench_spec_defaults_to_the_standard_shapes():
 def test_bench_rejects_bad_input():
     with pytest.raises(BadInput, match="needs opset >= 17"):
         benchmark(NormSpec.make("ln"), ["native"], opset=13)
-    with pytest.raises(BadInput, match="valid providers are cpu, cuda"):
+    with pytest.raises(BadInput, match="valid runtimes are cpu, cuda"):
         benchmark(NormSpec.make("ln"), providers=["tpu"])
     with pytest.raises(BadInput, match="bfloat16"):
         benchmark(NormSpec.make("ln", dtype="bfloat16"))

@@ -190,7 +190,9 @@ def test_list_shows_registries():
 @pytest.mark.parametrize("args, code, needles", [
     (["bench", "--variant", "foo"], 2, ["unknown variant 'foo'", "native"]),
     (["bench", "--norm", "ln", "--variant", "native", "--opset", "13"], 2, ["needs opset >= 17"]),
-    (["bench", "--providers", "tpu"], 2, ["valid providers are cpu, cuda"]),
+    (["bench", "--runtimes", "tpu"], 2, ["valid runtimes are cpu, cuda"]),
+    (["bench", "--providers", "cpu", "--runtimes", "cpu"], 2, ["not both"]),
+    (["sweep", "--runtimes", "tpu"], 2, ["unknown runtime 'tpu'"]),
     (["bench", "--dtype", "bfloat16"], 2, ["bfloat16"]),
     (["merge", "/nonexistent-a", "-o", "/tmp/normonnx-merge-x"], 2, ["holds no results.jsonl"]),
     (["report", "/nonexistent-out"], 2, ["run 'normonnx sweep"]),
@@ -202,10 +204,20 @@ def test_other_commands_reject_bad_input(args, code, needles):
     _one_line_error(run_cli(*args), code, *needles)
 
 
+@pytest.mark.parametrize("args, needle", [(["bench", "--providers", "tpu"], "valid runtimes are cpu, cuda"),
+                                          (["sweep", "--providers", "tpu"], "valid runtimes are")])
+def test_providers_is_the_deprecated_name_of_runtimes(args, needle):
+    """--providers still works for a release (its value goes where --runtimes' goes), with a note."""
+    proc = run_cli(*args)
+    warning, error = proc.stderr.strip().splitlines()
+    assert warning.startswith("warning: --providers is deprecated") and "use --runtimes" in warning
+    assert proc.returncode == 2 and error.startswith("error: ") and needle in error
+
+
 def test_bench_unavailable_provider_is_exit_3():
     if has_cuda_ep():
         pytest.skip("CUDA is available here")
-    _one_line_error(run_cli("bench", "--providers", "cuda"), 3, "CUDAExecutionProvider")
+    _one_line_error(run_cli("bench", "--runtimes", "cuda"), 3, "CUDAExecutionProvider")
 
 
 def test_report_rejects_unknown_extension(tmp_path):

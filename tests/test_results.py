@@ -21,7 +21,7 @@ ONE = Matrix(norms=("ln",), variants=("native",), opsets=(17, 18), exporters=("d
              providers=("cpu",))
 INPUTS = ["normal"]
 SWEEP_ARGS = ["--norms", "ln", "--variants", "native", "--opsets", "17,18", "--exporters", "dynamo", "--dtypes",
-              "float32", "--providers", "cpu", "--inputs", "normal"]
+              "float32", "--runtimes", "cpu", "--inputs", "normal"]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,6 @@
 """NormSpec: defaults, ids, and a clear BadInput for every invalid request."""
+import dataclasses
+
 import pytest
 
 from normonnx import BadInput, NormSpec
@@ -48,5 +50,5 @@ def test_spec_round_trips_through_json():
 
 def test_spec_is_immutable():
     s = NormSpec.make("ln")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         s.eps = 1.0  # type: ignore[misc]

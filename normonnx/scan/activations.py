@@ -311,8 +311,6 @@ def check_activations(path: str | Path, *, data: str | Path | None = None,
     seeded inputs, capture every main-graph norm's input and output, and judge each (see the module doc)."""
     import time
 
-    import onnxruntime as ort
-
     from . import fix_input_shapes, infer_shapes
 
     t0 = time.perf_counter()
@@ -345,40 +343,9 @@ def check_activations(path: str | Path, *, data: str | Path | None = None,
     if not todo:
         report.seconds = time.perf_counter() - t0
         return report
-    # the model with every wanted value as an extra graph output; its weights stay in their files (ORT
-    # reads them from the model's folder: never re-saved, never held here), each entry checked first
-    check_external_data(stored, p.parent)
-    full = stored
-    outputs = {o.name for o in full.graph.output}
-    wanted = list(dict.fromkeys(n for lc in todo for n in (lc.norm.input, *lc.norm.extra_inputs, lc.norm.output)))
-    for name in wanted:
-        if name not in outputs:
-            full.graph.output.append(onnx.helper.make_tensor_value_info(name, _elem_type(g, name, todo), None))
     with tempfile.TemporaryDirectory(prefix="normonnx-act-") as tmp:
         work = Path(tmp)
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        from ..runtimes import get_runtime
-
-        # the model runs where it would be deployed: ORT CUDA when this onnxruntime has it, else CPU
-        providers = (["CUDAExecutionProvider"] if get_runtime("cuda").unavailable() is None else []) + \
-            ["CPUExecutionProvider"]
-        report.provider = providers[0]
-        capture = full.SerializeToString() if full.ByteSize() < PROTO_LIMIT else None
-        if capture is not None:  # from bytes: ORT finds the external data in the model's own folder
-            so.add_session_config_entry("session.model_external_initializers_file_folder_path",
-                                        str(p.parent.resolve()))
-        else:  # a graph near protobuf's 2 GB of inline tensors: saved once, its tensors external
-            if any(t.data_location == onnx.TensorProto.EXTERNAL for t in full.graph.initializer):
-                raise BadInput(f"{p}: its inline tensors and the norms' values as outputs pass protobuf's 2 GB "
-                               "limit: store all its weights as external data first")
-            capture = str(work / "capture.onnx")
-            onnx.save(full, capture, save_as_external_data=True, location="capture.data")
-        try:
-            sess = ort.InferenceSession(capture, so, providers=providers)
-        except Exception as e:
-            raise BadInput(f"ORT cannot load {p} with its norms' values as outputs: {str(e).splitlines()[0][:200]}") \
-                from None
+        sess, report.provider = _capture_session(p, stored, g, todo, work)
         extractor = LayerExtractor(analysed, p.parent, [lc.norm for lc in todo], g)
         batches = _batches(todo, lambda n: _nbytes(g, n), max_fetch_bytes)
         for batch in batches:
@@ -392,6 +359,42 @@ def check_activations(path: str | Path, *, data: str | Path | None = None,
             del got  # one batch's tensors at a time
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _capture_session(p: Path, stored: onnx.ModelProto, g: Graph, todo: list, work: Path):
+    """An ORT session of the model with every wanted value as an extra graph output, and its provider. The
+    weights stay in their files: ORT reads them from the model's folder (never re-saved, never held
+    here), each entry checked first. The model runs where it would be deployed: ORT CUDA when this
+    onnxruntime has it, else CPU."""
+    import onnxruntime as ort
+
+    from ..runtimes import get_runtime
+
+    check_external_data(stored, p.parent)
+    full = stored
+    outputs = {o.name for o in full.graph.output}
+    wanted = list(dict.fromkeys(n for lc in todo for n in (lc.norm.input, *lc.norm.extra_inputs, lc.norm.output)))
+    for name in wanted:
+        if name not in outputs:
+            full.graph.output.append(onnx.helper.make_tensor_value_info(name, _elem_type(g, name, todo), None))
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    providers = (["CUDAExecutionProvider"] if get_runtime("cuda").unavailable() is None else []) + \
+        ["CPUExecutionProvider"]
+    capture = full.SerializeToString() if full.ByteSize() < PROTO_LIMIT else None
+    if capture is not None:  # from bytes: ORT finds the external data in the model's own folder
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(p.parent.resolve()))
+    else:  # a graph near protobuf's 2 GB of inline tensors: saved once, its tensors external
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in full.graph.initializer):
+            raise BadInput(f"{p}: its inline tensors and the norms' values as outputs pass protobuf's 2 GB "
+                           "limit: store all its weights as external data first")
+        capture = str(work / "capture.onnx")
+        onnx.save(full, capture, save_as_external_data=True, location="capture.data")
+    try:
+        return ort.InferenceSession(capture, so, providers=providers), providers[0]
+    except Exception as e:
+        raise BadInput(f"ORT cannot load {p} with its norms' values as outputs: {str(e).splitlines()[0][:200]}") \
+            from None
 
 
 PROTO_LIMIT = (1 << 31) - (64 << 20)  # protobuf's 2 GB per message, less a margin

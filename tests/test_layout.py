@@ -1,0 +1,21 @@
+"""The shape of the code itself: rules a reviewer would otherwise have to re-check by hand."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import normonnx
+
+MAX_FUNCTION_LINES = 80  # issue 20: a longer function mixes steps that want names of their own
+
+
+def test_no_function_in_the_package_is_over_80_lines():
+    root = Path(normonnx.__file__).parent
+    long = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({n} lines)")
+    assert not long, "split these: " + "; ".join(long)
