@@ -61,7 +61,7 @@ class ExternalEntry:
     nbytes: int
 
 
-def _tensor_nbytes(t: onnx.TensorProto) -> int | None:
+def tensor_nbytes(t: onnx.TensorProto) -> int | None:
     if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
         return None
     try:
@@ -119,7 +119,7 @@ def check_external_data(model: onnx.ModelProto, base: Path, only: set[str] | Non
                            f"offset={info.get('offset')!r} length={info.get('length')!r}") from None
         if offset < 0 or (length is not None and length < 0):
             raise BadInput(f"tensor {name!r}: negative external data offset {offset} or length {length}")
-        need = _tensor_nbytes(t)
+        need = tensor_nbytes(t)
         if length is None:
             length = need if need is not None else st.st_size - offset
         if offset + length > st.st_size:
@@ -154,7 +154,7 @@ MAX_LAZY_CONST = 64 << 20  # a norm's parameters are read on demand; a weight ma
 def read_tensor(t: onnx.TensorProto, base: Path, limit: int = MAX_LAZY_CONST) -> np.ndarray | None:
     """One externally stored tensor's value, read from its checked bytes alone (None if over `limit`):
     how fix reads a layer's parameters without loading the model's weights."""
-    need = _tensor_nbytes(t)
+    need = tensor_nbytes(t)
     if need is None or need > limit:
         return None
     holder = onnx.ModelProto()
@@ -188,7 +188,7 @@ def copy_external_data(model: onnx.ModelProto, base: Path, data: Path, *, thresh
                 continue  # a Constant's tensor stays in the graph, as onnx's saver leaves it by default
             if e is None:
                 if not t.HasField("raw_data"):
-                    need = _tensor_nbytes(t)
+                    need = tensor_nbytes(t)
                     if need is None or need < threshold or t.data_type == onnx.TensorProto.STRING:
                         continue
                     t.CopyFrom(numpy_helper.from_array(tensor_value(t), t.name))
@@ -209,6 +209,13 @@ def copy_external_data(model: onnx.ModelProto, base: Path, data: Path, *, thresh
                 entry.key, entry.value = key, value
             t.data_location = onnx.TensorProto.EXTERNAL
     return sources
+
+
+def inline_bytes(model: onnx.ModelProto) -> int:
+    """The bytes of the initializers stored in the model itself, from their dims (ByteSize() would
+    serialize the whole model to count it: a 2 GB copy)."""
+    return sum(tensor_nbytes(t) or 0 for g in _all_graphs(model.graph) for t in g.initializer
+               if t.data_location != onnx.TensorProto.EXTERNAL)
 
 
 def _all_graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
@@ -321,7 +328,7 @@ def check_initializers(graph: onnx.GraphProto) -> None:
     for t in graph.initializer:
         if t.data_location == onnx.TensorProto.EXTERNAL:
             continue
-        need = _tensor_nbytes(t)
+        need = tensor_nbytes(t)
         if t.HasField("raw_data") and need is not None:
             if len(t.raw_data) == need:
                 continue

@@ -7,7 +7,6 @@ file two models share, bfloat16 weights ORT reads itself."""
 from __future__ import annotations
 
 import hashlib
-import os
 import tracemalloc
 from pathlib import Path
 
@@ -204,3 +203,17 @@ def test_a_folder_without_room_for_the_weights_is_refused_before_any_work(decode
         fix(src, tmp_path / "out.onnx")
     assert len(str(e.value).splitlines()) == 1
     assert list(tmp_path.iterdir()) == []  # nothing staged, nothing left behind
+
+
+def test_shape_inference_copies_no_inline_weights(decoder):
+    """An inline model (torch writes everything inline under 2 GB) is shape-inferred on a copy without
+    its weights' bytes; the result lands on the model itself."""
+    from normonnx.scan import infer_shapes
+
+    src, weights = decoder
+    model = onnx.load(str(src))  # the weights inline now
+    before = {t.name: t.raw_data[:64] for t in model.graph.initializer}
+    out, peak = _peak(lambda: infer_shapes(model))
+    assert out is model and len(model.graph.value_info) > 10
+    assert peak < weights / 4, f"{peak / 1e6:.1f} MB for {weights / 1e6:.1f} MB of inline weights"
+    assert {t.name: t.raw_data[:64] for t in model.graph.initializer} == before

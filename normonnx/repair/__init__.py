@@ -22,6 +22,7 @@ from ..graph import (
     Graph,
     check_external_data,
     copy_external_data,
+    inline_bytes,
     load_model,
     opset_of,
 )
@@ -155,7 +156,7 @@ def _check_room(src: Path, out: Path, model: onnx.ModelProto) -> None:
     is the input's tensors streamed; ENOSPC half-way through a 14 GB copy helps nobody)."""
     import shutil
 
-    need = sum(e.nbytes for e in check_external_data(model, src.parent, files=False)) + model.ByteSize()
+    need = sum(e.nbytes for e in check_external_data(model, src.parent, files=False)) + inline_bytes(model)
     free = shutil.disk_usage(out.resolve().parent).free
     if need > free:
         raise BadInput(f"-o {out}: the fixed model needs about {need / 1e9:.2f} GB free in {out.resolve().parent}, "
@@ -370,7 +371,7 @@ def to_checked_proto(irm, original: onnx.ModelProto) -> tuple[onnx.ModelProto, s
     import onnx_ir as ir
 
     proto = ir.to_proto(irm)
-    if proto.ByteSize() > PROTO_LIMIT:  # onnx.checker takes such a model only as a file: the proof judges it
+    if inline_bytes(proto) > PROTO_LIMIT:  # onnx.checker takes such a model only as a file: the proof judges it
         return proto, ("the fixed model's inline tensors pass protobuf's 2 GB limit: its tensors of 1 kB or more "
                        "are written to FIXED.onnx.data beside it (onnx.checker skipped; scan and the whole-model "
                        "comparison judge the written file)")
@@ -456,6 +457,7 @@ def fix(path: str | Path, output: str | Path | None = None, *, rules: list[str] 
     external = _has_external_data(model)
     with staging(out) as folder:
         cand, cand_src = _save(fixed, folder / out.name, src.parent, external=external)
+        del fixed  # written: an inline model's copy of its weights is not kept through the proof
         # compared with the input itself, also after --opset (a version converter that changed what the
         # model computes is caught too), its weights shared with the output's session
         shared = (model, _sources(model, src.parent), cand_src) if external else None
@@ -531,7 +533,7 @@ def _save(proto: onnx.ModelProto, path: Path, base: Path, *, external: bool) -> 
     streamed from `base` by the kernel, never held here. The data file is written by normonnx rather than
     onnx's saver, which refuses when a file of the data file's *name* exists in the current folder (run
     from the input's folder with -o fixed/SAME.onnx)."""
-    external = external or proto.ByteSize() > PROTO_LIMIT
+    external = external or inline_bytes(proto) > PROTO_LIMIT
     sources = copy_external_data(proto, base, path.with_name(path.name + ".data")) if external else {}
     try:
         onnx.save(proto, str(path))

@@ -16,7 +16,7 @@ from pathlib import Path
 import onnx
 
 from ..errors import BadInput, ExitCode
-from ..graph import Graph, load_model, opset_of
+from ..graph import Graph, load_model, opset_of, tensor_nbytes
 from ..judge import over_layers
 from .derive import concrete_shape, derive_spec, params_from_model
 from .extract import DRAWN, LayerExtractor, ort_fusion, ort_optimized
@@ -115,32 +115,38 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]])
 
 
 def _infer_without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
-    """onnx shape inference without handing it the weights: large initializers are marked external
-    for the call (shape inference reads their dims, never their data) and their bytes put back in the
-    inferred copy. A 300 MB model is then not serialized for the C++ side."""
-    big = [t for t in model.graph.initializer if len(t.raw_data) > 4096]
-    data = {t.name: t.raw_data for t in big}
-    for t in big:
-        t.ClearField("raw_data")
-        t.data_location = onnx.TensorProto.EXTERNAL
-        e = t.external_data.add()
+    """onnx shape inference without handing it the weights, and without copying them: it runs on a copy
+    of the graph whose large initializers are marked external (shape inference reads their dims, never
+    their data), and what it infers (value_info, output types, subgraphs' value_info) is put on `model`
+    itself, which is returned. A 2 GB inline model is then neither serialized for the C++ side nor copied."""
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    g, src = light.graph, model.graph
+    g.name = src.name
+    for part in ("node", "input", "output", "value_info", "sparse_initializer"):
+        getattr(g, part).extend(getattr(src, part))
+    for t in src.initializer:
+        if (tensor_nbytes(t) or 0) <= 4096 or t.data_location == onnx.TensorProto.EXTERNAL:
+            g.initializer.append(t)
+            continue
+        stub = g.initializer.add()
+        stub.name, stub.data_type, stub.data_location = t.name, t.data_type, onnx.TensorProto.EXTERNAL
+        stub.dims.extend(t.dims)
+        e = stub.external_data.add()
         e.key, e.value = "location", "normonnx-weights-held-aside"
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(light)
     except Exception:
-        inferred = model
-    finally:
-        for t in big:
-            del t.external_data[:]
-            t.data_location = onnx.TensorProto.DEFAULT
-            t.raw_data = data[t.name]
-    if inferred is not model:
-        for t in inferred.graph.initializer:
-            if t.name in data and t.data_location == onnx.TensorProto.EXTERNAL:
-                del t.external_data[:]
-                t.data_location = onnx.TensorProto.DEFAULT
-                t.raw_data = data[t.name]
-    return inferred
+        return model
+    for part in ("value_info", "output"):
+        del getattr(src, part)[:]
+        getattr(src, part).extend(getattr(inferred.graph, part))
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in src.node for a in n.attribute):
+        del src.node[:]  # If/Loop/Scan bodies carry their own inferred value_info
+        src.node.extend(inferred.graph.node)
+    return model
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from ..errors import BadInput, ExitCode
-from ..graph import Graph, check_external_data, load_model
+from ..graph import Graph, check_external_data, inline_bytes, load_model
 from ..judge import judge, over_layers, status_of
 from ..tables import DTYPES, dtype_of_onnx
 from .derive import derive_spec
@@ -381,7 +381,7 @@ def _capture_session(p: Path, stored: onnx.ModelProto, g: Graph, todo: list, wor
     so.log_severity_level = 3
     providers = (["CUDAExecutionProvider"] if get_runtime("cuda").unavailable() is None else []) + \
         ["CPUExecutionProvider"]
-    capture = full.SerializeToString() if full.ByteSize() < PROTO_LIMIT else None
+    capture = full.SerializeToString() if inline_bytes(full) < PROTO_LIMIT else None
     if capture is not None:  # from bytes: ORT finds the external data in the model's own folder
         so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(p.parent.resolve()))
     else:  # a graph near protobuf's 2 GB of inline tensors: saved once, its tensors external
