@@ -462,17 +462,23 @@ def fix(path: str | Path, output: str | Path | None = None, *, rules: list[str] 
         # model computes is caught too), its weights shared with the output's session
         shared = (model, _sources(model, src.parent), cand_src) if external else None
         _prove_written(report, layers, src, cand, input_shapes, inputs, memo, timing, shared)
-        if not prove or not report.changes or report.whole_model.get("passed") is True:
-            if cand.with_name(cand.name + ".data").exists():
-                publish(cand.with_name(cand.name + ".data"), _data_path(out), "fixed model's weights")
-            publish(cand, out, "fixed model")
-            report.written = True
-        elif report.whole_model.get("passed") is False:
-            report.notes.append("nothing written: the fixed model differs from the original on seeded inputs")
-        else:
-            report.notes.append("nothing written: the fixed model could not be compared with the original, so it is "
-                                "not proven (--no-proof writes it unproven)")
+        _publish_if_proven(report, cand, out)
     return report
+
+
+def _publish_if_proven(report: FixReport, cand: Path, out: Path) -> None:
+    """Rename the staged model (and its data file) into place unless the whole model differs from the
+    original or could not be compared; a note says which."""
+    if not report.proven or not report.changes or report.whole_model.get("passed") is True:
+        if cand.with_name(cand.name + ".data").exists():
+            publish(cand.with_name(cand.name + ".data"), _data_path(out), "fixed model's weights")
+        publish(cand, out, "fixed model")
+        report.written = True
+    elif report.whole_model.get("passed") is False:
+        report.notes.append("nothing written: the fixed model differs from the original on seeded inputs")
+    else:
+        report.notes.append("nothing written: the fixed model could not be compared with the original, so it is "
+                            "not proven (--no-proof writes it unproven)")
 
 
 def _prove_written(report: FixReport, layers: list[LayerFix], original: Path, cand: Path, input_shapes, inputs,
