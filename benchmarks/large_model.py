@@ -79,6 +79,8 @@ def main() -> None:
     ap.add_argument("--layers", default="4,8", help="comma list: one model per entry")
     ap.add_argument("--commands", default="plain,scan,validate,fix,activations")
     ap.add_argument("--keep", default=None, help="build the models in this folder and keep them")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each command: the median time, its range, the "
+                    "largest peak")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     exe = [sys.executable, "-m", "normonnx.cli"]
@@ -104,12 +106,21 @@ def main() -> None:
                   file=sys.stderr, flush=True)
             inputs = (model, model.with_name(model.name + ".data"))
             before = digest(*inputs)
+            runs: dict[str, list[dict]] = {name: [] for name in wanted}
+            for k in range(args.repeat):  # the commands in turn, then again: load that comes and goes hits all
+                for name in wanted:
+                    r = measure(commands[name](model), folder)
+                    runs[name].append(r)
+                    print(f"  {name:12s} {r['seconds']:7.1f} s  {r['peak_mb']:8.0f} MB  exit {r['exit']} "
+                          f"{' '.join(r['tail'])}", file=sys.stderr, flush=True)
             for name in wanted:
-                r = measure(commands[name](model), folder)
-                r.update(command=name, layers=layers, weights_gb=size / 1e9)
+                times = sorted(x["seconds"] for x in runs[name])
+                r = dict(runs[name][-1], seconds=times[len(times) // 2], range=(times[0], times[-1]),
+                         peak_mb=max(x["peak_mb"] for x in runs[name]), command=name, layers=layers,
+                         weights_gb=size / 1e9)
+                if "plain" in runs:  # each round's own ratio: the command and the plain run of the same round
+                    r["ratios"] = sorted(x["seconds"] / p["seconds"] for x, p in zip(runs[name], runs["plain"]))
                 rows.append(r)
-                print(f"  {name:12s} {r['seconds']:7.1f} s  {r['peak_mb']:8.0f} MB  exit {r['exit']} "
-                      f"{' '.join(r['tail'])}", file=sys.stderr, flush=True)
                 if name == "fix" and (folder / "fixed" / model.name).exists():
                     # not fix's word for it: the outputs of both, in a fresh process, and the input's hash
                     diff = subprocess.run([sys.executable, "-c", SAME, str(model), str(folder / "fixed" / model.name),
@@ -123,15 +134,17 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=1))
         return
-    plain = {r["layers"]: r for r in rows if r["command"] == "plain"}
-    print(f"{'weights':>8} {'command':<24} {'wall s':>7} {'peak MB':>8} {'peak/weights':>12} {'time/plain':>10} exit")
+    print(f"{'weights':>8} {'command':<24} {'wall s [range]':>18} {'peak MB':>8} {'peak/weights':>12} "
+          f"{'time/plain [range]':>20} exit")
     labels = {"plain": "plain ORT session + run", "scan": "scan", "validate": "scan --validate",
               "fix": "fix -o fixed/…", "activations": "scan --activations"}
     for r in rows:
-        base = plain.get(r["layers"])
-        ratio = f"{r['seconds'] / base['seconds']:.1f}x" if base else "-"
-        print(f"{r['weights_gb']:7.2f}G {labels[r['command']]:<24} {r['seconds']:7.1f} {r['peak_mb']:8.0f} "
-              f"{r['peak_mb'] / (r['weights_gb'] * 1e3):11.2f}x {ratio:>10} {r['exit']}")
+        rs = r.get("ratios")
+        ratio = f"{rs[len(rs) // 2]:.1f}x [{rs[0]:.1f}-{rs[-1]:.1f}]" if rs else "-"
+        wall = f"{r['seconds']:.1f} [{r['range'][0]:.1f}-{r['range'][1]:.1f}]"
+        print(f"{r['weights_gb']:7.2f}G {labels[r['command']]:<24} {wall:>18} {r['peak_mb']:8.0f} "
+              f"{r['peak_mb'] / (r['weights_gb'] * 1e3):11.2f}x {ratio:>20} {r['exit']}")
+    print(f"median of {args.repeat} runs each, the commands in turn; ratio: each round's own, median [range]")
     for r in rows:
         if r.get("check"):
             print(f"{r['weights_gb']:.2f} GB: {r['check']}")
