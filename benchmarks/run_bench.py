@@ -25,8 +25,9 @@ def markdown(reports) -> str:
              "|---|---|---|---|---|---:|---:|---:|---:|---|---|"]
     for rep in reports:
         for r in rep.records:
-            if r.error:
-                lines.append(f"| {r.norm} | {r.shape} | {r.dtype} | {r.provider} | {r.form} | error: {r.error[:60]} ||||||")
+            if r.error or r.p50_ms is None:  # an error, or a form this provider cannot run (said why)
+                why = f"error: {r.error[:60]}" if r.error else f"not run: {(r.unsupported or 'not timed')[:60]}"
+                lines.append(f"| {r.norm} | {r.shape} | {r.dtype} | {r.provider} | {r.form} | {why} ||||||")
                 continue
             valid = {True: "pass", False: "FAIL", None: ""}[r.passed]
             form = f"**{r.form}**" if r.fastest else r.form

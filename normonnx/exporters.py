@@ -205,11 +205,14 @@ def _gn_contrib_dynamo_translation(spec: NormSpec, opset: int):
     c = spec.channels
 
     def group_norm(input, num_groups: int, weight=None, bias=None, eps: float = 1e-5, cudnn_enabled: bool = True):
-        ones = op.Expand(op.CastLike(op.Constant(value_float=1.0), input), op.Constant(value_ints=[c]))
-        zeros = op.Expand(op.CastLike(op.Constant(value_float=0.0), input), op.Constant(value_ints=[c]))
+        # gamma/beta in float32 whatever X is: ORT's CUDA kernel refuses others ("GroupNorm only supports
+        # gamma and beta in float type", measured on ORT 1.31 CUDA), as ORT's own UNet fusion writes them
+        ones = op.Expand(op.Constant(value_float=1.0), op.Constant(value_ints=[c]))
+        zeros = op.Expand(op.Constant(value_float=0.0), op.Constant(value_ints=[c]))
+        w = ones if weight is None else op.Cast(weight, to=1)
+        b = zeros if bias is None else op.Cast(bias, to=1)
         x = op.Transpose(input, perm=[0, 2, 3, 1])
-        y = group_norm_op(x, ones if weight is None else weight, zeros if bias is None else bias, groups=num_groups,
-                           epsilon=eps, activation=0, channels_last=1)
+        y = group_norm_op(x, w, b, groups=num_groups, epsilon=eps, activation=0, channels_last=1)
         return op.Transpose(y, perm=[0, 3, 1, 2])
 
     return {torch.ops.aten.group_norm.default: group_norm}
@@ -220,12 +223,11 @@ def _gn_contrib_torchscript_symbolic(spec: NormSpec, opset: int):
     import torch
     from torch.onnx import symbolic_helper as sh
 
-    dt = DTYPES[spec.dtype].torch
-
     @sh.parse_args("v", "i", "v", "v", "f", "none")
     def group_norm(gr, input, num_groups, weight, bias, eps, cudnn_enabled):
-        w = gr.op("Constant", value_t=torch.ones(spec.channels, dtype=dt)) if sh._is_none(weight) else weight
-        b = gr.op("Constant", value_t=torch.zeros(spec.channels, dtype=dt)) if sh._is_none(bias) else bias
+        # float32 gamma/beta whatever X is (ORT's CUDA kernel takes no other; see the dynamo translation)
+        w = gr.op("Constant", value_t=torch.ones(spec.channels)) if sh._is_none(weight) else gr.op("Cast", weight, to_i=1)
+        b = gr.op("Constant", value_t=torch.zeros(spec.channels)) if sh._is_none(bias) else gr.op("Cast", bias, to_i=1)
         x = gr.op("Transpose", input, perm_i=[0, 2, 3, 1])
         y = gr.op("com.microsoft::GroupNorm", x, w, b, groups_i=num_groups, epsilon_f=eps, activation_i=0,
                   channels_last_i=1)

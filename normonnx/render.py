@@ -204,12 +204,12 @@ def fix_text(report) -> str:
             out += f"\n\nwhole model: not compared ({w.get('error')})"
         else:
             shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in w["inputs"].items())
-            out += (f"\n\nwhole model on ORT CPU, seeded inputs ({shapes}): largest output difference "
+            out += (f"\n\nwhole model on ORT {w.get('provider', 'cpu').upper()}, seeded inputs ({shapes}): largest output difference "
                     f"{w['max_abs_diff']:.3g} " + ("(within tolerance)" if w["passed"] else "(OUTSIDE tolerance)"))
     t = report.timing
     if t:
         lo, hi = t["ratio_ci"]
-        out += (f"\ntiming on ORT CPU ({t['rounds']} interleaved rounds): original {t['original_ms']:.3g} ms, fixed "
+        out += (f"\ntiming on ORT {t.get('provider', 'cpu').upper()} ({t['rounds']} interleaved rounds): original {t['original_ms']:.3g} ms, fixed "
                 f"{t['fixed_ms']:.3g} ms, fixed/original {t['ratio']:.2f}x (95% CI {lo:.2f}-{hi:.2f}"
                 + ("" if t["stable"] else "; unstable: a busy machine") + ")")
     for note in report.notes:

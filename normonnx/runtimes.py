@@ -97,6 +97,17 @@ def _ort_providers() -> list[str]:
     return ort.get_available_providers()
 
 
+def ort_session(model, so=None, provider: str = "cpu"):
+    """The one way normonnx opens an ONNX Runtime session: `model` a path or the model's bytes, `provider`
+    a runtime name (cpu, cuda). CUDA gets torch's CUDA libraries loaded first (see _ort_providers); ORT
+    adds its CPU provider behind CUDA for the nodes CUDA has no kernel for."""
+    ort = _ort()
+    if provider != "cpu":
+        _ort_providers()
+    so = so or ort.SessionOptions()
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), so, providers=[PROVIDERS[provider]])
+
+
 def session_options(config: SessionConfig, optimized_path: str | None = None, profile_prefix: str | None = None):
     ort = _ort()
     so = ort.SessionOptions()
@@ -134,7 +145,7 @@ def _open_ort(provider: str):
             opt_path = os.path.join(tmp, "optimized.onnx")
             so = session_options(config, optimized_path=opt_path)
             try:
-                sess = ort.InferenceSession(str(model_path), so, providers=[PROVIDERS[provider]])
+                sess = ort_session(model_path, so, provider)
             except Exception as e:
                 raise SessionError(f"ORT {provider} cannot load the model: {first_line(e)}") from e
             facts = {"provider": sess.get_providers()[0], "opt_level": config.opt_level,
@@ -174,7 +185,7 @@ def placement(session: Session, x: np.ndarray) -> dict[str, int]:
     sess, path = session.handle, session.model_path
     with tempfile.TemporaryDirectory(prefix="normonnx-prof-") as tmp:
         so = session_options(SessionConfig(session.facts["opt_level"]), profile_prefix=os.path.join(tmp, "p"))
-        prof = ort.InferenceSession(path, so, providers=sess.get_providers())
+        prof = ort.InferenceSession(path, so, providers=sess.get_providers())  # the same providers, profiled
         prof.run(None, {prof.get_inputs()[0].name: x})
         return _placement(prof.end_profiling())
 

@@ -168,7 +168,7 @@ Exporter = Callable[[NormSpec, Path], Path]
 
 def resolve_source(spec: NormSpec | None, model: str | Path | None, *, variant: str, opset: int, exporter: str,
                    dynamic: bool, params: dict | None, do_export: Exporter, work: Path,
-                   config: SessionConfig) -> Source:
+                   config: SessionConfig, runtimes: tuple[str, ...] = ("cpu",)) -> Source:
     if model is None:
         path = do_export(spec, work / "model.onnx")
         m = load_model(path)
@@ -179,11 +179,15 @@ def resolve_source(spec: NormSpec | None, model: str | Path | None, *, variant: 
     path = Path(model)
     m = load_model(path)
     check_graph(m)  # a malformed norm node or initializer is named here, before ORT's own message
-    # a given file that ORT cannot load is bad input; the session it takes is kept for the run
-    try:
-        preopened = {"cpu": get_runtime("cpu").open(path, config, None)}
-    except SessionError as e:
-        raise BadInput(f"{path} cannot be loaded by ONNX Runtime: {e}") from None
+    # a given file that ORT cannot load is bad input; the session it takes is kept for the run. Loaded
+    # on the first ORT provider this run uses: com.microsoft GroupNorm has a CUDA kernel and no CPU one
+    ort_used = [n for n in runtimes if n in ("cpu", "cuda")]
+    preopened = {}
+    if ort_used:
+        try:
+            preopened = {ort_used[0]: get_runtime(ort_used[0]).open(path, config, None)}
+        except SessionError as e:
+            raise BadInput(f"{path} cannot be loaded by ONNX Runtime: {e}") from None
     meta = metadata(m)
     if params is not None and spec is not None:  # the caller knows the parameters (normonnx scan)
         variant, exp = "native", None
@@ -514,7 +518,8 @@ def validate(
     with tempfile.TemporaryDirectory(prefix="normonnx-validate-") as tmp:
         work = Path(workdir or tmp)
         src = resolve_source(spec, model, variant=variant, opset=opset, exporter=exporter, dynamic=dynamic,
-                             params=params, do_export=do_export, work=work, config=config)
+                             params=params, do_export=do_export, work=work, config=config,
+                             runtimes=tuple(active) if model is not None else ())
         tol = tolerance_for(src.spec.dtype, atol, rtol)
         info = CaseInfo(src.case_id, src.spec.id, src.variant, src.opset_requested or src.opset, src.exporter,
                         src.spec.dtype, tol)

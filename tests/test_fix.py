@@ -16,7 +16,7 @@ import corpus
 from conftest import run_cli
 from normonnx.errors import ExitCode
 import normonnx
-from normonnx.repair import RULES, Rule, region
+from normonnx.repair import RULES, Rule, proof, region
 from normonnx.graph import Graph
 from normonnx.repair.rules import Plan, write_layer_norm
 from normonnx.reference import group_norm
@@ -98,6 +98,16 @@ def test_whole_model_agrees_on_seeded_inputs(fixed, name):
     w = report.whole_model
     assert w["passed"] is True, w
     assert all(o["within"] for o in w["outputs"].values())
+    assert w["provider"] == proof.ort_target(CASES[name][2])  # on the runtime the fix is for, said so
+
+
+@pytest.mark.parametrize("runtimes, provider", [(("cpu",), "cpu"), (("cuda", "cpu"), "cuda"), (("cpu", "cuda"), "cpu"),
+                                                (("reference", "cuda"), "cuda"), (("reference", "torch"), "cpu")])
+def test_whole_model_and_timing_run_on_the_first_ort_target(runtimes, provider):
+    """A fix for CUDA is compared and its forms timed on CUDA (the first GPU run showed it timed on ORT CPU,
+    choosing the instance-trick for CUDA by CPU latency); runtimes ORT cannot be (reference, torch) fall back
+    to ORT CPU."""
+    assert proof.ort_target(runtimes) == provider
 
 
 def test_contrib_groupnorm_is_not_proven_where_ort_cannot_run_it(tmp_path):

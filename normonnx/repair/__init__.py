@@ -500,7 +500,8 @@ def _prove_written(report: FixReport, layers: list[LayerFix], original: Path, ca
         return
     dtypes = tuple(sorted({lf.norm.dtype for lf in report.changes if lf.norm.dtype}))
     weights = proof.shared_weights(*shared) if shared else {}
-    report.whole_model = proof.compare_models(original, cand, input_shapes, layer_dtypes=dtypes, shared=weights)
+    report.whole_model = proof.compare_models(original, cand, input_shapes, layer_dtypes=dtypes, shared=weights,
+                                              provider=proof.ort_target(report.runtimes))
     report.whole_model["shared_weights"] = len(weights)
     sessions, run_s = report.whole_model.pop("sessions", None), report.whole_model.pop("run_s", 0.0)
     if timing and report.whole_model.get("passed"):

@@ -33,6 +33,12 @@ BATCH_STAND_IN, DIM_STAND_IN = 2, 8
 DEFAULT_RUNTIMES = ("cpu",)
 
 
+def ort_target(runtimes) -> str:
+    """The ONNX Runtime provider the whole models are compared and every form timed on: the first ORT one
+    among the target runtimes (a fix for CUDA is timed on CUDA), else ORT CPU."""
+    return next((r for r in runtimes if r in ("cpu", "cuda")), "cpu")
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One form a layer could take, validated against the original layer's claim."""
@@ -119,9 +125,10 @@ def try_candidates(lf, plans, start: str, layer_path: Path, work: Path, runtimes
     return out
 
 
-def fastest(paths: dict[str, Path], claim, seed: int = 0, rounds: int = 7, min_time: float = 0.3) -> tuple[str, dict]:
-    """The form whose layer runs measurably fastest on ORT CPU (interleaved rounds; its per-round ratio's
-    95 % CI to the first form lies below 1), else the first form. Returns (form, {form: median ms})."""
+def fastest(paths: dict[str, Path], claim, seed: int = 0, rounds: int = 7, min_time: float = 0.3,
+            provider: str = "cpu") -> tuple[str, dict]:
+    """The form whose layer runs measurably fastest on ORT `provider` (interleaved rounds; its per-round
+    ratio's 95 % CI to the first form lies below 1), else the first form. Returns (form, {form: median ms})."""
     from .. import timing
     from ..inputs import REGISTRY, samples
 
@@ -129,7 +136,7 @@ def fastest(paths: dict[str, Path], claim, seed: int = 0, rounds: int = 7, min_t
     x = samples(REGISTRY["normal"], spec, seed)[0].x
     runs = {}
     for form, p in paths.items():
-        s = _session(p)
+        s = _session(p, provider=provider)
         feed = {s.get_inputs()[0].name: x}
         runs[form] = (lambda s, fd: lambda: s.run(None, fd))(s, feed)
     measured = timing.run_rounds(runs, lambda: None, rounds=rounds, min_time=min_time, warmup=2, seed=seed)
@@ -143,14 +150,16 @@ def fastest(paths: dict[str, Path], claim, seed: int = 0, rounds: int = 7, min_t
     return best, ms
 
 
-def choose(lf, cands: list[Candidate], work: Path, claim_of, timed: bool, least_bad: bool) -> None:
+def choose(lf, cands: list[Candidate], work: Path, claim_of, timed: bool, least_bad: bool,
+           provider: str = "cpu") -> None:
     """Set lf's status, form and reason from its candidates (see the module doc)."""
     passing = [c for c in cands if c.status == "pass"]
     if passing:
         pick = passing[0]
         if timed and len(passing) > 1:
             try:
-                form, ms = fastest({c.form: work / f"cand{lf.index}-{c.form}.onnx" for c in passing}, claim_of())
+                form, ms = fastest({c.form: work / f"cand{lf.index}-{c.form}.onnx" for c in passing}, claim_of(),
+                                   provider=provider)
                 cands[:] = [dataclasses.replace(c, ms=ms.get(c.form)) for c in cands]
                 pick = next(c for c in cands if c.form == form)
             except Exception:  # timing is a nicety: the first passing form stands
@@ -214,7 +223,8 @@ def judge_layers(analysed: onnx.ModelProto, base: Path, layers: list, plans: dic
             lf.status, lf.reason = "not validated", lf.before.get("validation")
             continue
         lf.candidates = try_candidates(lf, cand_plans, start, path, work, runtimes, inputs, memo)
-        choose(lf, lf.candidates, work, lambda: derive_spec(lf.norm, onnx.load(str(path))), timed, least_bad)
+        choose(lf, lf.candidates, work, lambda: derive_spec(lf.norm, onnx.load(str(path))), timed, least_bad,
+               ort_target(runtimes))
 
 
 # -- the whole model ---------------------------------------------------------------------------------
@@ -249,10 +259,12 @@ def seeded_feeds(model: onnx.ModelProto, input_shapes: dict | None, seed: int = 
     return feeds
 
 
-def _session(path: Path, shared: dict | None = None):
-    """An ORT CPU session; `shared`: {initializer name: OrtValue} it takes instead of reading its own copy
-    (see shared_weights), with prepacking off, so two sessions of one large model hold its weights once."""
+def _session(path: Path, shared: dict | None = None, provider: str = "cpu"):
+    """An ORT session on `provider`; `shared`: {initializer name: OrtValue} it takes instead of reading its
+    own copy (see shared_weights), with prepacking off, so two sessions of one large model hold its weights once."""
     import onnxruntime as ort
+
+    from ..runtimes import ort_session
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -260,7 +272,7 @@ def _session(path: Path, shared: dict | None = None):
         so.add_session_config_entry("session.disable_prepacking", "1")  # a packed copy would be per session
         for name, value in shared.items():
             so.add_initializer(name, value)
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ort_session(path, so, provider)
 
 
 def shared_weights(model: onnx.ModelProto, original: dict, fixed: dict, min_bytes: int = 1 << 20) -> dict:
@@ -317,24 +329,24 @@ def compare_outputs(names, original: list, fixed: list, layer_dtypes: tuple[str,
 
 
 def compare_models(original: Path, fixed: Path, input_shapes: dict | None, seed: int = 0,
-                   layer_dtypes: tuple[str, ...] = (), shared: dict | None = None) -> dict:
-    """Both models on ORT CPU on the same seeded inputs (compare_outputs). The original runs twice: a
+                   layer_dtypes: tuple[str, ...] = (), shared: dict | None = None, provider: str = "cpu") -> dict:
+    """Both models on ORT `provider` on the same seeded inputs (compare_outputs). The original runs twice: a
     model whose own outputs differ between runs (an unseeded random op) cannot prove a rewrite, and is
     reported as such instead of blamed on it. shared: weights both sessions take (shared_weights)."""
     model = onnx.load(str(original), load_external_data=False)
     feeds = seeded_feeds(model, input_shapes, seed)
     shapes = {k: list(v.shape) for k, v in feeds.items()}
     try:
-        sa = _session(original, shared)
+        sa = _session(original, shared, provider)
         a = sa.run(None, feeds)
         t0 = time.perf_counter()
         a2 = sa.run(None, feeds)
         run_s = time.perf_counter() - t0
-        sb = _session(fixed, shared)
+        sb = _session(fixed, shared, provider)
         b = sb.run(None, feeds)
     except Exception as e:
-        return {"passed": None, "error": f"ORT could not run the models on seeded inputs: {_first_line(e)}",
-                "inputs": shapes}
+        return {"passed": None, "error": f"ORT {provider} could not run the models on seeded inputs: "
+                                         f"{_first_line(e)}", "inputs": shapes, "provider": provider}
     names = [o.name for o in sb.get_outputs()]
     again = compare_outputs(names, a, a2)
     if not again["passed"]:
@@ -342,11 +354,12 @@ def compare_models(original: Path, fixed: Path, input_shapes: dict | None, seed:
                                          "(a random op?): a rewrite cannot be compared with it", "inputs": shapes}
     out = compare_outputs(names, a, b, layer_dtypes)
     # feeds and sessions are for time_models (one session per model, never built twice); fix drops them
-    return {**out, "seed": seed, "inputs": shapes, "feeds": feeds, "sessions": (sa, sb, shared), "run_s": run_s}
+    return {**out, "seed": seed, "inputs": shapes, "feeds": feeds, "sessions": (sa, sb, shared), "run_s": run_s,
+            "provider": provider}
 
 
 def time_models(sessions: tuple, feeds: dict, *, rounds: int = 9, min_time: float = 1.0, seed: int = 0) -> dict:
-    """Latency of both models (the sessions compare_models made) on ORT CPU, interleaved rounds
+    """Latency of both models (the sessions compare_models made, on its provider), interleaved rounds
     (normonnx.timing): per-model median and the fixed/original ratio with its 95 % CI, so the cost of the
     fix is visible."""
     from .. import timing
@@ -360,4 +373,6 @@ def time_models(sessions: tuple, feeds: dict, *, rounds: int = 9, min_time: floa
             "fixed_ms": float(np.median(measured.per_round["fixed"])), "ratio": med, "ratio_ci": [lo, hi],
             "stable": (hi - lo) / 2 <= timing.CI_WIDTH_LIMIT * med, "rounds": rounds,
             "prepacking": not shared,
-            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, ORT CPU"}
+            "provider": "cuda" if "CUDA" in sa.get_providers()[0] else "cpu",
+            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {sa.get_providers()[0]}"
+                       + (" (numpy in and out: host copies included)" if "CUDA" in sa.get_providers()[0] else "")}

@@ -21,7 +21,7 @@ import onnx
 from ..errors import BadInput, ExitCode
 from ..graph import Graph, check_external_data, inline_bytes, load_model
 from ..judge import judge, over_layers, status_of
-from ..tables import DTYPES, dtype_of_onnx
+from ..tables import DTYPES, PROVIDERS, dtype_of_onnx
 from .derive import derive_spec
 from .extract import LayerExtractor
 from .patterns import FoundNorm, find_all
@@ -368,7 +368,7 @@ def _capture_session(p: Path, stored: onnx.ModelProto, g: Graph, todo: list, wor
     onnxruntime has it, else CPU."""
     import onnxruntime as ort
 
-    from ..runtimes import get_runtime
+    from ..runtimes import get_runtime, ort_session
 
     check_external_data(stored, p.parent)
     full = stored
@@ -379,8 +379,7 @@ def _capture_session(p: Path, stored: onnx.ModelProto, g: Graph, todo: list, wor
             full.graph.output.append(onnx.helper.make_tensor_value_info(name, _elem_type(g, name, todo), None))
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    providers = (["CUDAExecutionProvider"] if get_runtime("cuda").unavailable() is None else []) + \
-        ["CPUExecutionProvider"]
+    provider = "cuda" if get_runtime("cuda").unavailable() is None else "cpu"
     capture = full.SerializeToString() if inline_bytes(full) < PROTO_LIMIT else None
     if capture is not None:  # from bytes: ORT finds the external data in the model's own folder
         so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(p.parent.resolve()))
@@ -391,7 +390,7 @@ def _capture_session(p: Path, stored: onnx.ModelProto, g: Graph, todo: list, wor
         capture = str(work / "capture.onnx")
         onnx.save(full, capture, save_as_external_data=True, location="capture.data")
     try:
-        return ort.InferenceSession(capture, so, providers=providers), providers[0]
+        return ort_session(capture, so, provider), PROVIDERS[provider]
     except Exception as e:
         raise BadInput(f"ORT cannot load {p} with its norms' values as outputs: {str(e).splitlines()[0][:200]}") \
             from None

@@ -12,6 +12,7 @@ import onnx
 
 from ..errors import BadInput
 from ..graph import MS, Graph, attr, check_external_data, read_external_data
+from ..runtimes import ort_session
 from .patterns import CONTRIB, NATIVE, FoundNorm
 
 SHAPE_PRESERVING = {"Cast", "Identity", "Relu", "Sigmoid", "Tanh", "Erf", *NATIVE, *CONTRIB}
@@ -160,7 +161,7 @@ def ort_optimized(model_path: Path) -> tuple[onnx.ModelProto | None, str | None]
         so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         so.add_session_config_entry("session.disable_prepacking", "1")  # packs MatMul weights: no graph change
         try:
-            ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+            ort_session(model_path, so)
             return onnx.load(so.optimized_model_filepath, load_external_data=False), None
         except Exception as e:
             return None, f"ORT cannot optimize the whole model here: {_first(e)}"
