@@ -278,3 +278,27 @@ def test_conformance_single_op_models_are_found_and_validated(tmp_path):
             assert v["passed"] is False and "offset" in v["validation"], (name, v)
         else:
             assert v["passed"] is True and rep.exit_code == 0, (name, v)
+
+
+@pytest.mark.parametrize("fill, passes", [(1.0, True), (None, False)])
+def test_a_scale_made_from_the_inputs_shape_is_read_at_the_shape_the_layer_runs_at(tmp_path, fill, passes):
+    """normonnx fix writes the layernorm-trick's scale of ones as ConstantOfShape(Shape(x, start=2)), so
+    symbolic dims stay symbolic. In a layer whose dims are unknown (a diffusers UNet's resnets exported by
+    TorchScript) scan could not read it ("not validated") and fix, stricter about its own rewrites, said
+    FAILED on a model scan passed. It is read at the dims the layer runs at. A scale computed from the
+    input's values (Abs of it) stays unreadable: the layer is not validated, never guessed."""
+    b = corpus.Builder(17)
+    if fill is None:
+        scale = b.op("ReduceMean", b.op("Abs", "x"), axes=[0, 1], keepdims=0)
+    else:
+        scale = b.op("ConstantOfShape", b.op("Shape", "x", start=2),
+                     value=numpy_helper.from_array(np.full(1, fill, np.float32)))
+    y = b.op("LayerNormalization", "x", scale, axis=2, epsilon=1e-5)
+    path = tmp_path / "ln.onnx"
+    onnx.save(b.model(["N", 4, "L"], y), str(path))
+    rep = scan(path, validate=True, runtimes=["cpu"])
+    assert len(rep.norms) == 1
+    if passes:
+        assert rep.exit_code == 0 and rep.counts["not_validated"] == 0, rep.to_dict()
+    else:
+        assert rep.counts["not_validated"] == 1 and "computed in the graph" in str(rep.to_dict())

@@ -44,6 +44,28 @@ def _fit(name: str, v: np.ndarray, size: int, what: str) -> np.ndarray:
     return v
 
 
+def _float_param(name: str, tensor: str, v: np.ndarray) -> np.ndarray:
+    if not np.issubdtype(v.dtype, np.floating):
+        raise BadInput(f"{name} ({tensor}) has dtype {v.dtype}, not a float")
+    return np.asarray(v, dtype=np.float32)
+
+
+def _at_shape(layer: onnx.ModelProto, shape: tuple[int, ...]) -> onnx.ModelProto:
+    """A copy of the layer with its first input's dims set to `shape` and shapes inferred again (the
+    layer is a cut-out: a few nodes and the layer's own tensors)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(layer)
+    del m.graph.value_info[:]
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    for d, v in zip(dims, shape):
+        d.Clear()
+        d.dim_value = int(v)
+    try:
+        return onnx.shape_inference.infer_shapes(m)
+    except Exception:
+        return m  # com.microsoft ops: the input's own dims are what a Shape of it reads
+
+
 def derive_spec(f: FoundNorm, layer: onnx.ModelProto) -> tuple[NormSpec, dict[str, np.ndarray]]:
     """(NormSpec, params) that the layer (its first input is the norm's input) claims to compute."""
     try:
@@ -52,18 +74,28 @@ def derive_spec(f: FoundNorm, layer: onnx.ModelProto) -> tuple[NormSpec, dict[st
         pass  # com.microsoft ops: shapes come from the boundary value info scan added
     g = Graph(layer.graph)
     x = layer.graph.input[0]
-    params = {}
+    params, pending = {}, []
     for name, tensor in f.params:
         v = g.const(tensor)
         if v is None:
-            raise BadInput(f"{name} ({tensor}) is computed in the graph or stored elsewhere, not a constant")
-        if not np.issubdtype(v.dtype, np.floating):
-            raise BadInput(f"{name} ({tensor}) has dtype {v.dtype}, not a float")
-        params[name] = np.asarray(v, dtype=np.float32)
+            pending.append((name, tensor))
+            continue
+        params[name] = _float_param(name, tensor, v)
     if not x.type.tensor_type.HasField("shape"):
         raise BadInput("the layer's input shape is unknown (no shape in the graph and none inferred)")
     dims = [d.dim_value if d.HasField("dim_value") else None for d in x.type.tensor_type.shape.dim]
     shape = concrete_shape(f, dims, params)
+    if pending:
+        # a parameter made from the input's own shape (normonnx fix writes the layernorm-trick's scale of
+        # ones as ConstantOfShape(Shape(x)) to keep symbolic dims symbolic): read it at the shape the
+        # layer runs at. Anything else computed stays unreadable.
+        g = Graph(_at_shape(layer, shape).graph)
+        for name, tensor in pending:
+            v = g.const(tensor)
+            if v is None:
+                raise BadInput(f"{name} ({tensor}) is computed in the graph or stored elsewhere, not a constant")
+            params[name] = _float_param(name, tensor, v)
+        shape = concrete_shape(f, dims, params)
     dtype = check_dtype(f.dtype or g.dtype(x.name), "the layer")
     if f.eps is None or not np.isfinite(f.eps) or f.eps <= 0:
         raise BadInput(f"eps = {f.eps}: a zero-variance row divides by zero; the oracle needs a finite eps > 0")
