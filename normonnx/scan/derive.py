@@ -66,13 +66,8 @@ def _at_shape(layer: onnx.ModelProto, shape: tuple[int, ...]) -> onnx.ModelProto
         return m  # com.microsoft ops: the input's own dims are what a Shape of it reads
 
 
-def derive_spec(f: FoundNorm, layer: onnx.ModelProto) -> tuple[NormSpec, dict[str, np.ndarray]]:
-    """(NormSpec, params) that the layer (its first input is the norm's input) claims to compute."""
-    try:
-        layer = onnx.shape_inference.infer_shapes(layer)
-    except Exception:
-        pass  # com.microsoft ops: shapes come from the boundary value info scan added
-    g = Graph(layer.graph)
+def _params_and_shape(f: FoundNorm, layer: onnx.ModelProto, g: Graph) -> tuple[dict, tuple[int, ...]]:
+    """The layer's float32 parameters and the concrete shape it runs at."""
     x = layer.graph.input[0]
     params, pending = {}, []
     for name, tensor in f.params:
@@ -96,6 +91,18 @@ def derive_spec(f: FoundNorm, layer: onnx.ModelProto) -> tuple[NormSpec, dict[st
                 raise BadInput(f"{name} ({tensor}) is computed in the graph or stored elsewhere, not a constant")
             params[name] = _float_param(name, tensor, v)
         shape = concrete_shape(f, dims, params)
+    return params, shape
+
+
+def derive_spec(f: FoundNorm, layer: onnx.ModelProto) -> tuple[NormSpec, dict[str, np.ndarray]]:
+    """(NormSpec, params) that the layer (its first input is the norm's input) claims to compute."""
+    try:
+        layer = onnx.shape_inference.infer_shapes(layer)
+    except Exception:
+        pass  # com.microsoft ops: shapes come from the boundary value info scan added
+    g = Graph(layer.graph)
+    x = layer.graph.input[0]
+    params, shape = _params_and_shape(f, layer, g)
     dtype = check_dtype(f.dtype or g.dtype(x.name), "the layer")
     if f.eps is None or not np.isfinite(f.eps) or f.eps <= 0:
         raise BadInput(f"eps = {f.eps}: a zero-variance row divides by zero; the oracle needs a finite eps > 0")
