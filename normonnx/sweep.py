@@ -32,7 +32,7 @@ from .results import (
 )
 from .safeio import atomic_write
 from .spec import NormSpec
-from .tables import ALL_KINDS, DTYPES, KINDS, kind_order
+from .tables import ALL_KINDS, DTYPES, KINDS, PROVIDERS, kind_order
 from .variants import REGISTRY as VARIANTS
 from .variants import usable_variants
 
@@ -79,7 +79,7 @@ class Matrix:
             if bad:
                 raise BadInput(f"unknown {what} {bad[0]!r}: valid {what}s are {', '.join(valid)}")
         if not self.providers:
-            object.__setattr__(self, "providers", tuple(p for p in ("cpu", "cuda") if p in available_runtimes()))
+            object.__setattr__(self, "providers", tuple(p for p in PROVIDERS if p in available_runtimes()))
 
     def cases(self) -> list[Case]:
         """Every combination with the variant supporting the norm (others are not cases at all)."""

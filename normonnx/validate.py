@@ -43,7 +43,7 @@ from .runtimes import (
 )
 from .safeio import atomic_write
 from .spec import NormSpec, numpy_dtype
-from .tables import DTYPES, NATIVE_OPS, dtype_of_onnx
+from .tables import DTYPES, NATIVE_OPS, PROVIDERS, dtype_of_onnx
 from .variants import get_variant
 
 
@@ -181,7 +181,7 @@ def resolve_source(spec: NormSpec | None, model: str | Path | None, *, variant: 
     check_graph(m)  # a malformed norm node or initializer is named here, before ORT's own message
     # a given file that ORT cannot load is bad input; the session it takes is kept for the run. Loaded
     # on the first ORT provider this run uses: com.microsoft GroupNorm has a CUDA kernel and no CPU one
-    ort_used = [n for n in runtimes if n in ("cpu", "cuda")]
+    ort_used = [n for n in runtimes if n in PROVIDERS]
     preopened = {}
     if ort_used:
         try:

@@ -27,6 +27,7 @@ from ..errors import BadInput
 from ..graph import Graph
 from ..judge import judge, status_of
 from ..scan import LayerExtractor, derive_spec, layer_key, validate_cached
+from ..tables import PROVIDERS
 
 BATCH_STAND_IN, DIM_STAND_IN = 2, 8
 # the runtimes a fix is proven on by default: the one a plain `pip install onnxruntime` gives
@@ -36,7 +37,7 @@ DEFAULT_RUNTIMES = ("cpu",)
 def ort_target(runtimes) -> str:
     """The ONNX Runtime provider the whole models are compared and every form timed on: the first ORT one
     among the target runtimes (a fix for CUDA is timed on CUDA), else ORT CPU."""
-    return next((r for r in runtimes if r in ("cpu", "cuda")), "cpu")
+    return next((r for r in runtimes if r in PROVIDERS), "cpu")
 
 
 @dataclass(frozen=True)
