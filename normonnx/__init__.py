@@ -2,12 +2,11 @@
 
 `import normonnx` imports neither torch, onnx nor onnxruntime (each module loads them where it uses
 them), so `normonnx --help`, `list`, `report` and `merge` start without torch."""
-__version__ = "0.2.0"
-
 from .errors import BadInput, CheckFailed, ExitCode, ExportMismatch, NormonnxError, NotChecked, RuntimeUnavailable  # noqa: E402
 from .export import case_id, export, export_report  # noqa: E402
 from .params import make_params  # noqa: E402
 from .spec import NormSpec  # noqa: E402
+from .version import __version__  # noqa: E402
 
 __all__ = ["NormSpec", "export", "export_report", "case_id", "benchmark", "fix", "make_params", "BadInput",
            "CheckFailed", "ExitCode", "ExportMismatch", "NormonnxError", "NotChecked", "RuntimeUnavailable", "__version__"]

@@ -33,7 +33,7 @@ BENCH_SHAPES = {"ln": (8, 512, 768), "gn": (8, 320, 64, 64), "in": (8, 64, 128, 
 SMALL_SHAPES = {"ln": (1, 64, 768), "gn": (1, 64, 32, 32), "in": (1, 16, 32, 32), "bn": (1, 64, 28, 28),
                 "rms": (1, 64, 768)}
 BENCH_GROUPS = 32
-DEVICES = {"cpu": "cpu", "cuda": "cuda"}
+DEVICES = {"cpu": "cpu", "cuda": "cuda", "openvino": "cpu", "openvino-default": "cpu"}  # runtime -> torch's device
 
 
 def bench_spec(kind: str, dtype: str = "float32", **overrides) -> NormSpec:
@@ -270,9 +270,9 @@ def _forms(spec: NormSpec, p: str, variants: list[str], models: dict, opset: int
         try:
             forms[v] = _bound_run(models[v], variant, p, config, x, y, row)
         except Exception as e:
-            from .runtimes import first_line
+            from .errors import first_line
 
-            row["error"] = f"ORT {p} cannot run {v}: {first_line(e)}"
+            row["error"] = f"{p} cannot run {v}: {first_line(e)}"
     return forms, rows, sync
 
 
@@ -294,6 +294,10 @@ def _validation(model: Path, p: str, config) -> dict:
 def _bound_run(model: Path, variant, p: str, config, x, y, row: dict) -> Callable[[], object]:
     import torch
 
+    bind = get_runtime(p).bind
+    if bind is not None:  # a runtime other than ORT binds its own input (numpy, shared with x's copy)
+        row["io_binding"] = False
+        return bind(model, config, variant.to_model(x).cpu().numpy())
     sess = ort_session(model, session_options(config), p)
     xv = variant.to_model(x)  # an NHWC variant binds its own channels-last copy
     out = torch.empty_like(xv) if xv is not x else y

@@ -13,7 +13,7 @@ import warnings
 import click
 
 import normonnx
-from normonnx.errors import ExitCode, NormonnxError
+from normonnx.errors import ExitCode, NormonnxError, first_line
 from normonnx.export import DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_VARIANT
 from normonnx.render import json_text
 from normonnx.spec import NormSpec
@@ -128,7 +128,7 @@ class NormonnxGroup(click.Group):
         except Exception as e:  # normonnx's own bug: never a verdict, never a bare traceback
             if debug:
                 traceback.print_exc()
-            text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            text = first_line(e, 200) if str(e).strip() else ""
             code = _fail(f"internal error ({type(e).__name__}{': ' + text if text else ''}); please report it "
                          "with the command line" + ("" if debug else " and the traceback of 'normonnx --debug ...'"),
                          ExitCode.INTERNAL)
@@ -335,6 +335,27 @@ def merge(dirs, out, force):
 
 
 @cli.command()
+@click.argument("base", type=click.Path())
+@click.argument("new", type=click.Path())
+@click.option("--factor", type=float, default=4.0, show_default=True,
+              help="An input suite's error grown by more than this is a regression (within tolerance too).")
+@click.option("--floor", type=float, default=1e-6, show_default=True,
+              help="Errors below this never count as grown (rounding noise).")
+@click.option("--timing", is_flag=True, help="Also compare latencies (sweep --bench): slower with 95 % intervals apart.")
+@click.option("--markdown", is_flag=True, help="Print Markdown (a pull-request comment) instead of text.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
+def diff(base, new, factor, floor, timing, markdown, as_json):
+    """The regression gate: what got worse from BASE to NEW (two sweep folders, or two `scan --validate --json`
+    files of one model). Exit 1 on any regression, 0 otherwise, 2 on unusable input."""
+    from normonnx.diff import diff as run_diff
+    from normonnx.render import diff_markdown, diff_text
+
+    rep = run_diff(base, new, factor=factor, floor=floor, timing=timing)
+    click.echo(json_text(rep.to_dict()) if as_json else diff_markdown(rep) if markdown else diff_text(rep))
+    return rep.exit_code
+
+
+@cli.command()
 @click.argument("out", type=click.Path(file_okay=False), default="normonnx-out")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="report.html", show_default=True,
               help="report.html (self-contained) or report.md (for a CI job summary).")
@@ -349,7 +370,8 @@ def report(out, output):
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--validate", "do_validate", is_flag=True, help="Extract each norm and validate it against the oracle.")
-@click.option("--runtimes", callback=_csv, default=None, help="Runtimes for --validate (default: cpu).")
+@click.option("--runtimes", callback=_csv, default=None,
+              help="Runtimes for --validate (default: cpu); with --activations, each layer is also replayed on these.")
 @click.option("--inputs", callback=_csv, default=None, help="Input suites for --validate (default: all that apply).")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
               help="Dims for a graph input with symbolic dims, e.g. input_ids=2x16 (repeatable).")
@@ -367,27 +389,41 @@ def report(out, output):
               help="--data: the most samples taken (each is one model run).")
 @click.option("--max-data-bytes", type=click.IntRange(min=1), default=1 << 30, show_default=True,
               help="--data: the most bytes its arrays may hold decompressed.")
+@click.option("--save-outputs", type=click.Path(dir_okay=False), default=None,
+              help="--activations: store each judged norm's inputs and outputs in this .npz (golden outputs).")
+@click.option("--load-outputs", type=click.Path(dir_okay=False), default=None,
+              help="--activations: replay the norms stored by --save-outputs on --runtimes (default cpu), against "
+                   "the oracle and the stored outputs, instead of running the model.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
 def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, activations, data, max_samples,
-         max_data_bytes, as_json):
+         max_data_bytes, save_outputs, load_outputs, as_json):
     """Find every normalization layer in MODEL, with its risks; --validate checks each one on stress
     inputs, --activations on the model's own activations."""
-    from normonnx.render import activations_text, scan_text
-    from normonnx.scan import parse_input_shapes, scan as run_scan
+    from normonnx.render import activations_text, golden_text, scan_text
+    from normonnx.scan import scan as run_scan
+    from normonnx.shapes import parse_input_shapes
 
-    if data is not None and not activations:
-        raise click.UsageError("--data goes with --activations")
+    for flag, value in (("--data", data), ("--save-outputs", save_outputs), ("--load-outputs", load_outputs)):
+        if value is not None and not activations:
+            raise click.UsageError(f"{flag} goes with --activations")
+    if load_outputs is not None and (data is not None or save_outputs is not None):
+        raise click.UsageError("--load-outputs replays stored inputs: leave out --data and --save-outputs")
     progress = None if as_json or not do_validate else (
         lambda i, n, f: click.echo(f"  .. validating {i + 1}/{n}: {f.kind} {f.form} at {f.nodes[0]}", err=True))
     shapes = parse_input_shapes(input_shapes)
     report = run_scan(model, validate=do_validate, runtimes=runtimes, inputs=inputs, progress=progress,
                       input_shapes=shapes, jobs=jobs, check_fusion=not no_fusion)
     act = None
-    if activations:
+    if activations and load_outputs is not None:
+        from normonnx.scan.activations import check_golden
+
+        act = check_golden(model, load_outputs, runtimes, shapes)
+    elif activations:
         from normonnx.scan.activations import check_activations
 
         act = check_activations(model, data=data, input_shapes=shapes, max_samples=max_samples,
-                                max_data_bytes=max_data_bytes, progress=None if as_json else (
+                                max_data_bytes=max_data_bytes, runtimes=runtimes, save_outputs=save_outputs,
+                                progress=None if as_json else (
             lambda i, n, f: click.echo(f"  .. activations {i + 1}/{n}: {f.kind} {f.form} at {f.nodes[0]}", err=True)))
     if as_json:
         doc = report.to_dict()
@@ -395,7 +431,8 @@ def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, ac
             doc["activations"] = act.to_dict()
         click.echo(json_text(doc))
     else:
-        click.echo(scan_text(report) + ("\n\n" + activations_text(act) if act is not None else ""))
+        shown = "" if act is None else golden_text(act) if load_outputs is not None else activations_text(act)
+        click.echo(scan_text(report) + ("\n\n" + shown if shown else ""))
     codes = [report.exit_code] + ([act.exit_code] if act is not None else [])
     return next((c for c in (ExitCode.CHECK_FAILED, ExitCode.NOT_CHECKED) if c in codes), ExitCode.PASSED)
 
@@ -433,7 +470,7 @@ def fix(model, output, rules, skip_rules, dry_run, check, opset, input_shapes, r
     """Rewrite the norms of MODEL that fail on the runtimes it ships to into forms that pass there, and prove it."""
     from normonnx.repair import fix as run_fix
     from normonnx.render import fix_text, rules_text
-    from normonnx.scan import parse_input_shapes
+    from normonnx.shapes import parse_input_shapes
 
     if list_rules:
         click.echo(rules_text())

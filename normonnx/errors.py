@@ -56,3 +56,12 @@ class NotChecked(NormonnxError):
     """Nothing could be checked, for reasons the message gives: exit 4."""
 
     exit_code = ExitCode.NOT_CHECKED
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """An exception in one line for a message: its first non-blank line (cut at `limit`), or its type's
+    name when it says nothing. Every "why" that quotes a library's exception goes through here."""
+    for line in str(e).strip().splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return type(e).__name__

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .errors import BadInput
+from .errors import BadInput, first_line
 from .safeio import check_regular_file
 from .tables import dtype_of_onnx
 
@@ -218,6 +218,15 @@ def inline_bytes(model: onnx.ModelProto) -> int:
                if t.data_location != onnx.TensorProto.EXTERNAL)
 
 
+PROTO_LIMIT = (1 << 31) - (64 << 20)  # protobuf's 2 GB per message, less a margin for what normonnx adds
+
+
+def over_proto_limit(model: onnx.ModelProto) -> bool:
+    """True when the model's inline tensors would pass protobuf's 2 GB limit on one message (it must then
+    be written, and handed to onnx.checker or ORT, with its tensors as external data)."""
+    return inline_bytes(model) > PROTO_LIMIT
+
+
 def _all_graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
     out, stack = [], [graph]
     while stack:
@@ -307,7 +316,7 @@ def tensor_value(t: onnx.TensorProto) -> np.ndarray:
         onnx.checker.check_tensor(t)
         return numpy_helper.to_array(t)
     except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = first_line(e, 200)
         raise BadInput(f"tensor {t.name[:80]!r} is malformed: {msg[:200]}") from None
 
 
@@ -338,7 +347,7 @@ def check_initializers(graph: onnx.GraphProto) -> None:
         try:
             onnx.checker.check_tensor(t)
         except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            msg = first_line(e, 200)
             raise BadInput(f"tensor {t.name[:80]!r} is malformed: {msg[:200]}") from None
 
 

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from .errors import BadInput
 from .registry import Registry
 from .spec import NormSpec, numpy_dtype
+from .tables import BATCH_STAND_IN, DIM_STAND_IN, per_feature
+
+if TYPE_CHECKING:
+    import onnx
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,7 @@ def large_spec(spec: NormSpec) -> NormSpec | None:
     in with running statistics: no per-input statistics) or the spec is already that large."""
     if _uses_running_stats(spec):
         return None
-    if spec.kind in ("ln", "rms"):
+    if per_feature(spec.kind):
         lead = spec.shape[: len(spec.shape) - spec.normalized_ndim]
         big = spec.replace(shape=tuple(lead) + (LARGE_FEATURES,), normalized_ndim=1)
         return big if np.prod(spec.shape[len(lead):]) < LARGE_FEATURES else None
@@ -119,7 +124,7 @@ def _const_applies(ctx: Context) -> str | None:
 def _constant(spec: NormSpec, rng) -> list:
     # one random constant per normalization set: every set has zero variance, output must be the bias
     shape = spec.shape
-    if spec.kind in ("ln", "rms"):
+    if per_feature(spec.kind):
         lead = shape[: len(shape) - spec.normalized_ndim]
         x = np.broadcast_to(rng.normal(0, 3, lead + (1,) * spec.normalized_ndim), shape)
     elif spec.kind == "in":
@@ -191,7 +196,7 @@ def _dynamic_applies(ctx: Context) -> str | None:
 
 def _dynamic(spec: NormSpec, rng) -> list:
     s = list(spec.shape)
-    if spec.kind in ("ln", "rms"):
+    if per_feature(spec.kind):
         lead = len(s) - spec.normalized_ndim
         for i in range(lead):
             s[i] = s[i] + 1 + i
@@ -204,3 +209,38 @@ def _dynamic(spec: NormSpec, rng) -> list:
 
 register(InputSuite("dynamic", "for --dynamic models: a shape different from the export shape",
                     _dynamic_applies, _dynamic))
+
+
+# -- a whole model's inputs ---------------------------------------------------------------------------
+def _dims(vi, given: dict | None) -> tuple[int, ...]:
+    """A graph input's dims: given (--input-shape), else its own, a stand-in where symbolic."""
+    if given and vi.name in given:
+        return tuple(given[vi.name])
+    dims = vi.type.tensor_type.shape.dim
+    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else
+                 (BATCH_STAND_IN if i == 0 else DIM_STAND_IN) for i, d in enumerate(dims))
+
+
+def seeded_feeds(model: onnx.ModelProto, input_shapes: dict | None, seed: int = 0) -> dict[str, np.ndarray]:
+    """One seeded array per graph input: standard normal floats, small non-negative ints (ids valid for
+    any vocabulary), random bools. Symbolic dims: --input-shape, else batch 2 and 8 elsewhere."""
+    import onnx
+
+    rng = np.random.default_rng(seed)
+    inits = {t.name for t in model.graph.initializer}
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        shape = _dims(vi, input_shapes)
+        elem = vi.type.tensor_type.elem_type
+        dt = onnx.helper.tensor_dtype_to_np_dtype(elem)
+        if np.issubdtype(dt, np.floating):
+            feeds[vi.name] = rng.standard_normal(shape).astype(dt)
+        elif dt == np.bool_:
+            feeds[vi.name] = np.asarray(rng.random(shape) < 0.5)
+        elif np.issubdtype(dt, np.integer):
+            feeds[vi.name] = rng.integers(0, 2, shape).astype(dt)
+        else:
+            raise BadInput(f"graph input {vi.name} has element type {elem}: no seeded input is made for it")
+    return feeds

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .spec import NormSpec
+from .tables import per_feature
 
 
 def _f64(a) -> np.ndarray:
@@ -140,3 +141,14 @@ def normalized_stats(spec: NormSpec, params: dict[str, np.ndarray], x: np.ndarra
         mag = np.abs(xs).max(axis=axes, keepdims=True)
         std = np.sqrt(xs.var(axis=axes, keepdims=True) + spec.eps)
     return (np.broadcast_to(mag, xs.shape).reshape(x.shape), np.broadcast_to(std, xs.shape).reshape(x.shape))
+
+
+def scale_broadcast(spec: NormSpec, params: dict, shape) -> np.ndarray | None:
+    """The affine weight broadcast to x's shape (compare weighs each element's error by it), or None."""
+    w = params.get("weight") if spec.affine else None
+    if w is None:
+        return None
+    w = np.asarray(w, dtype=np.float64)
+    if per_feature(spec.kind):
+        return np.broadcast_to(w, shape)
+    return np.broadcast_to(w.reshape((1, -1) + (1,) * (len(shape) - 2)), shape)

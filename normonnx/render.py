@@ -139,11 +139,9 @@ def scan_text(report) -> str:
         row = [i, f.kind, f.form, where[:60], shape, f"{f.eps:.3g}" if f.eps is not None else "-",
                "yes" if f.affine else "no", f.dtype or "-", fused, "; ".join(map(str, f.risks))[:90] or "-"]
         if report.validated:
-            v = report.validations.get(i, {})
-            status = {True: "pass", False: "FAIL", None: "-"}[v.get("passed")]
-            row.append(status if v.get("passed") is not False else f"FAIL {v.get('validation', '')}"[:100])
-            if v.get("passed") is None and v.get("validation"):
-                row[-1] = v["validation"][:100]
+            v = report.validations.get(i)
+            row.append("-" if v is None else "pass" if v.passed else
+                       f"FAIL {v.validation}"[:100] if v.passed is False else v.validation[:100])
         rows.append(row)
     headers = ["#", "kind", "form", "nodes", "axes/groups", "eps", "affine", "dtype", "ORT fuses", "risks"]
     if report.validated:
@@ -162,15 +160,14 @@ def scan_text(report) -> str:
     return out
 
 
-def _validation_cell(v: dict | None) -> str:
-    """A layer's validation as scan --validate shows it: 'pass', 'FAIL constant:constant', 'not validated'."""
-    if not v:
+def _validation_cell(v) -> str:
+    """A layer's LayerVerdict as scan --validate shows it: 'pass', 'FAIL constant:constant', 'not validated'."""
+    if v is None:
         return "-"
-    if v.get("passed") is True:
+    if v.passed is True:
         return "pass"
-    text = v.get("validation") or ""
-    if v.get("passed") is False:
-        return ("FAIL " + text.split(": ", 1)[0])[:40]
+    if v.passed is False:
+        return ("FAIL " + v.validation.split(": ", 1)[0])[:40]
     return "not validated"
 
 
@@ -220,7 +217,7 @@ def fix_text(report) -> str:
 def fix_summary(report) -> str:
     """The last line: the judge's word and the counts behind it."""
     n, failing = len(report.changes), len(report.failing)
-    unchecked = sum(lf.status == "not validated" or (lf.final or lf.before or {}).get("passed") is None
+    unchecked = sum(lf.status == "not validated" or getattr(lf.final or lf.before, "passed", None) is None
                     for lf in report.layers if lf.status != "left")
     rts = ",".join(report.runtimes)
     tail = (f"; {failing} fail on {rts} (no form passes)" if failing else "") + (
@@ -236,7 +233,7 @@ def fix_summary(report) -> str:
     if not report.proven:
         return f"NOT PROVEN: {n} layers rewritten without a proof (--no-proof); {wrote}"
     word = verdict_word(report.exit_code)
-    unproven = [lf for lf in getattr(report, "unproven", []) if (lf.final or {}).get("passed") is not False]
+    unproven = [lf for lf in report.unproven if lf.final is None or lf.final.passed is not False]
     tail += f"; {len(unproven)} rewritten layers not validated in the written model (not proven)" if unproven else ""
     w = report.whole_model
     whole = "" if w is None else {False: "; the whole model differs from the original",
@@ -246,7 +243,7 @@ def fix_summary(report) -> str:
 
 
 def rules_text() -> str:
-    from .repair.rules import RULES
+    from .rules import RULES
 
     return table(["rule", "default", "rewrites", "writes", "needs"],
                  [[r.name, "yes" if r.default else "opt-in", r.matches[:70], r.writes[:70], r.needs]
@@ -290,7 +287,82 @@ def activations_text(report) -> str:
             "(rms: largest x^2) over float16's largest value (> 1: a float16 variance overflows). As float16: the layer through "
             "onnxruntime's float16 converter, on onnx.reference (float16 ops in float16, as on a GPU); + float32 stats: "
             "after normonnx fix's rule.")
+    out += _replays_text(report)
     c = [lc.passed for lc in report.layers]
     out += (f"\n\n{verdict_word(report.exit_code)}: {c.count(True)} passed, {c.count(False)} failed, "
             f"{c.count(None)} not checked on the model's activations")
     return out
+
+
+def _replay_cell(v: dict | None) -> str:
+    if not v:
+        return "-"
+    if v["passed"] is None:
+        return v["why"][:70]
+    text = f"{'pass' if v['passed'] else 'FAIL'} {v['max_abs_err']:.2g}"
+    return text + (f", {v['max_diff_from_stored']:.2g} from stored" if "max_diff_from_stored" in v else "")
+
+
+def _replays_text(report) -> str:
+    """Each layer replayed on the other runtimes on the captured (or stored) inputs: the same oracle and rule."""
+    names = list(dict.fromkeys(rt for lc in report.layers for rt in lc.on))
+    if not names:
+        return ""
+    rows = [[lc.index, lc.norm.nodes[0][:36], *(_replay_cell(lc.on.get(rt)) for rt in names)]
+            for lc in report.layers if lc.on]
+    out = "\n\non other runtimes, each layer cut out and run on the same inputs (error against the oracle):\n\n"
+    out += table(["#", "layer", *names], rows)
+    for lc in report.layers:
+        for rt, v in lc.on.items():
+            if v["passed"] is False:
+                out += f"\nFAIL #{lc.index} {lc.norm.nodes[0]} on {rt}: {v['why']}"
+    return out
+
+
+def golden_text(report) -> str:
+    """`scan --activations --load-outputs`: each stored layer replayed here, against the oracle and the stored outputs."""
+    flags = [v["passed"] for lc in report.layers for v in lc.on.values()]
+    head = f"stored outputs ({report.source}; {report.samples} samples a layer) replayed on {report.provider}"
+    notes = "".join(f"\nnote: {n}" for n in report.notes)
+    return (head + _replays_text(report) + notes + f"\n\n{verdict_word(report.exit_code)}: {flags.count(True)} passed, "
+            f"{flags.count(False)} failed, {flags.count(None)} not checked (layer x runtime)")
+
+
+def _diff_rows(report) -> list[list[str]]:
+    order = {"regression": 0, "improvement": 1, "new": 2}
+    return [[c.kind, c.case, c.what] for c in sorted(report.changes, key=lambda c: (order[c.kind], c.case))]
+
+
+def _diff_summary(report) -> str:
+    n = len(report.regressions)
+    better = sum(c.kind == "improvement" for c in report.changes)
+    new = sum(c.kind == "new" for c in report.changes)
+    head = f"FAILED: {n} regressions" if n else "PASSED: no regression"
+    return f"{head} in {report.compared} cases compared ({better} improved, {new} new)"
+
+
+def _versions_line(report) -> str:
+    fmt = lambda v: ", ".join(f"{k} {v[k]}" for k in sorted(v)) or "not recorded"  # noqa: E731
+    return f"base: {report.base} ({fmt(report.versions['base'])})\nnew:  {report.new} ({fmt(report.versions['new'])})"
+
+
+def diff_text(report) -> str:
+    """A normonnx.diff.DiffReport for the terminal: both sides' versions, the changes, the verdict line."""
+    out = _versions_line(report)
+    if report.changes:
+        out += "\n\n" + table(["change", "case", "what"], _diff_rows(report))
+    for note in report.notes:
+        out += f"\nnote: {note}"
+    return out + "\n\n" + _diff_summary(report)
+
+
+def diff_markdown(report) -> str:
+    """The same as Markdown, for a pull-request comment or a CI job summary."""
+    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = [f"### normonnx diff: {_diff_summary(report)}", "", "```", _versions_line(report), "```", ""]
+    if report.changes:
+        lines += ["| change | case | what |", "|---|---|---|"]
+        lines += [f"| {'**regression**' if k == 'regression' else k} | `{esc(c)}` | {esc(w)} |"
+                  for k, c, w in _diff_rows(report)]
+    lines += [f"\n_{esc(n)}_" for n in report.notes]
+    return "\n".join(lines) + "\n"

@@ -7,6 +7,7 @@ import base64
 import html
 import io
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable
@@ -109,9 +110,10 @@ def recommendations(records: list[dict]) -> list[dict]:
     """Per norm x provider x dtype: the fastest variant that passed every input suite in every case
     it was tested in (timed by `sweep --bench`); without timings, the passing variants, untimed."""
     cases = [r for r in records if r.get("type", "case") == "case"]
-    status = defaultdict(list)
+    status, by_form = defaultdict(list), defaultdict(list)
     for r in cases:
         status[(r["norm"], r["provider"], r["dtype"], r["variant"])].append(r["status"])
+        by_form[(r["norm"], r["provider"], r["dtype"], r["variant"])].append(r)
     timing = {}
     for b in bench_rows(records):
         if b["form"] not in ("copy", "torch") and not b.get("error"):
@@ -154,10 +156,44 @@ def recommendations(records: list[dict]) -> list[dict]:
             why = ("passes every suite (timings not trusted: unstable or faster than a copy)" if untrusted else
                    "passes every suite (untimed: run sweep --bench for the fastest)")
         else:
-            best, why = None, "no variant passed every input suite"
+            best, why = None, _least_bad(provider, {v: by_form[(norm, provider, dtype, v)] for v in bad})
         out.append({"norm": norm, "provider": provider, "dtype": dtype, "recommended": best, "why": why,
                     "passing": ok, "failing": bad})
-    return out
+    return _mark_portable(out)
+
+
+def _least_bad(provider: str, failing: dict[str, list[dict]]) -> str:
+    """Where no form passes on a runtime: say so, with the form that fails fewest suites (then the
+    smallest worst error) and what it fails."""
+    def score(v):
+        fails = {n: s for r in failing[v] for n, s in (r.get("inputs") or {}).items()
+                 if isinstance(s, dict) and s.get("status") == "fail"}
+        worst = max((_num(s.get("max_abs_err")) or 0.0 for s in fails.values()), default=math.inf)
+        return len(fails) or math.inf, worst, sorted(fails)
+
+    if not failing:
+        return f"no form passes every suite on {provider}"
+    v = min(failing, key=score)
+    n, worst, names = score(v)
+    if n == math.inf:
+        return f"no form passes every suite on {provider}; none of them ran every suite"
+    return (f"no form passes every suite on {provider}; least bad: {v}, failing {', '.join(names)} "
+            f"(worst error {worst:.2g})")
+
+
+def _mark_portable(rows: list[dict]) -> list[dict]:
+    """With more than one runtime in the sweep: a form that passes on every one of them for a norm x dtype
+    is `portable`; the recommendation says so, or names the portable forms beside a runtime's own pick."""
+    providers = defaultdict(set)
+    for r in rows:
+        providers[(r["norm"], r["dtype"])].add(r["provider"])
+    for r in rows:
+        same = [x for x in rows if (x["norm"], x["dtype"]) == (r["norm"], r["dtype"])]
+        portable = sorted(set.intersection(*(set(x["passing"]) for x in same))) if len(same) > 1 else []
+        r["portable"] = portable
+        if len(same) > 1 and r["recommended"] in portable:
+            r["why"] += f"; portable: passes on {', '.join(sorted(providers[(r['norm'], r['dtype'])]))} too"
+    return rows
 
 
 def _preference(v: str) -> int:

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from .errors import BadInput, RuntimeUnavailable
+from .errors import BadInput, RuntimeUnavailable, first_line
 from .graph import op_histogram
 from .registry import Registry
 from .tables import PROVIDERS
@@ -57,6 +57,10 @@ class Runtime:
     open: Callable[..., Session] = field(repr=False)  # (model_path, SessionConfig, torch_module) -> Session
     kind: str = "onnx"  # "onnx" runs the exported file; "torch" runs the source module
     unsupported_dtypes: dict[str, str] = field(default_factory=dict, repr=False)  # dtype -> why not
+    default: bool = True  # among "every runtime available here" when none is named (False: opt-in by name)
+    # (model_path, SessionConfig, x) -> a call that runs the model on x bound once, nothing copied per call:
+    # what bench times for a runtime other than ORT (whose IOBinding bench does itself, on torch's tensors)
+    bind: Callable[..., Callable[[], object]] | None = field(default=None, repr=False)
 
 
 REGISTRY: Registry[Runtime] = Registry("runtime")
@@ -64,8 +68,8 @@ register = REGISTRY.register
 get_runtime = REGISTRY.lookup
 
 
-def available_runtimes() -> list[str]:
-    return [n for n, r in REGISTRY.items() if r.unavailable() is None]
+def available_runtimes(defaults_only: bool = False) -> list[str]:
+    return [n for n, r in REGISTRY.items() if (r.default or not defaults_only) and r.unavailable() is None]
 
 
 def require(name: str) -> Runtime:
@@ -157,11 +161,31 @@ def _open_ort(provider: str):
         in_name = sess.get_inputs()[0].name
 
         def run(x: np.ndarray) -> np.ndarray:
+            if x.dtype.name == "bfloat16":
+                return _ort_run_bfloat16(sess, in_name, x)
             return sess.run(None, {in_name: x})[0]
 
         return Session(provider, run, facts, sess, str(model_path))
 
     return open_
+
+
+def _ort_run_bfloat16(sess, name: str, x: np.ndarray) -> np.ndarray:
+    """ORT's numpy interface has no bfloat16 (ml_dtypes' type): x goes in as an OrtValue of ONNX type
+    BFLOAT16 over its 16-bit patterns, and a bfloat16 output comes back through IOBinding into a uint16
+    buffer read as bfloat16 (a first run gives the output's shape and type)."""
+    ort = _ort()
+    bf16 = onnx.TensorProto.BFLOAT16
+    v = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(np.ascontiguousarray(x).view(np.uint16), bf16)
+    first = sess.run_with_ort_values(None, {name: v})[0]
+    if first.data_type() != "tensor(bfloat16)":
+        return first.numpy()
+    buf = np.empty(first.shape(), np.uint16)
+    io = sess.io_binding()
+    io.bind_ortvalue_input(name, v)
+    io.bind_ortvalue_output(sess.get_outputs()[0].name, ort.OrtValue.ortvalue_from_numpy_with_onnx_type(buf, bf16))
+    sess.run_with_iobinding(io)
+    return buf.view(x.dtype)
 
 
 def _ort_unavailable(provider: str) -> Callable[[], str | None]:
@@ -194,22 +218,8 @@ class SessionError(Exception):
     """A runtime could not open or run a model; the message is one line."""
 
 
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    for line in text.splitlines():
-        line = line.strip()
-        if line:
-            return line[:300]
-    return type(e).__name__
-
-
-# ORT's Python API maps numpy types to tensor types and has no entry for ml_dtypes' bfloat16
-_ORT_DTYPES = {"bfloat16": "ONNX Runtime's Python API takes no numpy bfloat16 input: bfloat16 is checked on "
-                           "torch and reference"}
-register(Runtime("cpu", "ONNX Runtime, CPUExecutionProvider", _ort_unavailable("cpu"), _open_ort("cpu"),
-                 unsupported_dtypes=_ORT_DTYPES))
-register(Runtime("cuda", "ONNX Runtime, CUDAExecutionProvider", _ort_unavailable("cuda"), _open_ort("cuda"),
-                 unsupported_dtypes=_ORT_DTYPES))
+register(Runtime("cpu", "ONNX Runtime, CPUExecutionProvider", _ort_unavailable("cpu"), _open_ort("cpu")))
+register(Runtime("cuda", "ONNX Runtime, CUDAExecutionProvider", _ort_unavailable("cuda"), _open_ort("cuda")))
 
 
 # -- onnx.reference -----------------------------------------------------------------------------
@@ -299,3 +309,99 @@ def _torch_cuda_unavailable() -> str | None:
 register(Runtime("torch", "the source PyTorch module, eager, on CPU", lambda: None, _open_torch("cpu"), kind="torch"))
 register(Runtime("torch-cuda", "the source PyTorch module, eager, on CUDA", _torch_cuda_unavailable,
                  _open_torch("cuda"), kind="torch"))
+
+
+# -- OpenVINO -------------------------------------------------------------------------------------
+# Opt-in by name: installing the extra changes no default run. "openvino" pins f32 inference precision, so
+# the verdict is on the graph's own numerics; "openvino-default" keeps the machine's defaults (bf16 on CPUs
+# with AVX512-BF16: what a user gets out of the box), judged as the model's dtype all the same.
+OPENVINO_INSTALL = 'pip install "normonnx[openvino]"'
+
+
+def _openvino_unavailable() -> str | None:
+    try:
+        import openvino  # noqa: F401  (0.4 s: asked only when a command names it, and by `normonnx list`)
+    except ImportError as e:
+        if e.name == "openvino":
+            return f"the openvino package is not installed ({OPENVINO_INSTALL})"
+        return f"openvino cannot be imported ({first_line(e)})"
+    return None
+
+
+def _ov_ran_as(compiled) -> dict[str, int]:
+    """What the compiled model's nodes ran as: 'layerType:runtimePrecision' -> count (inputs, outputs and
+    constants left out), from the runtime model's rt_info, as ORT's optimized ops are reported."""
+    c: Counter = Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        layer = rt["layerType"].astype(str) if "layerType" in rt else op.get_type_name()
+        if layer in ("Input", "Output", "Const"):
+            continue
+        c[f"{layer}:{rt['runtimePrecision'].astype(str)}" if "runtimePrecision" in rt else layer] += 1
+    return dict(c)
+
+
+def _ov_compile(model_path, config: SessionConfig, pinned: bool):
+    import openvino as ov
+
+    core = ov.Core()
+    props = {"INFERENCE_PRECISION_HINT": "f32"} if pinned else {}
+    if config.threads:
+        props["INFERENCE_NUM_THREADS"] = config.threads
+    try:
+        return core, core.compile_model(core.read_model(str(model_path)), "CPU", props)
+    except Exception as e:
+        raise SessionError(f"OpenVINO cannot load the model: {first_line(e)}") from e
+
+
+def _open_openvino(name: str, pinned: bool):
+    def open_(model_path, config: SessionConfig, module=None) -> Session:
+        import openvino as ov
+
+        core, compiled = _ov_compile(model_path, config, pinned)
+        facts = {"openvino_version": ov.__version__,
+                 "precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
+                 "machine_default_precision": core.get_property("CPU", "INFERENCE_PRECISION_HINT").to_string(),
+                 "ran_as": _ov_ran_as(compiled), "threads": config.threads or "default"}
+        request = compiled.create_infer_request()
+        out = compiled.output(0)
+
+        def run(x: np.ndarray) -> np.ndarray:
+            if x.dtype.name == "bfloat16":  # numpy has no bfloat16: OpenVINO's bf16 tensor, filled bit for bit
+                t = ov.Tensor(ov.Type.bf16, ov.Shape(list(x.shape)))
+                t.data.view(np.uint16)[...] = np.ascontiguousarray(x).view(np.uint16)
+                request.set_input_tensor(0, t)
+                request.infer()
+                y = request.get_output_tensor(0)
+                return np.array(y.data).view(np.uint16).view(x.dtype) if y.element_type == ov.Type.bf16 else np.array(y.data)
+            return np.array(request.infer({0: np.ascontiguousarray(x)})[out])  # a copy: the request reuses its buffer
+
+        return Session(name, run, facts, compiled, str(model_path))
+
+    return open_
+
+
+def _bind_openvino(pinned: bool):
+    def bind(model_path, config: SessionConfig, x: np.ndarray) -> Callable[[], object]:
+        import openvino as ov
+
+        _, compiled = _ov_compile(model_path, config, pinned)
+        request = compiled.create_infer_request()
+        x = np.ascontiguousarray(x)
+        request.set_input_tensor(0, ov.Tensor(x, shared_memory=True))  # x's own memory, bound once
+
+        def run(keep=x):  # the tensor shares x's buffer: x lives as long as the run does
+            return request.infer(share_outputs=True)  # the output stays in OpenVINO's buffer
+
+        return run
+
+    return bind
+
+
+register(Runtime("openvino", "OpenVINO CPU, f32 inference precision (the graph's own numerics)", _openvino_unavailable,
+                 _open_openvino("openvino", True), default=False,
+                 bind=_bind_openvino(True)))
+register(Runtime("openvino-default", "OpenVINO CPU with this machine's default precision (bf16 where the CPU has "
+                 "AVX512-BF16), judged as the model's dtype", _openvino_unavailable,
+                 _open_openvino("openvino-default", False), default=False,
+                 bind=_bind_openvino(False)))

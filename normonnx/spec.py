@@ -10,7 +10,7 @@ import numpy as np
 
 from .errors import BadInput
 
-from .tables import ALL_KINDS, DTYPES, KINDS_TABLE
+from .tables import ALL_KINDS, DTYPES, KINDS_TABLE, per_feature
 
 KIND_NAMES = {k: KINDS_TABLE[k].title for k in ALL_KINDS}
 
@@ -107,7 +107,7 @@ class NormSpec:
             shape = parse_shape(shape)
         if isinstance(normalized_shape, str):
             normalized_shape = parse_shape(normalized_shape)
-        if kind in ("ln", "rms"):
+        if per_feature(kind):
             if normalized_shape is None and channels is not None:
                 normalized_shape = (channels,)
             if shape is None:
@@ -167,11 +167,11 @@ class NormSpec:
             raise BadInput(f"bad eps {self.eps}: eps must be a positive finite number, e.g. 1e-5")
         ranks = KINDS_TABLE[k].ranks
         if not ranks[0] <= len(s) <= ranks[1]:
-            hint = "N, C, *spatial" if k not in ("ln", "rms") else "*, *normalized"
+            hint = "N, C, *spatial" if not per_feature(k) else "*, *normalized"
             raise BadInput(
                 f"{k} takes a rank {ranks[0]}..{ranks[1]} input ({hint}); got shape {format_shape(s)}"
             )
-        if k in ("ln", "rms") and not 1 <= self.normalized_ndim <= len(s):
+        if per_feature(k) and not 1 <= self.normalized_ndim <= len(s):
             raise BadInput(f"ln normalizes 1..{len(s)} trailing dims of {format_shape(s)}")
         if k == "gn":
             c = s[1]
@@ -187,26 +187,26 @@ class NormSpec:
             raise BadInput("bn is exported for inference and needs running statistics (track_running_stats)")
         if k in ("ln", "gn", "rms") and self.track_running_stats:
             raise BadInput(f"track_running_stats applies to bn and in only, not {k}")
-        if not self.bias and k not in ("ln", "rms"):
+        if not self.bias and not per_feature(k):
             raise BadInput(f"bias=False applies to ln only; use affine=False for {k}")
 
     # -- derived ------------------------------------------------------------------------------
     @property
     def channels(self) -> int:
         """C for bn/in/gn; the size of the last normalized dim for ln."""
-        return self.shape[-1] if self.kind in ("ln", "rms") else self.shape[1]
+        return self.shape[-1] if per_feature(self.kind) else self.shape[1]
 
     @property
     def normalized_shape(self) -> tuple[int, ...]:
-        return self.shape[len(self.shape) - self.normalized_ndim:] if self.kind in ("ln", "rms") else ()
+        return self.shape[len(self.shape) - self.normalized_ndim:] if per_feature(self.kind) else ()
 
     @property
     def param_shape(self) -> tuple[int, ...]:
-        return self.normalized_shape if self.kind in ("ln", "rms") else (self.channels,)
+        return self.normalized_shape if per_feature(self.kind) else (self.channels,)
 
     @property
     def spatial_rank(self) -> int:
-        return 0 if self.kind in ("ln", "rms") else len(self.shape) - 2
+        return 0 if per_feature(self.kind) else len(self.shape) - 2
 
     @property
     def id(self) -> str:
@@ -214,7 +214,7 @@ class NormSpec:
         parts = [k]
         if k == "gn":
             parts.append(f"g{self.groups}")
-        if k in ("ln", "rms"):
+        if per_feature(k):
             parts.append("n" + format_shape(self.normalized_shape))
         else:
             parts.append(f"c{self.channels}")

@@ -399,42 +399,18 @@ def _sweep_locked(out, matrix, inputs, resume, force, jobs, shard, cache_dir, be
 
 
 def _parallel(todo: list[Case], jobs: int, call, record) -> None:
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    ctx = mp.get_context("spawn")  # torch and fork do not mix
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init) as pool:
-        pending = {}
-        queue = list(todo)
-        try:
-            while queue or pending:
-                while queue and len(pending) < jobs * 2:
-                    c = queue.pop(0)
-                    fn, args = call(c)
-                    pending[pool.submit(fn, *args)] = c
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    c = pending.pop(fut)
-                    try:
-                        record(fut.result())
-                    except Exception as e:  # a worker died: record it, go on
-                        record(error_record(c, e))
-        except KeyboardInterrupt:
-            for fut in pending:
-                fut.cancel()
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        except BrokenProcessPool:
-            raise NormonnxError("the worker processes died before running a case; finished cases are saved "
-                                "(rerun with resume). From a script, call sweep(jobs > 1) under "
-                                "`if __name__ == \"__main__\":` (multiprocessing's spawn re-imports the script)") from None
+    from .pool import run_parallel
 
-
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # accuracy cases in parallel: one core each
+    cases = {c.id: c for c in todo}
+    try:
+        run_parallel(((c.id, *call(c)) for c in todo), jobs, lambda _, rec: record(rec),
+                     lambda key, e: record(error_record(cases[key], e)))  # a worker died: record it, go on
+    except BrokenProcessPool:
+        raise NormonnxError("the worker processes died before running a case; finished cases are saved "
+                            "(rerun with resume). From a script, call sweep(jobs > 1) under "
+                            "`if __name__ == \"__main__\":` (multiprocessing's spawn re-imports the script)") from None
 
 
 # -- merge ---------------------------------------------------------------------------------------

@@ -36,6 +36,12 @@ NATIVE_OPS = {k.name: k.native_op for k in KINDS_TABLE.values()}
 KIND_OF_NATIVE_OP = {v: k for k, v in NATIVE_OPS.items()}
 
 
+def per_feature(kind: str) -> bool:
+    """ln and rms: statistics and parameters over the trailing normalized dims (the others: per channel, dim 1)."""
+    k = KINDS_TABLE.get(kind)
+    return bool(k and k.per_feature)
+
+
 def kind_order(kind: str) -> int:
     return ALL_KINDS.index(kind) if kind in ALL_KINDS else len(ALL_KINDS)
 
@@ -99,3 +105,6 @@ def check_dtype(name: str | None, what: str) -> str:
 
 # -- ORT execution providers ---------------------------------------------------------------------
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+# stand-ins for a user's symbolic dims where nothing gives them: batch 2, every other dim 8
+BATCH_STAND_IN, DIM_STAND_IN = 2, 8

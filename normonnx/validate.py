@@ -19,7 +19,7 @@ import numpy as np
 
 from . import inputs as suites_mod
 from .compare import Comparison, Tolerance, compare, tolerance_for
-from .errors import BadInput, ExitCode, RuntimeUnavailable
+from .errors import BadInput, ExitCode, RuntimeUnavailable, first_line
 from .export import (
     DEFAULT_EXPORTER,
     DEFAULT_OPSET,
@@ -30,14 +30,13 @@ from .export import (
 from .graph import load_model, metadata, model_facts, opset_of
 from .judge import Verdict, judge, status_of
 from .params import make_params, params_as
-from .reference import normalized_stats, reference
+from .reference import normalized_stats, reference, scale_broadcast
 from .runtimes import REGISTRY as RUNTIMES
 from .runtimes import (
     Session,
     SessionConfig,
     SessionError,
     available_runtimes,
-    first_line,
     get_runtime,
     placement,
 )
@@ -174,7 +173,7 @@ def resolve_source(spec: NormSpec | None, model: str | Path | None, *, variant: 
         m = load_model(path)
         return Source(spec, make_params(spec), variant, exporter, opset_of(m), opset, path,
                       case_id(spec, variant, opset, exporter, dynamic), "export", dynamic, True, model_facts(m)["ops"])
-    from .scan.patterns import check_graph
+    from .patterns import check_graph
 
     path = Path(model)
     m = load_model(path)
@@ -202,7 +201,7 @@ def resolve_source(spec: NormSpec | None, model: str | Path | None, *, variant: 
     elif spec is not None and not spec.affine and not spec.track_running_stats:
         params, variant, exp = {}, "native", None  # nothing to read: the spec alone defines the function
     else:
-        from .scan import params_from_model
+        from .derive import params_from_model
 
         _, graph_spec, params = params_from_model(m)
         spec, variant, exp = spec or graph_spec, "native", None
@@ -245,7 +244,7 @@ def _check_input(model, spec: NormSpec, path, shape: tuple[int, ...]) -> bool:
 def choose_runtimes(runtimes: list[str] | None, skip_missing: bool) -> tuple[list[str], dict[str, str]]:
     """(runtimes to run, {runtime: why skipped}). Default: every runtime available here, and the
     others listed as skipped with why. A requested missing one is RuntimeUnavailable unless skip_missing."""
-    names = list(dict.fromkeys(runtimes)) if runtimes else available_runtimes()
+    names = list(dict.fromkeys(runtimes)) if runtimes else available_runtimes(defaults_only=True)
     skipped: dict[str, str] = {}
     for n in names:
         why = get_runtime(n).unavailable()
@@ -255,7 +254,7 @@ def choose_runtimes(runtimes: list[str] | None, skip_missing: bool) -> tuple[lis
             skipped[n] = why
     if not runtimes:
         for n, r in RUNTIMES.items():
-            if n not in skipped and n not in names:
+            if n not in skipped and n not in names and r.default:  # an opt-in runtime (openvino) is no default's
                 skipped[n] = r.unavailable() or "not requested"
     return [n for n in names if n not in skipped], skipped
 
@@ -358,7 +357,7 @@ class SuiteRunner:
             mag, std = normalized_stats(s_spec, mparams, sample.x)
             with np.errstate(invalid="ignore", divide="ignore"):
                 cond = mag / std
-            scale = _scale_broadcast(s_spec, mparams, sample.x.shape)
+            scale = scale_broadcast(s_spec, mparams, sample.x.shape)
             outputs: dict[str, np.ndarray] = {}
             torch_out = None
             for n in sorted(self.active, key=lambda r: RUNTIMES[r].kind != "torch"):  # torch first
@@ -398,16 +397,6 @@ def _vs_torch(torch_out: np.ndarray | None, y: np.ndarray) -> float | None:
         d = np.abs(np.asarray(y, dtype=np.float64) - torch_out)
     d = d[np.isfinite(d)]
     return float(d.max()) if d.size else None
-
-
-def _scale_broadcast(spec: NormSpec, params: dict, shape) -> np.ndarray | None:
-    w = params.get("weight") if spec.affine else None
-    if w is None:
-        return None
-    w = np.asarray(w, dtype=np.float64)
-    if spec.kind in ("ln", "rms"):
-        return np.broadcast_to(w, shape)
-    return np.broadcast_to(w.reshape((1, -1) + (1,) * (len(shape) - 2)), shape)
 
 
 def _torch_refuses(spec: NormSpec, variant: str) -> str | None:

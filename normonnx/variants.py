@@ -6,7 +6,7 @@ export, and says which ops the written graph must (not) hold. Adding a variant i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Mapping
 
 
 import numpy as np
@@ -15,6 +15,7 @@ from .errors import BadInput
 from .registry import Registry
 from .spec import NormSpec
 from .tables import NATIVE_OPS
+from .translations import CONTRIB_GN, NATIVE_GN, PLAIN, Translation
 
 if TYPE_CHECKING:  # torch loads only when a variant builds its module
     from torch import nn
@@ -34,6 +35,14 @@ class Variant:
     providers: tuple[str, ...] | None = None
     providers_why: str = ""
     layout: str = "nchw"  # "nhwc": the model takes and gives channels-last tensors (the spec's shape stays NCHW)
+    # exporter name -> how it writes the ops torch does not (normonnx.translations); absent: torch's own export
+    translations: Mapping[str, Translation] = field(default_factory=dict, repr=False, compare=False)
+    # a file onnx.checker refuses that is still this variant's right answer (GroupNormalization-18 is
+    # deprecated in onnx, yet the op opsets 18..20 define): checked by strict shape inference instead
+    checker_exempt: Callable[[NormSpec], bool] = field(default=lambda spec: False, repr=False, compare=False)
+
+    def translation(self, exporter: str) -> Translation:
+        return self.translations.get(exporter, PLAIN)
 
     def unsupported_on(self, runtime: str) -> str | None:
         """Why this variant's graph cannot run on a normonnx runtime ('cpu', 'cuda', 'reference', ...)."""
@@ -125,6 +134,7 @@ register(Variant(
     description="the ONNX norm op (BatchNormalization, InstanceNormalization, LayerNormalization, GroupNormalization)",
     min_opset={"bn": 9, "in": 6, "ln": 17, "gn": 18, "rms": 23},
     build=_build_native, expect=_expect_native, emits=_emits_native,
+    translations=NATIVE_GN, checker_exempt=lambda spec: spec.kind == "gn",
 ))
 
 
@@ -283,7 +293,7 @@ register(Variant(
     min_opset={"gn": 11},
     build=_build_native, expect=_expect_contrib,
     emits=lambda kind, opset: "Transpose/com.microsoft.GroupNorm/Transpose",
-    refuses=_contrib_refuses, providers=CONTRIB_RUNTIMES, providers_why=CONTRIB_WHY,
+    refuses=_contrib_refuses, providers=CONTRIB_RUNTIMES, providers_why=CONTRIB_WHY, translations=CONTRIB_GN,
 ))
 
 
@@ -301,4 +311,5 @@ register(Variant(
     build=_build_channels_last, expect=_expect_contrib,
     emits=lambda kind, opset: "com.microsoft.GroupNorm (NHWC in and out)",
     refuses=_contrib_refuses, providers=CONTRIB_RUNTIMES, providers_why=CONTRIB_WHY, layout="nhwc",
+    translations=CONTRIB_GN,
 ))

@@ -54,3 +54,48 @@ def one_line_error(proc: Run, code: int, *needles: str) -> None:
     assert err.startswith("error: ")
     for n in needles:
         assert n in err, (n, err)
+
+
+# -- the slow tier -------------------------------------------------------------------------------------
+# `pytest` runs everything (CI and the README's test command do); `pytest -m "not slow"` is the quick tier
+# for a change in progress: every module, each matrix as a representative slice (both exporters, both
+# dtypes, every variant once), the whole-corpus and end-to-end runs left to the full suite.
+# test name -> which of its cases are slow (a predicate on the parameters), or None: all of them.
+def _export_slice(p) -> bool:
+    return (p["opset"], p["exporter"], p["spec"].dtype) not in {(18, "dynamo", "float32"), (17, "torchscript", "float16")}
+
+
+SLOW = {
+    "test_export_matrix_runs_on_ort_cpu_and_matches_oracle": _export_slice,
+    "test_validate_matrix_known_failures": lambda p: (p["dtype"], p["kind"], p["variant"]) != ("float32", "gn", "native"),
+    "test_fp32_accumulation_is_casts_around_the_statistics": lambda p: (p["exporter"], p["kind"]) != ("dynamo", "ln"),
+    "test_dynamic_export_runs_at_another_shape": lambda p: p["kind"] != "ln",
+    "test_detections_match_the_corpus": lambda p: True,
+    "test_fix_repairs_and_scan_agrees": lambda p: True,
+    "test_malformed_line_is_named_skipped_by_report_refused_by_merge_rerun_by_resume": lambda p: True,
+    **dict.fromkeys([
+        "test_matrix_records_every_case_once", "test_when_fix_passes_scan_passes_over_the_corpus",
+        "test_records_cover_baselines_and_every_variant", "test_readme_export_command_as_typed",
+        "test_scan_of_a_20000_node_model_finishes", "test_parallel_jobs_record_the_same_cases",
+        "test_sweep_with_bench_times_and_recommends_the_fastest", "test_diffusers_unet_groupnormalization_fixed",
+        "test_assert_export_matches_raises_with_worst_element", "test_a_poisoned_cache_entry_is_a_miss_and_a_warning",
+        "test_fix_streams_the_weights_and_leaves_the_input_as_it_was", "test_save_inputs_replays",
+        "test_two_sweeps_racing_for_one_folder_record_each_case_once",
+        "test_massive_activations_pass_in_float32_and_break_in_float16",
+        "test_offset_error_is_unavoidable_not_a_failure_for_centered_variance",
+        "test_ort_instance_norm_constant_input_at_a_realistic_size", "test_parallel_validation_gives_the_same_verdicts",
+        "test_an_edited_reference_module_is_exported_afresh",
+        "test_layernorm_trick_is_exact_on_zero_variance_groups_where_instance_norm_is_not",
+    ]),
+}
+
+
+SLOW_FIXTURES = {"full"}  # test_sweep's whole-matrix sweep (30 s to build): every test on it is slow
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = getattr(item, "originalname", item.name)
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if (name in SLOW and (SLOW[name] is None or SLOW[name](params))) or SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)

@@ -356,7 +356,7 @@ class NaiveRMSBlock(nn.Module):
 def unet_gn18_with_affine(path: Path) -> Path:
     """UNetBlock through dynamo at opset 18 with the GroupNorm translation normonnx's native variant
     uses: GroupNormalization-18 (identity per-group scale) then a per-channel Mul/Add."""
-    from normonnx.exporters import _gn_dynamo_translation
+    from normonnx.translations import _gn_dynamo_translation
     from normonnx.spec import NormSpec
 
     spec = NormSpec.make("gn", shape=(2, 16, 8, 8), groups=4)

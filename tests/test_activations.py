@@ -138,3 +138,37 @@ def test_samples_are_stacked_into_runs_where_the_batch_dim_allows(tmp_path, dims
     rep = check_activations(path, data=tmp_path / "d.npz", what_if=False)
     assert rep.samples == 100 and rep.runs == runs
     assert [lc.passed for lc in rep.layers] == [True]
+
+
+def test_golden_outputs_round_trip_and_a_changed_model_is_caught(tmp_path):
+    """--save-outputs then --load-outputs on ORT CPU: the same outputs (0 from stored), pass. The stored
+    inputs replayed through a model whose norm now has another eps: FAIL against the oracle, and far from
+    the stored outputs. A file that is not golden outputs is exit 2."""
+    from conftest import run_cli
+
+    def ln(eps):
+        from onnx import TensorProto, helper
+
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8, 32])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8, 32])
+        w = helper.make_tensor("w", TensorProto.FLOAT, [32], np.ones(32, np.float32))
+        node = helper.make_node("LayerNormalization", ["x", "w"], ["y"], axis=-1, epsilon=eps, name="the_norm")
+        return helper.make_model(helper.make_graph([node], "g", [x], [y], [w]), opset_imports=[helper.make_opsetid("", 17)])
+
+    onnx.save(ln(1e-5), str(tmp_path / "m.onnx"))
+    g = tmp_path / "g.npz"
+    assert run_cli("scan", str(tmp_path / "m.onnx"), "--activations", "--save-outputs", str(g)).returncode == 0
+    same = run_cli("scan", str(tmp_path / "m.onnx"), "--activations", "--load-outputs", str(g), "--json")
+    (layer,) = json.loads(same.stdout)["activations"]["layers"]
+    assert same.returncode == 0 and layer["runtimes"]["cpu"] == {**layer["runtimes"]["cpu"], "passed": True,
+                                                                  "max_diff_from_stored": 0.0}
+    onnx.save(ln(0.5), str(tmp_path / "m.onnx"))  # the file changed under the same name
+    changed = run_cli("scan", str(tmp_path / "m.onnx"), "--activations", "--load-outputs", str(g), "--json")
+    (layer,) = json.loads(changed.stdout)["activations"]["layers"]
+    assert changed.returncode == 1 and layer["runtimes"]["cpu"]["passed"] is False
+    assert layer["runtimes"]["cpu"]["max_diff_from_stored"] > 1e-2
+    (tmp_path / "bad.npz").write_bytes(b"not an npz")
+    bad = run_cli("scan", str(tmp_path / "m.onnx"), "--activations", "--load-outputs", str(tmp_path / "bad.npz"))
+    assert bad.returncode == 2 and "--load-outputs" in bad.stderr and "Traceback" not in bad.stderr
+    alone = run_cli("scan", str(tmp_path / "m.onnx"), "--load-outputs", str(g))
+    assert alone.returncode == 2 and "--load-outputs goes with --activations" in alone.stderr

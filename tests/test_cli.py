@@ -227,10 +227,27 @@ def test_report_rejects_unknown_extension(tmp_path):
     _one_line_error(run_cli("report", str(out), "-o", str(tmp_path / "r.pdf")), 2, ".html or .md")
 
 
-def test_bfloat16_on_ort_is_skipped_with_the_reason_not_an_error():
-    proc = run_cli("validate", "--dtype", "bfloat16", "--runtimes", "cpu", "--inputs", "normal")
-    assert proc.returncode == 4, proc.stdout[-800:]  # nothing could be checked on the runtime asked for
-    assert "takes no numpy bfloat16 input" in proc.stdout and "Numpy_type" not in proc.stdout
-    assert "NOT CHECKED: 0 passed, 0 failed" in proc.stdout
-    proc = run_cli("validate", "--dtype", "bfloat16", "--runtimes", "cpu,torch", "--inputs", "normal")
-    assert proc.returncode == 0 and "PASSED" in proc.stdout
+def test_bfloat16_runs_on_ort_through_ortvalues_and_a_wrong_eps_fails(tmp_path):
+    """numpy has no bfloat16 ORT maps: normonnx feeds OrtValues of ONNX type BFLOAT16 and reads the output
+    back through IOBinding. A bfloat16 LayerNorm validates on ORT CPU; the same model with another eps
+    than the spec's fails there."""
+    import ml_dtypes
+    from onnx import TensorProto, helper
+
+    proc = run_cli("validate", "--dtype", "bfloat16", "--runtimes", "cpu", "--inputs", "normal", "--json")
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 0 and {r["runtime"] for r in doc["results"]} == {"cpu"}, proc.stdout[-800:]
+    assert all(r["status"] == "pass" for r in doc["results"])
+    n = 64
+    x = helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [2, 16, n])
+    y = helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [2, 16, n])
+    w = helper.make_tensor("w", TensorProto.BFLOAT16, [n], np.ones(n, ml_dtypes.bfloat16).view(np.uint16).tobytes(),
+                           raw=True)
+    node = helper.make_node("LayerNormalization", ["x", "w"], ["y"], axis=-1, epsilon=0.5)
+    onnx.save(helper.make_model(helper.make_graph([node], "g", [x], [y], [w]), opset_imports=[helper.make_opsetid("", 17)]),
+              str(tmp_path / "bf16.onnx"))
+    bad = run_cli("validate", "--model", str(tmp_path / "bf16.onnx"), "--norm", "ln", "--shape", f"2x16x{n}",
+                  "--dtype", "bfloat16", "--no-bias", "--runtimes", "cpu", "--inputs", "normal")
+    assert bad.returncode == 1 and "FAILED" in bad.stdout, bad.stdout[-800:] + bad.stderr
+
+

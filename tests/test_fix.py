@@ -18,7 +18,7 @@ from normonnx.errors import ExitCode
 import normonnx
 from normonnx.repair import RULES, Rule, proof, region
 from normonnx.graph import Graph
-from normonnx.repair.rules import Plan, write_layer_norm
+from normonnx.rules import Plan, write_layer_norm
 from normonnx.reference import group_norm
 from normonnx.scan import scan
 
@@ -76,7 +76,7 @@ def test_fix_repairs_and_scan_agrees(fixed, name):
     assert after.exit_code == ExitCode.PASSED and after.counts["failed"] == after.counts["not_validated"] == 0
     for lf in report.changes:  # the chosen form passed against the original layer's own norm, and in place
         chosen = next(c for c in lf.candidates if c.form == lf.form)
-        assert chosen.status == "pass" and lf.final["passed"] is True, lf.to_dict()
+        assert chosen.status == "pass" and lf.final.passed is True, lf.to_dict()
     check = normonnx.fix(dst, check=True, rules=rules, runtimes=runtimes)
     assert check.exit_code == ExitCode.PASSED, check.to_dict()
 
@@ -187,7 +187,7 @@ def fix_summary_line(report) -> str:
 def test_risk_messages_reworded_change_nothing_fix_does(tmp_path, monkeypatch):
     """Rules match risk codes, never message text: with every message reworded, fix rewrites the same
     layers into the same forms."""
-    from normonnx.scan import patterns
+    from normonnx import patterns
 
     src = tmp_path / "m.onnx"
     onnx.save(corpus.ln_chain(naive=True), str(src))
@@ -269,7 +269,7 @@ def test_zero_eps_is_refused(tmp_path):
 
 
 def _decomposed_ln(site):
-    from normonnx.repair.rules import _feature_param, _norm_axes
+    from normonnx.rules import _feature_param, _norm_axes
 
     f = site.norm
     if f.kind != "ln" or f.form != "decomposed":
@@ -317,7 +317,7 @@ def test_a_candidate_that_fails_the_original_claim_is_never_chosen(tmp_path, mon
     onnx.save(corpus.ln_chain(naive=True, opset=17), str(src))
     report = normonnx.fix(src, tmp_path / "out.onnx", rules=["broken"], timing=False)
     lf = report.layers[0]
-    assert lf.status == ("failing" if lf.before["passed"] is False else "passes") and \
+    assert lf.status == ("failing" if lf.before.passed is False else "passes") and \
         lf.candidates[0].status == "fail", lf.to_dict()
     assert f"no form of this LayerNorm passes: best {lf.candidates[0].form}, {suite}" in lf.reason
     after = scan(tmp_path / "out.onnx", validate=True)

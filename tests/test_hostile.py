@@ -149,8 +149,8 @@ def test_symbolic_dims_take_the_size_the_weights_fix(tmp_path):
     tool's own broadcast error came out as FAIL. Now the weight decides that dim, and it passes."""
     path = _ln_model(tmp_path / "m.onnx", x_shape=("batch", "seq", "hidden"))
     report = scan(path, validate=True)
-    assert report.validations[0]["passed"] is True, report.validations
-    assert report.validations[0]["spec_id"] == "ln-n16-2x8x16-fp32"
+    assert report.validations[0].passed is True, report.validations
+    assert report.validations[0].spec_id == "ln-n16-2x8x16-fp32"
 
 
 def test_a_tool_failure_is_never_a_fail(tmp_path, monkeypatch):
@@ -231,7 +231,7 @@ def test_norms_inside_if_bodies_are_found_and_say_where(tmp_path, depth):
     f = report.norms[0]
     assert f.scope.startswith(f"if{depth}.then_branch") and f.scope.count("then_branch") == depth
     assert f.nodes[0] == f"{f.scope}/LayerNormalization_0"  # the node's path: body/.../node
-    assert report.validations[0]["passed"] is None and "only main-graph layers" in report.validations[0]["validation"]
+    assert report.validations[0].passed is None and "only main-graph layers" in report.validations[0].validation
 
 
 def test_norms_inside_model_local_functions_are_found(tmp_path):

@@ -53,9 +53,9 @@ def _report(got, ref, others) -> ValidationReport:
 @pytest.mark.parametrize("name", CASES)
 def test_every_entry_point_gives_one_verdict(name, monkeypatch):
     from normonnx.repair.proof import compare_outputs
-    from normonnx.scan import summarize
+    from normonnx.layers import summarize
     from normonnx.scan.activations import _judge
-    from normonnx.scan.patterns import FoundNorm
+    from normonnx.patterns import FoundNorm
     from normonnx.sweep import case_status
     from normonnx.testing import check_report
 
@@ -66,8 +66,8 @@ def test_every_entry_point_gives_one_verdict(name, monkeypatch):
     assert rep.exit_code == {"pass": ExitCode.PASSED, "fail": ExitCode.CHECK_FAILED}.get(want, ExitCode.NOT_CHECKED)
     # scan --validate's layer row, and a model of that one layer (scan's and fix's exit code)
     row = summarize(FoundNorm("ln", "native", "LayerNormalization", ("n",), "x", "y"), rep)
-    assert row["passed"] is flag
-    assert over_layers([row["passed"]]).exit_code == rep.exit_code
+    assert row.passed is flag
+    assert over_layers([row.passed]).exit_code == rep.exit_code
     # a sweep record
     assert case_status(rep.results) == {"not checked": "error"}.get(want, want)
     # bench's validation column

@@ -173,19 +173,17 @@ def test_bfloat16_weights_are_copied_but_not_shared(tmp_path):
 def test_a_graph_past_protobufs_limit_is_written_with_external_data(tmp_path, monkeypatch):
     """A graph whose inline tensors would pass protobuf's 2 GB limit is written with its tensors in
     FIXED.onnx.data (the limit lowered here: a 2 GB model has no place in a unit test)."""
-    import normonnx.repair as repair
-    import normonnx.scan.activations as activations
+    import normonnx.graph
 
     a, _ = _shared_file_models(tmp_path)
     inline = onnx.load(str(a))  # the same model with its weights inline
     onnx.save(inline, str(tmp_path / "inline.onnx"))
-    monkeypatch.setattr(repair, "PROTO_LIMIT", 4096)
+    monkeypatch.setattr(normonnx.graph, "PROTO_LIMIT", 4096)  # fix, its checker step and the capture graph
     rep = fix(tmp_path / "inline.onnx", tmp_path / "out.onnx", timing=False)
     assert rep.written and any("2 GB limit" in n for n in rep.notes)
     assert (tmp_path / "out.onnx.data").stat().st_size >= 64 * 64 * 4
     x = {"x": np.ones((2, 64), np.float32)}
     np.testing.assert_allclose(_outputs(tmp_path / "out.onnx", x)[0], _outputs(a, x)[0], atol=1e-5)
-    monkeypatch.setattr(activations, "PROTO_LIMIT", 4096)  # the capture graph is saved aside, its tensors external
     rep = check_activations(tmp_path / "inline.onnx")
     assert rep.layers and all(lc.passed is True for lc in rep.layers)
 
@@ -208,7 +206,7 @@ def test_a_folder_without_room_for_the_weights_is_refused_before_any_work(decode
 def test_shape_inference_copies_no_inline_weights(decoder):
     """An inline model (torch writes everything inline under 2 GB) is shape-inferred on a copy without
     its weights' bytes; the result lands on the model itself."""
-    from normonnx.scan import infer_shapes
+    from normonnx.shapes import infer_shapes
 
     src, weights = decoder
     model = onnx.load(str(src))  # the weights inline now

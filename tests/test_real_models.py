@@ -117,7 +117,7 @@ def test_diffusers_unet_after_ort_optimizer_shows_its_group_norms(folder):
     assert ops["com.microsoft.SkipGroupNorm"] > 0 and ops["com.microsoft.GroupNorm"] > 0, ops
     contrib = [i for i, f in enumerate(report.norms) if f.form == "contrib"]
     assert all(report.norms[i].risks[0].code == "one-pass-variance" for i in contrib)
-    assert all(report.validations[i]["passed"] is None and "NHWC" in report.validations[i]["validation"]
+    assert all(report.validations[i].passed is None and "NHWC" in report.validations[i].validation
                for i in contrib)
 
 
@@ -132,7 +132,7 @@ def test_gpt2_with_symbolic_dims_validates_instead_of_failing(folder):
     report = scan(path, validate=True, inputs=["normal", "offset"])
     assert [(f.kind, f.form) for f in report.norms] == [("ln", "decomposed")] * 3
     assert report.counts == {"passed": 3, "failed": 0, "not_validated": 0}, report.validations
-    assert all(v["spec_id"].startswith("ln-n32-") for v in report.validations.values())
+    assert all(v.spec_id.startswith("ln-n32-") for v in report.validations.values())
 
 
 def test_weight_standardised_conv_is_not_a_batchnorm_layer(folder):
@@ -192,7 +192,7 @@ def test_diffusers_unet_groupnormalization_fixed(folder):
     report = normonnx.fix(src, folder / "unet21-fixed.onnx", timing=False)
     assert len(report.layers) >= 10 and all(lf.status == "rewritten" for lf in report.layers)
     for lf in report.layers:  # failed as it was; the chosen form passes against the original's own norm
-        assert lf.before["passed"] is False and lf.final["passed"] is True, lf.to_dict()
+        assert lf.before.passed is False and lf.final.passed is True, lf.to_dict()
         assert next(c for c in lf.candidates if c.form == lf.form).status == "pass"
     assert report.whole_model["passed"] and report.exit_code == 0
     after = scan(folder / "unet21-fixed.onnx", validate=True)
@@ -215,7 +215,7 @@ def test_gpt2_float16_fix_within_float16_tolerance(folder):
                           runtimes=["cpu", "reference"])
     changed = [lf for lf in report.layers if lf.status == "rewritten"]
     assert changed and all(lf.norm.dtype == "float16" for lf in changed)
-    assert all(lf.before["passed"] is False and "offset" in lf.before["validation"] and lf.final["passed"]
+    assert all(lf.before.passed is False and "offset" in lf.before.validation and lf.final.passed
                for lf in changed), [lf.to_dict() for lf in changed]
     assert report.whole_model["passed"] and report.written
     import onnx

@@ -277,10 +277,11 @@ def test_an_edited_reference_module_is_exported_afresh(tmp_path, monkeypatch):
 def test_a_failure_in_normonnx_own_translation_is_internal_and_never_cached(tmp_path, monkeypatch):
     """An exception raised inside normonnx's exporter translation (not inside torch's exporter) is exit 5
     with the report-it line, and leaves no cache entry, error or model."""
-    import normonnx.exporters as exporters
+    import normonnx.translations as translations
 
     # a bug inside normonnx's own code: the translation factory handed a spec it cannot read
-    monkeypatch.setattr(exporters, "_gn_dynamo_translation", lambda spec, opset: exporters._gn_hooks(None, "native"))
+    real = translations._gn_dynamo_translation
+    monkeypatch.setattr(translations, "_gn_dynamo_translation", lambda spec, opset: real(None, opset))
     cache = ExportCache(tmp_path / "c")
     with pytest.raises(AttributeError):
         cache.export(NormSpec.make("gn", groups=4), "native", 18, "dynamo")

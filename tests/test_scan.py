@@ -83,7 +83,7 @@ def test_fusion_is_reported(built):
 def test_validate_passes_correct_layers(built, name):
     report = scan(built[name][0], validate=True)
     assert report.validations and report.passed, report.to_dict()
-    assert all(v["passed"] is True for v in report.validations.values())
+    assert all(v.passed is True for v in report.validations.values())
 
 
 @pytest.mark.parametrize("name, failing_input", [
@@ -95,17 +95,17 @@ def test_validate_passes_correct_layers(built, name):
 def test_validate_fails_broken_layers(built, name, failing_input):
     report = scan(built[name][0], validate=True)
     assert not report.passed
-    assert any(v["passed"] is False and failing_input in v["validation"] for v in report.validations.values())
+    assert any(v.passed is False and failing_input in v.validation for v in report.validations.values())
 
 
 def test_contrib_layers_validate_or_say_why(built):
     report = scan(built["contrib-ops"][0], validate=True)
     v = report.validations
     # com.microsoft LayerNormalization / SimplifiedLayerNormalization: ORT 1.32 registers neither
-    assert v[0]["passed"] is None and "cannot be loaded by ONNX Runtime" in v[0]["validation"]
-    assert v[2]["passed"] is True  # SimplifiedLayerNormalization as ORT's fusion writes it
+    assert v[0].passed is None and "cannot be loaded by ONNX Runtime" in v[0].validation
+    assert v[2].passed is True  # SimplifiedLayerNormalization as ORT's fusion writes it
     # Skip*LayerNormalization: validated as the norm of x with a zero residual
-    assert v[3]["passed"] is True and v[4]["passed"] is True
+    assert v[3].passed is True and v[4].passed is True
 
 
 @pytest.mark.parametrize("name, reasons", [
@@ -114,9 +114,9 @@ def test_contrib_layers_validate_or_say_why(built):
 ])
 def test_contrib_layers_that_cannot_be_checked_say_why(built, name, reasons):
     report = scan(built[name][0], validate=True)
-    assert [v["passed"] for v in report.validations.values()] == [None] * len(reasons)
+    assert [v.passed for v in report.validations.values()] == [None] * len(reasons)
     for v, why in zip(report.validations.values(), reasons):
-        assert "not validated: " in v["validation"] and why in v["validation"]
+        assert "not validated: " in v.validation and why in v.validation
     assert report.exit_code == 4  # found norms, validated none
 
 
@@ -128,7 +128,7 @@ def test_contrib_groupnorms_carry_the_one_pass_risk_and_the_fused_activation(bui
 
 def test_skip_bias_is_zeroed_and_said(built):
     report = scan(built["contrib-skip-with-bias"][0], validate=True)
-    assert all("zero residual and bias" in v["validation"] for v in report.validations.values())
+    assert all("zero residual and bias" in v.validation for v in report.validations.values())
 
 
 def test_weight_standardisation_is_left_out_with_the_reason(built):
@@ -173,7 +173,7 @@ def test_external_weights_not_needed_are_not_read(tmp_path):
     path = _with_external(tmp_path, "weights.bin")
     report = scan(path, validate=True)
     assert [(f.kind, f.form) for f in report.norms] == [("ln", "native")]
-    assert report.passed and report.validations[0]["passed"] is True
+    assert report.passed and report.validations[0].passed is True
 
 
 def test_truncated_and_non_onnx_files_exit_2(built, tmp_path):
@@ -207,14 +207,14 @@ def test_gn18_with_per_channel_affine_after_it(tmp_path):
     report = scan(path, validate=True, inputs=["normal", "wide"])
     (f,) = report.norms
     assert f.form == "native" and len(f.nodes) == 3 and f.op.endswith("/Mul/Add")
-    assert report.validations[0]["passed"] is True, report.validations[0]
+    assert report.validations[0].passed is True, report.validations[0]
 
 
 def test_parallel_validation_gives_the_same_verdicts(built):
     path = built["unet-op18-dynamo"][0]
     one = scan(path, validate=True, inputs=["normal", "offset"])
     two = scan(path, validate=True, inputs=["normal", "offset"], jobs=2)
-    assert [v["passed"] for v in one.validations.values()] == [v["passed"] for v in two.validations.values()]
+    assert [v.passed for v in one.validations.values()] == [v.passed for v in two.validations.values()]
     assert list(two.validations) == list(range(len(two.norms)))
 
 
@@ -232,7 +232,7 @@ def _symbolic_gn(tmp_path):
 def test_input_shape_fixes_symbolic_dims(tmp_path):
     path = _symbolic_gn(tmp_path)
     # the channel dim from the 6 weights, the others stand-ins (not 8 channels: the weights fix 6)
-    assert scan(path, validate=True, inputs=["normal"]).validations[0]["spec_id"] == "in-c6-2x6x8x8-fp32"
+    assert scan(path, validate=True, inputs=["normal"]).validations[0].spec_id == "in-c6-2x6x8x8-fp32"
     proc = run_cli("scan", path, "--validate", "--inputs", "normal", "--input-shape", "x=1x6x5x7", "--json")
     assert proc.returncode == 0 and json.loads(proc.stdout)["norms"][0]["spec_id"] == "in-c6-1x6x5x7-fp32"
 
@@ -273,11 +273,11 @@ def test_conformance_single_op_models_are_found_and_validated(tmp_path):
         rep = scan(path, validate=True)
         assert len(rep.norms) == 1, name
         v = rep.validations[0]
-        assert "parameters drawn" in v["validation"] or not v["passed"], (name, v)
+        assert "parameters drawn" in v.validation or not v.passed, (name, v)
         if name.startswith("test_group_normalization_"):
-            assert v["passed"] is False and "offset" in v["validation"], (name, v)
+            assert v.passed is False and "offset" in v.validation, (name, v)
         else:
-            assert v["passed"] is True and rep.exit_code == 0, (name, v)
+            assert v.passed is True and rep.exit_code == 0, (name, v)
 
 
 @pytest.mark.parametrize("fill, passes", [(1.0, True), (None, False)])

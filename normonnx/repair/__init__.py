@@ -16,26 +16,20 @@ from pathlib import Path
 
 import onnx
 
-from ..errors import BadInput, ExitCode
-from ..graph import (
-    PASS_THROUGH,
-    Graph,
-    check_external_data,
-    copy_external_data,
-    inline_bytes,
-    load_model,
-    opset_of,
-)
+from .. import rewrite
+from ..errors import BadInput, ExitCode, first_line
+from ..graph import check_external_data, copy_external_data, inline_bytes, load_model, opset_of, over_proto_limit
 from ..judge import Verdict, over_layers
+from ..layers import LayerVerdict, check_runtime_request
+from ..patterns import FoundNorm
+from ..rewrite import apply, prefix_of, region, to_checked_proto
+from ..rules import RULES, Rule, select
 from ..safeio import check_output_path, publish, staging
-from ..scan import fix_input_shapes, infer_shapes
-from ..scan.patterns import FoundNorm, find_all
-from .rules import RULES, Plan, Rule, Site, Writer, select
+from ..scan import scan
+from ..shapes import fix_input_shapes, infer_shapes
+from . import proof
 
-__all__ = ["fix", "FixReport", "LayerFix", "RULES", "Rule", "select"]
-
-PROTO_LIMIT = (1 << 31) - (64 << 20)  # protobuf's 2 GB per message, less a margin for what fix adds
-
+__all__ = ["fix", "FixReport", "LayerFix", "RULES", "Rule", "select", "region"]
 
 @dataclass
 class LayerFix:
@@ -49,17 +43,19 @@ class LayerFix:
     rule: str | None = None
     after: str | None = None
     reason: str | None = None
-    before: dict | None = None  # the layer's validation as scan --validate reports it
+    before: LayerVerdict | None = None  # the layer's validation as scan --validate reports it
     candidates: list = field(default_factory=list)  # proof.Candidate, in the rule's order of preference
     form: str | None = None  # the chosen form
-    final: dict | None = None  # the written model's validation of this layer (scan --validate)
+    final: LayerVerdict | None = None  # the written model's validation of this layer (scan --validate)
 
     def to_dict(self) -> dict:
         return {"layer": self.norm.nodes[0], "kind": self.norm.kind, "before": self.norm.op, "form": self.norm.form,
                 "output": self.norm.output, "status": self.status, "rule": self.rule, "chosen": self.form,
                 "after": self.after, "reason": self.reason, "risks": [r.message for r in self.norm.risks],
-                "risk_codes": [r.code for r in self.norm.risks], "validation_before": self.before,
-                "candidates": [c.to_dict() for c in self.candidates], "validation_after": self.final}
+                "risk_codes": [r.code for r in self.norm.risks],
+                "validation_before": self.before.to_dict() if self.before else None,
+                "candidates": [c.to_dict() for c in self.candidates],
+                "validation_after": self.final.to_dict() if self.final else None}
 
 
 @dataclass
@@ -83,7 +79,7 @@ class FixReport:
 
     @property
     def failing(self) -> list[LayerFix]:
-        return [lf for lf in self.layers if lf.status == "failing" or (lf.final or {}).get("passed") is False]
+        return [lf for lf in self.layers if lf.status == "failing" or (lf.final and lf.final.passed is False)]
 
     @property
     def verdict(self) -> Verdict:
@@ -91,12 +87,12 @@ class FixReport:
         scan --validate with the same runtimes and suites judges them; a whole model that differs, or
         could not be compared, fails the proof."""
         if self.mode != "fix":
-            flags = [lf.before.get("passed") for lf in self.layers if lf.before is not None]
+            flags = [lf.before.passed for lf in self.layers if lf.before is not None]
             v = over_layers(flags)
             return Verdict("fail", v.passed, v.failed + len(self.changes), v.not_checked) if self.changes else v
         if not self.proven:
             return Verdict("not checked")
-        v = over_layers(self.after.validations[i].get("passed") for i in self.after.validations) \
+        v = over_layers(c.passed for c in self.after.validations.values()) \
             if self.after is not None else Verdict("not checked")
         w = self.whole_model
         if w is not None and w.get("passed") is not True and v.status != "fail":
@@ -110,7 +106,7 @@ class FixReport:
         """Rewritten layers the written model's scan --validate did not pass (found, validated, passed)."""
         if self.mode != "fix" or not self.proven or self.after is None:
             return []
-        return [lf for lf in self.changes if (lf.final or {}).get("passed") is not True]
+        return [lf for lf in self.changes if lf.final is None or lf.final.passed is not True]
 
     @property
     def exit_code(self) -> ExitCode:
@@ -190,206 +186,13 @@ def _convert_opset(model: onnx.ModelProto, opset: int | None) -> onnx.ModelProto
         return onnx.version_converter.convert_version(model, opset)
     except Exception as e:
         raise BadInput(f"--opset {opset}: ONNX's version converter cannot convert this model from opset {have} "
-                       f"({_first_line(e)}); leave --opset out to fix within opset {have}") from None
-
-
-# -- where a layer stands in the graph ----------------------------------------------------------------
-def region(g: Graph, f: FoundNorm) -> tuple[list[int], str, str | None]:
-    """The node indices that compute f.output from the layer's input (every node on a path between
-    them), that input, and why the layer cannot be replaced alone if an intermediate value is used
-    outside it. A Cast/Identity at the input whose output is shared (LLaMA's RMSNorm casts the
-    residual stream to float32 and the residual Add reads that cast too) stays: the layer starts after it."""
-    start = f.input
-    for _ in range(4):
-        nodes, shared = _region_from(g, start, f.output)
-        if shared is None:
-            return nodes, start, None
-        value, why = shared
-        i = g.producer.get(value)
-        n = g.nodes[i] if i is not None else None
-        if n is None or n.op_type not in PASS_THROUGH or n.input[0] != start:
-            return nodes, start, why
-        start = value
-    return nodes, start, why
-
-
-def _region_from(g: Graph, start: str, output: str) -> tuple[list[int], tuple[str, str] | None]:
-    first = g.producer.get(start, -1)
-    end = g.producer.get(output)
-    if end is None:
-        return [], (output, f"its output {output} is not computed by a node")
-    # backward from the output, only through nodes after the input's producer (graphs are sorted)
-    seen, stack = set(), [end]
-    while stack:
-        i = stack.pop()
-        if i in seen or i <= first:
-            continue
-        seen.add(i)
-        for v in g.nodes[i].input:
-            if v and v != start and v in g.producer:
-                stack.append(g.producer[v])
-    # of those, the ones that depend on the input (the rest are constants feeding the chain)
-    depends: set[str] = {start}
-    nodes = []
-    for i in sorted(seen):
-        if any(v in depends for v in g.nodes[i].input):
-            nodes.append(i)
-            depends.update(o for o in g.nodes[i].output if o)
-    inside = set(nodes)
-    outputs = {o.name for o in g.graph.output}
-    for i in nodes:
-        for o in g.nodes[i].output:
-            if not o or o == output:
-                continue
-            if o in outputs:
-                return nodes, (o, f"its intermediate value {o} is a graph output")
-            outside = [j for j in g.consumers.get(o, []) if j not in inside]
-            if outside:
-                return nodes, (o, f"its intermediate value {o} is also used by {g.names[outside[0]]}")
-            if o in _read_in_subgraphs(g):
-                return nodes, (o, f"its intermediate value {o} is also read inside an If/Loop/Scan body")
-    return nodes, None
-
-
-def _site(g: Graph, f: FoundNorm, opset: int, start: str) -> Site:
-    dims = g.shapes.get(start, g.shapes.get(f.input))
-    dims = tuple(d if isinstance(d, int) and d > 0 else None for d in dims) if dims is not None else None
-    return Site(f, g, opset, dims, g.dtype(start), g.dtype(f.output))
+                       f"({first_line(e, 200)}); leave --opset out to fix within opset {have}") from None
 
 
 def plan_layers(model: onnx.ModelProto, rules: list[Rule], base: Path | None = None) -> tuple[list[LayerFix], dict]:
-    """Every norm of the (shape-inferred) model, and for each a rule covers: (rule, candidate Plans,
-    the layer's node indices, the value it starts from). Refused layers carry the reason. `base`: the
-    model's folder, where a layer's externally stored parameters are read from when a rule needs them."""
-    g = Graph(model.graph, base=base)
-    opset = opset_of(model)
-    norms, _ = find_all(model, infer=False, main=g)
-    layers, plans = [], {}
-    for k, f in enumerate(norms):
-        if f.scope:
-            layers.append(LayerFix(k, f, "left", reason=f"inside {f.scope}: fix rewrites main-graph layers only"))
-            continue
-        nodes, start, shared = region(g, f)
-        site = _site(g, f, opset, start)
-        found = next(((r, ps) for r in rules if (ps := r.plan(site)) is not None), None)
-        if found is None:
-            layers.append(LayerFix(k, f, "unchanged", reason="no selected rule covers this form"))
-            continue
-        rule, ps = found
-        if ps and ps[0].refused:
-            layers.append(LayerFix(k, f, "refused", rule.name, None, ps[0].refused))
-            continue
-        if shared:
-            layers.append(LayerFix(k, f, "refused", rule.name, None, f"cannot be replaced alone: {shared}"))
-            continue
-        if not ps:
-            layers.append(LayerFix(k, f, "unchanged", rule.name, reason=f"rule {rule.name} has no form at opset "
-                                                                       f"{opset}"))
-            continue
-        layers.append(LayerFix(k, f, "unchanged", rule.name))
-        plans[k] = (rule, ps, nodes, start)
-    return layers, plans
-
-
-def prefix_of(k: int, rule: str) -> str:
-    return f"normonnx.fix/{k}.{rule}/"
-
-
-def apply(model: onnx.ModelProto, plans: dict[int, tuple[Plan, list[int], str]], norms: dict[int, FoundNorm]):
-    """The model (an onnx_ir Model) with each planned layer replaced. `model` is the original proto
-    (not shape-inferred): inferred value_info is not written into the user's graph."""
-    import onnx_ir as ir
-
-    irm = ir.from_proto(model)
-    graph = irm.graph
-    order = list(graph)
-    values = {v.name: v for v in graph.inputs}
-    values.update(graph.initializers)
-    for n in order:
-        values.update((o.name, o) for o in n.outputs if o.name)
-    opset = irm.opset_imports.get("", 0)
-    taken = set(values) | {n.name for n in order if n.name} | _subgraph_names(model.graph)
-    for k, (plan, idx, start) in plans.items():
-        f = norms[k]
-        old = [order[i] for i in idx]
-        w = Writer(graph, values[start], prefix_of(k, plan.rule), opset, values, taken)
-        y = plan.write(w)
-        out = values[f.output]
-        feeders = {v for n in old for v in n.inputs if v is not None and v.producer() not in old}
-        ir.convenience.replace_nodes_and_values(graph, old[-1], old, w.nodes, [out], [y])
-        values[f.output] = y
-        _drop_unused(graph, feeders)
-    return irm
-
-
-def _read_in_subgraphs(g: Graph) -> set[str]:
-    """Names the main graph's subgraphs mention (an outer value they read is among them); memoized on g."""
-    if "_subgraph_names" not in g.__dict__:
-        g.__dict__["_subgraph_names"] = _subgraph_names(g.graph)
-    return g.__dict__["_subgraph_names"]
-
-
-def _subgraph_names(graph: onnx.GraphProto) -> set[str]:
-    """Every value and node name inside the graph's If/Loop/Scan bodies, at any depth."""
-    names, stack = set(), [graph]
-    while stack:
-        g = stack.pop()
-        for n in g.node:
-            for a in n.attribute:
-                for sg in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                    names.update(v for m in sg.node for v in (*m.input, *m.output, m.name) if v)
-                    names.update(t.name for t in sg.initializer)
-                    stack.append(sg)
-    return names
-
-
-def _drop_unused(graph, values: set) -> None:
-    """Constants (initializers, Constant nodes, and nodes computing from constants alone, such as
-    a weight's Reshape) that only the replaced nodes used; graph inputs and everything else stay."""
-    inputs = set(graph.inputs)
-    stack = list(values)
-    while stack:
-        v = stack.pop()
-        if v in inputs or v.uses() or v in graph.outputs:
-            continue
-        if v.name in graph.initializers and graph.initializers[v.name] is v:
-            del graph.initializers[v.name]
-            continue
-        n = v.producer()
-        if n is None or any(o.uses() or o in graph.outputs for o in n.outputs):
-            continue
-        if all(i is None or i.const_value is not None or i.name in graph.initializers or
-               (i.producer() is not None and i.producer().op_type == "Constant") for i in n.inputs) or \
-                n.op_type == "Constant":
-            graph.remove(n, safe=True)
-            stack.extend(i for i in n.inputs if i is not None)
-
-
-def to_checked_proto(irm, original: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
-    """The fixed model as a proto, checked by onnx.checker with full shape inference. If the check
-    fails, it fails on the user's model too (a note says so) or the fault is normonnx's (raised)."""
-    import onnx_ir as ir
-
-    proto = ir.to_proto(irm)
-    if inline_bytes(proto) > PROTO_LIMIT:  # onnx.checker takes such a model only as a file: the proof judges it
-        return proto, ("the fixed model's inline tensors pass protobuf's 2 GB limit: its tensors of 1 kB or more "
-                       "are written to FIXED.onnx.data beside it (onnx.checker skipped; scan and the whole-model "
-                       "comparison judge the written file)")
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-        return proto, None
-    except Exception as e:
-        mine = _first_line(e)
-    try:
-        onnx.checker.check_model(original, full_check=True)
-    except Exception as e:
-        return proto, f"onnx.checker rejects the input model too ({_first_line(e)}); the output keeps that as it is"
-    raise RuntimeError(f"the fixed model fails onnx.checker ({mine}) where the input passes")
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-
+    """rewrite.plan_layers, each layer as a LayerFix (the row the proof fills in)."""
+    covered, plans = rewrite.plan_layers(model, rules, base)
+    return [LayerFix(c.index, c.norm, c.status, c.rule, reason=c.reason) for c in covered], plans
 
 # -- the command -------------------------------------------------------------------------------------
 def fix(path: str | Path, output: str | Path | None = None, *, rules: list[str] | None = None,
@@ -417,9 +220,6 @@ def fix(path: str | Path, output: str | Path | None = None, *, rules: list[str] 
         _check_output(src, out, model)
     if (check or dry_run) and not prove:
         raise BadInput("--check and --dry-run judge layers by validating them: leave out --no-proof")
-    from ..scan import check_runtime_request
-    from . import proof
-
     runtimes = check_runtime_request(list(runtimes or proof.DEFAULT_RUNTIMES), inputs)  # before any work
     converted = _convert_opset(model, opset)
     analysed = onnx.ModelProto()
@@ -488,9 +288,6 @@ def _prove_written(report: FixReport, layers: list[LayerFix], original: Path, ca
     input re-serialized: nothing to compare), one ORT session per model for both the outputs and the timing.
     shared: (model, where the original's and the output's weights came from): the two sessions then read
     the weights both have from the input's files, once."""
-    from ..scan import scan
-    from . import proof
-
     if not report.proven:
         return
     report.after = scan(cand, validate=True, runtimes=list(report.runtimes), inputs=inputs,
@@ -523,8 +320,7 @@ def _map_final(report: FixReport, layers: list[LayerFix]) -> None:
             idx = [i for i, f in enumerate(after.norms) if f.output == lf.norm.output and f.scope == lf.norm.scope]
         vals = [after.validations[i] for i in idx if i in after.validations]
         if vals:
-            v = over_layers(x.get("passed") for x in vals)
-            lf.final = {"passed": v.ok, "validation": "; ".join(x.get("validation", "") for x in vals)}
+            lf.final = LayerVerdict(over_layers(x.passed for x in vals).ok, "; ".join(x.validation for x in vals))
 
 
 def _sources(model: onnx.ModelProto, base: Path) -> dict:
@@ -540,12 +336,12 @@ def _save(proto: onnx.ModelProto, path: Path, base: Path, *, external: bool) -> 
     streamed from `base` by the kernel, never held here. The data file is written by normonnx rather than
     onnx's saver, which refuses when a file of the data file's *name* exists in the current folder (run
     from the input's folder with -o fixed/SAME.onnx)."""
-    external = external or inline_bytes(proto) > PROTO_LIMIT
+    external = external or over_proto_limit(proto)
     sources = copy_external_data(proto, base, path.with_name(path.name + ".data")) if external else {}
     try:
         onnx.save(proto, str(path))
     except ValueError as e:  # protobuf's 2 GB limit on one message
-        raise BadInput(f"the fixed model's graph is over protobuf's 2 GB limit ({_first_line(e)}): store the "
+        raise BadInput(f"the fixed model's graph is over protobuf's 2 GB limit ({first_line(e, 200)}): store the "
                        "input's weights as external data first (onnx.save_model(..., save_as_external_data=True))") \
             from None
     return path, sources

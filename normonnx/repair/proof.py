@@ -1,7 +1,7 @@
 """The proof behind `normonnx fix`, judged as `scan --validate` judges (normonnx.judge):
 
 - every layer is cut out and validated on every input suite on every target runtime, with the
-  function scan uses (`scan.validate_layer`);
+  function scan uses (`layers.validate_layer`);
 - a layer that fails there (or carries a hazard the target hides, `Rule.hidden`) gets each
   candidate form of its rule written into the cut-out layer and validated against the *original
   layer's* claim (its spec and parameters: a candidate that changed eps or a weight fails the
@@ -23,13 +23,16 @@ import numpy as np
 import onnx
 
 from ..compare import compare, tolerance_for
-from ..errors import BadInput
+from ..errors import BadInput, first_line
 from ..graph import Graph
 from ..judge import judge, status_of
-from ..scan import LayerExtractor, derive_spec, layer_key, validate_cached
+from ..derive import derive_spec
+from ..extract import LayerExtractor
+from ..inputs import seeded_feeds
+from ..layers import LayerVerdict, layer_key, validate_cached
+from ..rewrite import apply, region_from, to_checked_proto
 from ..tables import PROVIDERS
 
-BATCH_STAND_IN, DIM_STAND_IN = 2, 8
 # the runtimes a fix is proven on by default: the one a plain `pip install onnxruntime` gives
 DEFAULT_RUNTIMES = ("cpu",)
 
@@ -95,10 +98,9 @@ def validate_candidate(path: Path, claim, runtimes, inputs, form: str, after: st
 
 def write_candidate(layer_path: Path, plan, start: str, f, out: Path) -> Path:
     """The cut-out layer with `plan` written in place of the norm (the same writer the whole model gets)."""
-    from . import _region_from, apply, to_checked_proto
 
     layer = onnx.load(str(layer_path))
-    nodes, _ = _region_from(Graph(layer.graph), start, f.output)
+    nodes, _ = region_from(Graph(layer.graph), start, f.output)
     proto, _ = to_checked_proto(apply(layer, {0: (plan, nodes, start)}, {0: f}), layer)
     onnx.save(proto, str(out))
     return out
@@ -117,7 +119,7 @@ def try_candidates(lf, plans, start: str, layer_path: Path, work: Path, runtimes
         try:
             write_candidate(layer_path, p, start, lf.norm, path)
         except Exception as e:  # the writer could not build this form here: not a verdict
-            out.append(Candidate(p.form, p.after, "not checked", note=f"cannot be written: {_first_line(e)}"))
+            out.append(Candidate(p.form, p.after, "not checked", note=f"cannot be written: {first_line(e, 200)}"))
             continue
         key = "cand:" + layer_key(path, runtimes, inputs)
         if key not in memo:
@@ -175,14 +177,13 @@ def choose(lf, cands: list[Candidate], work: Path, claim_of, timed: bool, least_
         lf.reason = f"no form of this {what} could be checked: {why}"
     else:
         lf.reason = f"no form of this {what} passes: best {best.form}, {best.worst}"
-    before = lf.before or {}
-    before_failed = (before.get("counts") or {}).get("fail")
+    before_failed = (lf.before.counts or {}).get("fail") if lf.before is not None else None
     if least_bad and best is not None and before_failed is not None and best.failed < before_failed:
         lf.status, lf.form, lf.after = "would rewrite", best.form, best.after
         lf.reason += f" (kept as the least bad: {best.failed} failed checks against {before_failed})"
         return
-    lf.status = "failing" if before.get("passed") is False else (
-        "passes" if before.get("passed") else "not validated")
+    passed = lf.before.passed if lf.before is not None else None
+    lf.status = "failing" if passed is False else "passes" if passed else "not validated"
 
 
 def judge_layers(analysed: onnx.ModelProto, base: Path, layers: list, plans: dict, work: Path, runtimes,
@@ -200,7 +201,7 @@ def judge_layers(analysed: onnx.ModelProto, base: Path, layers: list, plans: dic
         try:
             extractor.extract(lf.norm, path)
         except BadInput as e:
-            lf.before = {"passed": None, "validation": f"not validated: {e}"}
+            lf.before = LayerVerdict.not_validated(str(e))
             if lf.index in plans and plans[lf.index][0].wants(lf.norm.risks, proven=False):
                 # a known hazard in a layer that cannot be checked as it is (e.g. com.microsoft GroupNorm on
                 # NHWC input): the rule's first form, judged in the written model by scan --validate
@@ -209,7 +210,7 @@ def judge_layers(analysed: onnx.ModelProto, base: Path, layers: list, plans: dic
                 lf.reason = f"the original cannot be validated ({e}); the rewritten form is judged in the written model"
             continue
         lf.before = validate_cached(lf.norm, path, runtimes, inputs, memo)
-        passed = lf.before.get("passed")
+        passed = lf.before.passed
         if lf.index not in plans:
             if passed is False and lf.status == "unchanged":
                 lf.status, lf.reason = "failing", "fails and no selected rule covers this form"
@@ -221,7 +222,7 @@ def judge_layers(analysed: onnx.ModelProto, base: Path, layers: list, plans: dic
             lf.status = "passes"
             continue
         if passed is None and not rule.wants(lf.norm.risks, proven=False):
-            lf.status, lf.reason = "not validated", lf.before.get("validation")
+            lf.status, lf.reason = "not validated", lf.before.validation
             continue
         lf.candidates = try_candidates(lf, cand_plans, start, path, work, runtimes, inputs, memo)
         choose(lf, lf.candidates, work, lambda: derive_spec(lf.norm, onnx.load(str(path))), timed, least_bad,
@@ -229,37 +230,6 @@ def judge_layers(analysed: onnx.ModelProto, base: Path, layers: list, plans: dic
 
 
 # -- the whole model ---------------------------------------------------------------------------------
-def _dims(vi, given: dict | None) -> tuple[int, ...]:
-    if given and vi.name in given:
-        return tuple(given[vi.name])
-    dims = vi.type.tensor_type.shape.dim
-    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else
-                 (BATCH_STAND_IN if i == 0 else DIM_STAND_IN) for i, d in enumerate(dims))
-
-
-def seeded_feeds(model: onnx.ModelProto, input_shapes: dict | None, seed: int = 0) -> dict[str, np.ndarray]:
-    """One seeded array per graph input: standard normal floats, small non-negative ints (ids valid for
-    any vocabulary), random bools. Symbolic dims: --input-shape, else batch 2 and 8 elsewhere."""
-    rng = np.random.default_rng(seed)
-    inits = {t.name for t in model.graph.initializer}
-    feeds = {}
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        shape = _dims(vi, input_shapes)
-        elem = vi.type.tensor_type.elem_type
-        dt = onnx.helper.tensor_dtype_to_np_dtype(elem)
-        if np.issubdtype(dt, np.floating):
-            feeds[vi.name] = rng.standard_normal(shape).astype(dt)
-        elif dt == np.bool_:
-            feeds[vi.name] = np.asarray(rng.random(shape) < 0.5)
-        elif np.issubdtype(dt, np.integer):
-            feeds[vi.name] = rng.integers(0, 2, shape).astype(dt)
-        else:
-            raise BadInput(f"graph input {vi.name} has element type {elem}: no seeded input is made for it")
-    return feeds
-
-
 def _session(path: Path, shared: dict | None = None, provider: str = "cpu"):
     """An ORT session on `provider`; `shared`: {initializer name: OrtValue} it takes instead of reading its
     own copy (see shared_weights), with prepacking off, so two sessions of one large model hold its weights once."""
@@ -297,10 +267,6 @@ def shared_weights(model: onnx.ModelProto, original: dict, fixed: dict, min_byte
             continue  # bfloat16 and other types numpy lacks: the session reads its own copy
         out[name] = ort.OrtValue.ortvalue_from_numpy(np.memmap(e.path, dtype, "r", e.offset, tuple(t.dims)))
     return out
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def compare_outputs(names, original: list, fixed: list, layer_dtypes: tuple[str, ...] = ()) -> dict:
@@ -347,7 +313,7 @@ def compare_models(original: Path, fixed: Path, input_shapes: dict | None, seed:
         b = sb.run(None, feeds)
     except Exception as e:
         return {"passed": None, "error": f"ORT {provider} could not run the models on seeded inputs: "
-                                         f"{_first_line(e)}", "inputs": shapes, "provider": provider}
+                                         f"{first_line(e, 200)}", "inputs": shapes, "provider": provider}
     names = [o.name for o in sb.get_outputs()]
     again = compare_outputs(names, a, a2)
     if not again["passed"]:

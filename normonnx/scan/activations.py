@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..errors import BadInput, ExitCode
-from ..graph import Graph, check_external_data, inline_bytes, load_model
+from ..errors import BadInput, ExitCode, first_line
+from ..graph import Graph, check_external_data, load_model, over_proto_limit
 from ..judge import judge, over_layers, status_of
-from ..tables import DTYPES, PROVIDERS, dtype_of_onnx
-from .derive import derive_spec
-from .extract import LayerExtractor
-from .patterns import FoundNorm, find_all
+from ..tables import DTYPES, PROVIDERS, dtype_of_onnx, per_feature
+from ..derive import derive_spec
+from ..extract import LayerExtractor
+from ..patterns import FoundNorm, find_all
 
 FLOAT16_MAX = 65504.0
 MAX_FETCH_BYTES = 1 << 30  # captured tensors fetched per model run: 1 GiB (more layers: more runs)
@@ -44,11 +44,19 @@ class LayerCheck:
     stats: dict = field(default_factory=dict)
     error: dict | None = None  # max_abs_err, worst element, reason
     fp16: dict = field(default_factory=dict)  # converted / fp32_statistics: {"passed", "why", "rule"}
+    # runtime -> the cut-out layer replayed there on the captured inputs: {"passed", "max_abs_err", "why",
+    # and with --load-outputs "max_diff_from_stored"}
+    on: dict = field(default_factory=dict)
+
+    @property
+    def verdicts(self) -> list:
+        """The model's own output's verdict and each replay's: what the exit code is judged over."""
+        return ([self.passed] if self.passed is not None or not self.on else []) + [v["passed"] for v in self.on.values()]
 
     def to_dict(self) -> dict:
         return {"layer": self.norm.nodes[0], "kind": self.norm.kind, "form": self.norm.form, "op": self.norm.op,
                 "dtype": self.norm.dtype, "passed": self.passed, "why": self.why, "stats": self.stats,
-                "error": self.error, "float16": self.fp16}
+                "error": self.error, "float16": self.fp16, "runtimes": self.on}
 
 
 @dataclass
@@ -66,7 +74,7 @@ class ActivationReport:
 
     @property
     def exit_code(self) -> ExitCode:
-        v = [lf.passed for lf in self.layers]
+        v = [flag for lf in self.layers for flag in lf.verdicts]
         return over_layers(v).exit_code if v else ExitCode.PASSED
 
     def to_dict(self) -> dict:
@@ -191,8 +199,8 @@ def load_data(path: str | Path, model: onnx.ModelProto, *, max_samples: int = MA
 
 
 def seeded_samples(model: onnx.ModelProto, input_shapes: dict | None, seed: int = 0) -> list[dict]:
-    """One sample of seeded inputs (repair.proof.seeded_feeds), token ids drawn in the vocabulary range."""
-    from ..repair.proof import seeded_feeds
+    """One sample of seeded inputs (inputs.seeded_feeds), token ids drawn in the vocabulary range."""
+    from ..inputs import seeded_feeds
 
     feeds = seeded_feeds(model, input_shapes, seed)
     rng = np.random.default_rng(seed + 1)
@@ -205,7 +213,7 @@ def seeded_samples(model: onnx.ModelProto, input_shapes: dict | None, seed: int 
 # -- the check ---------------------------------------------------------------------------------------
 def _set_axes(spec, x: np.ndarray):
     """x viewed per normalization set, and the axes each set spans."""
-    if spec.kind in ("ln", "rms"):
+    if per_feature(spec.kind):
         return x, tuple(range(x.ndim - spec.normalized_ndim, x.ndim))
     if spec.kind == "gn":
         return x.reshape(x.shape[0], spec.groups, -1), (2,)
@@ -232,14 +240,13 @@ def activation_stats(spec, x: np.ndarray) -> dict:
 
 def _judge(spec, params, x, y, dtype: str) -> tuple[bool, dict]:
     from ..compare import compare, tolerance_for
-    from ..reference import normalized_stats, reference
-    from ..validate import _scale_broadcast
+    from ..reference import normalized_stats, reference, scale_broadcast
 
     ref = reference(spec, params, np.asarray(x, np.float64))
     mag, std = normalized_stats(spec, params, x)
     with np.errstate(invalid="ignore", divide="ignore"):
         cond = mag / std
-    c = compare(np.asarray(y), ref, dtype, tolerance_for(dtype), cond, _scale_broadcast(spec, params, np.shape(x)))
+    c = compare(np.asarray(y), ref, dtype, tolerance_for(dtype), cond, scale_broadcast(spec, params, np.shape(x)))
     d = c.to_dict()
     return c.passed, {k: d.get(k) for k in ("max_abs_err", "worst_index", "worst_got", "worst_expected", "reason")}
 
@@ -261,17 +268,13 @@ def _run_reference(path: Path, x: np.ndarray) -> np.ndarray:
     return get_runtime("reference").open(path, SessionConfig(), None).run(x)
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
-
-
 def _float16_verdict(path: Path, spec16, params, xs: list[np.ndarray], rule: str | None) -> dict:
     """A float16 layer on the captured inputs, on onnx.reference, against the oracle at float16's tolerance."""
     try:
         verdicts = [_judge(spec16, params, x.astype(np.float16), _run_reference(path, x.astype(np.float16)),
                            "float16") for x in xs]
     except Exception as e:
-        return {"passed": None, "why": f"could not run on onnx.reference: {_first_line(e)}"}
+        return {"passed": None, "why": f"could not run on onnx.reference: {first_line(e, 120)}"}
     bad = [d for ok, d in verdicts if not ok]
     return {"passed": judge(status_of(ok) for ok, _ in verdicts).ok, "why": bad[0]["reason"] if bad else None, "rule": rule,
             "max_abs_err": max((d["max_abs_err"] or 0.0) for _, d in verdicts)}
@@ -280,23 +283,24 @@ def _float16_verdict(path: Path, spec16, params, xs: list[np.ndarray], rule: str
 def float16_what_if(layer_path: Path, spec, params, xs: list[np.ndarray], work: Path) -> dict:
     """{converted: {...}, fp32_statistics: {...}}: the layer in float16 (onnxruntime's converter), and
     that float16 layer with float32 statistics (normonnx fix), on the captured inputs."""
-    from ..repair import fix
+    from ..rewrite import first_forms
+    from ..rules import select
 
     try:
         conv = _fp16_layer(layer_path, work / f"{layer_path.stem}-fp16.onnx")
     except Exception as e:
-        return {"converted": {"passed": None, "why": f"the float16 converter failed: {_first_line(e)}"}}
+        return {"converted": {"passed": None, "why": f"the float16 converter failed: {first_line(e, 120)}"}}
     spec16 = spec.replace(dtype="float16")
     out = {"converted": _float16_verdict(conv, spec16, params, xs, None)}
     fixed = work / f"{layer_path.stem}-fp16-fixed.onnx"
-    try:
-        rep = fix(conv, fixed, prove=False, timing=False)
+    try:  # the rules registry's first form, as `normonnx fix --no-proof` writes it
+        proto, rules, why = first_forms(onnx.load(str(conv)), select(None, None), conv.parent)
+        if proto is not None:
+            onnx.save(proto, str(fixed))
     except Exception as e:
-        out["fp32_statistics"] = {"passed": None, "why": f"fix failed: {_first_line(e)}"}
+        out["fp32_statistics"] = {"passed": None, "why": f"the rewrite failed: {first_line(e, 120)}"}
         return out
-    rules = [lf.rule for lf in rep.layers if lf.status == "rewritten"]
     if not rules:
-        why = next((lf.reason for lf in rep.layers if lf.reason), "no rule covers this form")
         out["fp32_statistics"] = {"passed": None, "why": f"not rewritten: {why}"}
     else:
         out["fp32_statistics"] = _float16_verdict(fixed, spec16, params, xs, rules[0])
@@ -306,12 +310,16 @@ def float16_what_if(layer_path: Path, spec, params, xs: list[np.ndarray], work: 
 def check_activations(path: str | Path, *, data: str | Path | None = None,
                       input_shapes: dict[str, tuple[int, ...]] | None = None, seed: int = 0, what_if: bool = True,
                       progress=None, max_fetch_bytes: int = MAX_FETCH_BYTES, max_samples: int = MAX_SAMPLES,
-                      max_data_bytes: int = MAX_DATA_BYTES) -> ActivationReport:
+                      max_data_bytes: int = MAX_DATA_BYTES, runtimes: list[str] | None = None,
+                      save_outputs: str | Path | None = None) -> ActivationReport:
     """Run the model on `data` (an .npz, one array per graph input, optional leading sample axis) or on
-    seeded inputs, capture every main-graph norm's input and output, and judge each (see the module doc)."""
+    seeded inputs, capture every main-graph norm's input and output, and judge each (see the module doc).
+    runtimes: besides the capture on ORT, replay each cut-out layer on these runtimes on the captured
+    inputs (`--runtimes openvino`); save_outputs: write each judged layer's captured inputs and outputs
+    to this .npz (golden outputs that `--load-outputs` judges elsewhere)."""
     import time
 
-    from . import fix_input_shapes, infer_shapes
+    from ..shapes import fix_input_shapes, infer_shapes
 
     t0 = time.perf_counter()
     p = Path(path)
@@ -343,6 +351,8 @@ def check_activations(path: str | Path, *, data: str | Path | None = None,
     if not todo:
         report.seconds = time.perf_counter() - t0
         return report
+    replays = _replay_runtimes(runtimes)
+    golden = Golden(save_outputs) if save_outputs is not None else None
     with tempfile.TemporaryDirectory(prefix="normonnx-act-") as tmp:
         work = Path(tmp)
         sess, report.provider = _capture_session(p, stored, g, todo, work)
@@ -355,8 +365,15 @@ def check_activations(path: str | Path, *, data: str | Path | None = None,
             for lc in batch:
                 if progress:
                     progress(lc.index, len(norms), lc.norm)
-                _check_layer(lc, got, extractor, work, what_if)
+                xs = _check_layer(lc, got, extractor, work, what_if)
+                if xs is not None:
+                    for rt in replays:
+                        lc.on[rt] = replay(work / f"layer{lc.index}.onnx", lc, xs, rt)
+                    if golden is not None:
+                        golden.add(lc, xs, [np.asarray(y) for y in got[lc.norm.output]])
             del got  # one batch's tensors at a time
+    if golden is not None:
+        golden.write()
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -380,7 +397,7 @@ def _capture_session(p: Path, stored: onnx.ModelProto, g: Graph, todo: list, wor
     so = ort.SessionOptions()
     so.log_severity_level = 3
     provider = "cuda" if get_runtime("cuda").unavailable() is None else "cpu"
-    capture = full.SerializeToString() if inline_bytes(full) < PROTO_LIMIT else None
+    capture = None if over_proto_limit(full) else full.SerializeToString()
     if capture is not None:  # from bytes: ORT finds the external data in the model's own folder
         so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(p.parent.resolve()))
     else:  # a graph near protobuf's 2 GB of inline tensors: saved once, its tensors external
@@ -392,11 +409,10 @@ def _capture_session(p: Path, stored: onnx.ModelProto, g: Graph, todo: list, wor
     try:
         return ort_session(capture, so, provider), PROVIDERS[provider]
     except Exception as e:
-        raise BadInput(f"ORT cannot load {p} with its norms' values as outputs: {str(e).splitlines()[0][:200]}") \
+        raise BadInput(f"ORT cannot load {p} with its norms' values as outputs: {first_line(e, 200)}") \
             from None
 
 
-PROTO_LIMIT = (1 << 31) - (64 << 20)  # protobuf's 2 GB per message, less a margin
 SAMPLES_PER_RUN = 64  # samples stacked into one ORT run where the model's batch dim allows
 
 
@@ -408,7 +424,7 @@ def _capture(sess, names: list[str], samples: list[dict], report, what: str) -> 
         try:
             vals = sess.run(names, feeds)
         except Exception as e:
-            raise BadInput(f"ORT cannot run {what}: {str(e).splitlines()[0][:200]}") from None
+            raise BadInput(f"ORT cannot run {what}: {first_line(e, 200)}") from None
         report.runs += 1
         report.captured_bytes += sum(int(np.asarray(v).nbytes) for v in vals)
         return [np.asarray(v) for v in vals]
@@ -475,14 +491,15 @@ def _batches(todo: list, nbytes, limit: int) -> list[list]:
     return out + ([cur] if cur else [])
 
 
-def _check_layer(lc: LayerCheck, got: dict, extractor: LayerExtractor, work: Path, what_if: bool) -> None:
+def _check_layer(lc: LayerCheck, got: dict, extractor: LayerExtractor, work: Path, what_if: bool) -> list | None:
+    """Judge the layer's captured output; the inputs it was judged on (None when it could not be)."""
     f = lc.norm
     try:
         layer_path = extractor.extract(f, work / f"layer{lc.index}.onnx")
         spec, params = derive_spec(f, onnx.load(str(layer_path)))
     except BadInput as e:
         lc.why = str(e)
-        return
+        return None
     xs = []
     for s, x in enumerate(got[f.input]):
         x = np.asarray(x)
@@ -496,17 +513,17 @@ def _check_layer(lc: LayerCheck, got: dict, extractor: LayerExtractor, work: Pat
     if not any(np.isfinite(x).any() for x in xs):
         lc.why = ("the captured input has no finite element (e.g. --data values beyond float32's range): nothing "
                   "to judge")
-        return
+        return None
     try:
         s_spec = spec.replace(shape=tuple(xs[0].shape))
     except Exception as e:
         lc.why = f"the captured input {list(xs[0].shape)} does not fit the layer's spec: {e}"
-        return
+        return None
     try:
         verdicts = [_judge(s_spec, params, x, y, spec.dtype) for x, y in zip(xs, got[f.output])]
     except Exception as e:  # normonnx's own failure is never a verdict on the layer
         lc.why = f"internal error ({type(e).__name__}: {str(e).strip()[:120]}); please report it"
-        return
+        return None
     bad = [d for ok, d in verdicts if not ok]
     lc.passed = judge(status_of(ok) for ok, _ in verdicts).ok
     worst = max((d for _, d in verdicts), key=lambda d: d["max_abs_err"] or 0.0)
@@ -515,3 +532,165 @@ def _check_layer(lc: LayerCheck, got: dict, extractor: LayerExtractor, work: Pat
     lc.stats = {k: max((s[k] for s in stats if s[k] is not None), default=None) for k in stats[0]}
     if what_if:
         lc.fp16 = float16_what_if(layer_path, s_spec, params, xs[:WHAT_IF_SAMPLES], work)
+    return xs
+
+
+# -- other runtimes, golden outputs ------------------------------------------------------------------------
+# The model is captured on ORT (the one runtime that can hand back every intermediate value); each other
+# runtime judges the cut-out layer replayed on those captured inputs, the same oracle, the same rule.
+def _replay_runtimes(runtimes: list[str] | None) -> list[str]:
+    from ..runtimes import require
+
+    names = [n for n in (runtimes or []) if n != "cpu"]  # cpu: the capture itself
+    for n in names:
+        if require(n).kind != "onnx":
+            raise BadInput(f"--runtimes {n}: --activations replays the model's layers on ONNX runtimes "
+                           "(the source PyTorch module of a user's model is not known)")
+    return names
+
+
+def replay(layer_path: Path, lc: LayerCheck, xs: list[np.ndarray], runtime: str,
+           stored: list[np.ndarray] | None = None) -> dict:
+    """The cut-out layer on `runtime` on each input in xs, judged against the oracle (and, given the
+    outputs stored by --save-outputs, how far this runtime's outputs are from them)."""
+    from ..runtimes import SessionConfig, SessionError, get_runtime
+
+    try:
+        spec, params = derive_spec(lc.norm, onnx.load(str(layer_path)))
+        spec = spec.replace(shape=tuple(xs[0].shape))
+        sess = get_runtime(runtime).open(layer_path, SessionConfig(), None)
+        ys = [sess.run(np.ascontiguousarray(x.astype(DTYPES[spec.dtype].numpy))) for x in xs]
+    except (BadInput, SessionError) as e:
+        return {"passed": None, "why": f"not replayed on {runtime}: {first_line(e, 160)}"}
+    except Exception as e:  # the runtime failed to run the layer: no verdict, the reason
+        return {"passed": None, "why": f"not replayed: {runtime} failed to run the layer ({type(e).__name__}: "
+                                       f"{first_line(e, 140)})"}
+    try:
+        verdicts = [_judge(spec, params, x, y, spec.dtype) for x, y in zip(xs, ys)]
+    except Exception as e:  # normonnx's own failure is never a verdict on the layer
+        return {"passed": None, "why": f"internal error ({type(e).__name__}: {first_line(e, 120)}); please report it"}
+    bad = [d for ok, d in verdicts if not ok]
+    out = {"passed": judge(status_of(ok) for ok, _ in verdicts).ok,
+           "max_abs_err": max((d["max_abs_err"] or 0.0) for _, d in verdicts), "why": bad[0]["reason"] if bad else None}
+    if stored is not None:
+        out.update(_against_stored(ys, stored, spec.dtype))
+        if out["passed"] is True and not out["matches_stored"]:
+            out["passed"] = False
+            out["why"] = (f"differs from the stored outputs by {out['max_diff_from_stored']:.2g}, beyond twice the "
+                          f"{spec.dtype} tolerance (the layer or its parameters changed since they were stored)")
+    return out
+
+
+def _against_stored(ys: list, stored: list, dtype: str) -> dict:
+    """How far this run's outputs are from the stored ones; they match when every element is within twice
+    the dtype's tolerance of the stored value (two correct runtimes may each be one tolerance from the
+    oracle) and non-finite values sit in the same places."""
+    from ..compare import tolerance_for
+
+    tol = tolerance_for(dtype)
+    worst, ok = 0.0, True
+    for y, z in zip(ys, stored):
+        y, z = np.asarray(y, np.float64), np.asarray(z, np.float64)
+        if y.shape != z.shape:
+            return {"max_diff_from_stored": None, "matches_stored": False}
+        same = (np.isnan(y) & np.isnan(z)) | (y == z)  # inf == inf of one sign, NaN where NaN was
+        with np.errstate(invalid="ignore"):
+            d = np.where(same, 0.0, np.abs(y - z))
+        d = np.where(np.isnan(d), np.inf, d)
+        worst = max(worst, float(d.max()) if d.size else 0.0)
+        ok = ok and bool(np.all(d <= 2 * (tol.atol + tol.rtol * np.abs(np.where(np.isfinite(z), z, 0.0)))))
+    return {"max_diff_from_stored": worst, "matches_stored": ok}
+
+
+class Golden:
+    """--save-outputs: each judged layer's inputs (as the oracle takes them) and the model's outputs, one .npz."""
+
+    def __init__(self, path: str | Path):
+        from ..safeio import check_output_path
+
+        self.path = Path(path)
+        check_output_path(self.path, "golden outputs")
+        self.arrays: dict[str, np.ndarray] = {}
+        self.layers: list[dict] = []
+
+    def add(self, lc: LayerCheck, xs: list[np.ndarray], ys: list[np.ndarray]) -> None:
+        self.layers.append({"index": lc.index, "layer": lc.norm.nodes[0], "output": lc.norm.output, "samples": len(xs)})
+        for s, (x, y) in enumerate(zip(xs, ys)):
+            self.arrays[f"x_{lc.index}_{s}"], self.arrays[f"y_{lc.index}_{s}"] = np.asarray(x), np.asarray(y)
+
+    def write(self) -> None:
+        import io
+        import json
+
+        from ..safeio import atomic_write
+
+        meta = np.frombuffer(json.dumps({"normonnx_golden": 1, "layers": self.layers}).encode(), np.uint8)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, __meta__=meta, **self.arrays)
+        atomic_write(self.path, buf.getvalue())
+
+
+def load_golden(path: str | Path) -> dict[str, tuple[list, list]]:
+    """layer name -> (stored inputs, stored outputs) of a --save-outputs file; BadInput saying what is wrong."""
+    import json
+    import zipfile
+
+    from ..safeio import check_regular_file
+
+    p = Path(path)
+    check_regular_file(p, "--load-outputs")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            meta = json.loads(bytes(z["__meta__"]).decode())
+            out = {}
+            for layer in meta["layers"]:
+                k, n = layer["index"], layer["samples"]
+                out[layer["layer"]] = ([z[f"x_{k}_{s}"] for s in range(n)], [z[f"y_{k}_{s}"] for s in range(n)])
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+        raise BadInput(f"--load-outputs {p} is not a file `scan --activations --save-outputs` wrote "
+                       f"({type(e).__name__}: {first_line(e, 120)})") from None
+    return out
+
+
+def check_golden(path: str | Path, golden: str | Path, runtimes: list[str] | None = None,
+                 input_shapes: dict | None = None) -> ActivationReport:
+    """--load-outputs: each stored layer of the model at `path`, cut out and run on each runtime (default:
+    ORT CPU) on the stored inputs, judged against the oracle of those inputs, with its distance from the
+    stored outputs. A stored layer the model no longer has, or a layer with nothing stored, is said so."""
+    from ..runtimes import require
+    from ..shapes import fix_input_shapes, infer_shapes
+
+    stored = load_golden(golden)
+    names = list(dict.fromkeys(runtimes or ["cpu"]))
+    for n in names:
+        if require(n).kind != "onnx":
+            raise BadInput(f"--runtimes {n}: stored outputs are judged on ONNX runtimes")
+    p = Path(path)
+    model = load_model(p, load_external_data=False)
+    if input_shapes:
+        fix_input_shapes(model, input_shapes)
+    analysed = infer_shapes(model)
+    g = Graph(analysed.graph)
+    norms, _ = find_all(analysed, infer=False, main=g)
+    layers = [LayerCheck(i, f) for i, f in enumerate(norms)]
+    report = ActivationReport(str(p), 0, f"--load-outputs {golden}", {}, layers)
+    missing = sorted(set(stored) - {f.nodes[0] for f in norms})
+    if missing:
+        report.notes.append(f"stored layers this model does not have: {', '.join(missing[:5])}")
+    extractor = LayerExtractor(analysed, p.parent, [lc.norm for lc in layers if lc.norm.nodes[0] in stored], g)
+    with tempfile.TemporaryDirectory(prefix="normonnx-golden-") as tmp:
+        for lc in layers:
+            if lc.norm.nodes[0] not in stored:
+                lc.why = "nothing stored for this layer"
+                continue
+            xs, ys = stored[lc.norm.nodes[0]]
+            report.samples = max(report.samples, len(xs))
+            try:
+                path_l = extractor.extract(lc.norm, Path(tmp) / f"layer{lc.index}.onnx")
+            except BadInput as e:
+                lc.why = str(e)
+                continue
+            for rt in names:
+                lc.on[rt] = replay(path_l, lc, xs, rt, stored=ys)
+    report.provider = ",".join(names)
+    return report

@@ -5,13 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..errors import BadInput
-from ..graph import Graph
-from ..spec import NormSpec
-from ..tables import check_dtype
+from .errors import BadInput
+from .graph import Graph
+from .spec import NormSpec
+from .tables import BATCH_STAND_IN, DIM_STAND_IN, check_dtype, per_feature
 from .patterns import FoundNorm
-
-BATCH_STAND_IN, DIM_STAND_IN = 2, 8
 
 
 def concrete_shape(f: FoundNorm, dims: list, params: dict[str, np.ndarray]) -> tuple[int, ...]:
@@ -22,7 +20,7 @@ def concrete_shape(f: FoundNorm, dims: list, params: dict[str, np.ndarray]) -> t
     rank = len(shape)
     w = next((params[k] for k in ("weight", "bias", "running_mean", "post_weight") if k in params), None)
     if w is not None and rank:
-        if f.kind in ("ln", "rms"):
+        if per_feature(f.kind):
             start = min(a % rank for a in (f.axes or (-1,)))
             tail = list(np.shape(w))[-(rank - start):] if np.ndim(w) else []
             if len(tail) == rank - start:
@@ -45,7 +43,7 @@ def _fit(name: str, v: np.ndarray, size: int, what: str) -> np.ndarray:
 
 
 def _float_param(name: str, tensor: str, v: np.ndarray) -> np.ndarray:
-    if not np.issubdtype(v.dtype, np.floating):
+    if not np.issubdtype(v.dtype, np.floating) and v.dtype.name != "bfloat16":  # ml_dtypes' bfloat16 is no numpy float
         raise BadInput(f"{name} ({tensor}) has dtype {v.dtype}, not a float")
     return np.asarray(v, dtype=np.float32)
 
@@ -110,7 +108,7 @@ def derive_spec(f: FoundNorm, layer: onnx.ModelProto) -> tuple[NormSpec, dict[st
     # shortest decimal so the spec (and its id) says 1e-05, as the model's author wrote it
     kw = dict(eps=float(np.format_float_positional(np.float32(f.eps), unique=True, trim="-")), dtype=dtype)
     rank = len(shape)
-    if f.kind in ("ln", "rms"):
+    if per_feature(f.kind):
         if not rank:
             raise BadInput("a scalar input has nothing to normalize")
         axes = sorted({a % rank for a in (f.axes or (-1,))})

@@ -14,10 +14,10 @@ from typing import Callable
 
 import numpy as np
 
-from ..graph import Graph, attr
-from ..registry import Registry
-from ..scan.patterns import FoundNorm
-from ..tables import DTYPES, LOW_PRECISION
+from .graph import Graph, attr
+from .registry import Registry
+from .patterns import FoundNorm
+from .tables import DTYPES, LOW_PRECISION, per_feature
 
 FLOAT = DTYPES["float32"].onnx
 
@@ -508,7 +508,7 @@ RULES.register(Rule(
 # -- native LayerNormalization/RMSNormalization with float16 statistics -----------------------------
 def _plan_stash(site: Site) -> list[Plan] | None:
     f = site.norm
-    if f.form != "native" or f.kind not in ("ln", "rms") or not any(r.code == "fp16-stash" for r in f.risks):
+    if f.form != "native" or not per_feature(f.kind) or not any(r.code == "fp16-stash" for r in f.risks):
         return None
     node = site.g.nodes[site.g.index[f.nodes[0]]]
 

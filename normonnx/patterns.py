@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ..errors import BadInput
-from ..graph import DEFAULT_DOMAINS, MS, Graph, check_initializers, check_node, opset_of
-from ..graph import attr as _attr
-from ..tables import KIND_OF_NATIVE_OP, LOW_PRECISION
+from .errors import BadInput
+from .graph import DEFAULT_DOMAINS, MS, Graph, check_initializers, check_node, opset_of
+from .graph import attr as _attr
+from .tables import KIND_OF_NATIVE_OP, LOW_PRECISION, per_feature
 
 NATIVE = KIND_OF_NATIVE_OP
 CONTRIB = {"LayerNormalization": "ln", "SimplifiedLayerNormalization": "rms", "SkipLayerNormalization": "ln",
@@ -342,7 +342,7 @@ def _native(g: Graph, i: int, n, opset: int) -> FoundNorm | None:
                 risks.append(risk("training-mode"))
         elif kind == "in":
             params = (("weight", n.input[1]), ("bias", n.input[2]))
-        elif kind in ("ln", "rms"):
+        elif per_feature(kind):
             axes = (int(_attr(n, "axis", -1)),)
             params = tuple((k, v) for k, v in zip(("weight", "bias"), n.input[1:]) if v)
             if dt in LOW_PRECISION and _attr(n, "stash_type", 1) != 1:

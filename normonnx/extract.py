@@ -3,16 +3,14 @@ and asking ONNX Runtime, once for the whole model, which decomposed chains it fu
 from __future__ import annotations
 
 import math
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from ..errors import BadInput
-from ..graph import MS, Graph, attr, check_external_data, read_external_data
-from ..runtimes import ort_session
+from .errors import BadInput, first_line
+from .graph import MS, Graph, attr, check_external_data, read_external_data
 from .patterns import CONTRIB, NATIVE, FoundNorm
 
 SHAPE_PRESERVING = {"Cast", "Identity", "Relu", "Sigmoid", "Tanh", "Erf", *NATIVE, *CONTRIB}
@@ -46,7 +44,7 @@ class LayerExtractor:
         try:
             self._extractor = _local_extractor(model)
         except Exception as e:  # e.g. two nodes writing one tensor: not a valid graph
-            raise BadInput(f"cannot index the model's graph for extraction: {_first(e)}") from None
+            raise BadInput(f"cannot index the model's graph for extraction: {first_line(e, 200)}") from None
 
     def extract(self, f: FoundNorm, out: Path) -> Path:
         """The layer as a standalone single-input model, its weights loaded, saved at `out`."""
@@ -58,7 +56,7 @@ class LayerExtractor:
         try:
             sub = self._extractor.extract_model([f.input, *residual], [f.output])
         except Exception as e:
-            raise BadInput(f"cannot extract {f.nodes[0]}..{f.nodes[-1]}: {_first(e)}") from None
+            raise BadInput(f"cannot extract {f.nodes[0]}..{f.nodes[-1]}: {first_line(e, 200)}") from None
         for r in residual:
             # Skip*LayerNormalization normalizes x + skip: with skip = 0 it is the norm of x alone
             vi = next(i for i in sub.graph.input if i.name == r)
@@ -114,10 +112,6 @@ class LayerExtractor:
 DRAWN = "normonnx.parameters_drawn"  # model property of a cut-out layer: which parameters were drawn
 
 
-def _first(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:200]
-
 
 def _ensure_value_info(model: onnx.ModelProto, names: list[str], g: Graph) -> None:
     """onnx's shape inference knows nothing of com.microsoft ops: give a norm's boundary tensors the
@@ -141,49 +135,3 @@ def _ensure_value_info(model: onnx.ModelProto, names: list[str], g: Graph) -> No
         elem = elem or g.types.get(src) or onnx.TensorProto.FLOAT
         model.graph.value_info.append(onnx.helper.make_tensor_value_info(name, elem, shape))
         added.add(name)
-
-
-FUSED_OPS = ("Normalization", "GroupNorm")  # LayerNormalization, SimplifiedLayerNormalization, SkipLayerNormalization, ...
-
-
-def ort_optimized(model_path: Path) -> tuple[onnx.ModelProto | None, str | None]:
-    """The whole model as ONNX Runtime (CPU, default optimization level) rewrites it, or why not.
-    Safe to run in a thread beside the pattern search: ORT releases the GIL for much of it."""
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory(prefix="normonnx-fuse-") as tmp:
-        so = ort.SessionOptions()
-        so.optimized_model_filepath = str(Path(tmp) / "o.onnx")
-        so.log_severity_level = 3
-        # only the graph is read back: weights go to a side file nobody loads (a 300 MB model's
-        # optimized copy is then under 1 MB to write and parse)
-        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "o.bin")
-        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-        so.add_session_config_entry("session.disable_prepacking", "1")  # packs MatMul weights: no graph change
-        try:
-            ort_session(model_path, so)
-            return onnx.load(so.optimized_model_filepath, load_external_data=False), None
-        except Exception as e:
-            return None, f"ORT cannot optimize the whole model here: {_first(e)}"
-
-
-def ort_fusion(optimized: onnx.ModelProto | None, g: Graph, norms: list[FoundNorm]) -> dict[int, object]:
-    """What ONNX Runtime makes of each decomposed chain, judged in the whole model (`optimized`, from
-    ort_optimized), where layout transforms and neighbouring fusions decide: a chain cut out alone
-    can fuse when it does not in place. Per norm index: True (one norm op computes the chain's
-    output), "partly: <ops>" (a norm op replaced part of the chain, e.g. Sub +
-    SimplifiedLayerNormalization), or False. Empty when ORT could not optimize the model. `g`
-    indexes the original model's main graph."""
-    wanted = {i: f for i, f in enumerate(norms) if f.form == "decomposed" and not f.scope}
-    if not wanted or optimized is None:
-        return {}
-    made = {o: n.op_type for n in optimized.graph.node if n.op_type.endswith(FUSED_OPS) for o in n.output}
-    out: dict[int, object] = {}
-    for i, f in wanted.items():
-        if f.output in made:
-            out[i] = True
-            continue
-        inner = {o for name in f.nodes if name in g.index for o in g.nodes[g.index[name]].output}
-        ops = sorted({made[o] for o in inner if o in made})
-        out[i] = f"partly: {', '.join(ops)}" if ops else False
-    return out

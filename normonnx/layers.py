@@ -1,0 +1,144 @@
+"""The validate engine on layers cut out of a user's model: one layer (`validate_layer`, a summary
+row, never an exception), memoized on the cut-out's bytes (`validate_cached`), or many in worker
+processes (`validate_in_parallel`). scan --validate, fix's proof and the written model's check all
+judge a layer here, so they agree."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import onnx
+
+from . import inputs as suites
+from .derive import derive_spec
+from .errors import BadInput
+from .extract import DRAWN
+from .patterns import FoundNorm
+from .runtimes import SessionConfig, require
+from .validate import validate
+
+
+@dataclass(frozen=True)
+class LayerVerdict:
+    """One layer's verdict as scan --validate reports it. passed: True or False only from a finished
+    comparison (the judge's), None when the layer could not be checked; `validation` says which
+    input failed and why, or why it was not validated."""
+
+    passed: bool | None
+    validation: str
+    spec_id: str | None = None
+    counts: dict | None = None
+    parameters_drawn: tuple[str, ...] = ()
+
+    @classmethod
+    def not_validated(cls, why: str) -> "LayerVerdict":
+        return cls(None, f"not validated: {why}")
+
+    def to_dict(self) -> dict:
+        out = {"passed": self.passed, "validation": self.validation}
+        if self.spec_id is not None:
+            out.update(spec_id=self.spec_id, counts=self.counts)
+        if self.parameters_drawn:
+            out["parameters_drawn"] = list(self.parameters_drawn)
+        return out
+
+
+def check_runtime_request(runtimes: list[str] | None, inputs: list[str] | None) -> list[str]:
+    """Names checked before any work: an unknown name is BadInput (exit 2), a missing runtime
+    RuntimeUnavailable (exit 3). Returns the runtimes to use (default: ORT CPU)."""
+    suites.get_suites(inputs)
+    names = list(runtimes) if runtimes else ["cpu"]
+    for n in names:
+        require(n)
+    return names
+
+
+def validate_in_parallel(norms, layers: dict, runtimes, inputs, jobs: int, progress) -> dict[int, LayerVerdict]:
+    """validate_layer over worker processes (normonnx.pool). A worker that dies makes its layers
+    "not validated", never a verdict."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from .pool import run_parallel
+
+    out: dict[int, LayerVerdict] = {}
+
+    def done(i, result):
+        if progress:
+            progress(len(out), len(layers), norms[i])
+        out[i] = result
+
+    def failed(i, e):
+        done(i, LayerVerdict.not_validated(f"the worker process failed ({type(e).__name__}); please report it"))
+
+    try:
+        run_parallel(((i, validate_layer, (norms[i], layer, runtimes, inputs, 1)) for i, layer in layers.items()),
+                     jobs, done, failed)
+    except BrokenProcessPool as e:
+        for i in layers:
+            if i not in out:
+                failed(i, e)
+    return out
+
+
+def layer_key(path: Path, runtimes, inputs) -> str:
+    """What a layer's validation depends on: the cut-out layer's bytes, the runtimes and the suites."""
+    return hashlib.sha256(path.read_bytes()).hexdigest() + repr((tuple(runtimes), tuple(inputs or ())))
+
+
+def validate_cached(f: FoundNorm, path: Path, runtimes, inputs, memo: dict) -> LayerVerdict:
+    """validate_layer, memoized on layer_key (an unchanged layer of a fixed model is not validated twice)."""
+    key = layer_key(path, runtimes, inputs)
+    if key not in memo:
+        memo[key] = validate_layer(f, path, list(runtimes), inputs)
+    return memo[key]
+
+
+def run_layer(f: FoundNorm, layer_path: Path, runtimes: list[str] | None, inputs: list[str] | None,
+              threads: int | None = None):
+    """The validate engine on one extracted layer: its ValidationReport. BadInput when the layer
+    cannot be read as the norm it claims to be."""
+    m = onnx.load(str(layer_path))
+    spec, params = derive_spec(f, m)
+    # the shape may hold stand-ins for symbolic dims: fix them in the layer so shapes line up
+    for d, v in zip(m.graph.input[0].type.tensor_type.shape.dim, spec.shape):
+        if not d.HasField("dim_value"):
+            d.dim_value = v
+    onnx.save(m, str(layer_path))
+    return validate(spec, model=layer_path, params=params, runtimes=runtimes or ["cpu"], inputs=inputs,
+                    config=SessionConfig(threads=threads))
+
+
+def validate_layer(f: FoundNorm, layer_path: Path, runtimes: list[str] | None, inputs: list[str] | None,
+                   threads: int | None = None) -> LayerVerdict:
+    """Run the validate engine on one extracted layer; its LayerVerdict, never an exception. Only a
+    finished comparison can say FAIL: a layer normonnx could not check is "not validated", why given."""
+    try:
+        rep = run_layer(f, layer_path, runtimes, inputs, threads)
+    except BadInput as e:
+        return LayerVerdict.not_validated(str(e))
+    except Exception as e:  # normonnx's own failure: never a verdict on the user's model
+        return LayerVerdict.not_validated(f"internal error ({type(e).__name__}: {str(e).strip()[:160]}); please "
+                                        "report it")
+    out = summarize(f, rep)
+    drawn = {p.key: p.value for p in onnx.load(str(layer_path), load_external_data=False).metadata_props}.get(DRAWN)
+    if drawn:
+        out = replace(out, validation=out.validation + f" (parameters drawn: {drawn.replace(',', ', ')} fed as "
+                                                        "graph input)", parameters_drawn=tuple(drawn.split(",")))
+    return out
+
+
+def summarize(f: FoundNorm, rep) -> LayerVerdict:
+    """A layer's ValidationReport as scan's row: the judge's verdict and its first reason."""
+    spec, v = rep.spec, rep.verdict
+    c = v.counts()
+    bad = rep.failures()
+    if v.status == "fail":
+        first = next(r for r in bad if r.status == "fail")
+        return LayerVerdict(False, f"{first.inputs}: {first.reason}", spec.id, c)
+    if v.status != "pass":
+        why = bad[0].error if bad else "every runtime or input suite was skipped"
+        return LayerVerdict(None, f"not validated: {why}", spec.id, c)
+    how = " (zero residual and bias: the norm of x alone)" if f.pre_bias else \
+        " (zero residual: the norm of x alone)" if f.extra_inputs else ""
+    return LayerVerdict(True, "pass" + how, spec.id, c)

@@ -1,0 +1,238 @@
+"""Rewriting a norm in place: where a layer stands in the graph (`region`: every node between its input
+and output, and why it cannot be replaced alone), which rule covers it (`plan_layers`), and the
+replacement written with onnx_ir (the graph IR onnxscript uses), each layer's new nodes standing exactly
+between the norm's input and output values (`apply`), then checked by onnx.checker (`to_checked_proto`).
+`normonnx fix` proves what it writes with these; `first_forms` writes unproven (scan --activations'
+float16 what-if)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from .errors import first_line
+from .graph import PASS_THROUGH, Graph, opset_of, over_proto_limit
+from .patterns import FoundNorm, find_all
+from .rules import Plan, Rule, Site, Writer
+from .shapes import infer_shapes
+
+@dataclass(frozen=True)
+class Coverage:
+    """What the rules say of one found norm before any proof. status: unchanged (a rule covers it, or
+    none does: reason) | refused (reason) | left (inside a subgraph or function)."""
+
+    index: int
+    norm: FoundNorm
+    status: str
+    rule: str | None = None
+    reason: str | None = None
+
+
+def region(g: Graph, f: FoundNorm) -> tuple[list[int], str, str | None]:
+    """The node indices that compute f.output from the layer's input (every node on a path between
+    them), that input, and why the layer cannot be replaced alone if an intermediate value is used
+    outside it. A Cast/Identity at the input whose output is shared (LLaMA's RMSNorm casts the
+    residual stream to float32 and the residual Add reads that cast too) stays: the layer starts after it."""
+    start = f.input
+    for _ in range(4):
+        nodes, shared = region_from(g, start, f.output)
+        if shared is None:
+            return nodes, start, None
+        value, why = shared
+        i = g.producer.get(value)
+        n = g.nodes[i] if i is not None else None
+        if n is None or n.op_type not in PASS_THROUGH or n.input[0] != start:
+            return nodes, start, why
+        start = value
+    return nodes, start, why
+
+
+def region_from(g: Graph, start: str, output: str) -> tuple[list[int], tuple[str, str] | None]:
+    first = g.producer.get(start, -1)
+    end = g.producer.get(output)
+    if end is None:
+        return [], (output, f"its output {output} is not computed by a node")
+    # backward from the output, only through nodes after the input's producer (graphs are sorted)
+    seen, stack = set(), [end]
+    while stack:
+        i = stack.pop()
+        if i in seen or i <= first:
+            continue
+        seen.add(i)
+        for v in g.nodes[i].input:
+            if v and v != start and v in g.producer:
+                stack.append(g.producer[v])
+    # of those, the ones that depend on the input (the rest are constants feeding the chain)
+    depends: set[str] = {start}
+    nodes = []
+    for i in sorted(seen):
+        if any(v in depends for v in g.nodes[i].input):
+            nodes.append(i)
+            depends.update(o for o in g.nodes[i].output if o)
+    inside = set(nodes)
+    outputs = {o.name for o in g.graph.output}
+    for i in nodes:
+        for o in g.nodes[i].output:
+            if not o or o == output:
+                continue
+            if o in outputs:
+                return nodes, (o, f"its intermediate value {o} is a graph output")
+            outside = [j for j in g.consumers.get(o, []) if j not in inside]
+            if outside:
+                return nodes, (o, f"its intermediate value {o} is also used by {g.names[outside[0]]}")
+            if o in _read_in_subgraphs(g):
+                return nodes, (o, f"its intermediate value {o} is also read inside an If/Loop/Scan body")
+    return nodes, None
+
+
+def _site(g: Graph, f: FoundNorm, opset: int, start: str) -> Site:
+    dims = g.shapes.get(start, g.shapes.get(f.input))
+    dims = tuple(d if isinstance(d, int) and d > 0 else None for d in dims) if dims is not None else None
+    return Site(f, g, opset, dims, g.dtype(start), g.dtype(f.output))
+
+
+def plan_layers(model: onnx.ModelProto, rules: list[Rule], base: Path | None = None) -> tuple[list[Coverage], dict]:
+    """Every norm of the (shape-inferred) model, and for each a rule covers: (rule, candidate Plans,
+    the layer's node indices, the value it starts from). Refused layers carry the reason. `base`: the
+    model's folder, where a layer's externally stored parameters are read from when a rule needs them."""
+    g = Graph(model.graph, base=base)
+    opset = opset_of(model)
+    norms, _ = find_all(model, infer=False, main=g)
+    layers, plans = [], {}
+    for k, f in enumerate(norms):
+        if f.scope:
+            layers.append(Coverage(k, f, "left", reason=f"inside {f.scope}: fix rewrites main-graph layers only"))
+            continue
+        nodes, start, shared = region(g, f)
+        site = _site(g, f, opset, start)
+        found = next(((r, ps) for r in rules if (ps := r.plan(site)) is not None), None)
+        if found is None:
+            layers.append(Coverage(k, f, "unchanged", reason="no selected rule covers this form"))
+            continue
+        rule, ps = found
+        if ps and ps[0].refused:
+            layers.append(Coverage(k, f, "refused", rule.name, ps[0].refused))
+            continue
+        if shared:
+            layers.append(Coverage(k, f, "refused", rule.name, f"cannot be replaced alone: {shared}"))
+            continue
+        if not ps:
+            layers.append(Coverage(k, f, "unchanged", rule.name, reason=f"rule {rule.name} has no form at opset "
+                                                                       f"{opset}"))
+            continue
+        layers.append(Coverage(k, f, "unchanged", rule.name))
+        plans[k] = (rule, ps, nodes, start)
+    return layers, plans
+
+
+def prefix_of(k: int, rule: str) -> str:
+    return f"normonnx.fix/{k}.{rule}/"
+
+
+def apply(model: onnx.ModelProto, plans: dict[int, tuple[Plan, list[int], str]], norms: dict[int, FoundNorm]):
+    """The model (an onnx_ir Model) with each planned layer replaced. `model` is the original proto
+    (not shape-inferred): inferred value_info is not written into the user's graph."""
+    import onnx_ir as ir
+
+    irm = ir.from_proto(model)
+    graph = irm.graph
+    order = list(graph)
+    values = {v.name: v for v in graph.inputs}
+    values.update(graph.initializers)
+    for n in order:
+        values.update((o.name, o) for o in n.outputs if o.name)
+    opset = irm.opset_imports.get("", 0)
+    taken = set(values) | {n.name for n in order if n.name} | _subgraph_names(model.graph)
+    for k, (plan, idx, start) in plans.items():
+        f = norms[k]
+        old = [order[i] for i in idx]
+        w = Writer(graph, values[start], prefix_of(k, plan.rule), opset, values, taken)
+        y = plan.write(w)
+        out = values[f.output]
+        feeders = {v for n in old for v in n.inputs if v is not None and v.producer() not in old}
+        ir.convenience.replace_nodes_and_values(graph, old[-1], old, w.nodes, [out], [y])
+        values[f.output] = y
+        _drop_unused(graph, feeders)
+    return irm
+
+
+def _read_in_subgraphs(g: Graph) -> set[str]:
+    """Names the main graph's subgraphs mention (an outer value they read is among them); memoized on g."""
+    if "_subgraph_names" not in g.__dict__:
+        g.__dict__["_subgraph_names"] = _subgraph_names(g.graph)
+    return g.__dict__["_subgraph_names"]
+
+
+def _subgraph_names(graph: onnx.GraphProto) -> set[str]:
+    """Every value and node name inside the graph's If/Loop/Scan bodies, at any depth."""
+    names, stack = set(), [graph]
+    while stack:
+        g = stack.pop()
+        for n in g.node:
+            for a in n.attribute:
+                for sg in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                    names.update(v for m in sg.node for v in (*m.input, *m.output, m.name) if v)
+                    names.update(t.name for t in sg.initializer)
+                    stack.append(sg)
+    return names
+
+
+def _drop_unused(graph, values: set) -> None:
+    """Constants (initializers, Constant nodes, and nodes computing from constants alone, such as
+    a weight's Reshape) that only the replaced nodes used; graph inputs and everything else stay."""
+    inputs = set(graph.inputs)
+    stack = list(values)
+    while stack:
+        v = stack.pop()
+        if v in inputs or v.uses() or v in graph.outputs:
+            continue
+        if v.name in graph.initializers and graph.initializers[v.name] is v:
+            del graph.initializers[v.name]
+            continue
+        n = v.producer()
+        if n is None or any(o.uses() or o in graph.outputs for o in n.outputs):
+            continue
+        if all(i is None or i.const_value is not None or i.name in graph.initializers or
+               (i.producer() is not None and i.producer().op_type == "Constant") for i in n.inputs) or \
+                n.op_type == "Constant":
+            graph.remove(n, safe=True)
+            stack.extend(i for i in n.inputs if i is not None)
+
+
+def to_checked_proto(irm, original: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+    """The fixed model as a proto, checked by onnx.checker with full shape inference. If the check
+    fails, it fails on the user's model too (a note says so) or the fault is normonnx's (raised)."""
+    import onnx_ir as ir
+
+    proto = ir.to_proto(irm)
+    if over_proto_limit(proto):  # onnx.checker takes such a model only as a file: the proof judges it
+        return proto, ("the fixed model's inline tensors pass protobuf's 2 GB limit: its tensors of 1 kB or more "
+                       "are written to FIXED.onnx.data beside it (onnx.checker skipped; scan and the whole-model "
+                       "comparison judge the written file)")
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+        return proto, None
+    except Exception as e:
+        mine = first_line(e, 200)
+    try:
+        onnx.checker.check_model(original, full_check=True)
+    except Exception as e:
+        return proto, f"onnx.checker rejects the input model too ({first_line(e, 200)}); the output keeps that as it is"
+    raise RuntimeError(f"the fixed model fails onnx.checker ({mine}) where the input passes")
+
+
+def first_forms(model: onnx.ModelProto, rules: list[Rule], base: Path | None = None) -> tuple[onnx.ModelProto | None, list[str], str | None]:
+    """The model with every norm that has a risk its covering rule answers written in that rule's first
+    form, unproven (what `normonnx fix --no-proof` writes): (the rewritten proto, the rules used, None),
+    or (None, [], why nothing was rewritten)."""
+    analysed = onnx.ModelProto()
+    analysed.CopyFrom(model)
+    covered, plans = plan_layers(infer_shapes(analysed), rules, base)
+    norms = {c.index: c.norm for c in covered}
+    todo = {k: (ps[0], nodes, start) for k, (rule, ps, nodes, start) in plans.items()
+            if rule.wants(norms[k].risks, proven=False)}
+    if not todo:
+        return None, [], next((c.reason for c in covered if c.reason), "no rule covers this form")
+    proto, _ = to_checked_proto(apply(model, todo, norms), model)
+    return proto, [plans[k][0].name for k in todo], None
