@@ -417,7 +417,8 @@ def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, ac
     if activations and load_outputs is not None:
         from normonnx.scan.activations import check_golden
 
-        act = check_golden(model, load_outputs, runtimes, shapes)
+        act = check_golden(model, load_outputs, runtimes, shapes, progress=None if as_json else (
+            lambda i, n, f: click.echo(f"  .. replaying {i + 1}/{n}: {f.kind} {f.form} at {f.nodes[0]}", err=True)))
     elif activations:
         from normonnx.scan.activations import check_activations
 

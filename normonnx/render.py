@@ -155,8 +155,11 @@ def scan_text(report) -> str:
         c = report.counts
         out += (f"\n\n{verdict_word(report.exit_code)}: {c['passed']} passed, {c['failed']} failed, "
                 f"{c['not_validated']} not validated")
+        if report.checked_on:  # what this verdict covers (--activations judges the model's own activations)
+            out += f"\nchecked: each layer cut out and run on {report.checked_on}"
         if c["failed"]:
-            out += f" (normonnx fix {report.model} -o FIXED.onnx gives each failing layer a form that passes, or says why not)"
+            out += (f"\nnext: normonnx fix {report.model} -o FIXED.onnx gives each failing layer a form that passes, "
+                    "or says why not")
     return out
 
 
@@ -303,14 +306,15 @@ def _replay_cell(v: dict | None) -> str:
     return text + (f", {v['max_diff_from_stored']:.2g} from stored" if "max_diff_from_stored" in v else "")
 
 
-def _replays_text(report) -> str:
+def _replays_text(report, title: str = "on other runtimes, each layer cut out and run on the same inputs (error "
+                                         "against the oracle):") -> str:
     """Each layer replayed on the other runtimes on the captured (or stored) inputs: the same oracle and rule."""
     names = list(dict.fromkeys(rt for lc in report.layers for rt in lc.on))
     if not names:
         return ""
     rows = [[lc.index, lc.norm.nodes[0][:36], *(_replay_cell(lc.on.get(rt)) for rt in names)]
             for lc in report.layers if lc.on]
-    out = "\n\non other runtimes, each layer cut out and run on the same inputs (error against the oracle):\n\n"
+    out = f"\n\n{title}\n\n"
     out += table(["#", "layer", *names], rows)
     for lc in report.layers:
         for rt, v in lc.on.items():
@@ -324,7 +328,9 @@ def golden_text(report) -> str:
     flags = [v["passed"] for lc in report.layers for v in lc.on.values()]
     head = f"stored outputs ({report.source}; {report.samples} samples a layer) replayed on {report.provider}"
     notes = "".join(f"\nnote: {n}" for n in report.notes)
-    return (head + _replays_text(report) + notes + f"\n\n{verdict_word(report.exit_code)}: {flags.count(True)} passed, "
+    title = "each stored layer cut out of this model and run on the stored inputs (error against the oracle, distance " \
+            "from the stored outputs):"
+    return (head + _replays_text(report, title) + notes + f"\n\n{verdict_word(report.exit_code)}: {flags.count(True)} passed, "
             f"{flags.count(False)} failed, {flags.count(None)} not checked (layer x runtime)")
 
 

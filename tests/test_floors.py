@@ -1,6 +1,6 @@
 """The package's floors: a module imports only from its own floor or the floors below, features never
-import each other, and no import cycle exists, counting imports made inside functions (the README's
-Layout section draws this). The walk reads the source (ast), so it sees the lazy imports that
+import each other, and no import cycle exists, counting imports made inside functions (docs/layout.md
+draws this). The walk reads the source (ast), so it sees the lazy imports that
 `import normonnx` never executes."""
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ def test_every_module_stands_on_a_floor():
             floor_of(m)
         except KeyError:
             unplaced.append(m)
-    assert not unplaced, f"place these modules on a floor in FLOORS (and the README's Layout): {unplaced}"
+    assert not unplaced, f"place these modules on a floor in FLOORS (and in docs/layout.md): {unplaced}"
 
 
 def test_imports_only_go_down_and_features_are_peers():

@@ -192,10 +192,14 @@ def test_cli_scan_json_and_exit_codes(built):
     good = run_cli("scan", str(built["style-op18-dynamo"][0]), "--validate", "--json")
     doc = json.loads(good.stdout)
     assert good.returncode == 0 and doc["passed"] is True and doc["count"] == 2
+    assert doc["checked_on"] == "cpu; input suites: every one that applies"  # what the verdict covers
     for n in doc["norms"]:
         assert {"kind", "form", "nodes", "eps", "passed"} <= set(n)
     bad = run_cli("scan", str(built["ln-eps-outside-sqrt"][0]), "--validate")
-    assert bad.returncode == 1 and bad.stdout.strip().splitlines()[-1].startswith("FAILED")
+    verdict, checked, nxt = bad.stdout.strip().splitlines()[-3:]
+    assert bad.returncode == 1 and verdict.startswith("FAILED")
+    assert checked == "checked: each layer cut out and run on cpu; input suites: every one that applies"
+    assert nxt.startswith(f"next: normonnx fix {built['ln-eps-outside-sqrt'][0]} -o FIXED.onnx")
 
 
 def test_gn18_with_per_channel_affine_after_it(tmp_path):

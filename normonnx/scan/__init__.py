@@ -37,6 +37,7 @@ class ScanReport:
     fusion_note: str | None = None  # why fusion is unknown, when it is
     validations: dict[int, LayerVerdict] = field(default_factory=dict)  # norm index -> its verdict
     left_out: list[LeftOut] = field(default_factory=list)  # norm-shaped, not activation norms (and why)
+    checked_on: str = ""  # what --validate ran each layer on: runtimes and input suites
 
     @property
     def validated(self) -> bool:
@@ -70,7 +71,7 @@ class ScanReport:
         out = {"model": self.model, "opset": self.opset, "producer": self.producer, "count": len(self.norms),
                "norms": norms, "fusion_note": self.fusion_note, "left_out": [x.to_dict() for x in self.left_out]}
         if self.validated:
-            out.update(passed=self.passed, counts=self.counts, exit_code=int(self.exit_code))
+            out.update(passed=self.passed, counts=self.counts, exit_code=int(self.exit_code), checked_on=self.checked_on)
         return out
 
 
@@ -100,6 +101,7 @@ def scan(path: str | Path, *, validate: bool = False, runtimes: list[str] | None
         report.fused = ort_fusion(opt, main, norms)
     if not norms or not validate:
         return report
+    report.checked_on = (f"{', '.join(runtimes)}; input suites: {', '.join(inputs) if inputs else 'every one that applies'}")
     extractor = LayerExtractor(model, p.parent, norms, main)
     with tempfile.TemporaryDirectory(prefix="normonnx-scan-") as tmp:
         layers = {}

@@ -653,7 +653,7 @@ def load_golden(path: str | Path) -> dict[str, tuple[list, list]]:
 
 
 def check_golden(path: str | Path, golden: str | Path, runtimes: list[str] | None = None,
-                 input_shapes: dict | None = None) -> ActivationReport:
+                 input_shapes: dict | None = None, progress=None) -> ActivationReport:
     """--load-outputs: each stored layer of the model at `path`, cut out and run on each runtime (default:
     ORT CPU) on the stored inputs, judged against the oracle of those inputs, with its distance from the
     stored outputs. A stored layer the model no longer has, or a layer with nothing stored, is said so."""
@@ -685,6 +685,8 @@ def check_golden(path: str | Path, golden: str | Path, runtimes: list[str] | Non
                 continue
             xs, ys = stored[lc.norm.nodes[0]]
             report.samples = max(report.samples, len(xs))
+            if progress:
+                progress(lc.index, len(layers), lc.norm)
             try:
                 path_l = extractor.extract(lc.norm, Path(tmp) / f"layer{lc.index}.onnx")
             except BadInput as e:
