@@ -576,30 +576,23 @@ def replay(layer_path: Path, lc: LayerCheck, xs: list[np.ndarray], runtime: str,
         out.update(_against_stored(ys, stored, spec.dtype))
         if out["passed"] is True and not out["matches_stored"]:
             out["passed"] = False
-            out["why"] = (f"differs from the stored outputs by {out['max_diff_from_stored']:.2g}, beyond twice the "
-                          f"{spec.dtype} tolerance (the layer or its parameters changed since they were stored)")
+            out["why"] = (f"differs from the stored outputs beyond twice the {spec.dtype} tolerance (the layer or its "
+                          f"parameters changed since they were stored): {out['stored_reason']}")
     return out
 
 
 def _against_stored(ys: list, stored: list, dtype: str) -> dict:
-    """How far this run's outputs are from the stored ones; they match when every element is within twice
-    the dtype's tolerance of the stored value (two correct runtimes may each be one tolerance from the
-    oracle) and non-finite values sit in the same places."""
-    from ..compare import tolerance_for
+    """How far this run's outputs are from the stored ones, through compare.compare (the one comparator:
+    non-finite values placed alike, shapes equal) at twice the dtype's tolerance (two correct runtimes may
+    each be one tolerance from the oracle)."""
+    from ..compare import compare, tolerance_for
 
     tol = tolerance_for(dtype)
-    worst, ok = 0.0, True
-    for y, z in zip(ys, stored):
-        y, z = np.asarray(y, np.float64), np.asarray(z, np.float64)
-        if y.shape != z.shape:
-            return {"max_diff_from_stored": None, "matches_stored": False}
-        same = (np.isnan(y) & np.isnan(z)) | (y == z)  # inf == inf of one sign, NaN where NaN was
-        with np.errstate(invalid="ignore"):
-            d = np.where(same, 0.0, np.abs(y - z))
-        d = np.where(np.isnan(d), np.inf, d)
-        worst = max(worst, float(d.max()) if d.size else 0.0)
-        ok = ok and bool(np.all(d <= 2 * (tol.atol + tol.rtol * np.abs(np.where(np.isfinite(z), z, 0.0)))))
-    return {"max_diff_from_stored": worst, "matches_stored": ok}
+    tol = tolerance_for(dtype, 2 * tol.atol, 2 * tol.rtol)
+    cs = [compare(y, np.asarray(z, np.float64), dtype, tol) for y, z in zip(ys, stored)]
+    bad = next((c for c in cs if not c.passed), None)
+    return {"max_diff_from_stored": max((c.max_abs_err for c in cs), default=0.0), "matches_stored": bad is None,
+            "stored_reason": bad.reason if bad else None}
 
 
 class Golden:
