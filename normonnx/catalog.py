@@ -24,7 +24,7 @@ def describe() -> str:
                                   [[e.name, f"{e.opsets.start}..{e.opsets.stop - 1}", e.native_from, e.description]
                                    for e in EXPORTERS.values()]), ""]
     parts += ["runtimes:", table(["runtime", "available", "description"],
-                                 [[r.name, "yes" if r.unavailable() is None else f"no: {r.unavailable()}"[:90],
+                                 [[r.name, "yes" if r.unavailable() is None else f"no: {r.unavailable()}",
                                    r.description] for r in RUNTIMES.values()]), ""]
     parts += ["input suites:", table(["suite", "description"], [[s.name, s.description] for s in SUITES.values()]), ""]
     from .render import rules_text

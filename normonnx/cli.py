@@ -4,9 +4,12 @@ Every command returns its exit code; `NormonnxGroup.main` is the one place that 
 into codes and one-line messages (see normonnx.errors for the contract)."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sys
+import threading
+import time
 import traceback
 import warnings
 
@@ -148,6 +151,35 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
         _python_showwarning(message, category, filename, lineno, file, line)
 
 
+@contextlib.contextmanager
+def working(what: str, enabled: bool = True, after: float = 2.0):
+    """A progress line on stderr for work that may take a while: nothing if it ends within `after`
+    seconds; then '  .. WHAT' (on a terminal with the seconds counting, cleared at the end)."""
+    if not enabled:
+        yield
+        return
+    done = threading.Event()
+    tty = sys.stderr.isatty()
+
+    def show():
+        if done.wait(after):
+            return
+        t0 = time.monotonic() - after
+        click.echo(f"  .. {what}", err=True, nl=not tty)
+        while tty and not done.wait(1.0):
+            click.echo(f"\r  .. {what} ({time.monotonic() - t0:.0f} s)", err=True, nl=False)
+        if tty:
+            click.echo("\r\033[K", err=True, nl=False)
+
+    thread = threading.Thread(target=show, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
 def _fail(message: str, code: int) -> int:
     click.echo(f"error: {message}", err=True)
     return int(code)
@@ -172,7 +204,9 @@ def cli(debug):
 def export(variant, opset, exporter, dynamic, allow_mismatch, output, as_json, **kw):
     """Export one norm to a self-contained, checked ONNX file."""
     spec = make_spec(**_spec_args(kw))
-    rep = normonnx.export_report(spec, variant, opset, exporter, dynamic, output, allow_mismatch)
+    with working(f"exporting {spec.id} ({variant}, opset {opset}, {exporter}): torch's exporter takes a few seconds",
+                 not as_json):
+        rep = normonnx.export_report(spec, variant, opset, exporter, dynamic, output, allow_mismatch)
     if as_json:
         click.echo(json_text(rep.to_dict()))
         return
@@ -213,10 +247,12 @@ def validate(variant, opset, exporter, dynamic, allow_mismatch, model, runtimes,
     from normonnx.validate import validate as run_validate
 
     spec = make_spec(**_spec_args(kw), default_norm=None if model else "ln")
-    report = run_validate(spec, variant=variant, opset=opset, exporter=exporter, dynamic=dynamic, model=model,
-                          runtimes=runtimes, inputs=inputs, config=SessionConfig(opt_level, threads), atol=atol,
-                          rtol=rtol, save_inputs=save_inputs, skip_missing=skip_missing, seed=seed,
-                          allow_mismatch=allow_mismatch)
+    what = model or f"{spec.id if spec else ''} ({variant}, opset {opset}, {exporter})"
+    with working(f"validating {what}: exporting, then every input suite on every runtime", not as_json):
+        report = run_validate(spec, variant=variant, opset=opset, exporter=exporter, dynamic=dynamic, model=model,
+                              runtimes=runtimes, inputs=inputs, config=SessionConfig(opt_level, threads), atol=atol,
+                              rtol=rtol, save_inputs=save_inputs, skip_missing=skip_missing, seed=seed,
+                              allow_mismatch=allow_mismatch)
     click.echo(json_text(report.to_dict()) if as_json else validation_text(report))
     return report.exit_code
 
@@ -274,17 +310,21 @@ def _ints(ctx, param, value):
 @cli.command()
 @click.option("-o", "--out", type=click.Path(file_okay=False), default="normonnx-out", show_default=True,
               help="Folder for results.jsonl and meta.json.")
+@click.option("--full", is_flag=True,
+              help="The whole matrix: opsets 13,17,18,21,23 x both exporters, every form at every opset "
+                   "(default: the quick one, torch's default exporter at the opsets where a form changes).")
 @click.option("--norms", callback=_csv, default=None, help="Comma list (default: bn,ln,in,gn,rms).")
 @click.option("--variants", callback=_csv, default=None, help="Comma list (default: every variant).")
-@click.option("--opsets", callback=_ints, default=None, help="Comma list (default: 13,17,18,21,23).")
-@click.option("--exporters", callback=_csv, default=None, help="Comma list (default: dynamo,torchscript).")
+@click.option("--opsets", callback=_ints, default=None,
+              help="Comma list, each form at each (default: 18,21,23 where a form changes; --full: 13,17,18,21,23).")
+@click.option("--exporters", callback=_csv, default=None, help="Comma list (default: dynamo; --full: dynamo,torchscript).")
 @click.option("--dtypes", callback=_csv, default=None, help="Comma list (default: float32,float16).")
 @runtimes_options("Comma list of runtimes (default: every ORT provider available here).")
 @click.option("--inputs", callback=_csv, default=None, help="Comma list of input suites (default: all that apply).")
 @click.option("--resume", is_flag=True, help="Skip the cases OUT/results.jsonl already holds.")
 @click.option("--force", is_flag=True, help="Discard OUT/results.jsonl and start over.")
-@click.option("--jobs", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="Parallel processes for accuracy cases.")
+@click.option("--jobs", type=click.IntRange(1, 256), default=None,
+              help="Parallel processes for accuracy cases (default: one per core, at most 4).")
 @click.option("--shard", default=None, help="Run shard K/N of the matrix, e.g. 2/3 (merge them with normonnx merge).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Export cache (default: $NORMONNX_CACHE or ~/.cache/normonnx).")
@@ -294,16 +334,19 @@ def _ints(ctx, param, value):
 @click.option("--bench-min-time", type=float, default=0.3, show_default=True)
 @click.option("--strict", is_flag=True, help="Exit 1 if any case failed (default: exit 0 once the matrix is recorded).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def sweep(out, norms, variants, opsets, exporters, dtypes, runtimes, providers_alias, inputs, resume, force, jobs,
-          shard, cache_dir, no_cache, bench, bench_opset, bench_min_time, strict, as_json):
-    """Validate (and with --bench, time) the whole matrix into OUT/results.jsonl, resumably."""
+def sweep(out, full, norms, variants, opsets, exporters, dtypes, runtimes, providers_alias, inputs, resume, force,
+          jobs, shard, cache_dir, no_cache, bench, bench_opset, bench_min_time, strict, as_json):
+    """Validate (and with --bench, time) a matrix into OUT/results.jsonl, resumably: by default the
+    quick one (every norm and form, float32/float16, on torch's default exporter); --full for all."""
     providers = _runtimes(runtimes, providers_alias)
     from normonnx.cache import default_cache_dir
-    from normonnx.sweep import Matrix, parse_shard, sweep as run_sweep
+    from normonnx.sweep import Matrix, auto_jobs, parse_shard, sweep as run_sweep
 
     given = {k: tuple(v) for k, v in dict(norms=norms, variants=variants, opsets=opsets, exporters=exporters,
                                           dtypes=dtypes, providers=providers).items() if v}
-    matrix = Matrix(**given)
+    # opsets named on the command line are tried as named, each form at each
+    matrix = Matrix(**given) if full or opsets else Matrix.quick(**given)
+    jobs = jobs or auto_jobs()
     summary = run_sweep(out, matrix, inputs=inputs, resume=resume, force=force, jobs=jobs, shard=parse_shard(shard),
                         cache_dir=None if no_cache else (cache_dir or default_cache_dir()), bench=bench,
                         bench_opset=bench_opset, bench_min_time=bench_min_time, progress=not as_json,

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import textwrap
 from typing import Sequence
 
 
@@ -30,11 +32,43 @@ def verdict_word(code: int) -> str:
     return {0: "PASSED", 1: "FAILED", 4: "NOT CHECKED"}.get(int(code), "ERROR")
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+def terminal_width() -> int:
+    """The terminal's width; 120 when the output is not a terminal (a pipe, a file, a CI log)."""
+    return max(40, shutil.get_terminal_size((120, 24)).columns)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]], width: int | None = None) -> str:
+    """Columns padded to their longest cell; wider than `width` (default: the terminal's), the widest
+    columns are narrowed first and their cells wrap at spaces, never inside a word (a word longer than its
+    column keeps the column that wide). The full texts are in --json."""
     cells = [[_cell(v) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+    widths = _narrow(widths, headers, cells, width or terminal_width())
+    def line(vals):  # one row, possibly over several lines
+        parts = [textwrap.wrap(v, w, break_long_words=False, break_on_hyphens=False) or [""] if len(v) > w else [v]
+                 for v, w in zip(vals, widths)]
+        return "\n".join("  ".join((p[k] if k < len(p) else "").ljust(w) for p, w in zip(parts, widths)).rstrip()
+                         for k in range(max(len(p) for p in parts)))
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def _narrow(widths: list[int], headers: Sequence[str], cells: list[list[str]], width: int) -> list[int]:
+    """Narrow the widest column by one until the table fits or no column can give more: a column is
+    never narrower than its longest word (nor its header)."""
+    floor = [max([len(h)] + [len(w) for r in cells for w in r[i].split()]) for i, h in enumerate(headers)]
+    widths = list(widths)
+    while sum(widths) + 2 * (len(widths) - 1) > width:
+        give = [i for i in range(len(widths)) if widths[i] > floor[i]]
+        if not give:
+            break
+        widths[max(give, key=lambda i: widths[i])] -= 1
+    return widths
+
+
+def wrap(text: str, width: int | None = None, indent: str = "  ") -> str:
+    """A long line wrapped at spaces to the terminal's width, continuation lines indented."""
+    return textwrap.fill(text, width or terminal_width(), subsequent_indent=indent, break_long_words=False,
+                         break_on_hyphens=False)
 
 
 def _cell(v: object) -> str:
@@ -57,7 +91,7 @@ def validation_text(report) -> str:
         if r.status == "pass":
             detail = ""
         rows.append([r.runtime, r.inputs, r.status.upper() if r.status != "pass" else "pass", r.max_abs_err,
-                     r.max_rel_err, r.max_ulp, r.vs_torch_max_abs, detail[:110]])
+                     r.max_rel_err, r.max_ulp, r.vs_torch_max_abs, detail])
     m = report.model
     head = [f"{report.case_id}  (source: {report.source})",
             f"model: opset {m['opset']}" + (f" (requested {m['opset_requested']})" if m.get("opset_requested") not in
@@ -79,7 +113,7 @@ def validation_text(report) -> str:
         if f.get("placement"):
             notes.append(f"placement: {f['placement']}")
         if notes:
-            head.append(f"{name}: " + "; ".join(str(n) for n in notes))
+            head.append(wrap(f"{name}: " + "; ".join(str(n) for n in notes)))
     body = table(["runtime", "inputs", "status", "max_abs", "max_rel", "max_ulp", "vs_torch", "reason"], rows)
     c = report.counts
     tail = f"{verdict_word(report.exit_code)}: {c['pass']} passed, {c['fail']} failed, {c['error']} not checked " \
@@ -94,10 +128,10 @@ def bench_text(report) -> str:
     rows = []
     for r in report.records:
         if r.error:
-            rows.append([r.form, r.provider, None, None, None, None, None, None, "ERROR", r.error[:80]])
+            rows.append([r.form, r.provider, None, None, None, None, None, None, "ERROR", r.error])
             continue
         if r.unsupported:
-            rows.append([r.form, r.provider, None, None, None, None, "n/a", None, "", r.unsupported[:100]])
+            rows.append([r.form, r.provider, None, None, None, None, "n/a", None, "", r.unsupported])
             continue
         check = {True: "pass", False: "FAIL", None: "-"}[r.passed]
         note = r.implausible or (r.unstable_reason if r.stable is False else "") or \
@@ -105,7 +139,7 @@ def bench_text(report) -> str:
         rows.append([r.form + (" *" if r.fastest else ""), r.provider, f"{r.p50_ms:.4g}", f"{r.gbps:.1f}",
                      f"{r.x_copy:.2f}x [{r.ci_low:.2f}, {r.ci_high:.2f}]",
                      f"{r.x_torch:.2f}x [{r.x_torch_ci_low:.2f}, {r.x_torch_ci_high:.2f}]",
-                     "IMPLAUSIBLE" if r.implausible else ("stable" if r.stable else "UNSTABLE"), check, "", note[:100]])
+                     "IMPLAUSIBLE" if r.implausible else ("stable" if r.stable else "UNSTABLE"), check, "", note])
     for row in rows:
         del row[-2]
     m = report.machine
@@ -114,7 +148,9 @@ def bench_text(report) -> str:
     body = table(["form", "provider", "p50 ms", "GB/s", "x copy [95% CI]", "x torch [95% CI]", "timing", "valid",
                   "note"], rows)
     _, verdict = report.trusted
-    return head + "\n\n" + body + "\n\n* fastest variant that passed validation on normal inputs with a stable, " \
+    return head + "\n\n" + body + "\n\nvalid: checked on normal inputs only, to time correct forms; the stress " \
+        "suites (offsets, zero variance) are normonnx validate's verdict, and a form can pass here and fail there" \
+        "\n* fastest variant that passed validation on normal inputs with a stable, " \
         "plausible timing; x copy/x torch: median over interleaved rounds of each round's own ratio, with a bootstrap " \
         "95% interval; GB/s counts x read once and y written once\n" + verdict
 
@@ -137,11 +173,11 @@ def scan_text(report) -> str:
         v = report.fused.get(i)
         fused = v if isinstance(v, str) else {True: "fused", False: "no", None: "-"}[v]
         row = [i, f.kind, f.form, where[:60], shape, f"{f.eps:.3g}" if f.eps is not None else "-",
-               "yes" if f.affine else "no", f.dtype or "-", fused, "; ".join(map(str, f.risks))[:90] or "-"]
+               "yes" if f.affine else "no", f.dtype or "-", fused, "; ".join(map(str, f.risks)) or "-"]
         if report.validated:
             v = report.validations.get(i)
             row.append("-" if v is None else "pass" if v.passed else
-                       f"FAIL {v.validation}"[:100] if v.passed is False else v.validation[:100])
+                       f"FAIL {v.validation}" if v.passed is False else v.validation)
         rows.append(row)
     headers = ["#", "kind", "form", "nodes", "axes/groups", "eps", "affine", "dtype", "ORT fuses", "risks"]
     if report.validated:
@@ -156,7 +192,8 @@ def scan_text(report) -> str:
         out += (f"\n\n{verdict_word(report.exit_code)}: {c['passed']} passed, {c['failed']} failed, "
                 f"{c['not_validated']} not validated")
         if report.checked_on:  # what this verdict covers (--activations judges the model's own activations)
-            out += f"\nchecked: each layer cut out and run on {report.checked_on}"
+            out += (f"\nchecked: each layer cut out and run on {report.checked_on} (stress inputs aimed at how norms "
+                    "break; the model's own activations: scan --activations)")
         if c["failed"]:
             out += (f"\nnext: normonnx fix {report.model} -o FIXED.onnx gives each failing layer a form that passes, "
                     "or says why not")
@@ -249,7 +286,7 @@ def rules_text() -> str:
     from .rules import RULES
 
     return table(["rule", "default", "rewrites", "writes", "needs"],
-                 [[r.name, "yes" if r.default else "opt-in", r.matches[:70], r.writes[:70], r.needs]
+                 [[r.name, "yes" if r.default else "opt-in", r.matches, r.writes, r.needs]
                   for r in RULES.values()]) + "\n\n" + "\n".join(f"{r.name}: safe because {r.why_safe}"
                                                                    for r in RULES.values())
 
@@ -258,7 +295,7 @@ def _what_if_cell(d: dict | None) -> str:
     if not d:
         return "-"
     if d.get("passed") is None:
-        return f"- ({d.get('why') or 'not run'})"[:50]
+        return f"- ({d.get('why') or 'not run'})"
     word = "pass" if d["passed"] else "FAIL"
     return f"{word} {d['max_abs_err']:.2g}" + (f" [{d['rule']}]" if d.get("rule") else "")
 
@@ -271,7 +308,7 @@ def activations_text(report) -> str:
         f, st = lc.norm, lc.stats
         verdict = {True: "pass", False: "FAIL", None: "-"}[lc.passed]
         if lc.passed is None:
-            verdict = f"not checked: {lc.why}"[:60]
+            verdict = f"not checked: {lc.why}"
         err = lc.error.get("max_abs_err") if lc.error else None
         rows.append([lc.index, f.nodes[0][:36], f"{f.kind} {f.form}", st.get("max_abs"), st.get("max_offset_over_std"),
                      st.get("max_x2_over_fp16_max" if f.kind == "rms" else "max_dev2_over_fp16_max"), err, verdict, _what_if_cell(lc.fp16.get("converted")),
@@ -294,6 +331,10 @@ def activations_text(report) -> str:
     c = [lc.passed for lc in report.layers]
     out += (f"\n\n{verdict_word(report.exit_code)}: {c.count(True)} passed, {c.count(False)} failed, "
             f"{c.count(None)} not checked on the model's activations")
+    out += (f"\nchecked: each layer on the activations {report.samples} model inputs ({report.source}) give it, not on stress inputs "
+            "(offsets, zero variance: scan --validate); a pass here says this data is safe, not every input")
+    if c.count(False):
+        out += f"\nnext: normonnx fix {report.model} -o FIXED.onnx gives each failing layer a form that passes, or says why not"
     return out
 
 
@@ -301,7 +342,7 @@ def _replay_cell(v: dict | None) -> str:
     if not v:
         return "-"
     if v["passed"] is None:
-        return v["why"][:70]
+        return v["why"]
     text = f"{'pass' if v['passed'] else 'FAIL'} {v['max_abs_err']:.2g}"
     return text + (f", {v['max_diff_from_stored']:.2g} from stored" if "max_diff_from_stored" in v else "")
 

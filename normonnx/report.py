@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from .compare import DEFAULT_TOLERANCES
 from .errors import BadInput
 from .inputs import REGISTRY as SUITES
 from .judge import judge
@@ -106,60 +107,114 @@ def bench_rows(records: list[dict]) -> list[dict]:
     return out
 
 
+def _units(recs: list[dict]) -> dict[tuple[str, int], str]:
+    """A form's verdict at each (exporter, opset) it was tried at, by the one judge over its records
+    there (an unsupported or mismatched case checks nothing: skipped)."""
+    by_unit = defaultdict(list)
+    for r in recs:
+        by_unit[(r["exporter"], r["opset"])].append(r["status"])
+    return {u: judge(s if s in ("pass", "fail", "error") else "skipped" for s in sts).status
+            for u, sts in by_unit.items()}
+
+
+def needs_text(units: dict[tuple[str, int], str]) -> str:
+    """What a form needs to pass, from where it passed: 'opset >= 18 (dynamo)' when every opset tried
+    from the lowest passing one up passed, else the passing opsets named."""
+    parts = []
+    for exporter in sorted({e for e, _ in units}, key=lambda e: (e != "dynamo", e)):
+        tried = sorted((o, st) for (e, o), st in units.items() if e == exporter and st != "skipped")
+        ok = [o for o, st in tried if st == "pass"]
+        if not ok:
+            continue
+        above = [st for o, st in tried if o >= ok[0]]
+        when = f"opset >= {ok[0]}" if all(st == "pass" for st in above) else "opset " + ", ".join(map(str, ok))
+        parts.append(f"{when} ({exporter})")
+    return " or ".join(parts) or "-"
+
+
+def _failing_suites(recs: list[dict]) -> tuple[list[str], float, bool]:
+    """(failing input suites, worst error among them, any NaN/Inf where the oracle is finite)."""
+    fails = {n: s for r in recs for n, s in (r.get("inputs") or {}).items()
+             if isinstance(s, dict) and s.get("status") == "fail"}
+    worst = max((_num(s.get("max_abs_err")) or 0.0 for s in fails.values()), default=0.0)
+    return sorted(fails), worst, any(s.get("nonfinite_mismatch") for s in fails.values())
+
+
+def _fails_otherwise(forms: dict[str, list[dict]], units: dict[str, dict], best: str | None) -> str:
+    """What fails for this norm x runtime x dtype, a few words a form: the failing suites (worst first
+    named) and, for a form that passes at another opset, where it fails."""
+    out = []
+    for v, recs in forms.items():
+        bad = [r for r in recs if r["status"] in ("fail", "error")]
+        if not bad:
+            continue
+        where = ""
+        if any(st == "pass" for st in units[v].values()):
+            where = " at " + ", ".join(f"opset {o}" for o in sorted({r["opset"] for r in bad}))
+        if all(r["status"] == "error" for r in bad):
+            out.append(f"{v}{where}: error")
+            continue
+        names, worst, nan = _failing_suites(bad)
+        shown = ", ".join(names[:2]) + (f" +{len(names) - 2}" if len(names) > 2 else "")
+        out.append(f"{v}{where}: {shown} ({'NaN' if nan else f'{worst:.2g}'})")
+    return "; ".join(out) or "-"
+
+
 def recommendations(records: list[dict]) -> list[dict]:
-    """Per norm x provider x dtype: the fastest variant that passed every input suite in every case
-    it was tested in (timed by `sweep --bench`); without timings, the passing variants, untimed."""
+    """Per norm x provider x dtype: the form to ship, the opset and exporter it needs, why, and what
+    fails otherwise. A form qualifies where it passed every input suite at some (exporter, opset); the
+    fastest such form with a trustworthy timing (sweep --bench) wins, else the preferred one, untimed."""
     cases = [r for r in records if r.get("type", "case") == "case"]
-    status, by_form = defaultdict(list), defaultdict(list)
+    by_form = defaultdict(list)
     for r in cases:
-        status[(r["norm"], r["provider"], r["dtype"], r["variant"])].append(r["status"])
         by_form[(r["norm"], r["provider"], r["dtype"], r["variant"])].append(r)
     timing = {}
     for b in bench_rows(records):
         if b["form"] not in ("copy", "torch") and not b.get("error"):
             timing[(b["norm"], b["provider"], b["dtype"], b["form"])] = b
     out = []
-    for norm, provider, dtype in sorted({(k[0], k[1], k[2]) for k in status},
-                                        key=lambda k: (kind_order(k[0]), k[1], k[2])):
-        ok, bad = [], []
-        for v in VARIANTS:
-            sts = status.get((norm, provider, dtype, v))
-            if not sts:
-                continue
-            # the one judge over the form's records (a mismatch or an unsupported case checks nothing)
-            verdict = judge(s if s in ("pass", "fail", "error") else "skipped" for s in sts)
-            if verdict.status == "pass":
-                ok.append(v)
-            elif verdict.status == "fail" or "error" in sts:
-                bad.append(v)
-        # a timing counts only if it is trustworthy: stable across rounds and not faster than a copy
-        timed = [v for v in ok if (norm, provider, dtype, v) in timing and trustworthy(timing[(norm, provider, dtype, v)])]
-        untrusted = [v for v in ok if (norm, provider, dtype, v) in timing and v not in timed]
-        if timed:
-            ci = {v: _ci(timing[(norm, provider, dtype, v)]) for v in timed}
-            best = min(timed, key=lambda v: ci[v][0])
-            tied = [v for v in timed if v != best and not separated(ci[v], ci[best])]
-            t = timing[(norm, provider, dtype, best)]
-            if tied:
-                # within each other's CIs: no measurable difference, so the more portable form wins
-                best = min([best, *tied], key=_preference)
-                t = timing[(norm, provider, dtype, best)]
-                why = (f"no measurable difference in speed between {', '.join(sorted([*tied, best]))} (95% CIs "
-                       f"overlap): the more portable form, {t['x_copy']:.2f}x copy")
-            else:
-                why = (f"fastest passing: {t['x_copy']:.2f}x copy [{ci[best][1]:.2f}, {ci[best][2]:.2f}], "
-                       f"{t['x_torch']:.2f}x torch, {t['p50_ms']:.3g} ms")
-            if untrusted:
-                why += f"; timing of {', '.join(untrusted)} not trusted (unstable or faster than a copy)"
-        elif ok:
-            best = min(ok, key=_preference)
-            why = ("passes every suite (timings not trusted: unstable or faster than a copy)" if untrusted else
-                   "passes every suite (untimed: run sweep --bench for the fastest)")
-        else:
-            best, why = None, _least_bad(provider, {v: by_form[(norm, provider, dtype, v)] for v in bad})
-        out.append({"norm": norm, "provider": provider, "dtype": dtype, "recommended": best, "why": why,
-                    "passing": ok, "failing": bad})
+    for norm, provider, dtype in sorted({k[:3] for k in by_form}, key=lambda k: (kind_order(k[0]), k[1], k[2])):
+        forms = {v: by_form[(norm, provider, dtype, v)] for v in VARIANTS if (norm, provider, dtype, v) in by_form}
+        units = {v: _units(recs) for v, recs in forms.items()}
+        ok = [v for v in forms if any(st == "pass" for st in units[v].values())]
+        bad = [v for v in forms if v not in ok and any(r["status"] in ("fail", "error") for r in forms[v])]
+        best, why = _pick(ok, {v: timing.get((norm, provider, dtype, v)) for v in ok})
+        if best is None:
+            why = _least_bad(provider, {v: forms[v] for v in bad})
+        out.append({"norm": norm, "provider": provider, "dtype": dtype, "recommended": best,
+                    "needs": needs_text(units[best]) if best else "-", "why": why, "passing": ok, "failing": bad,
+                    "fails_otherwise": _fails_otherwise(forms, units, best)})
     return _mark_portable(out)
+
+
+def _pick(ok: list[str], timing: dict[str, dict | None]) -> tuple[str | None, str]:
+    """(form, why in a few words) among the passing forms, by trustworthy timing, else by preference."""
+    if not ok:
+        return None, ""
+    others = lambda best: [v for v in ok if v != best]  # noqa: E731
+    timed = [v for v in ok if timing[v] is not None and trustworthy(timing[v])]
+    untrusted = [v for v in ok if timing[v] is not None and v not in timed]
+    note = f"; timing of {', '.join(untrusted)} not trusted" if untrusted else ""
+    if timed:
+        ci = {v: _ci(timing[v]) for v in timed}
+        fastest = min(timed, key=lambda v: ci[v][0])
+        tied = [v for v in timed if v != fastest and not separated(ci[v], ci[fastest])]
+        if tied:
+            # within each other's CIs: no measurable difference, so the more portable form wins
+            best = min([fastest, *tied], key=_preference)
+            peers = sorted(v for v in [fastest, *tied] if v != best)
+            return best, (f"as fast as {', '.join(peers)} (95% CIs overlap) and simpler; "
+                          f"{timing[best]['x_copy']:.2f}x copy{note}")
+        best = fastest
+        t = timing[best]
+        return best, (f"fastest of {len(ok)} passing: {t['x_copy']:.2f}x copy [{ci[best][1]:.2f}, "
+                      f"{ci[best][2]:.2f}], {t['x_torch']:.2f}x torch{note}")
+    best = min(ok, key=_preference)
+    if len(ok) == 1:
+        return best, f"the only form passing every suite{note}"
+    peers = others(best)
+    return best, (f"passes every suite, as {', '.join(peers)} {'does' if len(peers) == 1 else 'do'}; "
+                  f"fewest nodes (untimed: sweep --bench ranks by speed){note}")
 
 
 def _least_bad(provider: str, failing: dict[str, list[dict]]) -> str:
@@ -244,9 +299,13 @@ def error_plot(records: list[dict]) -> str | None:
     if not cases:
         return None
     norms = sorted({r["norm"] for r in cases}, key=kind_order)
-    fig, axes = plt.subplots(1, len(norms), figsize=(4.2 * len(norms), 3.6), squeeze=False)
+    ncols = min(2, len(norms))
+    nrows = -(-len(norms) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(7.2 * ncols, 3.5 * nrows), squeeze=False)
+    for ax in axes.flat[len(norms):]:
+        ax.axis("off")
     nan_level = 1e3
-    for ax, norm in zip(axes[0], norms):
+    for ax, norm in zip(axes.flat, norms):
         series = defaultdict(dict)
         for r in cases:
             if r["norm"] != norm:
@@ -268,13 +327,23 @@ def error_plot(records: list[dict]) -> str | None:
             ax.plot(zero_x, [zero_level] * len(zero_x), "v", ms=6, mfc="none", color=line.get_color())
             nan_x = [x for x, y in zip(xs, ys) if y >= nan_level]
             ax.plot(nan_x, [nan_level] * len(nan_x), "kx", ms=7)
+        # the pass line: atol at |y| ~ 0 (the rule adds rtol*|ref|, so a unit-scale output may err up to about twice)
+        for dtype in sorted({r["dtype"] for r in cases if r["norm"] == norm}):
+            tol = DEFAULT_TOLERANCES.get(dtype)
+            if tol:
+                ax.axhline(tol.atol, color="#c0392b", lw=0.9, ls="--")
+                ax.annotate(f"{DTYPE_SHORT.get(dtype, dtype)} tolerance", (1.0, tol.atol), xycoords=("axes fraction", "data"),
+                            ha="right", va="bottom", fontsize=6, color="#c0392b")
         ax.set_yscale("log")
         ax.set_xticks(range(len(samples)))
         ax.set_xticklabels(samples, rotation=60, ha="right", fontsize=7)
         ax.set_title(f"{norm}: worst |error| vs float64 oracle", fontsize=9)
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=6)
-    axes[0][0].set_ylabel("max abs error (x = NaN/Inf mismatch,\nopen triangle at the bottom = exactly 0)")
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # outside the data
+        ax.set_ylabel("max abs error", fontsize=7)
+    fig.text(0.01, -0.01, "x at the top: NaN/Inf where the oracle is finite; open triangle at the bottom: exactly 0; "
+             "dashed red: the dtype's atol (the rule adds rtol x |y|, so an error above it passes where |y| > 1)", fontsize=7)
+    fig.tight_layout()
     return _png(fig)
 
 
@@ -331,41 +400,94 @@ def summary_counts(records: list[dict]) -> dict:
     return dict(c)
 
 
-def render_html(records: list[dict], meta: dict) -> str:
+def visible_matrix(records: list[dict]) -> tuple[list[tuple], list[tuple], dict]:
+    """matrix() less the rows and columns where no case ran (every cell n/a), which say nothing."""
     rows, cols, cells = matrix(records)
+    ran = lambda r: r is not None and r["status"] != "unsupported"  # noqa: E731
+    rows = [row for row in rows if any(ran(cells.get((row, c))) for c in cols)]
+    cols = [c for c in cols if any(ran(cells.get((row, c))) for row in rows)]
+    return rows, cols, cells
+
+
+DTYPE_SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+CSS = ("body{font-family:system-ui,sans-serif;margin:1em 1.5em;color:#222;max-width:1360px}"
+       "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:3px 5px;text-align:center}"
+       "th.row,td.l{text-align:left}h1{font-size:1.5em;margin:.3em 0}h2{margin-top:1.4em}"
+       ".legend span{padding:2px 8px;margin-right:6px}img{max-width:100%}code{background:#f4f4f4;padding:1px 3px}"
+       "table.m td,table.m th{font-size:10px;padding:2px 3px}table.m td{max-width:64px;overflow-wrap:anywhere}"
+       "#ship td{vertical-align:top}#ship td.why,#ship td.else{font-size:11px;max-width:380px}"
+       "summary{cursor:pointer}.muted{color:#666;font-size:12px}")
+
+
+def _ship_table(recs: list[dict]) -> str:
     e = html.escape
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>normonnx report</title><style>",
-             "body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;"
-             "font-size:12px}td,th{border:1px solid #ccc;padding:3px 5px;text-align:center}"
-             "th.row{text-align:left}h2{margin-top:1.6em}.legend span{padding:2px 8px;margin-right:6px}"
-             "img{max-width:100%}code{background:#f4f4f4;padding:1px 3px}</style></head><body>",
-             "<h1>normonnx compatibility report</h1>"]
+    out = ["<table id='ship'><tr><th>norm</th><th>dtype</th><th>runtime</th><th>ship</th><th>needs</th>"
+           "<th>why</th><th>what fails otherwise</th></tr>"]
+    for r in recs:
+        out.append(f"<tr><td>{e(r['norm'])}</td><td>{e(r['dtype'])}</td><td>{e(r['provider'])}</td>"
+                   f"<td><b>{e(r['recommended'] or 'none')}</b></td><td class='l'>{e(r['needs'])}</td>"
+                   f"<td class='l why'>{e(r['why'])}</td><td class='l else'>{e(r['fails_otherwise'])}</td></tr>")
+    return "\n".join(out) + "</table>"
+
+
+def _findings_table(records: list[dict]) -> str:
+    from .findings import group_failures
+
+    e = html.escape
+    found = group_failures(records)
+    if not found:
+        return "<p>No case failed.</p>"
+    out = [f"<p class='muted'>{sum(len(f.cases) for f in found)} cases, {len(found)} distinct causes; "
+           "open a row for its cases.</p><table><tr><th>status</th><th>finding</th><th>cases</th></tr>"]
+    for f in found:
+        example = f"<br><span class='muted'>e.g. {e(f.example[:300])}</span>" if f.example and f.example != f.what else ""
+        out.append(f"<tr><td>{e(f.status)}</td><td class='l'>{e(f.what)}{example}</td><td class='l'><details>"
+                   f"<summary>{len(f.cases)}</summary>{'<br>'.join(e(c) for c in f.cases)}</details></td></tr>")
+    return "\n".join(out) + "</table>"
+
+
+def _matrix_table(records: list[dict]) -> str:
+    e = html.escape
+    rows, cols, cells = visible_matrix(records)
+    head = "".join(f"<th>op{c[0]}<br>{e(c[1])}<br>{e(c[2])}<br>{e(DTYPE_SHORT.get(c[3], c[3]))}</th>" for c in cols)
+    out = ["<p class='legend'>" + "".join(f"<span style='background:{c}'>{e(t)}</span>" for c, t in STATUS_STYLE.values())
+           + " Hover a cell for the reason; FAIL names the worst input suite; blank: not tried (the default "
+           "sweep tries a form only at the opsets where its ops change; --full tries every one). Rows and columns "
+           "where nothing ran are left out.</p>", f"<table class='m'><tr><th class='row'>norm / form</th>{head}</tr>"]
+    for row in rows:
+        tds = []
+        for col in cols:
+            if (row, col) not in cells:  # not tried: the quick matrix tries a form only where its ops change
+                tds.append("<td title='not tried in this sweep'></td>")
+                continue
+            st, short, hover = cell_text(cells.get((row, col)))
+            text = e(short).replace(" ", "<br>", 1) if st == "fail" else e(short)
+            tds.append(f"<td style='background:{STATUS_STYLE.get(st, ('#fff',))[0]}' title='{e(hover)}'>{text}</td>")
+        out.append(f"<tr><th class='row'>{e(row[0])} / {e(row[1])}</th>{''.join(tds)}</tr>")
+    return "\n".join(out) + "</table>"
+
+
+def render_html(records: list[dict], meta: dict) -> str:
+    """The report: what to ship first (it answers the question by itself), then the evidence."""
+    e = html.escape
     counts = summary_counts(records)
-    parts.append("<p>" + ", ".join(f"<b>{int(v)}</b> {e(k)}" for k, v in sorted(counts.items())) + " cases.</p>")
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
+             f"<title>normonnx report</title><style>{CSS}</style></head><body>",
+             "<h1>normonnx compatibility report</h1><p class='muted'>"
+             + ", ".join(f"<b>{int(v)}</b> {e(k)}" for k, v in sorted(counts.items()))
+             + " cases; every output judged against a float64 oracle on stress inputs (offsets, zero variance, "
+             "large rows, float16 range).</p>"]
     banner = timing_banner(records)
     if banner:
         parts.append(f"<p style='background:#fde6c4;padding:8px;border:1px solid #e0a040'><b>Timings not "
                      f"trusted.</b> {e(banner)}</p>")
-    parts.append("<h2>Compatibility matrix</h2><p class='legend'>" + "".join(
-        f"<span style='background:{c}'>{e(t)}</span>" for c, t in STATUS_STYLE.values())
-        + " Hover a cell for the reason. FAIL names the worst input suite.</p>")
-    parts.append("<table><tr><th class='row'>norm / variant</th>" + "".join(f"<th>{_col_label(c)}</th>" for c in cols)
-                 + "</tr>")
-    for row in rows:
-        parts.append(f"<tr><th class='row'>{e(row[0])} / {e(row[1])}</th>")
-        for col in cols:
-            st, short, hover = cell_text(cells.get((row, col)))
-            parts.append(f"<td style='background:{STATUS_STYLE.get(st, ('#fff',))[0]}' title='{e(hover)}'>"
-                         f"{e(short)}</td>")
-        parts.append("</tr>")
-    parts.append("</table>")
-    parts.append("<h2>Recommended graph form</h2><table><tr><th>norm</th><th>provider</th><th>dtype</th>"
-                 "<th>recommended</th><th>why</th><th>fails some suite</th></tr>")
-    for rec in recommendations(records):
-        parts.append(f"<tr><td>{e(rec['norm'])}</td><td>{e(rec['provider'])}</td><td>{e(rec['dtype'])}</td>"
-                     f"<td><b>{e(rec['recommended'] or '-')}</b></td><td>{e(rec['why'])}</td>"
-                     f"<td>{e(', '.join(rec['failing']) or '-')}</td></tr>")
-    parts.append("</table>")
+    parts.append("<h2>What to ship</h2><p class='muted'>Per norm, dtype and runtime: the graph form that passed "
+                 "every input suite, the opset and exporter it passed with, and what the other forms fail.</p>")
+    parts.append(_ship_table(recommendations(records)))
+    parts.append("<h2>Failures, by finding</h2>")
+    parts.append(_findings_table(records))
+    parts.append("<h2>Compatibility matrix</h2>")
+    parts.append(_matrix_table(records))
     img = error_plot(records)
     parts.append("<h2>Errors by input suite</h2>")
     parts.append(f"<img alt='error plot' src='data:image/png;base64,{img}'>" if img else "<p>No validated cases.</p>")
@@ -378,18 +500,11 @@ def render_html(records: list[dict], meta: dict) -> str:
                  "timing that is unstable or faster than a copy, never used for a recommendation.</p>" if lat else "")
     parts.append(f"<img alt='latency plot' src='data:image/png;base64,{lat}'>" if lat else
                  "<p>No timings in this sweep: run <code>normonnx sweep --bench</code>.</p>")
-    failures = [r for r in records if r.get("type", "case") == "case" and r["status"] in ("fail", "error", "mismatch")]
-    if failures:
-        parts.append("<h2>Failures and mismatches</h2><table><tr><th>case</th><th>status</th><th>reason</th></tr>")
-        for r in failures:
-            parts.append(f"<tr><td style='text-align:left'>{e(r['case_id'])}</td><td>{e(r['status'])}</td>"
-                         f"<td style='text-align:left'>{e((r.get('reason') or r.get('error') or '')[:300])}</td></tr>")
-        parts.append("</table>")
     parts.append("<h2>Environment</h2><table>")
     env = {**meta.get("versions", {}), **{f"machine.{k}": v for k, v in meta.get("machine", {}).items()},
            "shard": meta.get("shard"), "matrix": json.dumps(meta.get("matrix"))}
     for k, v in env.items():
-        parts.append(f"<tr><th class='row'>{e(str(k))}</th><td style='text-align:left'>{e(str(v))}</td></tr>")
+        parts.append(f"<tr><th class='row'>{e(str(k))}</th><td class='l'>{e(str(v))}</td></tr>")
     parts.append("</table></body></html>")
     return "\n".join(parts)
 
@@ -400,15 +515,28 @@ def _md(v) -> str:
 
 
 def render_markdown(records: list[dict], meta: dict) -> str:
-    rows, cols, cells = matrix(records)
+    from .findings import group_failures
+
+    rows, cols, cells = visible_matrix(records)
     icon = {"pass": "✅", "fail": "❌", "mismatch": "⚠️", "unsupported": "·", "error": "💥"}
     banner = timing_banner(records)
     lines = ["# normonnx compatibility report", "",
              ", ".join(f"**{v}** {k}" for k, v in sorted(summary_counts(records).items())) + " cases.", "",
              *([f"> **Timings not trusted.** {_md(banner)}", ""] if banner else []),
-             "✅ pass · ❌ fail (worst input suite) · ⚠️ exporter wrote another opset/op set · `·` unsupported · 💥 error",
-             "", "| norm / variant | " + " | ".join(_md(f"op{c[0]} {c[1]} {c[2]} {c[3]}") for c in cols) + " |",
-             "|---|" + "---|" * len(cols)]
+             "## What to ship", "", "| norm | dtype | runtime | ship | needs | why | what fails otherwise |",
+             "|---|---|---|---|---|---|---|"]
+    for rec in recommendations(records):
+        lines.append(f"| {_md(rec['norm'])} | {_md(rec['dtype'])} | {_md(rec['provider'])} | "
+                     f"**{_md(rec['recommended'] or 'none')}** | {_md(rec['needs'])} | {_md(rec['why'])} | "
+                     f"{_md(rec['fails_otherwise'])} |")
+    found = group_failures(records)
+    if found:
+        lines += ["", "## Failures, by finding", "", "| status | finding | cases |", "|---|---|---:|"]
+        lines += [f"| {_md(f.status)} | {_md(f.what)} | {len(f.cases)} |" for f in found]
+    lines += ["", "## Compatibility matrix", "",
+              "✅ pass · ❌ fail (worst input suite) · ⚠️ exporter wrote another opset/op set · `·` unsupported · 💥 error",
+              "", "| norm / variant | " + " | ".join(_md(f"op{c[0]} {c[1]} {c[2]} {c[3]}") for c in cols) + " |",
+              "|---|" + "---|" * len(cols)]
     for row in rows:
         out = []
         for col in cols:
@@ -417,11 +545,6 @@ def render_markdown(records: list[dict], meta: dict) -> str:
             out.append(icon.get(st, _md(st)) + (f" {_md(r.get('worst_input'))}" if st == "fail" and r.get("worst_input")
                                                 else ""))
         lines.append(f"| {_md(row[0])} / {_md(row[1])} | " + " | ".join(out) + " |")
-    lines += ["", "## Recommended graph form", "", "| norm | provider | dtype | recommended | why | fails some suite |",
-              "|---|---|---|---|---|---|"]
-    for rec in recommendations(records):
-        lines.append(f"| {_md(rec['norm'])} | {_md(rec['provider'])} | {_md(rec['dtype'])} | "
-                     f"**{_md(rec['recommended'] or '-')}** | {_md(rec['why'])} | {_md(', '.join(rec['failing']) or '-')} |")
     v = meta.get("versions", {})
     m = meta.get("machine", {})
     lines += ["", "## Environment", "", _md(", ".join(f"{k} {val}" for k, val in v.items())

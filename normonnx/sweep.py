@@ -37,6 +37,10 @@ from .variants import REGISTRY as VARIANTS
 from .variants import usable_variants
 
 DEFAULT_OPSETS = (13, 17, 18, 21, 23)
+# the first-run matrix: torch's default exporter at the opsets where an ONNX norm op changed for it
+# (18: its lowest, ReduceMean takes axes as an input, GroupNormalization-18; 21: GroupNormalization
+# redefined per channel; 23: RMSNormalization)
+QUICK_OPSETS = (18, 21, 23)
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,15 @@ class Matrix:
     exporters: tuple[str, ...] = ("dynamo", "torchscript")
     dtypes: tuple[str, ...] = ("float32", "float16")
     providers: tuple[str, ...] = ()  # empty: every ORT provider available here
+    # each form only at the opsets where what it emits changes (its first, then each change): an
+    # opset that writes the same ops as the one below it checks nothing new
+    only_changes: bool = False
+
+    @classmethod
+    def quick(cls, **given) -> "Matrix":
+        """The first-run matrix: every norm and form, float32 and float16, every runtime here, on
+        torch's default exporter at the opsets that change a form (the full one: `Matrix()`)."""
+        return cls(**{"opsets": QUICK_OPSETS, "exporters": ("dynamo",), "only_changes": True, **given})
 
     def __post_init__(self):
         from .exporters import REGISTRY as EXPORTERS
@@ -84,8 +97,29 @@ class Matrix:
     def cases(self) -> list[Case]:
         """Every combination with the variant supporting the norm (others are not cases at all)."""
         out = [Case(n, v, o, e, d, p) for n in self.norms for v in self.variants if n in VARIANTS[v].min_opset
-               for o in self.opsets for e in self.exporters for d in self.dtypes for p in self.providers]
+               for o in self.form_opsets(n, v) for e in self.exporters for d in self.dtypes for p in self.providers]
         return sorted(out, key=lambda c: c.id)
+
+    def form_opsets(self, norm: str, variant: str) -> tuple[int, ...]:
+        """The opsets a form is tried at: all of them, or with only_changes the first it supports and
+        each where what it emits changes (below its first, every opset is one unsupported record)."""
+        if not self.only_changes:
+            return tuple(self.opsets)
+        v = VARIANTS[variant]
+        kept, last = [], None
+        for o in sorted(self.opsets):
+            if o < v.min_opset[norm]:
+                continue
+            ops = v.emits(norm, o)
+            if ops != last:
+                kept.append(o)
+            last = ops
+        return tuple(kept) or (max(self.opsets),)
+
+
+def auto_jobs() -> int:
+    """One worker process per core, at most 4: each pays torch's import (~3 s) before its first case."""
+    return max(1, min(os.cpu_count() or 1, 4))
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -351,7 +385,7 @@ def _sweep_locked(out, matrix, inputs, resume, force, jobs, shard, cache_dir, be
         warn(f"{results}: {len(bad)} malformed lines moved to {where} ({bad[0]}); their cases run again")
     from .bench import machine_info
 
-    meta = {"versions": now, "matrix": {k: list(v) for k, v in asdict(matrix).items()},
+    meta = {"versions": now, "matrix": {k: v if isinstance(v, bool) else list(v) for k, v in asdict(matrix).items()},
             "inputs": inputs, "shard": f"{shard[0]}/{shard[1]}" if shard else None, "bench": bench,
             "machine": machine_info()}
     atomic_write(out / META, json.dumps(meta, indent=1).encode())

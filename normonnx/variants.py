@@ -29,7 +29,8 @@ class Variant:
     min_opset: dict[str, int]  # norm -> lowest opset; norms absent are unsupported
     build: Callable[[NormSpec, dict], "nn.Module"] = field(repr=False, compare=False)
     expect: Callable[[NormSpec, int, set[str]], str | None] = field(repr=False, compare=False)
-    emits: Callable[[str, int], str] = field(repr=False, compare=False)  # norm, opset -> ops, for docs
+    # norm, opset -> ops: for docs, and the opsets a quick sweep tries a form at (where this changes)
+    emits: Callable[[str, int], str] = field(repr=False, compare=False)
     refuses: Callable[[NormSpec], str | None] = field(default=lambda spec: None, repr=False, compare=False)
     # the ORT providers with a kernel for every op it writes (None: all); elsewhere "unsupported", with why
     providers: tuple[str, ...] | None = None

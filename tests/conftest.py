@@ -17,15 +17,18 @@ class Run:
     stderr: str
 
 
-def run_cli(*args: str, cwd=None) -> Run:
+def run_cli(*args: str, cwd=None, columns: int = 1000) -> Run:
     """The command line in-process (click's CliRunner): the same parsing, exit-code mapping and
-    stderr as the installed script, without a new interpreter and torch import per call."""
+    stderr as the installed script, without a new interpreter and torch import per call. Tables are
+    drawn `columns` wide: by default wide enough to keep each cell on one line, so a test finds a
+    phrase whole (tests/test_render_width.py checks the wrapping at a terminal's width)."""
     from click.testing import CliRunner
 
     from normonnx.cli import cli
 
     with contextlib.chdir(cwd) if cwd else contextlib.nullcontext():
-        r = CliRunner().invoke(cli, list(args), prog_name="normonnx", catch_exceptions=False)
+        r = CliRunner(env={"COLUMNS": str(columns)}).invoke(cli, list(args), prog_name="normonnx",
+                                                             catch_exceptions=False)
     return Run(r.exit_code, r.stdout, r.stderr)
 
 
@@ -46,9 +49,10 @@ requires_cuda = pytest.mark.skipif(not has_cuda_ep(), reason="onnxruntime has no
 
 
 def one_line_error(proc: Run, code: int, *needles: str) -> None:
-    """Exit `code`, exactly one line on stderr starting 'error: ' and holding every needle, no traceback."""
+    """Exit `code`, exactly one line on stderr starting 'error: ' and holding every needle, no traceback.
+    Progress lines ('  .. exporting ...', printed once work has run two seconds) may come before it."""
     assert proc.returncode == code, (proc.returncode, proc.stdout[-500:], proc.stderr[-1500:])
-    err = proc.stderr.strip()
+    err = "\n".join(line for line in proc.stderr.splitlines() if not line.startswith("  .. ")).strip()
     assert "Traceback" not in proc.stderr + proc.stdout
     assert len(err.splitlines()) == 1, err
     assert err.startswith("error: ")
@@ -90,7 +94,7 @@ SLOW = {
 }
 
 
-SLOW_FIXTURES = {"full"}  # test_sweep's whole-matrix sweep (30 s to build): every test on it is slow
+SLOW_FIXTURES = {"full", "report_file"}  # whole-matrix sweeps (30-60 s to build): every test on them is slow
 
 
 def pytest_collection_modifyitems(config, items):

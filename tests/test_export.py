@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from normonnx import BadInput, ExportMismatch, NormSpec, export_report
+from normonnx import BadInput, ExportMismatch, NormSpec, export, export_report
 from normonnx.compare import compare, tolerance_for
 from normonnx.exporters import REGISTRY as EXPORTERS
 from normonnx.export import check_request, verify_export
@@ -233,3 +233,23 @@ def test_contrib_graphs(exporter, tmp_path):
 def test_contrib_refuses_what_the_kernel_cannot_take():
     with pytest.raises(BadInput, match="4-D"):
         export_report(NormSpec.make("gn", shape="2x8x16", groups=4), "contrib")
+
+
+def test_reusing_the_torchlib_table_changes_no_exported_byte(tmp_path, monkeypatch):
+    """The per-process torchlib table (exporters._reuse_torchlib_table) only saves time: a dynamo export
+    made with it is byte for byte the one made with onnxscript's own per-export rebuild."""
+    import sys
+
+    from normonnx.exporters import _reuse_torchlib_table
+
+    spec = NormSpec.make("gn", dtype="float16")
+    export(spec, "native", 21, "dynamo", output=tmp_path / "reused.onnx")
+    _reuse_torchlib_table()
+    reused = [m for n, m in sys.modules.items() if n.startswith("onnxscript._framework_apis.")
+              and getattr(getattr(m, "get_torchlib_ops", None), "_normonnx_reused", False)]
+    assert reused  # the table is in place, where torch reads it
+    for m in reused:
+        monkeypatch.setattr(m, "get_torchlib_ops", m.get_torchlib_ops.original)
+    monkeypatch.setattr("normonnx.exporters._reuse_torchlib_table", lambda: None)
+    export(spec, "native", 21, "dynamo", output=tmp_path / "rebuilt.onnx")
+    assert (tmp_path / "reused.onnx").read_bytes() == (tmp_path / "rebuilt.onnx").read_bytes()

@@ -21,7 +21,7 @@ FLOORS = [
     ("engine", ["inputs", "runtimes", "fusion", "validate", "layers", "bench", "pool"], False),
     ("features", ["scan", "sweep", "diff"], True),
     ("fix", ["repair"], False),  # fix stands on scan: the written model is judged by scan --validate itself
-    ("presentation", ["render", "report", "catalog", "testing", "cli", ""], False),  # "": the facade
+    ("presentation", ["render", "findings", "report", "catalog", "testing", "cli", ""], False),  # "": the facade
 ]
 
 

@@ -1,0 +1,93 @@
+"""The report's first screen answers "what do I ship": the recommendation table (opset and exporter
+included) sits in the first 1,400x900 viewport of a real headless browser, the page fits 1,400 px,
+and a phone-width view still shows the table's top. Needs Chromium and chromedriver (Debian's
+chromium, chromium-driver) and selenium; skipped without them unless NORMONNX_BROWSER_REQUIRED is
+set (CI sets it after installing them, so there the check always runs)."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from normonnx.report import render_html
+from normonnx.sweep import Matrix, sweep
+
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+
+
+def _driver(width: int, height: int):
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        if os.environ.get("NORMONNX_BROWSER_REQUIRED"):
+            raise
+        pytest.skip("selenium is not installed (pip install selenium)")
+    if not (BROWSER and DRIVER):
+        if os.environ.get("NORMONNX_BROWSER_REQUIRED"):
+            pytest.fail("NORMONNX_BROWSER_REQUIRED is set but chromium/chromedriver are missing")
+        pytest.skip("no chromium + chromedriver here (apt-get install chromium chromium-driver)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = BROWSER
+    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+              f"--window-size={width},{height}", "--hide-scrollbars"):
+        opts.add_argument(a)
+    d = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    d.set_window_size(width, height)
+    return d
+
+
+@pytest.fixture(scope="module")
+def report_file(tmp_path_factory):
+    """A real sweep of every norm's main forms (float32 and float16), as the first run makes it."""
+    root = tmp_path_factory.mktemp("screen")
+    m = Matrix.quick(variants=("native", "decomposed", "layernorm-trick"), providers=("cpu",))
+    sweep(root / "out", m, inputs=["normal", "offset", "constant"], cache_dir=root / "cache", progress=False)
+    from normonnx.report import write_report
+
+    return write_report(root / "out", root / "report.html")
+
+
+def _viewport_facts(path, width, height) -> dict:
+    d = _driver(width, height)
+    try:
+        d.get(path.as_uri())
+        return d.execute_script("""
+            const t = document.getElementById('ship'), r = t.getBoundingClientRect();
+            const firstRow = t.rows[1].getBoundingClientRect();
+            return {top: r.top, firstRowBottom: firstRow.bottom, innerHeight: window.innerHeight,
+                    scrollWidth: document.documentElement.scrollWidth, innerWidth: window.innerWidth,
+                    headers: Array.from(t.rows[0].cells).map(c => c.textContent)};""")
+    finally:
+        d.quit()
+
+
+def test_recommendation_is_on_the_first_screen_at_1400x900(report_file, tmp_path):
+    f = _viewport_facts(report_file, 1400, 900)
+    assert f["headers"][:5] == ["norm", "dtype", "runtime", "ship", "needs"], f
+    assert 0 <= f["top"] and f["firstRowBottom"] <= f["innerHeight"], f  # its header and first answer in view
+    assert f["scrollWidth"] <= 1400, f  # nothing wider than the window: no sideways scrolling
+
+
+def test_recommendation_starts_on_a_phone_screen(report_file):
+    f = _viewport_facts(report_file, 390, 844)
+    assert 0 <= f["top"] < f["innerHeight"], f
+
+
+def test_the_screenshot_check_fails_when_the_answer_is_pushed_down(report_file, tmp_path):
+    """The check can fail: the same report with a screenful of text before the table is caught."""
+    html = report_file.read_text().replace("<h2>What to ship</h2>", "<div style='height:1200px'></div><h2>What to ship</h2>")
+    pushed = tmp_path / "pushed.html"
+    pushed.write_text(html)
+    f = _viewport_facts(pushed, 1400, 900)
+    assert f["firstRowBottom"] > f["innerHeight"], f
+
+
+def test_render_html_puts_what_to_ship_before_the_matrix():
+    recs = [{"type": "case", "case_id": "c", "norm": "ln", "provider": "cpu", "dtype": "float32", "variant": "native",
+             "opset": 18, "exporter": "dynamo", "status": "pass"}]
+    html = render_html(recs, {})
+    assert html.index("What to ship") < html.index("Failures, by finding") < html.index("Compatibility matrix")
