@@ -177,7 +177,7 @@ def scan_text(report) -> str:
         if report.validated:
             v = report.validations.get(i)
             row.append("-" if v is None else "pass" if v.passed else
-                       f"FAIL {v.validation}" if v.passed is False else v.validation)
+                       _validation_cell(v) if v.passed is False else v.validation)
         rows.append(row)
     headers = ["#", "kind", "form", "nodes", "axes/groups", "eps", "affine", "dtype", "ORT fuses", "risks"]
     if report.validated:
@@ -188,15 +188,18 @@ def scan_text(report) -> str:
     if report.fusion_note:
         out += f"\n\nORT fuses: unknown ({report.fusion_note})"
     if report.validated:
+        for i, v in sorted(report.validations.items()):
+            if v is not None and v.passed is False:
+                out += "\n" + wrap(f"FAIL #{i} {report.norms[i].nodes[0]}: {v.validation}")
         c = report.counts
         out += (f"\n\n{verdict_word(report.exit_code)}: {c['passed']} passed, {c['failed']} failed, "
                 f"{c['not_validated']} not validated")
         if report.checked_on:  # what this verdict covers (--activations judges the model's own activations)
-            out += (f"\nchecked: each layer cut out and run on {report.checked_on} (stress inputs aimed at how norms "
-                    "break; the model's own activations: scan --activations)")
+            out += "\n" + wrap(f"checked: each layer cut out and run on {report.checked_on} (stress inputs aimed at "
+                                "how norms break; the model's own activations: scan --activations)")
         if c["failed"]:
-            out += (f"\nnext: normonnx fix {report.model} -o FIXED.onnx gives each failing layer a form that passes, "
-                    "or says why not")
+            out += "\n" + wrap(f"next: normonnx fix {report.model} -o FIXED.onnx gives each failing layer a form that "
+                                "passes, or says why not")
     return out
 
 

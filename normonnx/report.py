@@ -213,8 +213,7 @@ def _pick(ok: list[str], timing: dict[str, dict | None]) -> tuple[str | None, st
     if len(ok) == 1:
         return best, f"the only form passing every suite{note}"
     peers = others(best)
-    return best, (f"passes every suite, as {', '.join(peers)} {'does' if len(peers) == 1 else 'do'}; "
-                  f"fewest nodes (untimed: sweep --bench ranks by speed){note}")
+    return best, f"passes every suite, as {', '.join(peers)} {'does' if len(peers) == 1 else 'do'}; fewest nodes{note}"
 
 
 def _least_bad(provider: str, failing: dict[str, list[dict]]) -> str:
@@ -481,8 +480,10 @@ def render_html(records: list[dict], meta: dict) -> str:
     if banner:
         parts.append(f"<p style='background:#fde6c4;padding:8px;border:1px solid #e0a040'><b>Timings not "
                      f"trusted.</b> {e(banner)}</p>")
+    untimed = "" if bench_rows(records) else (" No timings in this sweep: among passing forms the one with the fewest "
+                                              "nodes is named; <code>sweep --bench</code> ranks them by speed.")
     parts.append("<h2>What to ship</h2><p class='muted'>Per norm, dtype and runtime: the graph form that passed "
-                 "every input suite, the opset and exporter it passed with, and what the other forms fail.</p>")
+                 f"every input suite, the opset and exporter it passed with, and what the other forms fail.{untimed}</p>")
     parts.append(_ship_table(recommendations(records)))
     parts.append("<h2>Failures, by finding</h2>")
     parts.append(_findings_table(records))
@@ -523,7 +524,10 @@ def render_markdown(records: list[dict], meta: dict) -> str:
     lines = ["# normonnx compatibility report", "",
              ", ".join(f"**{v}** {k}" for k, v in sorted(summary_counts(records).items())) + " cases.", "",
              *([f"> **Timings not trusted.** {_md(banner)}", ""] if banner else []),
-             "## What to ship", "", "| norm | dtype | runtime | ship | needs | why | what fails otherwise |",
+             "## What to ship", "",
+             *([] if bench_rows(records) else ["No timings in this sweep: among passing forms the one with the fewest "
+                                               "nodes is named; `sweep --bench` ranks them by speed.", ""]),
+             "| norm | dtype | runtime | ship | needs | why | what fails otherwise |",
              "|---|---|---|---|---|---|---|"]
     for rec in recommendations(records):
         lines.append(f"| {_md(rec['norm'])} | {_md(rec['dtype'])} | {_md(rec['provider'])} | "

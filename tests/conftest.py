@@ -80,6 +80,7 @@ SLOW = {
     **dict.fromkeys([
         "test_matrix_records_every_case_once", "test_when_fix_passes_scan_passes_over_the_corpus",
         "test_records_cover_baselines_and_every_variant", "test_readme_export_command_as_typed",
+        "test_the_readme_tour_prints_what_the_readme_shows",
         "test_scan_of_a_20000_node_model_finishes", "test_parallel_jobs_record_the_same_cases",
         "test_sweep_with_bench_times_and_recommends_the_fastest", "test_diffusers_unet_groupnormalization_fixed",
         "test_assert_export_matches_raises_with_worst_element", "test_a_poisoned_cache_entry_is_a_miss_and_a_warning",
