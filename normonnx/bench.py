@@ -132,7 +132,9 @@ class BenchReport:
     def to_dict(self) -> dict:
         ok, line = self.trusted
         return {"spec_id": self.spec.id, "spec": self.spec.to_dict(), "machine": self.machine, "trusted": ok,
-                "verdict": line, "records": [r.to_dict() for r in self.records]}
+                "verdict": line, "records": [r.to_dict() for r in self.records],
+                # what the `valid` field covers (validate judges every stress suite)
+                "checked": "valid: normal inputs only, to time forms that compute a norm; not the stress suites"}
 
 
 def machine_info() -> dict:

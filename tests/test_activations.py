@@ -58,7 +58,10 @@ def test_cli_table_json_and_exit_code(models, tmp_path):
     np.savez(tmp_path / "d.npz", x=x)
     r = run_cli("scan", str(models["gn21"]), "--activations", "--data", str(tmp_path / "d.npz"))
     assert r.returncode == 1 and "on the model's activations" in r.stdout and "FAIL #0" in r.stdout
+    # the verdict says what it covers, and a failure points to fix
+    assert "not on stress inputs" in r.stdout and f"next: normonnx fix {models['gn21']}" in r.stdout
     doc = json.loads(run_cli("scan", str(models["massive"]), "--activations", "--json").stdout)
+    assert "not stress inputs" in doc["activations"]["checked"]
     layer = doc["activations"]["layers"][0]
     assert layer["passed"] is True and layer["float16"]["converted"]["passed"] is False
 

@@ -94,3 +94,19 @@ def test_a_form_that_cannot_be_judged_is_said_so_and_the_others_go_on(monkeypatc
     by = {r.form: r for r in rep.records}
     assert by["decomposed"].passed is None and "planted" in by["decomposed"].validation
     assert by["native"].passed is True and by["native"].p50_ms is not None
+
+
+def test_bench_output_says_its_valid_column_covers_normal_inputs_only():
+    """bench judges correctness on normal inputs only (to time forms that compute a norm); its output
+    says so in text and JSON, so nobody reads 'valid: pass' as the stress suites' verdict."""
+    import json
+
+    from conftest import run_cli
+
+    args = ["bench", "--norm", "ln", "--shape", "2,16,64", "--variant", "native", "--min-time", "0", "--rounds", "3",
+            "--warmup", "0"]
+    text = run_cli(*args)
+    assert text.returncode == 0, text.stderr
+    assert "valid: checked on normal inputs only" in text.stdout and "normonnx validate's verdict" in text.stdout
+    doc = json.loads(run_cli(*args, "--json").stdout)
+    assert doc["checked"].startswith("valid: normal inputs only")

@@ -81,7 +81,9 @@ class ActivationReport:
         return {"model": self.model, "provider": self.provider, "samples": self.samples, "source": self.source,
                 "inputs": self.inputs,
                 "runs": self.runs, "captured_bytes": self.captured_bytes, "seconds": round(self.seconds, 2),
-                "notes": self.notes, "layers": [lf.to_dict() for lf in self.layers], "exit_code": int(self.exit_code)}
+                "notes": self.notes, "layers": [lf.to_dict() for lf in self.layers], "exit_code": int(self.exit_code),
+                # what the verdict covers (scan --validate judges stress inputs instead)
+                "checked": f"the activations of {self.samples} model inputs ({self.source}), not stress inputs"}
 
 
 # -- inputs ------------------------------------------------------------------------------------------
