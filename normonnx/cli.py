@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import sys
 import threading
@@ -154,22 +155,40 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 @contextlib.contextmanager
 def working(what: str, enabled: bool = True, after: float = 2.0):
     """A progress line on stderr for work that may take a while: nothing if it ends within `after`
-    seconds; then '  .. WHAT' (on a terminal with the seconds counting, cleared at the end)."""
+    seconds; then '  .. WHAT' (on a terminal with the seconds counting, cleared at the end). It writes
+    to its own copy of stderr's descriptor: the exporters' output is silenced meanwhile by pointing
+    descriptor 2 elsewhere (exporters.quiet_export), which must not swallow this line."""
     if not enabled:
         yield
         return
+    try:
+        stream = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        stream = None  # in-process, a test runner's stderr: write through it
+    tty = stream is not None and stream.isatty()
+    if tty:  # one terminal line, so that \r redraws it (a wrapped line would not be cleared)
+        import shutil
+        import textwrap
+
+        what = textwrap.shorten(what, max(20, shutil.get_terminal_size().columns - 14), placeholder=" ...")
     done = threading.Event()
-    tty = sys.stderr.isatty()
+
+    def say(text: str) -> None:
+        if stream is None:
+            click.echo(text, err=True, nl=False)
+        else:
+            stream.write(text)
+            stream.flush()
 
     def show():
         if done.wait(after):
             return
         t0 = time.monotonic() - after
-        click.echo(f"  .. {what}", err=True, nl=not tty)
+        say(f"  .. {what}" + ("" if tty else "\n"))
         while tty and not done.wait(1.0):
-            click.echo(f"\r  .. {what} ({time.monotonic() - t0:.0f} s)", err=True, nl=False)
+            say(f"\r  .. {what} ({time.monotonic() - t0:.0f} s)")
         if tty:
-            click.echo("\r\033[K", err=True, nl=False)
+            say("\r\033[K")
 
     thread = threading.Thread(target=show, daemon=True)
     thread.start()
@@ -178,6 +197,8 @@ def working(what: str, enabled: bool = True, after: float = 2.0):
     finally:
         done.set()
         thread.join()
+        if stream is not None:
+            stream.close()
 
 
 def _fail(message: str, code: int) -> int:
@@ -204,8 +225,7 @@ def cli(debug):
 def export(variant, opset, exporter, dynamic, allow_mismatch, output, as_json, **kw):
     """Export one norm to a self-contained, checked ONNX file."""
     spec = make_spec(**_spec_args(kw))
-    with working(f"exporting {spec.id} ({variant}, opset {opset}, {exporter}): torch's exporter takes a few seconds",
-                 not as_json):
+    with working(f"exporting {spec.id} ({variant}, opset {opset}, {exporter})", not as_json):
         rep = normonnx.export_report(spec, variant, opset, exporter, dynamic, output, allow_mismatch)
     if as_json:
         click.echo(json_text(rep.to_dict()))
@@ -248,7 +268,7 @@ def validate(variant, opset, exporter, dynamic, allow_mismatch, model, runtimes,
 
     spec = make_spec(**_spec_args(kw), default_norm=None if model else "ln")
     what = model or f"{spec.id if spec else ''} ({variant}, opset {opset}, {exporter})"
-    with working(f"validating {what}: exporting, then every input suite on every runtime", not as_json):
+    with working(f"validating {what} on every input suite and runtime", not as_json):
         report = run_validate(spec, variant=variant, opset=opset, exporter=exporter, dynamic=dynamic, model=model,
                               runtimes=runtimes, inputs=inputs, config=SessionConfig(opt_level, threads), atol=atol,
                               rtol=rtol, save_inputs=save_inputs, skip_missing=skip_missing, seed=seed,

@@ -251,3 +251,20 @@ def test_bfloat16_runs_on_ort_through_ortvalues_and_a_wrong_eps_fails(tmp_path):
     assert bad.returncode == 1 and "FAILED" in bad.stdout, bad.stdout[-800:] + bad.stderr
 
 
+
+
+@pytest.mark.parametrize("work_s, shown", [(0.0, False), (0.6, True)])
+def test_progress_line_only_for_long_work_and_never_swallowed_by_the_export_silencer(work_s, shown):
+    """A line after `after` seconds, none for quick work; written to its own copy of stderr, so the
+    exporters' silencer (descriptor 2 pointed at a file meanwhile) does not swallow it. In a process
+    of its own: the descriptors are the point."""
+    import subprocess
+    import sys
+
+    code = ("import time\nfrom normonnx.cli import working\nfrom normonnx.exporters import quiet_export\nlog = []\n"
+            f"with working('exporting something', after=0.2):\n    with quiet_export(log):\n        time.sleep({work_s})\n"
+            "print(repr(log))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert ("  .. exporting something" in p.stderr) is shown, p.stderr
+    assert "exporting something" not in p.stdout  # not in the silenced exporters' log
