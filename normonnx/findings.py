@@ -21,20 +21,19 @@ class Finding:
     example: str  # one case's own reason, numbers and all
     cases: tuple[str, ...]
 
-    def to_dict(self) -> dict:
-        return {"status": self.status, "what": self.what, "example": self.example, "cases": list(self.cases)}
 
-
-def _suites(r: dict) -> tuple[tuple[str, ...], float, bool]:
-    fails = {n: s for n, s in (r.get("inputs") or {}).items() if isinstance(s, dict) and s.get("status") == "fail"}
-    worst = max((s.get("max_abs_err") or 0.0 for s in fails.values() if isinstance(s.get("max_abs_err"), (int, float))),
-                default=0.0)
-    return tuple(sorted(fails)), worst, any(s.get("nonfinite_mismatch") for s in fails.values())
+def failing_suites(recs: list[dict]) -> tuple[tuple[str, ...], float, bool]:
+    """(the input suites these records fail, the worst error among them, any NaN/Inf where the oracle
+    is finite)."""
+    fails = [(n, s) for r in recs for n, s in (r.get("inputs") or {}).items()
+             if isinstance(s, dict) and s.get("status") == "fail"]
+    worst = max((s["max_abs_err"] for _, s in fails if isinstance(s.get("max_abs_err"), (int, float))), default=0.0)
+    return tuple(sorted({n for n, _ in fails})), worst, any(s.get("nonfinite_mismatch") for _, s in fails)
 
 
 def _key(r: dict) -> tuple:
     if r["status"] == "fail":
-        return ("fail", r["norm"], r["variant"], r["provider"], r["dtype"], _suites(r)[0])
+        return ("fail", r["norm"], r["variant"], r["provider"], r["dtype"], failing_suites([r])[0])
     text = r.get("reason") or r.get("error") or ""
     return (r["status"], r.get("error_type") or "", _NUMBER.sub("N", text.splitlines()[0] if text else ""))
 
@@ -50,8 +49,7 @@ def group_failures(records: list[dict]) -> list[Finding]:
         first = recs[0]
         if key[0] == "fail":
             _, norm, variant, provider, dtype, names = key
-            worst = max(_suites(r)[1] for r in recs)
-            nan = any(_suites(r)[2] for r in recs)
+            _, worst, nan = failing_suites(recs)
             at = sorted({(r["exporter"], r["opset"]) for r in recs})
             what = (f"{norm} {variant} {dtype} on {provider} fails {', '.join(names) or 'a suite'} "
                     f"({'NaN/Inf where the oracle is finite' if nan else f'worst error {worst:.2g}'}) at "

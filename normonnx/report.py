@@ -16,6 +16,7 @@ import numpy as np
 
 from .compare import DEFAULT_TOLERANCES
 from .errors import BadInput
+from .findings import failing_suites, group_failures
 from .inputs import REGISTRY as SUITES
 from .judge import judge
 from .results import RESULTS, read_meta, read_results
@@ -132,15 +133,7 @@ def needs_text(units: dict[tuple[str, int], str]) -> str:
     return " or ".join(parts) or "-"
 
 
-def _failing_suites(recs: list[dict]) -> tuple[list[str], float, bool]:
-    """(failing input suites, worst error among them, any NaN/Inf where the oracle is finite)."""
-    fails = {n: s for r in recs for n, s in (r.get("inputs") or {}).items()
-             if isinstance(s, dict) and s.get("status") == "fail"}
-    worst = max((_num(s.get("max_abs_err")) or 0.0 for s in fails.values()), default=0.0)
-    return sorted(fails), worst, any(s.get("nonfinite_mismatch") for s in fails.values())
-
-
-def _fails_otherwise(forms: dict[str, list[dict]], units: dict[str, dict], best: str | None) -> str:
+def _fails_otherwise(forms: dict[str, list[dict]], units: dict[str, dict]) -> str:
     """What fails for this norm x runtime x dtype, a few words a form: the failing suites (worst first
     named) and, for a form that passes at another opset, where it fails."""
     out = []
@@ -154,7 +147,7 @@ def _fails_otherwise(forms: dict[str, list[dict]], units: dict[str, dict], best:
         if all(r["status"] == "error" for r in bad):
             out.append(f"{v}{where}: error")
             continue
-        names, worst, nan = _failing_suites(bad)
+        names, worst, nan = failing_suites(bad)
         shown = ", ".join(names[:2]) + (f" +{len(names) - 2}" if len(names) > 2 else "")
         out.append(f"{v}{where}: {shown} ({'NaN' if nan else f'{worst:.2g}'})")
     return "; ".join(out) or "-"
@@ -183,7 +176,7 @@ def recommendations(records: list[dict]) -> list[dict]:
             why = _least_bad(provider, {v: forms[v] for v in bad})
         out.append({"norm": norm, "provider": provider, "dtype": dtype, "recommended": best,
                     "needs": needs_text(units[best]) if best else "-", "why": why, "passing": ok, "failing": bad,
-                    "fails_otherwise": _fails_otherwise(forms, units, best)})
+                    "fails_otherwise": _fails_otherwise(forms, units)})
     return _mark_portable(out)
 
 
@@ -191,7 +184,6 @@ def _pick(ok: list[str], timing: dict[str, dict | None]) -> tuple[str | None, st
     """(form, why in a few words) among the passing forms, by trustworthy timing, else by preference."""
     if not ok:
         return None, ""
-    others = lambda best: [v for v in ok if v != best]  # noqa: E731
     timed = [v for v in ok if timing[v] is not None and trustworthy(timing[v])]
     untrusted = [v for v in ok if timing[v] is not None and v not in timed]
     note = f"; timing of {', '.join(untrusted)} not trusted" if untrusted else ""
@@ -212,7 +204,7 @@ def _pick(ok: list[str], timing: dict[str, dict | None]) -> tuple[str | None, st
     best = min(ok, key=_preference)
     if len(ok) == 1:
         return best, f"the only form passing every suite{note}"
-    peers = others(best)
+    peers = [v for v in ok if v != best]
     return best, f"passes every suite, as {', '.join(peers)} {'does' if len(peers) == 1 else 'do'}; fewest nodes{note}"
 
 
@@ -220,10 +212,8 @@ def _least_bad(provider: str, failing: dict[str, list[dict]]) -> str:
     """Where no form passes on a runtime: say so, with the form that fails fewest suites (then the
     smallest worst error) and what it fails."""
     def score(v):
-        fails = {n: s for r in failing[v] for n, s in (r.get("inputs") or {}).items()
-                 if isinstance(s, dict) and s.get("status") == "fail"}
-        worst = max((_num(s.get("max_abs_err")) or 0.0 for s in fails.values()), default=math.inf)
-        return len(fails) or math.inf, worst, sorted(fails)
+        names, worst, _ = failing_suites(failing[v])
+        return len(names) or math.inf, worst if names else math.inf, list(names)
 
     if not failing:
         return f"no form passes every suite on {provider}"
@@ -430,8 +420,6 @@ def _ship_table(recs: list[dict]) -> str:
 
 
 def _findings_table(records: list[dict]) -> str:
-    from .findings import group_failures
-
     e = html.escape
     found = group_failures(records)
     if not found:
@@ -516,8 +504,6 @@ def _md(v) -> str:
 
 
 def render_markdown(records: list[dict], meta: dict) -> str:
-    from .findings import group_failures
-
     rows, cols, cells = visible_matrix(records)
     icon = {"pass": "✅", "fail": "❌", "mismatch": "⚠️", "unsupported": "·", "error": "💥"}
     banner = timing_banner(records)
