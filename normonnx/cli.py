@@ -167,10 +167,11 @@ def working(what: str, enabled: bool = True, after: float = 2.0):
         stream = None  # in-process, a test runner's stderr: write through it
     tty = stream is not None and stream.isatty()
     if tty:  # one terminal line, so that \r redraws it (a wrapped line would not be cleared)
-        import shutil
         import textwrap
 
-        what = textwrap.shorten(what, max(20, shutil.get_terminal_size().columns - 14), placeholder=" ...")
+        from normonnx.render import terminal_width
+
+        what = textwrap.shorten(what, max(20, terminal_width() - 14), placeholder=" ...")
     done = threading.Event()
 
     def say(text: str) -> None:

@@ -55,7 +55,7 @@ def group_failures(records: list[dict]) -> list[Finding]:
                     f"({'NaN/Inf where the oracle is finite' if nan else f'worst error {worst:.2g}'}) at "
                     + ", ".join(f"opset {o} ({e})" for e, o in at))
         else:
-            what = (first.get("reason") or first.get("error") or first["status"]).splitlines()[0]
+            what = _first(first) or first["status"]
             if len(recs) > 1:
                 what = _NUMBER.sub("N", what) if len({_first(r) for r in recs}) > 1 else what
         out.append(Finding(key[0], what, _first(first), tuple(r["case_id"] for r in recs)))
