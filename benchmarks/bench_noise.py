@@ -15,6 +15,7 @@ import sys
 import time
 
 from normonnx.bench import bench_spec, benchmark
+from normonnx.timing import TimingOptions
 from normonnx.render import bench_text
 
 
@@ -26,7 +27,7 @@ def hog(stop):
 
 
 def run(norm: str, rounds: int):
-    return benchmark(bench_spec(norm), providers=["cpu"], rounds=rounds, min_time=1.0)
+    return benchmark(bench_spec(norm), timing=TimingOptions(rounds=rounds, min_time=1.0))
 
 
 def main() -> int:

@@ -120,7 +120,7 @@ def main() -> int:
             before = scan(path, validate=True)
             out = folder / f"{name}.fixed.onnx"
             t0 = time.perf_counter()
-            rep = normonnx.fix(path, out, timing=False)
+            rep = normonnx.fix(path, out, proof=normonnx.ProofOptions(timing=False))
             secs = time.perf_counter() - t0
             after = scan(out, validate=True) if rep.written else None
             failed_after = after.counts["failed"] if after else None

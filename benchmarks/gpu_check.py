@@ -20,6 +20,8 @@ from pathlib import Path
 from normonnx import NormSpec
 from normonnx.runtimes import get_runtime
 from normonnx.tables import ALL_KINDS
+from normonnx.export import ExportOptions
+from normonnx.runtimes import RunOptions
 from normonnx.validate import validate
 from normonnx.variants import usable_variants
 
@@ -38,7 +40,8 @@ def validate_all(out: Path, opset: int, runtimes: list[str], kinds=ALL_KINDS, va
                     continue
                 t0 = time.perf_counter()
                 try:
-                    rep = validate(spec, variant=variant, opset=opset, runtimes=runtimes, skip_missing=True)
+                    rep = validate(spec, export=ExportOptions(variant=variant, opset=opset),
+                                   run=RunOptions(runtimes=runtimes, skip_missing=True))
                 except Exception as e:  # recorded; one case never stops the run
                     rows.append({"spec": spec.id, "variant": variant, "error": f"{type(e).__name__}: {e}"[:300]})
                     continue

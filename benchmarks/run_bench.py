@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from normonnx.bench import BENCH_SHAPES, SMALL_SHAPES, bench_spec, benchmark
-from normonnx.runtimes import get_runtime
+from normonnx.runtimes import RunOptions, SessionConfig, get_runtime
+from normonnx.timing import TimingOptions
 
 
 def markdown(reports) -> str:
@@ -68,8 +69,8 @@ def main() -> int:
             shape[0] = max(1, int(round(shape[0] * args.scale)))
             spec = bench_spec(kind, dtype, shape=tuple(shape))
             print(f"== {spec.id} on {','.join(providers)}", file=sys.stderr, flush=True)
-            reports.append(benchmark(spec, providers=providers, min_time=args.min_time, threads=args.threads,
-                                     rounds=args.rounds))
+            reports.append(benchmark(spec, run=RunOptions(providers, config=SessionConfig(threads=args.threads)),
+                                     timing=TimingOptions(min_time=args.min_time, rounds=args.rounds)))
     md = markdown(reports)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

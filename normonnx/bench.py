@@ -21,7 +21,8 @@ import numpy as np
 from .errors import BadInput, NormonnxError, RuntimeUnavailable
 from .export import DEFAULT_EXPORTER, export_report
 from .params import make_params
-from .runtimes import SessionConfig, get_runtime, ort_session, session_options
+from .runtimes import RunOptions, get_runtime, ort_session, session_options
+from .timing import TimingOptions
 from .spec import NormSpec
 from .tables import DTYPES
 from .variants import get_variant, usable_variants
@@ -167,25 +168,25 @@ def _bind(session, x_t, y_t, device: str):
 def benchmark(
     spec: NormSpec,
     variants: list[str] | None = None,
-    providers: list[str] | None = None,
     *,
+    run: RunOptions = RunOptions(("cpu",)),
     opset: int = 21,
     exporter: str = DEFAULT_EXPORTER,
-    warmup: int = 5,
-    min_time: float = 1.0,
-    rounds: int = 15,
-    threads: int | None = None,
-    opt_level: str = "all",
+    timing: TimingOptions = TimingOptions(),
     validate_first: bool = True,
     progress: Callable[[str], None] | None = None,
-    seed: int = 0,
 ) -> BenchReport:
-    """Time every variant of `spec` on each provider next to torch eager and a copy, interleaved in
-    `rounds` rounds (each form about `min_time` seconds in all); see normonnx.timing."""
+    """Time every variant of `spec` (default: every one that can express it at `opset`) on each of
+    run's providers (default: cpu; run.config's threads and optimization level) next to torch eager and a
+    copy, interleaved as `timing` says; see normonnx.timing."""
     import torch
 
-    variants, providers = _check_request(spec, variants, providers, opset, warmup, min_time, rounds)
-    config = SessionConfig(opt_level, threads)
+    if run.skip_missing:
+        raise BadInput("bench times every provider it is given: skip_missing does not apply")
+    t = timing
+    variants, providers = _check_request(spec, variants, list(run.runtimes or ()), opset, t.warmup, t.min_time,
+                                         t.rounds)
+    config, threads = run.config, run.config.threads
     if threads:
         torch.set_num_threads(threads)
     report = BenchReport(spec, machine=machine_info())
@@ -202,8 +203,8 @@ def benchmark(
                 models[v] = e
         for p in providers:
             forms, rows, sync = _forms(spec, p, variants, models, opset, exporter, config, validate_first, say)
-            say(f"{p}: timing {', '.join(forms)} in {rounds} interleaved rounds")
-            _time(forms, rows, sync, spec, report, rounds=rounds, min_time=min_time, warmup=warmup, seed=seed)
+            say(f"{p}: timing {', '.join(forms)} in {t.rounds} interleaved rounds")
+            _time(forms, rows, sync, spec, report, rounds=t.rounds, min_time=t.min_time, warmup=t.warmup, seed=t.seed)
             fastest = _fastest(rows)
             for name, r in rows.items():
                 report.records.append(BenchRecord(
@@ -212,7 +213,7 @@ def benchmark(
                                              "x_torch_ci_high", "stable", "unstable_reason", "implausible", "rounds",
                                              "batch", "passed", "validation", "ort_provider")},
                     io_binding=r.get("io_binding", False),
-                    opt_level=opt_level if r["form"] not in ("copy", "torch") else None,
+                    opt_level=config.opt_level if r["form"] not in ("copy", "torch") else None,
                     threads=threads or "default", fastest=name == fastest, error=r.get("error"),
                     unsupported=r.get("unsupported")))
     return report
@@ -281,10 +282,12 @@ def _forms(spec: NormSpec, p: str, variants: list[str], models: dict, opset: int
 def _validation(model: Path, p: str, config) -> dict:
     """The variant validated on normal inputs on `p`: passed (True/False/None) and why."""
     from .errors import BadInput
+    from .inputs import CheckOptions
+    from .runtimes import RunOptions
     from .validate import validate
 
     try:
-        rep = validate(model=model, runtimes=[p], inputs=["normal"], config=config)
+        rep = validate(model=model, run=RunOptions.on(p, config=config), check=CheckOptions(("normal",)))
     except BadInput as e:  # this form's file cannot be judged here: its row says why, the other forms go on
         return {"passed": None, "validation": f"not checked: {e}"}
     # only a finished comparison says FAIL; a check that could not run leaves it unknown

@@ -263,17 +263,19 @@ def export(variant, opset, exporter, dynamic, allow_mismatch, output, as_json, *
 def validate(variant, opset, exporter, dynamic, allow_mismatch, model, runtimes, inputs, opt_level, threads, atol, rtol,
              seed, save_inputs, skip_missing, as_json, **kw):
     """Check an exported norm against the float64 oracle on every runtime and input suite."""
+    from normonnx.export import ExportOptions
+    from normonnx.inputs import CheckOptions
     from normonnx.render import validation_text
-    from normonnx.runtimes import SessionConfig
+    from normonnx.runtimes import RunOptions, SessionConfig
     from normonnx.validate import validate as run_validate
 
     spec = make_spec(**_spec_args(kw), default_norm=None if model else "ln")
     what = model or f"{spec.id if spec else ''} ({variant}, opset {opset}, {exporter})"
     with working(f"validating {what} on every input suite and runtime", not as_json):
-        report = run_validate(spec, variant=variant, opset=opset, exporter=exporter, dynamic=dynamic, model=model,
-                              runtimes=runtimes, inputs=inputs, config=SessionConfig(opt_level, threads), atol=atol,
-                              rtol=rtol, save_inputs=save_inputs, skip_missing=skip_missing, seed=seed,
-                              allow_mismatch=allow_mismatch)
+        report = run_validate(
+            spec, model=model, export=ExportOptions(variant, opset, exporter, dynamic, allow_mismatch),
+            run=RunOptions(runtimes, skip_missing, SessionConfig(opt_level, threads)),
+            check=CheckOptions(inputs, atol, rtol, seed, save_inputs))
     click.echo(json_text(report.to_dict()) if as_json else validation_text(report))
     return report.exit_code
 
@@ -302,6 +304,8 @@ def bench(variant_names, runtimes, providers_alias, opset, exporter, warmup, min
     Without --shape, each norm runs its standard benchmark shape (LN 8x512x768, GN 8x320x64x64 with
     32 groups, IN 8x64x128x128, BN 32x64x56x56)."""
     from normonnx.bench import benchmark, bench_spec
+    from normonnx.runtimes import RunOptions, SessionConfig
+    from normonnx.timing import TimingOptions
     from normonnx.render import bench_text
 
     providers = _runtimes(runtimes, providers_alias, "cpu")
@@ -313,9 +317,9 @@ def bench(variant_names, runtimes, providers_alias, opset, exporter, warmup, min
                       track_running_stats=args.pop("track_running_stats"))
     variants = None if variant_names in (None, "all") else [v.strip() for v in variant_names.split(",") if v.strip()]
     progress = None if as_json else (lambda s: click.echo(f"  .. {s}", err=True))
-    report = benchmark(spec, variants, providers, opset=opset, exporter=exporter, warmup=warmup, min_time=min_time,
-                       rounds=rounds, threads=threads, opt_level=opt_level, validate_first=not no_validate,
-                       progress=progress)
+    report = benchmark(spec, variants, run=RunOptions(providers, config=SessionConfig(opt_level, threads)),
+                       opset=opset, exporter=exporter, timing=TimingOptions(warmup, min_time, rounds),
+                       validate_first=not no_validate, progress=progress)
     click.echo(json_text(report.to_dict()) if as_json else bench_text(report))
 
 
@@ -361,16 +365,18 @@ def sweep(out, full, norms, variants, opsets, exporters, dtypes, runtimes, provi
     quick one (every norm and form, float32/float16, on torch's default exporter); --full for all."""
     providers = _runtimes(runtimes, providers_alias)
     from normonnx.cache import default_cache_dir
-    from normonnx.sweep import Matrix, auto_jobs, parse_shard, sweep as run_sweep
+    from normonnx.inputs import CheckOptions
+    from normonnx.sweep import BenchOptions, Matrix, SweepOptions, auto_jobs, parse_shard, sweep as run_sweep
 
     given = {k: tuple(v) for k, v in dict(norms=norms, variants=variants, opsets=opsets, exporters=exporters,
                                           dtypes=dtypes, providers=providers).items() if v}
     # opsets named on the command line are tried as named, each form at each
     matrix = Matrix(**given) if full or opsets else Matrix.quick(**given)
     jobs = jobs or auto_jobs()
-    summary = run_sweep(out, matrix, inputs=inputs, resume=resume, force=force, jobs=jobs, shard=parse_shard(shard),
-                        cache_dir=None if no_cache else (cache_dir or default_cache_dir()), bench=bench,
-                        bench_opset=bench_opset, bench_min_time=bench_min_time, progress=not as_json,
+    how = SweepOptions(resume, force, jobs, parse_shard(shard),
+                       None if no_cache else (cache_dir or default_cache_dir()), progress=not as_json)
+    summary = run_sweep(out, matrix, how=how, check=CheckOptions(inputs),
+                        bench=BenchOptions(bench_opset, bench_min_time) if bench else None,
                         warn=lambda m: click.echo(f"warning: {m}", err=True))
     if as_json:
         click.echo(json_text(summary.to_dict()))
@@ -533,7 +539,7 @@ def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, ac
 def fix(model, output, rules, skip_rules, dry_run, check, opset, input_shapes, runtimes, inputs, least_bad, no_proof,
         no_timing, list_rules, as_json):
     """Rewrite the norms of MODEL that fail on the runtimes it ships to into forms that pass there, and prove it."""
-    from normonnx.repair import fix as run_fix
+    from normonnx.repair import FixOptions, ProofOptions, fix as run_fix
     from normonnx.render import fix_text, rules_text
     from normonnx.shapes import parse_input_shapes
 
@@ -544,9 +550,9 @@ def fix(model, output, rules, skip_rules, dry_run, check, opset, input_shapes, r
         raise click.UsageError("Missing argument 'MODEL'.")
     progress = None if as_json else (
         lambda i, n, f: click.echo(f"  .. validating {i + 1}/{n}: {f.kind} {f.form} at {f.nodes[0]}", err=True))
-    report = run_fix(model, output, rules=rules, skip_rules=skip_rules, dry_run=dry_run, check=check, opset=opset,
-                     input_shapes=parse_input_shapes(input_shapes), prove=not no_proof, timing=not no_timing,
-                     runtimes=runtimes, inputs=inputs, least_bad=least_bad, progress=progress)
+    report = run_fix(model, output, mode="check" if check else "dry-run" if dry_run else "fix",
+                     change=FixOptions(rules, skip_rules, opset, parse_input_shapes(input_shapes)),
+                     proof=ProofOptions(not no_proof, runtimes, inputs, not no_timing, least_bad), progress=progress)
     click.echo(json_text(report.to_dict()) if as_json else fix_text(report))
     return report.exit_code
 

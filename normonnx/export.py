@@ -26,6 +26,18 @@ DEFAULT_EXPORTER = "dynamo"
 DEFAULT_VARIANT = "native"
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to export a spec as: the graph form (variant), the opset asked for, the exporter, symbolic
+    batch/spatial dims, and whether an export that came out other than asked is kept (said) or refused."""
+
+    variant: str = DEFAULT_VARIANT
+    opset: int = DEFAULT_OPSET
+    exporter: str = DEFAULT_EXPORTER
+    dynamic: bool = False
+    allow_mismatch: bool = False
+
+
 def case_id(spec: NormSpec, variant: str, opset: int, exporter: str, dynamic: bool = False) -> str:
     """Stable, readable id of one export, e.g. gn-g4-c8-2x8x16x16-fp32-native-op18-dynamo."""
     return f"{spec.id}-{variant}-op{opset}-{exporter}" + ("-dyn" if dynamic else "")

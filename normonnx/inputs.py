@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -43,6 +44,22 @@ class InputSuite:
     make: Callable[[NormSpec, np.random.Generator], list[tuple[str, np.ndarray]]] = field(repr=False)
     derive_spec: Callable[[NormSpec], NormSpec] | None = field(default=None, repr=False)
     large: bool = False  # also run at a realistic normalization-set size (large_spec), samples named '<name>-large'
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """What a model is judged on: the input suites (None: every one that applies), the tolerance (None:
+    the dtype's own), the seed of every sample, and a folder each sample is saved to (None: not saved)."""
+
+    inputs: tuple[str, ...] | None = None
+    atol: float | None = None
+    rtol: float | None = None
+    seed: int = 0
+    save_inputs: str | Path | None = None
+
+    def __post_init__(self):
+        if self.inputs is not None:
+            object.__setattr__(self, "inputs", tuple(self.inputs))
 
 
 REGISTRY: Registry[InputSuite] = Registry("input suite")

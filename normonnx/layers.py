@@ -15,7 +15,8 @@ from .derive import derive_spec
 from .errors import BadInput
 from .extract import DRAWN
 from .patterns import FoundNorm
-from .runtimes import SessionConfig, require
+from .inputs import CheckOptions
+from .runtimes import RunOptions, SessionConfig, require
 from .validate import validate
 
 
@@ -105,8 +106,9 @@ def run_layer(f: FoundNorm, layer_path: Path, runtimes: list[str] | None, inputs
         if not d.HasField("dim_value"):
             d.dim_value = v
     onnx.save(m, str(layer_path))
-    return validate(spec, model=layer_path, params=params, runtimes=runtimes or ["cpu"], inputs=inputs,
-                    config=SessionConfig(threads=threads))
+    return validate(spec, model=layer_path, params=params,
+                    run=RunOptions(tuple(runtimes or ["cpu"]), config=SessionConfig(threads=threads)),
+                    check=CheckOptions(inputs))
 
 
 def validate_layer(f: FoundNorm, layer_path: Path, runtimes: list[str] | None, inputs: list[str] | None,

@@ -240,18 +240,18 @@ def fix_text(report) -> str:
             out += f"\n{lf.status}: #{lf.index} {lf.norm.nodes[0]}: {lf.reason}"
     w = report.whole_model
     if w is not None:
-        if w.get("passed") is None:
-            out += f"\n\nwhole model: not compared ({w.get('error')})"
+        if w.passed is None:
+            out += f"\n\nwhole model: not compared ({w.error})"
         else:
-            shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in w["inputs"].items())
-            out += (f"\n\nwhole model on ORT {w.get('provider', 'cpu').upper()}, seeded inputs ({shapes}): largest output difference "
-                    f"{w['max_abs_diff']:.3g} " + ("(within tolerance)" if w["passed"] else "(OUTSIDE tolerance)"))
+            shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in w.inputs.items())
+            out += (f"\n\nwhole model on ORT {w.provider.upper()}, seeded inputs ({shapes}): largest output difference "
+                    f"{w.max_abs_diff:.3g} " + ("(within tolerance)" if w.passed else "(OUTSIDE tolerance)"))
     t = report.timing
     if t:
-        lo, hi = t["ratio_ci"]
-        out += (f"\ntiming on ORT {t.get('provider', 'cpu').upper()} ({t['rounds']} interleaved rounds): original {t['original_ms']:.3g} ms, fixed "
-                f"{t['fixed_ms']:.3g} ms, fixed/original {t['ratio']:.2f}x (95% CI {lo:.2f}-{hi:.2f}"
-                + ("" if t["stable"] else "; unstable: a busy machine") + ")")
+        lo, hi = t.ratio_ci
+        out += (f"\ntiming on ORT {t.provider.upper()} ({t.rounds} interleaved rounds): original {t.original_ms:.3g} ms, fixed "
+                f"{t.fixed_ms:.3g} ms, fixed/original {t.ratio:.2f}x (95% CI {lo:.2f}-{hi:.2f}"
+                + ("" if t.stable else "; unstable: a busy machine") + ")")
     for note in report.notes:
         out += f"\nnote: {note}"
     return out + "\n\n" + fix_summary(report)
@@ -280,7 +280,7 @@ def fix_summary(report) -> str:
     tail += f"; {len(unproven)} rewritten layers not validated in the written model (not proven)" if unproven else ""
     w = report.whole_model
     whole = "" if w is None else {False: "; the whole model differs from the original",
-                                  None: "; the whole model could not be compared (not proven)"}.get(w.get("passed"), "")
+                                  None: "; the whole model could not be compared (not proven)"}.get(w.passed, "")
     done = "rewritten" if report.written or not n else "rewritten in a model not written"
     return f"{word}: {n} layers {done}{tail}{whole}; {wrote}"
 

@@ -38,6 +38,25 @@ class SessionConfig:
             raise BadInput(f"threads must be >= 1, got {self.threads}")
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """Which runtimes run a model, and how. runtimes: names from normonnx.runtimes (None: every one
+    available here); a named runtime that is missing raises RuntimeUnavailable, or with skip_missing is
+    recorded as skipped; config: the session options recorded with every result."""
+
+    runtimes: tuple[str, ...] | None = None
+    skip_missing: bool = False
+    config: SessionConfig = SessionConfig()
+
+    def __post_init__(self):
+        if self.runtimes is not None:
+            object.__setattr__(self, "runtimes", tuple(self.runtimes))
+
+    @classmethod
+    def on(cls, *runtimes: str, **kw) -> "RunOptions":
+        return cls(runtimes, **kw)
+
+
 @dataclass
 class Session:
     """An open model on one runtime: run(x) -> y, plus facts about what actually ran."""

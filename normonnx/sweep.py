@@ -18,6 +18,7 @@ from typing import Callable, Iterable
 
 from .errors import BadInput, ExitCode, ExportMismatch, NormonnxError
 from .export import check_request, tool_versions
+from .inputs import CheckOptions
 from .judge import judge
 from .results import (
     META,
@@ -157,6 +158,8 @@ def case_status(samples) -> str:
 def run_case(case: Case, inputs: list[str] | None = None, cache_dir: str | None = None, seed: int = 0) -> dict:
     """Validate one case on its provider and return its flat record. Never raises."""
     from .cache import ExportCache
+    from .export import ExportOptions
+    from .runtimes import RunOptions
     from .validate import validate
 
     t0 = time.perf_counter()
@@ -171,8 +174,8 @@ def run_case(case: Case, inputs: list[str] | None = None, cache_dir: str | None 
     cache = None
     try:
         cache = ExportCache(cache_dir) if cache_dir else None
-        report = validate(case.spec, variant=case.variant, opset=case.opset, exporter=case.exporter,
-                          runtimes=[case.provider], inputs=inputs, cache=cache, seed=seed)
+        report = validate(case.spec, export=ExportOptions(case.variant, case.opset, case.exporter),
+                          run=RunOptions.on(case.provider), check=CheckOptions(inputs, seed=seed), cache=cache)
     except ExportMismatch as e:
         return make_record("case", **rec, status="mismatch", reason=str(e), duration_s=time.perf_counter() - t0,
                            exports=cache.misses if cache else None)
@@ -215,13 +218,15 @@ def error_record(case: Case, e: BaseException, **extra) -> dict:
 def run_bench_group(norm: str, dtype: str, provider: str, opset: int, min_time: float) -> dict:
     """Time every variant of a norm at its standard shape (one record holding all forms). Never raises."""
     from .bench import bench_spec, benchmark
+    from .runtimes import RunOptions
+    from .timing import TimingOptions
 
     rec = {"case_id": bench_id(norm, dtype, provider, opset), "norm": norm, "dtype": dtype, "provider": provider,
            "opset": opset, "versions": versions()}
     try:
         spec = bench_spec(norm, dtype)
-        rep = benchmark(spec, usable_variants(spec, opset), [provider], opset=opset, min_time=min_time, warmup=2,
-                        rounds=9)
+        rep = benchmark(spec, usable_variants(spec, opset), run=RunOptions.on(provider), opset=opset,
+                        timing=TimingOptions(warmup=2, min_time=min_time, rounds=9))
         return make_record("bench", **rec, status="timed", spec_id=spec.id, machine=rep.machine,
                            records=[r.to_dict() for r in rep.records])
     except Exception as e:
@@ -317,25 +322,40 @@ class SweepSummary:
                 "interrupted": self.interrupted, "rejected_lines": self.rejected}
 
 
+@dataclass(frozen=True)
+class SweepOptions:
+    """How a sweep runs: resume a folder's results (or force: start over), N worker processes, one shard
+    k of n of the matrix, the export cache's folder (None: no cache), a progress line."""
+
+    resume: bool = False
+    force: bool = False
+    jobs: int = 1
+    shard: tuple[int, int] | None = None
+    cache_dir: str | Path | None = None
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """Timings after the accuracy cases: every form of each norm x dtype x provider at `opset`, each
+    timed for min_time seconds."""
+
+    opset: int = 21
+    min_time: float = 0.3
+
+
 def sweep(
     out: str | Path,
     matrix: Matrix | None = None,
     *,
-    inputs: list[str] | None = None,
-    resume: bool = False,
-    force: bool = False,
-    jobs: int = 1,
-    shard: tuple[int, int] | None = None,
-    cache_dir: str | Path | None = None,
-    bench: bool = False,
-    bench_opset: int = 21,
-    bench_min_time: float = 0.3,
-    progress: bool = True,
-    seed: int = 0,
+    how: SweepOptions = SweepOptions(),
+    check: CheckOptions = CheckOptions(),
+    bench: BenchOptions | None = None,
     case_runner: Callable[..., dict] = run_case,
     warn: Callable[[str], None] | None = None,
 ) -> SweepSummary:
-    """Run the matrix into OUT/results.jsonl. cache_dir=None disables the export cache.
+    """Run the matrix into OUT/results.jsonl, judged on `check`'s suites and seed (its tolerance is
+    each dtype's own); with `bench`, timings after the cases. how.cache_dir=None disables the export cache.
 
     One writer per folder (OUT/.lock): a second sweep into OUT fails at once. With resume, malformed
     lines (torn, garbage, duplicates, another schema) move to OUT/results.rejected.jsonl and their
@@ -344,13 +364,13 @@ def sweep(
 
     matrix = matrix if matrix is not None else Matrix()  # not a default argument: it probes runtimes
     warn = warn or (lambda m: sys.stderr.write(f"warning: {m}\n"))
-    suites.get_suites(inputs)  # validate names before any work
-    if jobs < 1:
-        raise BadInput(f"--jobs must be >= 1, got {jobs}")
-    if cache_dir is not None:
+    suites.get_suites(list(check.inputs) if check.inputs else None)  # validate names before any work
+    if how.jobs < 1:
+        raise BadInput(f"--jobs must be >= 1, got {how.jobs}")
+    if how.cache_dir is not None:
         from .cache import ExportCache
 
-        ExportCache(cache_dir)  # an unusable cache folder is bad input before any case runs
+        ExportCache(how.cache_dir)  # an unusable cache folder is bad input before any case runs
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -359,12 +379,13 @@ def sweep(
     if not os.access(out, os.W_OK):
         raise BadInput(f"cannot write in output folder {out}: permission denied")
     with FolderLock(out):
-        return _sweep_locked(out, matrix, inputs, resume, force, jobs, shard, cache_dir, bench, bench_opset,
-                             bench_min_time, progress, seed, case_runner, warn)
+        return _sweep_locked(out, matrix, how, check, bench, case_runner, warn)
 
 
-def _sweep_locked(out, matrix, inputs, resume, force, jobs, shard, cache_dir, bench, bench_opset, bench_min_time,
-                  progress, seed, case_runner, warn) -> SweepSummary:
+def _sweep_locked(out: Path, matrix: Matrix, how: SweepOptions, check: CheckOptions, bench: BenchOptions | None,
+                  case_runner, warn) -> SweepSummary:
+    resume, force, jobs, shard = how.resume, how.force, how.jobs, how.shard
+    inputs, seed = list(check.inputs) if check.inputs else None, check.seed
     results = out / RESULTS
     existing, bad = read_results(results) if not force else ([], [])
     if (existing or bad) and not resume:
@@ -386,7 +407,7 @@ def _sweep_locked(out, matrix, inputs, resume, force, jobs, shard, cache_dir, be
     from .bench import machine_info
 
     meta = {"versions": now, "matrix": {k: v if isinstance(v, bool) else list(v) for k, v in asdict(matrix).items()},
-            "inputs": inputs, "shard": f"{shard[0]}/{shard[1]}" if shard else None, "bench": bench,
+            "inputs": inputs, "shard": f"{shard[0]}/{shard[1]}" if shard else None, "bench": bench is not None,
             "machine": machine_info()}
     atomic_write(out / META, json.dumps(meta, indent=1).encode())
     done = {r["case_id"] for r in existing}
@@ -395,17 +416,17 @@ def _sweep_locked(out, matrix, inputs, resume, force, jobs, shard, cache_dir, be
     groups = []
     if bench:
         groups = [(n, d, p) for n in matrix.norms for d in matrix.dtypes for p in matrix.providers]
-        groups = [g for g in groups if bench_id(*g, bench_opset) not in done]
+        groups = [g for g in groups if bench_id(*g, bench.opset) not in done]
         if shard:
             k, n = shard
             groups = [g for g in groups if zlib.crc32(f"bench-{g[0]}-{g[1]}-{g[2]}".encode()) % n == k - 1]
     summary = SweepSummary(out, len(cases) + len(groups), len(cases) - len(todo), rejected=rejected)
-    # a timing group: every variant and the two baselines for bench_min_time each, plus exports and
+    # a timing group: every variant and the two baselines for bench.min_time each, plus exports and
     # validation, on each dtype; a first guess until the first group has run
-    bar = Progress(len(todo) + len(groups), enabled=progress, remaining={"case": len(todo), "bench": len(groups)},
-                   first_guess={"bench": 5 * bench_min_time + 10.0})
+    bar = Progress(len(todo) + len(groups), enabled=how.progress, remaining={"case": len(todo), "bench": len(groups)},
+                   first_guess={"bench": 5 * (bench.min_time if bench else 0) + 10.0})
     writer = ResultsWriter(results)
-    cache = str(cache_dir) if cache_dir is not None else None
+    cache = str(how.cache_dir) if how.cache_dir is not None else None
 
     def record(rec: dict) -> None:
         writer.write(rec)
@@ -424,7 +445,7 @@ def _sweep_locked(out, matrix, inputs, resume, force, jobs, shard, cache_dir, be
             _parallel(todo, jobs, lambda c: (case_runner, (c, inputs, cache, seed)), record)
         # timing runs alone, after the accuracy cases, so nothing else competes for the cores
         for n, d, p in groups:
-            record(run_bench_group(n, d, p, bench_opset, bench_min_time))
+            record(run_bench_group(n, d, p, bench.opset, bench.min_time))
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .export import ExportOptions
+from .inputs import CheckOptions
+from .runtimes import RunOptions
 from .spec import NormSpec
 from .validate import ValidationReport, validate
 
@@ -18,13 +21,13 @@ def assert_export_matches(
     inputs: list[str] | None = None,
     atol: float | None = None,
     rtol: float | None = None,
-    **kwargs,
+    dynamic: bool = False,
 ) -> ValidationReport:
     """Validate and raise AssertionError naming every failing runtime x input with its worst element.
 
     Returns the report when everything passed, so a test can assert more on it."""
-    report = validate(spec, model=model, variant=variant, opset=opset, exporter=exporter, runtimes=runtimes,
-                      inputs=inputs, atol=atol, rtol=rtol, **kwargs)
+    report = validate(spec, model=model, export=ExportOptions(variant, opset, exporter, dynamic),
+                      run=RunOptions(runtimes), check=CheckOptions(inputs, atol, rtol))
     return check_report(report)
 
 

@@ -27,6 +27,17 @@ GAP_S = 0.02
 
 
 @dataclass(frozen=True)
+class TimingOptions:
+    """How forms are timed: `warmup` untimed runs first, then `rounds` interleaved rounds (each form
+    about `min_time` seconds in all); `seed` shuffles the order within rounds and seeds the bootstrap."""
+
+    warmup: int = 5
+    min_time: float = 1.0
+    rounds: int = 15
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Rounds:
     """Per-round median ms per call of every form, rounds aligned (round r of each form ran together)."""
 

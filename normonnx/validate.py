@@ -18,21 +18,17 @@ from typing import Callable
 import numpy as np
 
 from . import inputs as suites_mod
+from .inputs import CheckOptions
 from .compare import Comparison, Tolerance, compare, tolerance_for
 from .errors import BadInput, ExitCode, RuntimeUnavailable, first_line
-from .export import (
-    DEFAULT_EXPORTER,
-    DEFAULT_OPSET,
-    DEFAULT_VARIANT,
-    case_id,
-    export_report,
-)
+from .export import ExportOptions, case_id, export_report
 from .graph import load_model, metadata, model_facts, opset_of
 from .judge import Verdict, judge, status_of
 from .params import make_params, params_as
 from .reference import normalized_stats, reference, scale_broadcast
 from .runtimes import REGISTRY as RUNTIMES
 from .runtimes import (
+    RunOptions,
     Session,
     SessionConfig,
     SessionError,
@@ -460,56 +456,48 @@ def runtime_facts(runner: SuiteRunner, seed: int) -> dict:
 def validate(
     spec: NormSpec | None = None,
     *,
-    variant: str = DEFAULT_VARIANT,
-    opset: int = DEFAULT_OPSET,
-    exporter: str = DEFAULT_EXPORTER,
-    dynamic: bool = False,
     model: str | Path | None = None,
-    runtimes: list[str] | None = None,
-    inputs: list[str] | None = None,
-    config: SessionConfig = SessionConfig(),
-    atol: float | None = None,
-    rtol: float | None = None,
-    save_inputs: str | Path | None = None,
-    skip_missing: bool = False,
-    seed: int = 0,
-    allow_mismatch: bool = False,
+    params: dict | None = None,
+    export: ExportOptions = ExportOptions(),
+    run: RunOptions = RunOptions(),
+    check: CheckOptions = CheckOptions(),
     workdir: str | Path | None = None,
     progress=None,
     cache=None,
-    params: dict | None = None,
 ) -> ValidationReport:
-    """Validate a spec (exported on the fly) or a model file against the float64 oracle.
+    """Validate a spec (exported on the fly as `export` says) or a model file against the float64 oracle,
+    on the runtimes `run` names (see RunOptions; a missing one raises RuntimeUnavailable unless
+    skip_missing), with the suites, tolerance and seed `check` names.
 
-    runtimes: names from normonnx.runtimes (default: every one available here). A requested runtime
-    that is missing raises RuntimeUnavailable, or with skip_missing is recorded as skipped.
+    params: the layer's parameters when the caller knows them (scan's cut-out layers).
     cache: a normonnx.cache.ExportCache to serve every export (the main one and the suites' own)."""
     if spec is None and model is None:
         raise BadInput("give a spec (--norm ...) or a model file (--model FILE.onnx)")
-    if not isinstance(seed, int) or seed < 0:
-        raise BadInput(f"--seed {seed}: give an integer >= 0")
-    suites = suites_mod.get_suites(inputs)
-    active, skipped = choose_runtimes(runtimes, skip_missing)
-    tolerance_for(spec.dtype if spec else "float32", atol, rtol)  # bad tolerances fail before any work
+    if not isinstance(check.seed, int) or check.seed < 0:
+        raise BadInput(f"--seed {check.seed}: give an integer >= 0")
+    suites = suites_mod.get_suites(list(check.inputs) if check.inputs else None)
+    active, skipped = choose_runtimes(list(run.runtimes) if run.runtimes is not None else None, run.skip_missing)
+    tolerance_for(spec.dtype if spec else "float32", check.atol, check.rtol)  # bad tolerances fail before any work
     save_dir = None
-    if save_inputs is not None:
-        save_dir = Path(save_inputs)
+    if check.save_inputs is not None:
+        save_dir = Path(check.save_inputs)
         try:
             save_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise BadInput(f"cannot create --save-inputs folder {save_dir}: {e.strerror}") from None
+    x = export
 
     def do_export(s: NormSpec, out: Path) -> Path:
         if cache is not None:
-            return cache.export(s, variant, opset, exporter, dynamic, None, allow_mismatch)
-        return export_report(s, variant, opset, exporter, dynamic, out, allow_mismatch).path
+            return cache.export(s, x.variant, x.opset, x.exporter, x.dynamic, None, x.allow_mismatch)
+        return export_report(s, x.variant, x.opset, x.exporter, x.dynamic, out, x.allow_mismatch).path
 
     with tempfile.TemporaryDirectory(prefix="normonnx-validate-") as tmp:
         work = Path(workdir or tmp)
-        src = resolve_source(spec, model, variant=variant, opset=opset, exporter=exporter, dynamic=dynamic,
-                             params=params, do_export=do_export, work=work, config=config,
+        src = resolve_source(spec, model, variant=x.variant, opset=x.opset, exporter=x.exporter, dynamic=x.dynamic,
+                             params=params, do_export=do_export, work=work, config=run.config,
                              runtimes=tuple(active) if model is not None else ())
-        tol = tolerance_for(src.spec.dtype, atol, rtol)
+        tol = tolerance_for(src.spec.dtype, check.atol, check.rtol)
         info = CaseInfo(src.case_id, src.spec.id, src.variant, src.opset_requested or src.opset, src.exporter,
                         src.spec.dtype, tol)
         model_info = {"opset_requested": src.opset_requested, "opset": src.opset, "ops": src.ops,
@@ -517,7 +505,7 @@ def validate(
         report = ValidationReport(src.spec, src.case_id, src.label, model_info, {})
         report.results += [info.result(n, "*", "skipped", reason=f"runtime unavailable: {why}")
                            for n, why in skipped.items()]
-        runner = SuiteRunner(src, active, config, info, seed, do_export, work, save_dir)
+        runner = SuiteRunner(src, active, run.config, info, check.seed, do_export, work, save_dir)
         report.results += runner.run(suites, progress)
-        report.runtimes = runtime_facts(runner, seed)
+        report.runtimes = runtime_facts(runner, check.seed)
         return report

@@ -5,12 +5,15 @@ import pytest
 
 from normonnx import BadInput, NormSpec
 from normonnx.bench import BenchRecord, bench_spec, benchmark
+from normonnx.runtimes import RunOptions, SessionConfig
+from normonnx.timing import TimingOptions
 
 
 @pytest.fixture(scope="module")
 def report():
     spec = NormSpec.make("gn", shape="2x8x16x16", groups=4)
-    return benchmark(spec, providers=["cpu"], warmup=1, min_time=0.0, rounds=5, threads=1)
+    return benchmark(spec, run=RunOptions.on("cpu", config=SessionConfig(threads=1)),
+                     timing=TimingOptions(warmup=1, min_time=0.0, rounds=5))
 
 
 def test_records_cover_baselines_and_every_variant(report):
@@ -72,7 +75,7 @@ def test_bench_rejects_bad_input():
     with pytest.raises(BadInput, match="needs opset >= 17"):
         benchmark(NormSpec.make("ln"), ["native"], opset=13)
     with pytest.raises(BadInput, match="valid runtimes are cpu, cuda"):
-        benchmark(NormSpec.make("ln"), providers=["tpu"])
+        benchmark(NormSpec.make("ln"), run=RunOptions.on("tpu"))
     with pytest.raises(BadInput, match="bfloat16"):
         benchmark(NormSpec.make("ln", dtype="bfloat16"))
 
@@ -90,7 +93,8 @@ def test_a_form_that_cannot_be_judged_is_said_so_and_the_others_go_on(monkeypatc
         return real(*args, model=model, **kw)
 
     monkeypatch.setattr(validate_mod, "validate", refusing)
-    rep = benchmark(NormSpec.make("ln", shape="2x4x16"), providers=["cpu"], warmup=1, min_time=0.0, rounds=3, threads=1)
+    rep = benchmark(NormSpec.make("ln", shape="2x4x16"), run=RunOptions.on("cpu", config=SessionConfig(threads=1)),
+                    timing=TimingOptions(warmup=1, min_time=0.0, rounds=3))
     by = {r.form: r for r in rep.records}
     assert by["decomposed"].passed is None and "planted" in by["decomposed"].validation
     assert by["native"].passed is True and by["native"].p50_ms is not None

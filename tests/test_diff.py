@@ -10,7 +10,8 @@ import pytest
 
 from conftest import run_cli
 from normonnx.diff import diff
-from normonnx.sweep import Matrix, sweep
+from normonnx.inputs import CheckOptions
+from normonnx.sweep import BenchOptions, Matrix, sweep
 
 CASE = "ln-n64-2x16x64-fp32-native-op18-dynamo-cpu"
 
@@ -19,8 +20,8 @@ CASE = "ln-n64-2x16x64-fp32-native-op18-dynamo-cpu"
 def base(tmp_path_factory):
     out = tmp_path_factory.mktemp("diff") / "base"
     sweep(out, Matrix(norms=("ln",), variants=("native", "decomposed"), opsets=(18,), exporters=("dynamo",),
-                      dtypes=("float32",), providers=("cpu",)), inputs=["normal", "offset"], bench=True,
-          bench_opset=18, bench_min_time=0.05)
+                      dtypes=("float32",), providers=("cpu",)),
+          check=CheckOptions(inputs=["normal", "offset"]), bench=BenchOptions(opset=18, min_time=0.05))
     return out
 
 

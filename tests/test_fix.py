@@ -21,6 +21,7 @@ from normonnx.graph import Graph
 from normonnx.rules import Plan, write_layer_norm
 from normonnx.reference import group_norm
 from normonnx.scan import scan
+from normonnx.repair import FixOptions, ProofOptions
 
 RUNTIMES = ["cpu", "reference"]
 
@@ -54,7 +55,8 @@ def fixed(tmp_path_factory):
         build(src)
         before = scan(src, validate=True, runtimes=runtimes)
         dst = folder / f"{name}.fixed.onnx"
-        out[name] = (src, dst, before, normonnx.fix(src, dst, rules=rules, runtimes=runtimes, timing=False))
+        out[name] = (src, dst, before, normonnx.fix(src, dst, change=FixOptions(rules=rules),
+                                                    proof=ProofOptions(runtimes=runtimes, timing=False)))
     return out
 
 
@@ -77,7 +79,7 @@ def test_fix_repairs_and_scan_agrees(fixed, name):
     for lf in report.changes:  # the chosen form passed against the original layer's own norm, and in place
         chosen = next(c for c in lf.candidates if c.form == lf.form)
         assert chosen.status == "pass" and lf.final.passed is True, lf.to_dict()
-    check = normonnx.fix(dst, check=True, rules=rules, runtimes=runtimes)
+    check = normonnx.fix(dst, mode="check", change=FixOptions(rules=rules), proof=ProofOptions(runtimes=runtimes))
     assert check.exit_code == ExitCode.PASSED, check.to_dict()
 
 
@@ -96,9 +98,9 @@ def test_gn_silu_gets_the_layernorm_trick_on_ort_cpu(fixed, name):
 def test_whole_model_agrees_on_seeded_inputs(fixed, name):
     _, _, _, report = fixed[name]
     w = report.whole_model
-    assert w["passed"] is True, w
-    assert all(o["within"] for o in w["outputs"].values())
-    assert w["provider"] == proof.ort_target(CASES[name][2])  # on the runtime the fix is for, said so
+    assert w.passed is True, w
+    assert all(o.within for o in w.outputs.values())
+    assert w.provider == proof.ort_target(CASES[name][2])  # on the runtime the fix is for, said so
 
 
 @pytest.mark.parametrize("runtimes, provider", [(("cpu",), "cpu"), (("cuda", "cpu"), "cuda"), (("cpu", "cuda"), "cpu"),
@@ -119,8 +121,8 @@ def test_contrib_groupnorm_is_not_proven_where_ort_cannot_run_it(tmp_path):
     src = tmp_path / "ms.onnx"
     onnx.save(corpus.contrib_groupnorm_nhwc_silu(), str(src))
     dst = tmp_path / "out.onnx"
-    report = normonnx.fix(src, dst, rules=["ms-groupnorm"], timing=False)
-    assert report.whole_model["passed"] is None and "GroupNorm" in report.whole_model["error"]
+    report = normonnx.fix(src, dst, change=FixOptions(rules=["ms-groupnorm"]), proof=ProofOptions(timing=False))
+    assert report.whole_model.passed is None and "GroupNorm" in report.whole_model.error
     assert report.exit_code == ExitCode.CHECK_FAILED and not report.written and not dst.exists()
     r = run_cli("fix", str(src), "-o", str(dst), "--rules", "ms-groupnorm", "--no-proof")
     assert r.returncode == ExitCode.NOT_CHECKED and r.stdout.rstrip().splitlines()[-1].startswith("NOT PROVEN")
@@ -137,8 +139,10 @@ def test_contrib_groupnorm_is_not_proven_where_ort_cannot_run_it(tmp_path):
 def test_check_mode_fails_on_risky_and_passes_on_fixed(fixed, name):
     src, dst, _, _ = fixed[name]
     rules, runtimes = CASES[name][1], CASES[name][2]
-    assert normonnx.fix(src, check=True, rules=rules, runtimes=runtimes).exit_code == ExitCode.CHECK_FAILED
-    assert normonnx.fix(dst, check=True, rules=rules, runtimes=runtimes).exit_code == ExitCode.PASSED
+    assert normonnx.fix(src, mode="check", change=FixOptions(rules=rules),
+                        proof=ProofOptions(runtimes=runtimes)).exit_code == ExitCode.CHECK_FAILED
+    assert normonnx.fix(dst, mode="check", change=FixOptions(rules=rules),
+                        proof=ProofOptions(runtimes=runtimes)).exit_code == ExitCode.PASSED
 
 
 def test_when_fix_passes_scan_passes_over_the_corpus(tmp_path):
@@ -149,13 +153,13 @@ def test_when_fix_passes_scan_passes_over_the_corpus(tmp_path):
     for name in list(corpus.TORCH_CORPUS) + list(corpus.HAND_CORPUS):
         src, _ = corpus.build(name, tmp_path)
         out = tmp_path / f"{name}.fixed.onnx"
-        rep = normonnx.fix(src, out, timing=False)
+        rep = normonnx.fix(src, out, proof=ProofOptions(timing=False))
         if rep.exit_code == ExitCode.PASSED:
             assert scan(out, validate=True, runtimes=["cpu"]).exit_code == ExitCode.PASSED, name
             checked += 1
         elif rep.written and rep.exit_code == ExitCode.CHECK_FAILED:  # and the other way: fix fails what scan fails
             assert scan(out, validate=True, runtimes=["cpu"]).exit_code != ExitCode.PASSED, name
-        if normonnx.fix(src, check=True).exit_code == ExitCode.PASSED:
+        if normonnx.fix(src, mode="check").exit_code == ExitCode.PASSED:
             assert scan(src, validate=True, runtimes=["cpu"]).exit_code == ExitCode.PASSED, name
     assert checked >= 15
 
@@ -169,7 +173,7 @@ def test_no_form_passes_exits_1_and_names_the_best(tmp_path, monkeypatch):
     src = corpus.gn_silu_block(tmp_path / "gn.onnx", 21, "dynamo")
     monkeypatch.setitem(compare.DEFAULT_TOLERANCES, "float32", compare.Tolerance(1e-12, 1e-12))
     monkeypatch.setattr(compare, "COND_K", 0.0)  # no conditioning allowance either
-    report = normonnx.fix(src, tmp_path / "out.onnx", inputs=["normal"], timing=False)
+    report = normonnx.fix(src, tmp_path / "out.onnx", proof=ProofOptions(inputs=["normal"], timing=False))
     assert report.exit_code == ExitCode.CHECK_FAILED
     for lf in report.layers:
         assert lf.status == "failing" and "no form of this GroupNorm passes: best " in lf.reason, lf.to_dict()
@@ -191,10 +195,10 @@ def test_risk_messages_reworded_change_nothing_fix_does(tmp_path, monkeypatch):
 
     src = tmp_path / "m.onnx"
     onnx.save(corpus.ln_chain(naive=True), str(src))
-    plain = [(lf.status, lf.form) for lf in normonnx.fix(src, check=True).layers]
+    plain = [(lf.status, lf.form) for lf in normonnx.fix(src, mode="check").layers]
     for code in list(patterns.RISKS):
         monkeypatch.setitem(patterns.RISKS, code, f"reworded {code}")
-    reworded = normonnx.fix(src, check=True)
+    reworded = normonnx.fix(src, mode="check")
     assert [(lf.status, lf.form) for lf in reworded.layers] == plain and plain[0][0] == "would rewrite"
     assert reworded.layers[0].to_dict()["risks"] == ["reworded variance-e-x2"]
 
@@ -208,7 +212,7 @@ def test_whole_model_check_sees_minus_inf_where_the_original_is_finite():
     for b, ok in ((a.copy(), True), (np.array([1.0, -np.inf, np.inf, np.nan], np.float32), False),
                   (np.array([1.0, 2.0, -np.inf, np.nan], np.float32), False),
                   (np.array([1.0, 2.0, np.inf, 0.0], np.float32), False)):
-        assert compare_outputs(["y"], [a], [b])["passed"] is ok, b
+        assert compare_outputs(["y"], [a], [b]).passed is ok, b
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -232,7 +236,7 @@ def test_output_is_faithful(fixed, name):
 
 def test_opset_raise_writes_layer_normalization(tmp_path):
     src = corpus.export_half(corpus.EncoderLayer(), (2, 5, 32), tmp_path / "enc.onnx", 14, "torchscript")
-    report = normonnx.fix(src, tmp_path / "out.onnx", opset=17, timing=False)
+    report = normonnx.fix(src, tmp_path / "out.onnx", change=FixOptions(opset=17), proof=ProofOptions(timing=False))
     assert report.exit_code == 0 and [lf.status for lf in report.layers] == ["rewritten"] * 2
     after = scan(tmp_path / "out.onnx", validate=True, runtimes=RUNTIMES)
     assert [(f.kind, f.op) for f in after.norms] == [("ln", "LayerNormalization")] * 2 and after.passed
@@ -244,15 +248,15 @@ def test_gn18_per_group_scale_expands_to_channels(tmp_path):
     affine written must repeat each group's value over its channels (the whole model on ORT agrees)."""
     src = tmp_path / "gn18.onnx"
     onnx.save(corpus.gn18_native(), str(src))
-    report = normonnx.fix(src, tmp_path / "out.onnx", timing=False)
-    assert report.layers[0].status == "rewritten" and report.whole_model["passed"], report.to_dict()
-    assert report.whole_model["max_abs_diff"] < 1e-5
+    report = normonnx.fix(src, tmp_path / "out.onnx", proof=ProofOptions(timing=False))
+    assert report.layers[0].status == "rewritten" and report.whole_model.passed, report.to_dict()
+    assert report.whole_model.max_abs_diff < 1e-5
 
 
 def test_eps_outside_sqrt_is_refused_with_advice(tmp_path):
     src = tmp_path / "m.onnx"
     onnx.save(corpus.ln_chain(eps_outside=True), str(src))
-    report = normonnx.fix(src, tmp_path / "out.onnx", timing=False)
+    report = normonnx.fix(src, tmp_path / "out.onnx", proof=ProofOptions(timing=False))
     lf = report.layers[0]
     assert lf.status == "refused" and "outside the square root" in lf.reason and "re-export" in lf.reason
     assert report.whole_model is None and not report.changes  # nothing rewritten, so nothing to compare
@@ -264,7 +268,7 @@ def test_eps_outside_sqrt_is_refused_with_advice(tmp_path):
 def test_zero_eps_is_refused(tmp_path):
     src = tmp_path / "m.onnx"
     onnx.save(corpus.ln_chain(eps=0.0), str(src))
-    lf = normonnx.fix(src, check=True).layers[0]
+    lf = normonnx.fix(src, mode="check").layers[0]
     assert lf.status == "refused" and "eps = 0.0" in lf.reason
 
 
@@ -315,7 +319,8 @@ def test_a_candidate_that_fails_the_original_claim_is_never_chosen(tmp_path, mon
                                               hidden=frozenset({"variance-e-x2"})))
     src = tmp_path / "m.onnx"
     onnx.save(corpus.ln_chain(naive=True, opset=17), str(src))
-    report = normonnx.fix(src, tmp_path / "out.onnx", rules=["broken"], timing=False)
+    report = normonnx.fix(src, tmp_path / "out.onnx", change=FixOptions(rules=["broken"]),
+                          proof=ProofOptions(timing=False))
     lf = report.layers[0]
     assert lf.status == ("failing" if lf.before.passed is False else "passes") and \
         lf.candidates[0].status == "fail", lf.to_dict()
@@ -365,7 +370,7 @@ def test_external_data_is_written_beside_the_output_never_over_the_input(tmp_pat
     assert r.returncode == 2 and "holds the input model's weights" in r.stderr
     out = tmp_path / "out" / "fixed.onnx"
     out.parent.mkdir()
-    report = normonnx.fix(src, out, timing=False)
+    report = normonnx.fix(src, out, proof=ProofOptions(timing=False))
     assert report.written and (out.parent / "fixed.onnx.data").is_file()
     assert (src.parent / "m.onnx.data").read_bytes() == before
     stored = onnx.load(str(out), load_external_data=False)
@@ -402,8 +407,9 @@ def test_symbolic_dims_stay_symbolic_and_the_fix_runs_at_any_shape(tmp_path):
                           [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
     src = tmp_path / "gn.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)]), str(src))
-    report = normonnx.fix(src, tmp_path / "out.onnx", input_shapes={"x": (2, 8, 6, 6)}, timing=False)
-    assert report.layers[0].status == "rewritten" and report.whole_model["passed"]
+    report = normonnx.fix(src, tmp_path / "out.onnx", change=FixOptions(input_shapes={"x": (2, 8, 6, 6)}),
+                          proof=ProofOptions(timing=False))
+    assert report.layers[0].status == "rewritten" and report.whole_model.passed
     out = onnx.load(str(tmp_path / "out.onnx"))
     assert [d.dim_param or d.dim_value for d in out.graph.input[0].type.tensor_type.shape.dim] == ["n", 8, "h", "w"]
     sess = ort.InferenceSession(str(tmp_path / "out.onnx"), providers=["CPUExecutionProvider"])
@@ -424,13 +430,13 @@ def test_float16_layernorm_with_float16_statistics_gets_stash_type_1(tmp_path):
                            numpy_helper.from_array(rng.normal(0, 0.5, 16).astype(np.float16), "b")])
     src = tmp_path / "ln.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(src))
-    report = normonnx.fix(src, tmp_path / "out.onnx", timing=False)
+    report = normonnx.fix(src, tmp_path / "out.onnx", proof=ProofOptions(timing=False))
     lf = report.layers[0]
     assert (lf.rule, lf.status) == ("stash-float32", "rewritten"), lf.to_dict()
     ln = onnx.load(str(tmp_path / "out.onnx")).graph.node[0]
     assert ln.op_type == "LayerNormalization" and {a.name: a.i for a in ln.attribute if a.name == "stash_type"} == \
         {"stash_type": 1}
-    assert normonnx.fix(tmp_path / "out.onnx", check=True).exit_code == 0
+    assert normonnx.fix(tmp_path / "out.onnx", mode="check").exit_code == 0
 
 
 def _pow_rule(site):
@@ -456,10 +462,11 @@ def test_a_rewrite_scan_cannot_validate_in_place_is_not_proven(tmp_path, monkeyp
                                            hidden=frozenset({"variance-e-x2"})))
     src = tmp_path / "m.onnx"
     onnx.save(corpus.ln_chain(naive=True, opset=17), str(src))
-    report = normonnx.fix(src, tmp_path / "out.onnx", rules=["pow"], timing=False)
+    report = normonnx.fix(src, tmp_path / "out.onnx", change=FixOptions(rules=["pow"]),
+                          proof=ProofOptions(timing=False))
     (lf,) = report.layers
     assert lf.status == "rewritten" and lf.candidates[0].status == "pass" and lf.final is None, lf.to_dict()
-    assert report.whole_model["passed"] is True and report.exit_code == ExitCode.CHECK_FAILED
+    assert report.whole_model.passed is True and report.exit_code == ExitCode.CHECK_FAILED
     from normonnx.render import fix_summary
 
     assert "not proven" in fix_summary(report) and fix_summary(report).startswith("FAILED")

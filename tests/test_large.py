@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import corpus
 from normonnx.graph import check_external_data, copy_external_data
-from normonnx.repair import fix
+from normonnx.repair import FixOptions, ProofOptions, fix
 from normonnx.repair.proof import shared_weights
 from normonnx.scan.activations import check_activations
 
@@ -36,7 +36,7 @@ def decoder(tmp_path_factory) -> tuple[Path, int]:
     # a first run of each command on a tiny copy: what Python keeps from importing modules is not the weights
     tiny = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
     corpus.external_decoder(tiny, hidden=32, layers=1, vocab=64, seq=8)
-    fix(tiny, tiny.with_name("fixed.onnx"), opset=17)
+    fix(tiny, tiny.with_name("fixed.onnx"), change=FixOptions(opset=17))
     check_activations(tiny)
     path = tmp_path_factory.mktemp("decoder") / "decoder.onnx"
     return path, corpus.external_decoder(path, hidden=512, layers=1, vocab=4096, seq=8)  # 23 MB of weights
@@ -57,9 +57,9 @@ def test_fix_streams_the_weights_and_leaves_the_input_as_it_was(decoder, tmp_pat
     before = _digest(src, data)
     out = tmp_path / "fixed" / "decoder.onnx"
     out.parent.mkdir()
-    rep, peak = _peak(lambda: fix(src, out, opset=17, timing=False))
+    rep, peak = _peak(lambda: fix(src, out, change=FixOptions(opset=17), proof=ProofOptions(timing=False)))
     assert rep.written and rep.exit_code == 0, rep.to_dict()["notes"]
-    assert rep.whole_model["passed"] is True and rep.whole_model["shared_weights"] >= 3
+    assert rep.whole_model.passed is True and rep.whole_model.shared_weights >= 3
     assert peak < weights / 4, f"fix held {peak / 1e6:.1f} MB in Python for {weights / 1e6:.1f} MB of weights"
     assert _digest(src, data) == before
     out_data = out.with_name(out.name + ".data")
@@ -80,7 +80,8 @@ def test_fix_streams_the_weights_and_leaves_the_input_as_it_was(decoder, tmp_pat
 def test_fix_with_nothing_to_rewrite_is_a_streamed_copy(decoder, tmp_path):
     src, weights = decoder
     out = tmp_path / "same.onnx"
-    rep, peak = _peak(lambda: fix(src, out, rules=["stash-float32"], timing=False))
+    rep, peak = _peak(lambda: fix(src, out, change=FixOptions(rules=["stash-float32"]),
+                                  proof=ProofOptions(timing=False)))
     assert rep.written and not rep.changes
     assert peak < weights / 4
     assert out.with_name("same.onnx.data").stat().st_size >= weights  # every tensor, none held here
@@ -102,7 +103,7 @@ def test_a_layout_that_splits_the_weights_over_many_files(decoder, tmp_path):
               size_threshold=0)
     assert len(list(split.iterdir())) > 10
     out = tmp_path / "out.onnx"
-    rep = fix(split / "m.onnx", out, opset=17, timing=False)
+    rep = fix(split / "m.onnx", out, change=FixOptions(opset=17), proof=ProofOptions(timing=False))
     assert rep.written and rep.exit_code == 0
     assert {e.path.name for e in check_external_data(onnx.load(str(out), load_external_data=False), tmp_path)} \
         == {"out.onnx.data"}
@@ -138,7 +139,7 @@ def test_a_data_file_two_models_share_is_not_copied_whole(tmp_path):
     a, b = _shared_file_models(tmp_path)
     out = tmp_path / "out" / "a.onnx"
     out.parent.mkdir()
-    rep = fix(b, out, timing=False)
+    rep = fix(b, out, proof=ProofOptions(timing=False))
     assert rep.written
     assert (tmp_path / "shared.bin").stat().st_size == 2 * 64 * 64 * 4
     assert out.with_name("a.onnx.data").stat().st_size == 64 * 64 * 4  # b's half only
@@ -179,7 +180,7 @@ def test_a_graph_past_protobufs_limit_is_written_with_external_data(tmp_path, mo
     inline = onnx.load(str(a))  # the same model with its weights inline
     onnx.save(inline, str(tmp_path / "inline.onnx"))
     monkeypatch.setattr(normonnx.graph, "PROTO_LIMIT", 4096)  # fix, its checker step and the capture graph
-    rep = fix(tmp_path / "inline.onnx", tmp_path / "out.onnx", timing=False)
+    rep = fix(tmp_path / "inline.onnx", tmp_path / "out.onnx", proof=ProofOptions(timing=False))
     assert rep.written and any("2 GB limit" in n for n in rep.notes)
     assert (tmp_path / "out.onnx.data").stat().st_size >= 64 * 64 * 4
     x = {"x": np.ones((2, 64), np.float32)}

@@ -13,6 +13,8 @@ from onnx import TensorProto, helper
 
 from conftest import run_cli
 from normonnx import NormSpec
+from normonnx.inputs import CheckOptions
+from normonnx.runtimes import RunOptions
 from normonnx.validate import validate
 
 openvino = pytest.importorskip("openvino", reason="the openvino extra is not installed")
@@ -33,7 +35,7 @@ def test_openvino_is_listed_available_and_opt_in():
     row = next(line for line in r.stdout.splitlines() if line.startswith("openvino "))
     assert " yes " in row
     # named nowhere, it does not run: installing the extra changes no default run
-    rep = validate(NormSpec.make("ln", shape=(2, 4, 16)), inputs=["normal"])
+    rep = validate(NormSpec.make("ln", shape=(2, 4, 16)), check=CheckOptions(["normal"]))
     assert not any(x.runtime.startswith("openvino") for x in rep.results) and "openvino" not in rep.runtimes
 
 
@@ -57,16 +59,19 @@ def test_openvino_fails_a_wrong_eps_and_its_own_constant_row_error(tmp_path):
     onnx.save(_ln_model(eps=0.5), str(tmp_path / "wrong.onnx"))
     bad = validate(spec, model=tmp_path / "wrong.onnx", params={"weight": np.ones(16, np.float32),
                                                                 "bias": np.zeros(16, np.float32)},
-                   runtimes=["openvino"], inputs=["normal"])
+                                                                    run=RunOptions.on("openvino"),
+                                                                        check=CheckOptions(["normal"]))
     assert bad.verdict.status == "fail"
-    rep = validate(NormSpec.make("ln", shape=(2, 16, 64)), runtimes=["cpu", "openvino"], inputs=["constant"])
+    rep = validate(NormSpec.make("ln", shape=(2, 16, 64)), run=RunOptions.on("cpu", "openvino"),
+                   check=CheckOptions(["constant"]))
     by = {(x.runtime, x.inputs): x for x in rep.results}
     assert by[("cpu", "constant:constant-large")].status == "pass"
     assert by[("openvino", "constant:constant-large")].status == "fail", by[("openvino", "constant:constant-large")]
 
 
 def test_float16_runs_on_openvino():
-    rep = validate(NormSpec.make("ln", shape=(2, 4, 16), dtype="float16"), runtimes=["openvino"], inputs=["normal"])
+    rep = validate(NormSpec.make("ln", shape=(2, 4, 16), dtype="float16"), run=RunOptions.on("openvino"),
+                   check=CheckOptions(["normal"]))
     assert rep.passed, [x.reason for x in rep.results]
 
 
@@ -95,7 +100,8 @@ def test_a_sweep_across_runtimes_recommends_per_runtime_and_marks_portable_forms
     from normonnx.sweep import Matrix, sweep
 
     sweep(tmp_path, Matrix(norms=("ln", "rms"), variants=("native", "decomposed"), opsets=(23,), exporters=("dynamo",),
-                           dtypes=("float32",), providers=("cpu", "openvino")), inputs=["normal", "constant"])
+                           dtypes=("float32",), providers=("cpu", "openvino")),
+                           check=CheckOptions(inputs=["normal", "constant"]))
     recs, _ = load(tmp_path)
     by = {(r["norm"], r["provider"]): r for r in recommendations(recs)}
     assert by[("ln", "cpu")]["recommended"] == "native" and by[("ln", "cpu")]["portable"] == []
@@ -107,9 +113,10 @@ def test_a_sweep_across_runtimes_recommends_per_runtime_and_marks_portable_forms
 
 def test_bench_times_openvino_beside_copy_and_torch():
     from normonnx.bench import benchmark
+    from normonnx.timing import TimingOptions
 
-    rep = benchmark(NormSpec.make("ln", shape=(4, 64, 128)), ["native", "decomposed"], ["openvino"], opset=18,
-                    warmup=1, min_time=0.05, rounds=3)
+    rep = benchmark(NormSpec.make("ln", shape=(4, 64, 128)), ["native", "decomposed"], run=RunOptions.on("openvino"),
+                    opset=18, timing=TimingOptions(warmup=1, min_time=0.05, rounds=3))
     by = {r.form: r for r in rep.records}
     assert set(by) == {"copy", "torch", "native", "decomposed"}
     for form in ("native", "decomposed"):

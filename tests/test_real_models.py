@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from normonnx.scan import scan
+from normonnx.repair import FixOptions, ProofOptions
 
 transformers = pytest.importorskip("transformers", reason="the real-model corpus needs transformers (test extras)")
 
@@ -165,10 +166,11 @@ def test_llama_fix_to_rmsnormalization_starts_after_the_shared_cast(folder):
                       num_key_value_heads=2, vocab_size=100, max_position_embeddings=64)
     src = _export(Wrap(LlamaModel(cfg), "input_ids", "attention_mask"), _ids(), folder / "llama-fix.onnx", 17,
                   ["input_ids", "attention_mask"])
-    assert normonnx.fix(src, check=True).exit_code == 0  # float32 chains at opset 17: nothing to gain
-    report = normonnx.fix(src, folder / "llama-23.onnx", opset=23, timing=False)
+    assert normonnx.fix(src, mode="check").exit_code == 0  # float32 chains at opset 17: nothing to gain
+    report = normonnx.fix(src, folder / "llama-23.onnx", change=FixOptions(opset=23),
+                          proof=ProofOptions(timing=False))
     assert [lf.status for lf in report.layers] == ["rewritten"] * 5, [lf.reason for lf in report.layers]
-    assert report.whole_model["passed"]
+    assert report.whole_model.passed
     after = scan(folder / "llama-23.onnx", validate=True, inputs=["normal", "offset", "wide"])
     assert [f.op for f in after.norms] == ["RMSNormalization"] * 5 and after.passed
 
@@ -189,12 +191,12 @@ def test_diffusers_unet_groupnormalization_fixed(folder):
         torch.onnx.export(Wrap(unet, "sample", "timestep", out="sample").eval(),
                           (torch.randn(1, 3, 8, 8), torch.tensor([10])), str(src), opset_version=21, dynamo=True,
                           external_data=False, verbose=False)
-    report = normonnx.fix(src, folder / "unet21-fixed.onnx", timing=False)
+    report = normonnx.fix(src, folder / "unet21-fixed.onnx", proof=ProofOptions(timing=False))
     assert len(report.layers) >= 10 and all(lf.status == "rewritten" for lf in report.layers)
     for lf in report.layers:  # failed as it was; the chosen form passes against the original's own norm
         assert lf.before.passed is False and lf.final.passed is True, lf.to_dict()
         assert next(c for c in lf.candidates if c.form == lf.form).status == "pass"
-    assert report.whole_model["passed"] and report.exit_code == 0
+    assert report.whole_model.passed and report.exit_code == 0
     after = scan(folder / "unet21-fixed.onnx", validate=True)
     assert {(f.kind, f.form) for f in after.norms} == {("ln", "native")} and after.passed
 
@@ -211,13 +213,13 @@ def test_gpt2_float16_fix_within_float16_tolerance(folder):
                   ["input_ids", "attention_mask"], dynamic={"input_ids": {0: "b", 1: "t"},
                                                              "attention_mask": {0: "b", 1: "t"}})
     shapes = {"input_ids": (2, 16), "attention_mask": (2, 16)}
-    report = normonnx.fix(src, folder / "gpt2-fixed.onnx", input_shapes=shapes, timing=False,
-                          runtimes=["cpu", "reference"])
+    report = normonnx.fix(src, folder / "gpt2-fixed.onnx", change=FixOptions(input_shapes=shapes),
+                          proof=ProofOptions(runtimes=["cpu", "reference"], timing=False))
     changed = [lf for lf in report.layers if lf.status == "rewritten"]
     assert changed and all(lf.norm.dtype == "float16" for lf in changed)
     assert all(lf.before.passed is False and "offset" in lf.before.validation and lf.final.passed
                for lf in changed), [lf.to_dict() for lf in changed]
-    assert report.whole_model["passed"] and report.written
+    assert report.whole_model.passed and report.written
     import onnx
 
     # the symbolic batch/sequence dims stay symbolic in the output (--input-shape only drives the proof)

@@ -11,7 +11,8 @@ import shutil
 import pytest
 
 from normonnx.report import render_html
-from normonnx.sweep import Matrix, sweep
+from normonnx.inputs import CheckOptions
+from normonnx.sweep import SweepOptions, Matrix, sweep
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -45,7 +46,8 @@ def report_file(tmp_path_factory):
     """A real sweep of every norm's main forms (float32 and float16), as the first run makes it."""
     root = tmp_path_factory.mktemp("screen")
     m = Matrix.quick(variants=("native", "decomposed", "layernorm-trick"), providers=("cpu",))
-    sweep(root / "out", m, inputs=["normal", "offset", "constant"], cache_dir=root / "cache", progress=False)
+    sweep(root / "out", m, how=SweepOptions(cache_dir=root / "cache", progress=False),
+          check=CheckOptions(inputs=["normal", "offset", "constant"]))
     from normonnx.report import write_report
 
     return write_report(root / "out", root / "report.html")

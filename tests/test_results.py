@@ -15,7 +15,8 @@ from conftest import one_line_error, run_cli
 from normonnx.cache import ExportCache
 from normonnx.results import RESULTS, FolderLock, make_record, read_results
 from normonnx.spec import NormSpec
-from normonnx.sweep import Matrix, sweep
+from normonnx.inputs import CheckOptions
+from normonnx.sweep import SweepOptions, Matrix, sweep
 
 ONE = Matrix(norms=("ln",), variants=("native",), opsets=(17, 18), exporters=("dynamo",), dtypes=("float32",),
              providers=("cpu",))
@@ -28,7 +29,8 @@ SWEEP_ARGS = ["--norms", "ln", "--variants", "native", "--opsets", "17,18", "--e
 def done(tmp_path_factory):
     """A finished two-case sweep and its warm cache."""
     root = tmp_path_factory.mktemp("done")
-    sweep(root / "out", ONE, inputs=INPUTS, cache_dir=root / "cache", progress=False)
+    sweep(root / "out", ONE, how=SweepOptions(cache_dir=root / "cache", progress=False),
+          check=CheckOptions(inputs=INPUTS))
     return root
 
 
@@ -94,7 +96,8 @@ def test_torn_last_line_reruns_its_case(done, tmp_path):
     (out / RESULTS).write_bytes(lines[0] + lines[1][: len(lines[1]) // 2])  # killed mid-write
     records, bad = read_results(out / RESULTS)
     assert len(records) == 1 and "torn last line" in bad[0].why
-    summary = sweep(out, ONE, inputs=INPUTS, cache_dir=done / "cache", resume=True, progress=False)
+    summary = sweep(out, ONE, how=SweepOptions(resume=True, cache_dir=done / "cache", progress=False),
+                    check=CheckOptions(inputs=INPUTS))
     assert summary.counts == {"pass": 1} and summary.rejected == 1
     assert len(read_results(out / RESULTS)[0]) == 2
 
@@ -159,7 +162,8 @@ def test_merge_refuses_a_folder_with_results_unless_force(done, tmp_path):
 def test_merged_meta_lists_every_shards_matrix(done, tmp_path):
     gn = Matrix(norms=("gn",), variants=("instance-trick",), opsets=(18,), exporters=("dynamo",),
                 dtypes=("float32",), providers=("cpu",))
-    sweep(tmp_path / "g", gn, inputs=INPUTS, cache_dir=done / "cache", progress=False)
+    sweep(tmp_path / "g", gn, how=SweepOptions(cache_dir=done / "cache", progress=False),
+          check=CheckOptions(inputs=INPUTS))
     assert run_cli("merge", str(done / "out"), str(tmp_path / "g"), "-o", str(tmp_path / "m")).returncode == 0
     meta = json.loads((tmp_path / "m" / "meta.json").read_text())
     assert meta["matrix"]["norms"] == ["ln", "gn"] and set(meta["matrix"]["variants"]) == {"native", "instance-trick"}
@@ -243,7 +247,8 @@ def test_a_record_cut_just_before_its_newline_is_not_glued_to_the_next(done, tmp
     out = tmp_path / "o"
     out.mkdir()
     (out / RESULTS).write_bytes(lines[0].rstrip(b"\n"))  # complete JSON, newline lost
-    sweep(out, ONE, inputs=INPUTS, cache_dir=done / "cache", resume=True, progress=False)
+    sweep(out, ONE, how=SweepOptions(resume=True, cache_dir=done / "cache", progress=False),
+          check=CheckOptions(inputs=INPUTS))
     records, bad = read_results(out / RESULTS)
     assert not bad and len(records) == 2
 

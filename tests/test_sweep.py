@@ -11,7 +11,8 @@ from conftest import has_cuda_ep, run_cli
 from normonnx import BadInput
 from normonnx.report import recommendations, write_report
 from normonnx.results import RESULTS, read_results as read_results_and_bad
-from normonnx.sweep import Matrix, merge, parse_shard, run_case, shard_cases, sweep
+from normonnx.inputs import CheckOptions
+from normonnx.sweep import BenchOptions, SweepOptions, Matrix, merge, parse_shard, run_case, shard_cases, sweep
 
 
 def read_results(path):
@@ -33,7 +34,8 @@ def ids(out) -> list[str]:
 def full(tmp_path_factory):
     """The small matrix, swept once without interruption, with a warm cache for later tests."""
     root = tmp_path_factory.mktemp("full")
-    sweep(root / "out", SMALL, inputs=INPUTS, cache_dir=root / "cache", progress=False)
+    sweep(root / "out", SMALL, how=SweepOptions(cache_dir=root / "cache", progress=False),
+          check=CheckOptions(inputs=INPUTS))
     return root
 
 
@@ -59,12 +61,13 @@ def test_resume_after_interruption_completes_without_duplicates(full, tmp_path):
         calls.append(case.id)
         return run_case(case, *args)
 
-    s = sweep(tmp_path / "o", SMALL, inputs=INPUTS, cache_dir=full / "cache", progress=False,
-              case_runner=interrupted_after_three)
+    s = sweep(tmp_path / "o", SMALL, how=SweepOptions(cache_dir=full / "cache", progress=False),
+              check=CheckOptions(inputs=INPUTS), case_runner=interrupted_after_three)
     assert s.interrupted and ids(tmp_path / "o") == calls
     with pytest.raises(BadInput, match="--resume"):
-        sweep(tmp_path / "o", SMALL, inputs=INPUTS, progress=False)
-    s2 = sweep(tmp_path / "o", SMALL, inputs=INPUTS, cache_dir=full / "cache", resume=True, progress=False)
+        sweep(tmp_path / "o", SMALL, how=SweepOptions(progress=False), check=CheckOptions(inputs=INPUTS))
+    s2 = sweep(tmp_path / "o", SMALL, how=SweepOptions(resume=True, cache_dir=full / "cache", progress=False),
+               check=CheckOptions(inputs=INPUTS))
     assert not s2.interrupted and s2.skipped_done == 3
     got = ids(tmp_path / "o")
     assert sorted(got) == sorted(ids(full / "out")) and len(got) == len(set(got))
@@ -75,13 +78,16 @@ def test_torn_last_line_is_ignored_and_redone(full, tmp_path):
     out.mkdir()
     first = (full / "out" / RESULTS).read_text().splitlines()[0]
     (out / RESULTS).write_text(first + "\n" + first[: len(first) // 2])  # killed mid-write
-    sweep(out, SMALL, inputs=INPUTS, cache_dir=full / "cache", resume=True, progress=False)
+    sweep(out, SMALL, how=SweepOptions(resume=True, cache_dir=full / "cache", progress=False),
+          check=CheckOptions(inputs=INPUTS))
     assert sorted(ids(out)) == sorted(ids(full / "out"))
 
 
 def test_shards_merge_to_the_full_set(full, tmp_path):
     for k in (1, 2, 3):
-        sweep(tmp_path / f"s{k}", SMALL, inputs=INPUTS, cache_dir=full / "cache", shard=(k, 3), progress=False)
+        sweep(tmp_path / f"s{k}", SMALL,
+              how=SweepOptions(shard=(k, 3), cache_dir=full / "cache", progress=False),
+              check=CheckOptions(inputs=INPUTS))
     sizes = [len(ids(tmp_path / f"s{k}")) for k in (1, 2, 3)]
     assert all(sizes), sizes
     n = merge([tmp_path / f"s{k}" for k in (1, 2, 3)], tmp_path / "merged")
@@ -112,7 +118,8 @@ def test_shards_are_a_partition():
 
 
 def test_second_run_exports_nothing(full, tmp_path):
-    sweep(tmp_path / "warm", SMALL, inputs=INPUTS, cache_dir=full / "cache", progress=False)
+    sweep(tmp_path / "warm", SMALL, how=SweepOptions(cache_dir=full / "cache", progress=False),
+          check=CheckOptions(inputs=INPUTS))
     recs = [r for r in read_results(tmp_path / "warm" / RESULTS) if r["status"] in ("pass", "fail", "mismatch")]
     assert recs and all(r["exports"] == 0 for r in recs), [r["case_id"] for r in recs if r["exports"]]
     cold = [r for r in read_results(full / "out" / RESULTS) if r["status"] in ("pass", "fail")]
@@ -125,7 +132,8 @@ def test_a_case_that_raises_is_recorded_and_the_sweep_completes(full, tmp_path):
             raise RuntimeError("simulated crash inside the case")
         return run_case(case, *args)
 
-    sweep(tmp_path / "o", SMALL, inputs=INPUTS, cache_dir=full / "cache", progress=False, case_runner=sometimes_broken)
+    sweep(tmp_path / "o", SMALL, how=SweepOptions(cache_dir=full / "cache", progress=False),
+          check=CheckOptions(inputs=INPUTS), case_runner=sometimes_broken)
     recs = {r["case_id"]: r for r in read_results(tmp_path / "o" / RESULTS)}
     assert len(recs) == len(SMALL.cases())
     crashed = [r for r in recs.values() if r["status"] == "error"]
@@ -136,13 +144,14 @@ def test_a_case_that_raises_is_recorded_and_the_sweep_completes(full, tmp_path):
 def test_unavailable_provider_is_recorded_per_case(tmp_path):
     m = Matrix(norms=("bn",), variants=("native",), opsets=(18,), exporters=("torchscript",), dtypes=("float32",),
                providers=("cuda",))
-    sweep(tmp_path / "o", m, progress=False)
+    sweep(tmp_path / "o", m, how=SweepOptions(progress=False))
     (rec,) = read_results(tmp_path / "o" / RESULTS)
     assert rec["status"] == "error" and rec["error_type"] == "RuntimeUnavailable"
 
 
 def test_parallel_jobs_record_the_same_cases(full, tmp_path):
-    sweep(tmp_path / "j2", SMALL, inputs=INPUTS, cache_dir=full / "cache", jobs=2, progress=False)
+    sweep(tmp_path / "j2", SMALL, how=SweepOptions(jobs=2, cache_dir=full / "cache", progress=False),
+          check=CheckOptions(inputs=INPUTS))
     a = {r["case_id"]: r["status"] for r in read_results(tmp_path / "j2" / RESULTS)}
     b = {r["case_id"]: r["status"] for r in read_results(full / "out" / RESULTS)}
     assert a == b
@@ -188,8 +197,8 @@ def test_recommendation_never_picks_a_failing_variant(full):
 def test_sweep_with_bench_times_and_recommends_the_fastest(tmp_path, full):
     m = Matrix(norms=("ln",), variants=("native", "decomposed"), opsets=(21,), exporters=("dynamo",),
                dtypes=("float32",), providers=("cpu",))
-    sweep(tmp_path / "b", m, inputs=["normal"], cache_dir=full / "cache", bench=True, bench_min_time=0.0,
-          progress=False)
+    sweep(tmp_path / "b", m, how=SweepOptions(cache_dir=full / "cache", progress=False),
+          check=CheckOptions(inputs=["normal"]), bench=BenchOptions(min_time=0.0))
     recs = read_results(tmp_path / "b" / RESULTS)
     bench = [r for r in recs if r["type"] == "bench"]
     assert len(bench) == 1 and bench[0]["status"] == "timed"
@@ -234,7 +243,7 @@ def test_resume_refuses_results_of_other_tool_versions(full, tmp_path):
     (out / RESULTS).write_text("".join(json.dumps(dict(r, versions=dict(r["versions"], torch="1.0"))) + "\n"
                                        for r in recs))
     with pytest.raises(BadInput, match="other tool versions \\(torch\\)"):
-        sweep(out, SMALL, inputs=INPUTS, resume=True, progress=False)
+        sweep(out, SMALL, how=SweepOptions(resume=True, progress=False), check=CheckOptions(inputs=INPUTS))
 
 
 def test_report_orders_samples_by_the_suite_registry():

@@ -12,6 +12,9 @@ from conftest import requires_cuda
 from normonnx import NormSpec, export_report
 from normonnx.graph import META_PREFIX
 from normonnx.testing import assert_export_matches
+from normonnx.export import ExportOptions
+from normonnx.inputs import CheckOptions
+from normonnx.runtimes import RunOptions, SessionConfig
 from normonnx.validate import validate
 from normonnx.variants import usable_variants
 
@@ -76,7 +79,8 @@ CASES = [(dt, k, v) for dt in ("float32", "float16") for k in ("bn", "ln", "in",
 
 @pytest.mark.parametrize("dtype, kind, variant", CASES, ids=[f"{k}-{v}-{d}" for d, k, v in CASES])
 def test_validate_matrix_known_failures(dtype, kind, variant):
-    report = validate(NormSpec.make(kind, dtype=dtype), variant=variant, opset=18, runtimes=RUNTIMES)
+    report = validate(NormSpec.make(kind, dtype=dtype), export=ExportOptions(variant=variant, opset=18),
+                      run=RunOptions(runtimes=RUNTIMES))
     assert not [r for r in report.results if r.status == "error"], [r.error for r in report.results if r.error]
     for runtime in RUNTIMES:
         rows = [r for r in report.results if r.runtime == runtime]
@@ -92,7 +96,7 @@ def test_validate_matrix_known_failures(dtype, kind, variant):
 
 
 def test_ort_instance_norm_constant_input_passes_at_the_default_size():
-    report = validate(NormSpec.make("in"), runtimes=["cpu"], inputs=["constant"])
+    report = validate(NormSpec.make("in"), run=RunOptions.on("cpu"), check=CheckOptions(["constant"]))
     rows = {r.inputs: r.status for r in report.results}
     assert rows["constant:constant"] == "pass"
     assert rows["constant:constant-large"] in ("pass", "fail")  # the realistic size ran (its verdict: below)
@@ -102,14 +106,14 @@ def test_ort_instance_norm_constant_input_passes_at_the_default_size():
                                        "errs ~7e-3 where the answer is the bias exactly (the float32 mean's error "
                                        "times 1/sqrt(eps)); at the default 256 elements it passes")
 def test_ort_instance_norm_constant_input_at_a_realistic_size():
-    report = validate(NormSpec.make("in"), runtimes=["cpu"], inputs=["constant"])
+    report = validate(NormSpec.make("in"), run=RunOptions.on("cpu"), check=CheckOptions(["constant"]))
     large = next(r for r in report.results if r.inputs == "constant:constant-large")
     assert large.status == "pass", f"{large.max_abs_err:.2g}: {large.reason}"
 
 
 def test_gn21_nan_at_offset_1e4_is_reported_with_worst_element():
-    report = validate(NormSpec.make("gn", groups=4), variant="native", opset=21, runtimes=["cpu"],
-                      inputs=["offset"])
+    report = validate(NormSpec.make("gn", groups=4), export=ExportOptions(variant="native", opset=21),
+                      run=RunOptions.on("cpu"), check=CheckOptions(["offset"]))
     row = next(r for r in report.results if r.inputs == "offset:offset-1e4")
     assert row.status == "fail" and row.nonfinite_mismatch > 0 and "NaN" in row.reason
     assert row.worst_index is not None and np.isfinite(row.worst_expected)
@@ -118,7 +122,7 @@ def test_gn21_nan_at_offset_1e4_is_reported_with_worst_element():
 
 def test_offset_error_is_unavoidable_not_a_failure_for_centered_variance():
     """LN at offset 1e4 errs by ~1e-4..1e-3 in float32: allowed by the conditioning bound, not by atol."""
-    report = validate(NormSpec.make("ln"), runtimes=["cpu"], inputs=["offset"])
+    report = validate(NormSpec.make("ln"), run=RunOptions.on("cpu"), check=CheckOptions(["offset"]))
     row = next(r for r in report.results if r.inputs == "offset:offset-1e4")
     assert row.status == "pass" and row.max_abs_err > 1e-4 and row.max_cond > 1e3
 
@@ -128,7 +132,6 @@ def test_decomposed_ln_fuses_only_when_optimizations_are_on(tmp_path):
     pattern ORT's LayerNormFusion matches; validate must say when it fused and when it did not."""
     import torch
 
-    from normonnx.runtimes import SessionConfig
 
     from normonnx.graph import set_metadata
     from normonnx.models import native_module
@@ -141,8 +144,9 @@ def test_decomposed_ln_fuses_only_when_optimizations_are_on(tmp_path):
     m = onnx.load(str(path))
     set_metadata(m, {"spec": spec.to_json(), "variant": "native"})  # so validate knows its parameters
     onnx.save(m, str(path))
-    on = validate(model=path, runtimes=["cpu"], inputs=["normal"])
-    off = validate(model=path, runtimes=["cpu"], inputs=["normal"], config=SessionConfig("disabled"))
+    on = validate(model=path, run=RunOptions.on("cpu"), check=CheckOptions(["normal"]))
+    off = validate(model=path, run=RunOptions.on("cpu", config=SessionConfig("disabled")),
+                   check=CheckOptions(["normal"]))
     assert "Pow" in on.model["ops"] and "LayerNormalization" not in on.model["ops"]
     assert on.runtimes["cpu"]["fused"] == ["LayerNormalization"]
     assert off.runtimes["cpu"]["fused"] is None
@@ -152,7 +156,8 @@ def test_decomposed_ln_fuses_only_when_optimizations_are_on(tmp_path):
 def test_normonnx_decomposed_ln_is_not_fused_by_ort():
     """normonnx's decomposed LN squares with Mul(d, d), not Pow: ORT's fusion does not match it, so its
     own arithmetic runs even at the default optimization level."""
-    report = validate(NormSpec.make("ln"), variant="decomposed", runtimes=["cpu"], inputs=["normal"])
+    report = validate(NormSpec.make("ln"), export=ExportOptions(variant="decomposed"),
+                      run=RunOptions.on("cpu"), check=CheckOptions(["normal"]))
     assert report.runtimes["cpu"]["fused"] is None
 
 
@@ -171,9 +176,9 @@ def _retag(path, **spec_changes):
 def test_model_with_wrong_eps_fails(tmp_path):
     """An LN exported with eps=1e-1 but claiming 1e-5 computes another function: validate must say so."""
     path = export_report(NormSpec.make("ln", eps=1e-1), output=tmp_path / "ln.onnx").path
-    assert validate(model=path, runtimes=["cpu"], inputs=["normal"]).passed
+    assert validate(model=path, run=RunOptions.on("cpu"), check=CheckOptions(["normal"])).passed
     _retag(path, eps=1e-5)
-    report = validate(model=path, runtimes=["cpu"], inputs=["normal", "constant"])
+    report = validate(model=path, run=RunOptions.on("cpu"), check=CheckOptions(["normal", "constant"]))
     assert not report.passed
     assert all(r.status == "fail" for r in report.results if r.runtime == "cpu")
 
@@ -184,8 +189,8 @@ def test_foreign_model_params_read_from_graph(tmp_path):
     m = onnx.load(str(path))
     del m.metadata_props[:]
     onnx.save(m, str(path))
-    assert validate(spec, model=path, runtimes=["cpu"], inputs=["normal"]).passed
-    wrong = validate(spec.replace(eps=0.5), model=path, runtimes=["cpu"], inputs=["normal"])
+    assert validate(spec, model=path, run=RunOptions.on("cpu"), check=CheckOptions(["normal"])).passed
+    wrong = validate(spec.replace(eps=0.5), model=path, run=RunOptions.on("cpu"), check=CheckOptions(["normal"]))
     assert not wrong.passed
 
 
@@ -213,15 +218,15 @@ def _naive_ln_model(path, shape=(2, 16, 64), eps=1e-5):
 def test_naive_variance_model_fails_at_offset(tmp_path):
     path = _naive_ln_model(tmp_path / "naive.onnx")
     spec = NormSpec.make("ln", affine=False)
-    report = validate(spec, model=path, runtimes=["cpu"], inputs=["normal", "offset"], config=__import__(
-        "normonnx.runtimes", fromlist=["SessionConfig"]).SessionConfig("disabled"))
+    report = validate(spec, model=path, run=RunOptions.on("cpu", config=SessionConfig("disabled")),
+                      check=CheckOptions(["normal", "offset"]))
     status = {r.inputs.split(":")[1]: r.status for r in report.results if r.runtime == "cpu"}
     assert status["normal"] == "pass"
     assert status["offset-1e3"] == "fail" and status["offset-1e4"] == "fail"
 
 
 def test_json_document_fields():
-    report = validate(NormSpec.make("bn"), runtimes=["cpu"], inputs=["normal"])
+    report = validate(NormSpec.make("bn"), run=RunOptions.on("cpu"), check=CheckOptions(["normal"]))
     doc = json.loads(json.dumps(report.to_dict()))
     row = doc["results"][0]
     for key in ("runtime", "inputs", "passed", "max_abs_err", "max_rel_err", "spec_id", "max_ulp", "frac_outside"):
@@ -230,7 +235,8 @@ def test_json_document_fields():
 
 
 def test_save_inputs_replays(tmp_path):
-    report = validate(NormSpec.make("in", affine=True), runtimes=["cpu"], inputs=["offset"], save_inputs=tmp_path / "s")
+    report = validate(NormSpec.make("in", affine=True), run=RunOptions.on("cpu"),
+                      check=CheckOptions(["offset"], save_inputs=tmp_path / "s"))
     assert report.passed
     files = sorted((tmp_path / "s").glob("*.npz"))
     assert len(files) == 6 and sum("-large" in f.name for f in files) == 3  # the spec's size and the large one
@@ -244,8 +250,8 @@ def test_save_inputs_replays(tmp_path):
 
 
 def test_dynamic_suite_runs_at_a_new_shape():
-    report = validate(NormSpec.make("gn", groups=2), variant="instance-trick", dynamic=True, runtimes=["cpu", "torch"],
-                      inputs=["dynamic"])
+    report = validate(NormSpec.make("gn", groups=2), export=ExportOptions(variant="instance-trick", dynamic=True),
+                      run=RunOptions.on("cpu", "torch"), check=CheckOptions(["dynamic"]))
     rows = [r for r in report.results if r.inputs.startswith("dynamic:")]
     assert rows and all(r.status == "pass" for r in rows)
     assert "2x8x16x16" not in rows[0].inputs
@@ -262,10 +268,10 @@ def test_assert_export_matches_raises_with_worst_element():
                                            ("in", "native"), ("bn", "native")])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_cuda_runtime(kind, variant, dtype):
-    from normonnx.runtimes import SessionConfig
 
-    report = validate(NormSpec.make(kind, dtype=dtype), variant=variant, runtimes=["cuda", "cpu"],
-                      config=SessionConfig("disabled" if variant == "decomposed" else "all"))
+    report = validate(NormSpec.make(kind, dtype=dtype), export=ExportOptions(variant=variant),
+                      run=RunOptions.on("cuda", "cpu",
+                                        config=SessionConfig("disabled" if variant == "decomposed" else "all")))
     cuda_rows = [r for r in report.results if r.runtime == "cuda"]
     assert cuda_rows and not [r for r in cuda_rows if r.status == "error"]
     assert report.runtimes["cuda"]["provider"] == "CUDAExecutionProvider"
@@ -275,7 +281,8 @@ def test_cuda_runtime(kind, variant, dtype):
 
 
 def test_contrib_groupnorm_is_unsupported_on_cpu_with_why_not_an_error():
-    report = validate(NormSpec.make("gn"), variant="contrib", runtimes=["cpu"], inputs=["normal", "offset"])
+    report = validate(NormSpec.make("gn"), export=ExportOptions(variant="contrib"), run=RunOptions.on("cpu"),
+                      check=CheckOptions(["normal", "offset"]))
     rows = [r for r in report.results if r.runtime == "cpu"]
     assert rows and all(r.status == "skipped" and "CUDA" in r.reason for r in rows)
     assert report.exit_code == 4 and "CUDA" in report.runtimes["cpu"]["unsupported"]
@@ -289,21 +296,23 @@ def test_a_given_file_is_loaded_on_the_runtime_it_runs_on(tmp_path):
     from normonnx.errors import BadInput
 
     path = export_report(NormSpec.make("gn", groups=4), "contrib", 18, "dynamo", False, tmp_path / "m.onnx").path
-    report = validate(model=path, runtimes=["cuda"], skip_missing=True, inputs=["normal", "offset"])
+    report = validate(model=path, run=RunOptions(runtimes=["cuda"], skip_missing=True),
+                      check=CheckOptions(["normal", "offset"]))
     cuda_rows = [r for r in report.results if r.runtime == "cuda"]
     if has_cuda_ep():  # measured on ORT 1.31 CUDA: one-pass variance, NaN-free but far off at offset 1e2
         assert {r.status for r in cuda_rows} == {"pass", "fail"}, [(r.inputs, r.status) for r in cuda_rows]
     else:
         assert report.exit_code == 4 and cuda_rows and all("CUDA" in r.reason for r in cuda_rows)
     with pytest.raises(BadInput, match="ORT cpu cannot load the model: .*GroupNorm"):
-        validate(model=path, runtimes=["cpu"])
+        validate(model=path, run=RunOptions.on("cpu"))
 
 
 @pytest.mark.parametrize("variant", ["layernorm-trick", "instance-trick"])
 def test_layernorm_trick_is_exact_on_zero_variance_groups_where_instance_norm_is_not(variant):
     """At a realistic group size ORT CPU's InstanceNormalization errs on constant groups; LayerNormalization
     (the layernorm-trick) returns the bias exactly: the recommendation for GN on CPU follows from this."""
-    report = validate(NormSpec.make("gn"), variant=variant, runtimes=["cpu"], inputs=["constant"])
+    report = validate(NormSpec.make("gn"), export=ExportOptions(variant=variant), run=RunOptions.on("cpu"),
+                      check=CheckOptions(["constant"]))
     large = next(r for r in report.results if r.inputs == "constant:constant-large")
     assert (large.status == "pass") == (variant == "layernorm-trick"), large.reason
     if variant == "layernorm-trick":

@@ -11,8 +11,11 @@ import torch
 from torch import nn
 
 from normonnx import NormSpec, export_report
+from normonnx.inputs import CheckOptions
 from normonnx.sweep import Matrix, sweep
 from normonnx.translations import Translation
+from normonnx.export import ExportOptions
+from normonnx.runtimes import RunOptions
 from normonnx.validate import validate
 from normonnx.variants import REGISTRY, Variant
 
@@ -57,10 +60,11 @@ def test_a_toy_variant_declared_once_exports_validates_and_sweeps(toy, tmp_path)
     spec = NormSpec.make("ln", shape=(2, 4, 16))
     rep = export_report(spec, v.name, 18, "dynamo", output=tmp_path / "toy.onnx")
     assert "Pow" in rep.ops and entered == [(spec.id, 18)]
-    assert validate(spec, variant=v.name, opset=18, runtimes=["cpu"], inputs=["normal"]).passed
+    assert validate(spec, export=ExportOptions(variant=v.name, opset=18), run=RunOptions.on("cpu"),
+                    check=CheckOptions(["normal"])).passed
     out = tmp_path / "sweep"
     summary = sweep(out, Matrix(norms=("ln",), variants=(v.name,), opsets=(18,), exporters=("dynamo",),
-                                dtypes=("float32",), providers=("cpu",)), inputs=["normal"])
+                                dtypes=("float32",), providers=("cpu",)), check=CheckOptions(inputs=["normal"]))
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["variant"] for r in records] == [v.name] and records[0]["status"] == "pass", records
     assert summary.counts == {"pass": 1}
@@ -77,6 +81,7 @@ def test_the_toy_variant_fails_where_its_maths_is_wrong(toy, tmp_path):
         return m
 
     REGISTRY["toy-pow"] = Variant(**{**v.__dict__, "build": wrong})
-    rep = validate(spec, variant="toy-pow", opset=18, runtimes=["cpu"], inputs=["normal"])
+    rep = validate(spec, export=ExportOptions(variant="toy-pow", opset=18), run=RunOptions.on("cpu"),
+                   check=CheckOptions(["normal"]))
     assert not rep.passed and rep.verdict.status == "fail"
     assert np.isfinite([r.max_abs_err for r in rep.results if r.max_abs_err is not None]).all()

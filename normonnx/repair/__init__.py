@@ -27,7 +27,7 @@ from ..rules import RULES, Rule, select
 from ..safeio import check_output_path, publish, staging
 from ..scan import scan
 from ..shapes import fix_input_shapes, infer_shapes
-from . import proof
+from . import proof as proving  # the module; `proof` is fix's ProofOptions
 
 __all__ = ["fix", "FixReport", "LayerFix", "RULES", "Rule", "select", "region"]
 
@@ -68,8 +68,8 @@ class FixReport:
     runtimes: tuple[str, ...] = ("cpu",)
     proven: bool = True
     written: bool = False
-    whole_model: dict | None = None  # proof.compare_models
-    timing: dict | None = None  # proof.time_models
+    whole_model: proving.WholeModel | None = None
+    timing: proving.ModelTiming | None = None
     after: object = None  # the written model's ScanReport (the judge of the exit code)
     notes: list[str] = field(default_factory=list)
 
@@ -95,7 +95,7 @@ class FixReport:
         v = over_layers(c.passed for c in self.after.validations.values()) \
             if self.after is not None else Verdict("not checked")
         w = self.whole_model
-        if w is not None and w.get("passed") is not True and v.status != "fail":
+        if w is not None and w.passed is not True and v.status != "fail":
             return Verdict("fail", v.passed, v.failed + 1, v.not_checked)
         if self.unproven and v.status != "fail":  # a rewrite scan cannot validate in place is not proven
             return Verdict("fail", v.passed, v.failed + len(self.unproven), v.not_checked)
@@ -120,8 +120,10 @@ class FixReport:
         return {"model": self.model, "output": self.output, "opset": self.opset, "mode": self.mode,
                 "runtimes": list(self.runtimes), "proven": self.proven, "written": self.written,
                 "changes": len(self.changes), "failing": len(self.failing), "verdict": v.status,
-                "layers": [lf.to_dict() for lf in self.layers], "whole_model": self.whole_model,
-                "timing": self.timing, "notes": self.notes, "exit_code": int(self.exit_code)}
+                "layers": [lf.to_dict() for lf in self.layers],
+                "whole_model": self.whole_model.to_dict() if self.whole_model else None,
+                "timing": self.timing.to_dict() if self.timing else None, "notes": self.notes,
+                "exit_code": int(self.exit_code)}
 
 
 # -- inputs ----------------------------------------------------------------------------------------
@@ -195,32 +197,68 @@ def plan_layers(model: onnx.ModelProto, rules: list[Rule], base: Path | None = N
     return [LayerFix(c.index, c.norm, c.status, c.rule, reason=c.reason) for c in covered], plans
 
 # -- the command -------------------------------------------------------------------------------------
-def fix(path: str | Path, output: str | Path | None = None, *, rules: list[str] | None = None,
-        skip_rules: list[str] | None = None, dry_run: bool = False, check: bool = False, opset: int | None = None,
-        input_shapes: dict[str, tuple[int, ...]] | None = None, prove: bool = True, inputs: list[str] | None = None,
-        runtimes: list[str] | None = None, timing: bool = True, least_bad: bool = False,
-        progress=None) -> FixReport:
-    """Rewrite the norms of the model at `path` that fail on the target `runtimes` (default: ORT CPU)
-    into forms that pass there, into `output` (never the input), proving each rewrite (see `proof`).
-    dry_run/check only say what would change (check: exit code 1 if anything would change or a layer
-    fails). rules/skip_rules: names from normonnx.repair.RULES; opset: allow raising the model's opset to
-    this first; input_shapes: dims for symbolic graph inputs; prove=False writes the rules' first form
-    for every layer with a known risk, unproven (exit code 4); inputs: the suites (default: all);
-    timing: time passing forms against each other and the whole models; least_bad: where no form
-    passes, keep the one that fails fewest checks if it fails fewer than the original."""
+@dataclass(frozen=True)
+class FixOptions:
+    """What fix may change: rules/skip_rules (names from normonnx.repair.RULES; None: all), opset (raise
+    the model's opset to this first; None: never), input_shapes (dims for symbolic graph inputs)."""
+
+    rules: tuple[str, ...] | None = None
+    skip_rules: tuple[str, ...] | None = None
+    opset: int | None = None
+    input_shapes: dict[str, tuple[int, ...]] | None = None
+
+    def __post_init__(self):
+        for k in ("rules", "skip_rules"):
+            if getattr(self, k) is not None:
+                object.__setattr__(self, k, tuple(getattr(self, k)))
+
+
+@dataclass(frozen=True)
+class ProofOptions:
+    """How fix proves what it writes: prove=False writes the rules' first form for every layer with a known
+    risk, unproven (exit code 4); runtimes: the targets (default: ORT CPU); inputs: the suites (default: all);
+    timing: time passing forms against each other and the whole models; least_bad: where no form passes,
+    keep the one that fails fewest checks if it fails fewer than the original."""
+
+    prove: bool = True
+    runtimes: tuple[str, ...] | None = None
+    inputs: tuple[str, ...] | None = None
+    timing: bool = True
+    least_bad: bool = False
+
+    def __post_init__(self):
+        for k in ("runtimes", "inputs"):
+            if getattr(self, k) is not None:
+                object.__setattr__(self, k, tuple(getattr(self, k)))
+
+
+MODES = ("fix", "dry-run", "check")
+
+
+def fix(path: str | Path, output: str | Path | None = None, *, mode: str = "fix", change: FixOptions = FixOptions(),
+        proof: ProofOptions = ProofOptions(), progress=None) -> FixReport:
+    """Rewrite the norms of the model at `path` that fail on the target runtimes (default: ORT CPU)
+    into forms that pass there, into `output` (never the input), proving each rewrite (see normonnx.repair.proof).
+    mode dry-run/check only says what would change (check: exit code 1 if anything would change or a
+    layer fails); `change` says what may change, `proof` how it is proven."""
+    if mode not in MODES:
+        raise BadInput(f"unknown fix mode {mode!r}: valid modes are {', '.join(MODES)}")
+    rules, skip_rules, opset, input_shapes = change.rules, change.skip_rules, change.opset, change.input_shapes
+    prove, timing, least_bad = proof.prove, proof.timing, proof.least_bad
+    inputs = list(proof.inputs) if proof.inputs else None
+    check, dry_run = mode == "check", mode == "dry-run"
     chosen = select(rules, skip_rules)
     src = Path(path)
     # the weights stay in their files: rules read a layer's parameters on demand (Graph.base), the proof
     # reads each cut-out layer's, and the output's data file is streamed from the input's
     model = load_model(src, load_external_data=False)  # every check; which tensors live in which files
     check_external_data(model, src.parent)  # and every data file there, before any work: fix copies them all
-    mode = "check" if check else "dry-run" if dry_run else "fix"
     out = Path(output) if output is not None else None
     if mode == "fix":
         _check_output(src, out, model)
     if (check or dry_run) and not prove:
         raise BadInput("--check and --dry-run judge layers by validating them: leave out --no-proof")
-    runtimes = check_runtime_request(list(runtimes or proof.DEFAULT_RUNTIMES), inputs)  # before any work
+    runtimes = check_runtime_request(list(proof.runtimes or proving.DEFAULT_RUNTIMES), inputs)  # before any work
     converted = _convert_opset(model, opset)
     analysed = onnx.ModelProto()
     analysed.CopyFrom(converted)
@@ -234,7 +272,7 @@ def fix(path: str | Path, output: str | Path | None = None, *, rules: list[str] 
     with tempfile.TemporaryDirectory(prefix="normonnx-fix-") as tmp:
         work = Path(tmp)
         if prove:
-            proof.judge_layers(analysed, src.parent, layers, plans, work, runtimes, inputs, memo,
+            proving.judge_layers(analysed, src.parent, layers, plans, work, runtimes, inputs, memo,
                                timed=timing and mode == "fix", least_bad=least_bad, native=opset is not None,
                                progress=progress)
         else:
@@ -269,12 +307,12 @@ def fix(path: str | Path, output: str | Path | None = None, *, rules: list[str] 
 def _publish_if_proven(report: FixReport, cand: Path, out: Path) -> None:
     """Rename the staged model (and its data file) into place unless the whole model differs from the
     original or could not be compared; a note says which."""
-    if not report.proven or not report.changes or report.whole_model.get("passed") is True:
+    if not report.proven or not report.changes or report.whole_model.passed is True:
         if cand.with_name(cand.name + ".data").exists():
             publish(cand.with_name(cand.name + ".data"), _data_path(out), "fixed model's weights")
         publish(cand, out, "fixed model")
         report.written = True
-    elif report.whole_model.get("passed") is False:
+    elif report.whole_model.passed is False:
         report.notes.append("nothing written: the fixed model differs from the original on seeded inputs")
     else:
         report.notes.append("nothing written: the fixed model could not be compared with the original, so it is "
@@ -296,16 +334,13 @@ def _prove_written(report: FixReport, layers: list[LayerFix], original: Path, ca
     if not report.changes:
         return
     dtypes = tuple(sorted({lf.norm.dtype for lf in report.changes if lf.norm.dtype}))
-    weights = proof.shared_weights(*shared) if shared else {}
-    report.whole_model = proof.compare_models(original, cand, input_shapes, layer_dtypes=dtypes, shared=weights,
-                                              provider=proof.ort_target(report.runtimes))
-    report.whole_model["shared_weights"] = len(weights)
-    sessions, run_s = report.whole_model.pop("sessions", None), report.whole_model.pop("run_s", 0.0)
-    if timing and report.whole_model.get("passed"):
+    weights = proving.shared_weights(*shared) if shared else {}
+    report.whole_model, loaded = proving.compare_models(original, cand, input_shapes, layer_dtypes=dtypes,
+                                                        shared=weights, provider=proving.ort_target(report.runtimes))
+    if timing and report.whole_model.passed:
         # a large model's run is long enough for 5 interleaved rounds to show the ratio (each round is a run
         # of both); 9 where runs are short
-        report.timing = proof.time_models(sessions, report.whole_model["feeds"], rounds=9 if run_s < 0.1 else 5)
-    report.whole_model.pop("feeds", None)
+        report.timing = proving.time_models(loaded, rounds=9 if loaded.run_s < 0.1 else 5)
 
 
 def _map_final(report: FixReport, layers: list[LayerFix]) -> None:

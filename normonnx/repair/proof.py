@@ -78,11 +78,13 @@ def _worst(rep) -> tuple[str | None, float | None]:
 
 def validate_candidate(path: Path, claim, runtimes, inputs, form: str, after: str) -> Candidate:
     """The candidate layer at `path` against the original layer's claim (spec, params)."""
+    from ..inputs import CheckOptions
+    from ..runtimes import RunOptions
     from ..validate import validate
 
     spec, params = claim
     try:
-        rep = validate(spec, model=path, params=params, runtimes=list(runtimes), inputs=inputs)
+        rep = validate(spec, model=path, params=params, run=RunOptions(tuple(runtimes)), check=CheckOptions(inputs))
     except BadInput as e:
         return Candidate(form, after, "not checked", note=str(e))
     except Exception as e:  # normonnx's own failure: never a verdict
@@ -269,7 +271,82 @@ def shared_weights(model: onnx.ModelProto, original: dict, fixed: dict, min_byte
     return out
 
 
-def compare_outputs(names, original: list, fixed: list, layer_dtypes: tuple[str, ...] = ()) -> dict:
+@dataclass(frozen=True)
+class OutputDiff:
+    """One output of the fixed model against the original's: the largest difference (None: a non-float
+    output that differs) and whether it is within the tolerance (float outputs: atol/rtol and why not)."""
+
+    dtype: str
+    max_abs_diff: float | None
+    within: bool
+    atol: float | None = None
+    rtol: float | None = None
+    nonfinite_mismatch: int | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return d if self.atol is not None else {k: d[k] for k in ("dtype", "max_abs_diff", "within")}
+
+
+@dataclass(frozen=True)
+class OutputsDiff:
+    passed: bool | None
+    max_abs_diff: float
+    outputs: dict[str, OutputDiff]
+
+
+@dataclass(frozen=True)
+class WholeModel:
+    """The whole fixed model against the original on the same seeded inputs, on one ORT provider.
+    passed None: not compared (error says why)."""
+
+    passed: bool | None
+    provider: str
+    inputs: dict[str, list[int]]
+    max_abs_diff: float | None = None
+    outputs: dict[str, OutputDiff] = dataclasses.field(default_factory=dict)
+    seed: int | None = None
+    error: str | None = None
+    shared_weights: int = 0
+
+    def to_dict(self) -> dict:
+        if self.passed is None:
+            return {"passed": None, "error": self.error, "inputs": self.inputs, "provider": self.provider}
+        return {"passed": self.passed, "max_abs_diff": self.max_abs_diff,
+                "outputs": {k: o.to_dict() for k, o in self.outputs.items()}, "seed": self.seed,
+                "inputs": self.inputs, "provider": self.provider, "shared_weights": self.shared_weights}
+
+
+@dataclass(frozen=True)
+class ModelTiming:
+    """Latency of the original and the fixed model, interleaved rounds: medians and fixed/original with
+    its 95 % CI (stable: the CI is narrow enough to read)."""
+
+    original_ms: float
+    fixed_ms: float
+    ratio: float
+    ratio_ci: tuple[float, float]
+    stable: bool
+    rounds: int
+    prepacking: bool
+    provider: str
+    machine: str
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "ratio_ci": list(self.ratio_ci)}
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What compare_models leaves for time_models: both sessions and the feeds (never built twice)."""
+
+    sessions: tuple
+    feeds: dict
+    run_s: float
+
+
+def compare_outputs(names, original: list, fixed: list, layer_dtypes: tuple[str, ...] = ()) -> OutputsDiff:
     """Per output, the fixed model's value against the original's through compare.compare (the one
     comparator: |fixed - original| <= atol + rtol*|original|, non-finite values placed alike, sign
     included), at the tolerance of the least precise of the output's dtype and the rewritten layers'
@@ -281,25 +358,26 @@ def compare_outputs(names, original: list, fixed: list, layer_dtypes: tuple[str,
         dtype = str(ya.dtype)
         if not np.issubdtype(ya.dtype, np.floating) or dtype not in ("float32", "float16", "bfloat16"):
             same = ya.shape == yb.shape and bool(np.array_equal(ya, yb, equal_nan=np.issubdtype(ya.dtype, np.floating)))
-            outputs[name] = {"dtype": dtype, "max_abs_diff": 0.0 if same else None, "within": same}
+            outputs[name] = OutputDiff(dtype, 0.0 if same else None, same)
             statuses.append(status_of(same))
             continue
         tol = max([tolerance_for(d) for d in (dtype, *layer_dtypes) if d in ("float32", "float16", "bfloat16")],
                   key=lambda t: t.atol)
         c = compare(yb, ya.astype(np.float64), dtype, tol)
-        outputs[name] = {"dtype": dtype, "max_abs_diff": c.max_abs_err, "atol": tol.atol, "rtol": tol.rtol,
-                         "nonfinite_mismatch": c.nonfinite_mismatch, "within": c.passed, "reason": c.reason}
+        outputs[name] = OutputDiff(dtype, c.max_abs_err, c.passed, tol.atol, tol.rtol, c.nonfinite_mismatch, c.reason)
         statuses.append(status_of(c.passed))
     v = judge(statuses)
-    worst = max((o["max_abs_diff"] or 0.0 for o in outputs.values()), default=0.0)
-    return {"passed": v.ok, "max_abs_diff": worst, "outputs": outputs}
+    worst = max((o.max_abs_diff or 0.0 for o in outputs.values()), default=0.0)
+    return OutputsDiff(v.ok, worst, outputs)
 
 
 def compare_models(original: Path, fixed: Path, input_shapes: dict | None, seed: int = 0,
-                   layer_dtypes: tuple[str, ...] = (), shared: dict | None = None, provider: str = "cpu") -> dict:
+                   layer_dtypes: tuple[str, ...] = (), shared: dict | None = None,
+                   provider: str = "cpu") -> tuple[WholeModel, Loaded | None]:
     """Both models on ORT `provider` on the same seeded inputs (compare_outputs). The original runs twice: a
     model whose own outputs differ between runs (an unseeded random op) cannot prove a rewrite, and is
-    reported as such instead of blamed on it. shared: weights both sessions take (shared_weights)."""
+    reported as such instead of blamed on it. shared: weights both sessions take (shared_weights).
+    Returns the comparison and, where both models ran, their sessions and feeds for time_models."""
     model = onnx.load(str(original), load_external_data=False)
     feeds = seeded_feeds(model, input_shapes, seed)
     shapes = {k: list(v.shape) for k, v in feeds.items()}
@@ -312,34 +390,32 @@ def compare_models(original: Path, fixed: Path, input_shapes: dict | None, seed:
         sb = _session(fixed, shared, provider)
         b = sb.run(None, feeds)
     except Exception as e:
-        return {"passed": None, "error": f"ORT {provider} could not run the models on seeded inputs: "
-                                         f"{first_line(e, 200)}", "inputs": shapes, "provider": provider}
+        return WholeModel(None, provider, shapes, error=f"ORT {provider} could not run the models on seeded inputs: "
+                                                        f"{first_line(e, 200)}"), None
     names = [o.name for o in sb.get_outputs()]
-    again = compare_outputs(names, a, a2)
-    if not again["passed"]:
-        return {"passed": None, "error": "the original model gives different outputs on two runs of the same inputs "
-                                         "(a random op?): a rewrite cannot be compared with it", "inputs": shapes}
+    if not compare_outputs(names, a, a2).passed:
+        return WholeModel(None, provider, shapes, error="the original model gives different outputs on two runs of "
+                                                        "the same inputs (a random op?): a rewrite cannot be compared "
+                                                        "with it"), None
     out = compare_outputs(names, a, b, layer_dtypes)
-    # feeds and sessions are for time_models (one session per model, never built twice); fix drops them
-    return {**out, "seed": seed, "inputs": shapes, "feeds": feeds, "sessions": (sa, sb, shared), "run_s": run_s,
-            "provider": provider}
+    return (WholeModel(out.passed, provider, shapes, out.max_abs_diff, out.outputs, seed,
+                       shared_weights=len(shared or {})), Loaded((sa, sb, shared), feeds, run_s))
 
 
-def time_models(sessions: tuple, feeds: dict, *, rounds: int = 9, min_time: float = 1.0, seed: int = 0) -> dict:
+def time_models(loaded: Loaded, *, rounds: int = 9, min_time: float = 1.0, seed: int = 0) -> ModelTiming:
     """Latency of both models (the sessions compare_models made, on its provider), interleaved rounds
     (normonnx.timing): per-model median and the fixed/original ratio with its 95 % CI, so the cost of the
     fix is visible."""
     from .. import timing
 
-    sa, sb, shared = sessions
+    (sa, sb, shared), feeds = loaded.sessions, loaded.feeds
     measured = timing.run_rounds({"original": lambda: sa.run(None, feeds), "fixed": lambda: sb.run(None, feeds)},
                                  lambda: None, rounds=rounds, min_time=min_time, warmup=1, seed=seed)  # warm: compared
     ratio = timing.paired_ratios(measured.per_round, "original")["fixed"]
     med, lo, hi = timing.median_ci(ratio, seed)
-    return {"original_ms": float(np.median(measured.per_round["original"])),
-            "fixed_ms": float(np.median(measured.per_round["fixed"])), "ratio": med, "ratio_ci": [lo, hi],
-            "stable": (hi - lo) / 2 <= timing.CI_WIDTH_LIMIT * med, "rounds": rounds,
-            "prepacking": not shared,
-            "provider": "cuda" if "CUDA" in sa.get_providers()[0] else "cpu",
-            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {sa.get_providers()[0]}"
-                       + (" (numpy in and out: host copies included)" if "CUDA" in sa.get_providers()[0] else "")}
+    cuda = "CUDA" in sa.get_providers()[0]
+    return ModelTiming(float(np.median(measured.per_round["original"])), float(np.median(measured.per_round["fixed"])),
+                       med, (lo, hi), (hi - lo) / 2 <= timing.CI_WIDTH_LIMIT * med, rounds, not shared,
+                       "cuda" if cuda else "cpu",
+                       f"{platform.machine()}, {platform.processor() or 'cpu'}, {sa.get_providers()[0]}"
+                       + (" (numpy in and out: host copies included)" if cuda else ""))
