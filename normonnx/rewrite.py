@@ -1,7 +1,9 @@
 """Rewriting a norm in place: where a layer stands in the graph (`region`: every node between its input
-and output, and why it cannot be replaced alone), which rule covers it (`plan_layers`), and the
-replacement written with onnx_ir (the graph IR onnxscript uses), each layer's new nodes standing exactly
-between the norm's input and output values (`apply`), then checked by onnx.checker (`to_checked_proto`).
+and output, and why it cannot be replaced alone), which rule covers it (`plan_layers`: a Planned per
+layer, named by its start and output values), and the replacement written with onnx_ir (the graph IR
+onnxscript uses): `apply` finds each layer's nodes on that IR itself from the two values (`region_of`),
+puts the new nodes exactly between them and says which nodes it wrote; then onnx.checker
+(`to_checked_proto`).
 `normonnx fix` proves what it writes with these; `first_forms` writes unproven (scan --activations'
 float16 what-if)."""
 from __future__ import annotations
@@ -27,6 +29,17 @@ class Coverage:
     status: str
     rule: str | None = None
     reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A rule's candidates for one layer and the value its new form reads (`start`: the norm's input, or
+    past a shared Cast; see region). The layer is named by values, not node positions: ONNX names a value
+    once per graph, so the same names hold in every copy of the model and in a cut-out layer."""
+
+    rule: Rule
+    plans: tuple[Plan, ...]
+    start: str
 
 
 def region(g: Graph, f: FoundNorm) -> tuple[list[int], str, str | None]:
@@ -93,9 +106,9 @@ def _site(g: Graph, f: FoundNorm, opset: int, start: str) -> Site:
 
 
 def plan_layers(model: onnx.ModelProto, rules: list[Rule], base: Path | None = None) -> tuple[list[Coverage], dict]:
-    """Every norm of the (shape-inferred) model, and for each a rule covers: (rule, candidate Plans,
-    the layer's node indices, the value it starts from). Refused layers carry the reason. `base`: the
-    model's folder, where a layer's externally stored parameters are read from when a rule needs them."""
+    """Every norm of the (shape-inferred) model, and for each a rule covers, its Planned (by the norm's
+    index). Refused layers carry the reason. `base`: the model's folder, where a layer's externally stored
+    parameters are read from when a rule needs them."""
     g = Graph(model.graph, base=base)
     opset = opset_of(model)
     norms, _ = find_all(model, infer=False, main=g)
@@ -104,7 +117,7 @@ def plan_layers(model: onnx.ModelProto, rules: list[Rule], base: Path | None = N
         if f.scope:
             layers.append(Coverage(k, f, "left", reason=f"inside {f.scope}: fix rewrites main-graph layers only"))
             continue
-        nodes, start, shared = region(g, f)
+        _, start, shared = region(g, f)
         site = _site(g, f, opset, start)
         found = next(((r, ps) for r in rules if (ps := r.plan(site)) is not None), None)
         if found is None:
@@ -122,39 +135,67 @@ def plan_layers(model: onnx.ModelProto, rules: list[Rule], base: Path | None = N
                                                                        f"{opset}"))
             continue
         layers.append(Coverage(k, f, "unchanged", rule.name))
-        plans[k] = (rule, ps, nodes, start)
+        plans[k] = Planned(rule, tuple(ps), start)
     return layers, plans
 
 
 def prefix_of(k: int, rule: str) -> str:
+    """The prefix of every name the rewrite of layer k writes: readable in the written graph."""
     return f"normonnx.fix/{k}.{rule}/"
 
 
-def apply(model: onnx.ModelProto, plans: dict[int, tuple[Plan, list[int], str]], norms: dict[int, FoundNorm]):
-    """The model (an onnx_ir Model) with each planned layer replaced. `model` is the original proto
-    (not shape-inferred): inferred value_info is not written into the user's graph."""
+def apply(model: onnx.ModelProto, todo: dict[int, tuple[Plan, str]], norms: dict[int, FoundNorm]):
+    """The model as onnx_ir, each layer in `todo` ({index: (Plan, start value)}) replaced by the plan's form,
+    whose new nodes stand exactly between the value `start` and the norm's output; and, per layer, the
+    names of the nodes written (the written model's scan finds the layer among them). The region replaced
+    is found on this IR itself, from those two values. `model` is the original proto (not shape-inferred):
+    inferred value_info is not written into the user's graph."""
     import onnx_ir as ir
 
     irm = ir.from_proto(model)
     graph = irm.graph
-    order = list(graph)
     values = {v.name: v for v in graph.inputs}
     values.update(graph.initializers)
-    for n in order:
+    for n in graph:
         values.update((o.name, o) for o in n.outputs if o.name)
     opset = irm.opset_imports.get("", 0)
-    taken = set(values) | {n.name for n in order if n.name} | _subgraph_names(model.graph)
-    for k, (plan, idx, start) in plans.items():
+    taken = set(values) | {n.name for n in graph if n.name} | _subgraph_names(model.graph)
+    written = {}
+    for k, (plan, start) in todo.items():
         f = norms[k]
-        old = [order[i] for i in idx]
+        out = values[f.output]
+        old = region_of(graph, values[start], out)
         w = Writer(graph, values[start], prefix_of(k, plan.rule), opset, values, taken)
         y = plan.write(w)
-        out = values[f.output]
         feeders = {v for n in old for v in n.inputs if v is not None and v.producer() not in old}
         ir.convenience.replace_nodes_and_values(graph, old[-1], old, w.nodes, [out], [y])
         values[f.output] = y
         _drop_unused(graph, feeders)
-    return irm
+        written[k] = tuple(n.name for n in w.nodes)
+    return irm, written
+
+
+def region_of(graph, start, output) -> list:
+    """The nodes of an onnx_ir graph that compute `output` from `start`, in graph order: every node on a
+    path between the two values (constants feeding the chain from before it stay where they are)."""
+    end = output.producer()
+    if end is None:
+        raise RuntimeError(f"{output.name} is not computed by a node: nothing to replace")  # planning refused it
+    pos = {n: i for i, n in enumerate(graph)}
+    first = pos.get(start.producer(), -1)
+    seen, stack = set(), [end]
+    while stack:  # backward from the output, only through nodes after the start's producer
+        n = stack.pop()
+        if n in seen or pos.get(n, -1) <= first:
+            continue
+        seen.add(n)
+        stack.extend(v.producer() for v in n.inputs if v is not None and v is not start and v.producer() is not None)
+    depends, nodes = {start}, []
+    for n in sorted(seen, key=pos.__getitem__):  # of those, the ones that depend on the start
+        if any(v in depends for v in n.inputs):
+            nodes.append(n)
+            depends.update(n.outputs)
+    return nodes
 
 
 def _read_in_subgraphs(g: Graph) -> set[str]:
@@ -230,9 +271,9 @@ def first_forms(model: onnx.ModelProto, rules: list[Rule], base: Path | None = N
     analysed.CopyFrom(model)
     covered, plans = plan_layers(infer_shapes(analysed), rules, base)
     norms = {c.index: c.norm for c in covered}
-    todo = {k: (ps[0], nodes, start) for k, (rule, ps, nodes, start) in plans.items()
-            if rule.wants(norms[k].risks, proven=False)}
+    todo = {k: (p.plans[0], p.start) for k, p in plans.items() if p.rule.wants(norms[k].risks, proven=False)}
     if not todo:
         return None, [], next((c.reason for c in covered if c.reason), "no rule covers this form")
-    proto, _ = to_checked_proto(apply(model, todo, norms), model)
-    return proto, [plans[k][0].name for k in todo], None
+    irm, _ = apply(model, todo, norms)
+    proto, _ = to_checked_proto(irm, model)
+    return proto, [plans[k].rule.name for k in todo], None

@@ -80,7 +80,7 @@ RULES: Registry[Rule] = Registry("rule")
 
 class Writer:
     """Builds the replacement of one layer with onnx_ir: nodes in order, constants as initializers,
-    every name under the layer's prefix (so the rewritten form can be found again by name)."""
+    every name fresh and under the layer's prefix (readable; rewrite.apply returns the names written)."""
 
     def __init__(self, graph, x, prefix: str, opset: int, values: dict, taken: set | None = None):
         self.graph, self.x, self.prefix, self.opset, self.values = graph, x, prefix, opset, values

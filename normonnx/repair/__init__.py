@@ -22,7 +22,7 @@ from ..graph import check_external_data, copy_external_data, inline_bytes, load_
 from ..judge import Verdict, over_layers
 from ..layers import LayerVerdict, check_runtime_request
 from ..patterns import FoundNorm
-from ..rewrite import apply, prefix_of, region, to_checked_proto
+from ..rewrite import apply, region, to_checked_proto
 from ..rules import RULES, Rule, select
 from ..safeio import check_output_path, publish, staging
 from ..scan import scan
@@ -47,6 +47,7 @@ class LayerFix:
     candidates: list = field(default_factory=list)  # proof.Candidate, in the rule's order of preference
     form: str | None = None  # the chosen form
     final: LayerVerdict | None = None  # the written model's validation of this layer (scan --validate)
+    written: tuple[str, ...] = ()  # the names of the nodes the rewrite wrote (rewrite.apply says which)
 
     def to_dict(self) -> dict:
         return {"layer": self.norm.nodes[0], "kind": self.norm.kind, "before": self.norm.op, "form": self.norm.form,
@@ -277,19 +278,21 @@ def fix(path: str | Path, output: str | Path | None = None, *, mode: str = "fix"
                                progress=progress)
         else:
             for lf in layers:
-                if lf.index in plans and plans[lf.index][0].wants(lf.norm.risks, proven=False):
-                    first = plans[lf.index][1][0]
+                if lf.index in plans and plans[lf.index].rule.wants(lf.norm.risks, proven=False):
+                    first = plans[lf.index].plans[0]
                     lf.status, lf.form, lf.after = "would rewrite", first.form, first.after
     if mode != "fix":
         return report
     norms = {lf.index: lf.norm for lf in layers}
-    todo = {lf.index: (next(p for p in plans[lf.index][1] if p.form == lf.form), *plans[lf.index][2:])
+    todo = {lf.index: (next(p for p in plans[lf.index].plans if p.form == lf.form), plans[lf.index].start)
             for lf in report.changes}
-    fixed, note = to_checked_proto(apply(converted, todo, norms), converted)
+    irm, written = apply(converted, todo, norms)
+    fixed, note = to_checked_proto(irm, converted)
+    del irm
     if note:
         report.notes.append(note)
     for lf in report.changes:
-        lf.status = "rewritten"
+        lf.status, lf.written = "rewritten", written[lf.index]
     # the candidate is the output itself, staged beside -o (its weights streamed there once), judged,
     # then published or thrown away
     external = _has_external_data(model)
@@ -344,13 +347,12 @@ def _prove_written(report: FixReport, layers: list[LayerFix], original: Path, ca
 
 
 def _map_final(report: FixReport, layers: list[LayerFix]) -> None:
-    """Each layer's verdict in the written model: the norm scan finds under a rewritten layer's node names,
-    or at an unchanged layer's output."""
+    """Each layer's verdict in the written model: the norm scan finds among the nodes the rewrite wrote
+    for a rewritten layer, or at an unchanged layer's output."""
     after = report.after
     for lf in layers:
         if lf.status == "rewritten":
-            prefix = prefix_of(lf.index, lf.rule)
-            idx = [i for i, f in enumerate(after.norms) if any(n.startswith(prefix) for n in f.nodes)]
+            idx = [i for i, f in enumerate(after.norms) if not f.scope and set(f.nodes) & set(lf.written)]
         else:
             idx = [i for i, f in enumerate(after.norms) if f.output == lf.norm.output and f.scope == lf.norm.scope]
         vals = [after.validations[i] for i in idx if i in after.validations]

@@ -24,13 +24,12 @@ import onnx
 
 from ..compare import compare, tolerance_for
 from ..errors import BadInput, first_line
-from ..graph import Graph
 from ..judge import judge, status_of
 from ..derive import derive_spec
 from ..extract import LayerExtractor
 from ..inputs import seeded_feeds
 from ..layers import LayerVerdict, layer_key, validate_cached
-from ..rewrite import apply, region_from, to_checked_proto
+from ..rewrite import apply, to_checked_proto
 from ..tables import PROVIDERS
 
 # the runtimes a fix is proven on by default: the one a plain `pip install onnxruntime` gives
@@ -102,8 +101,8 @@ def write_candidate(layer_path: Path, plan, start: str, f, out: Path) -> Path:
     """The cut-out layer with `plan` written in place of the norm (the same writer the whole model gets)."""
 
     layer = onnx.load(str(layer_path))
-    nodes, _ = region_from(Graph(layer.graph), start, f.output)
-    proto, _ = to_checked_proto(apply(layer, {0: (plan, nodes, start)}, {0: f}), layer)
+    irm, _ = apply(layer, {0: (plan, start)}, {0: f})  # the layer's values keep their names when cut out
+    proto, _ = to_checked_proto(irm, layer)
     onnx.save(proto, str(out))
     return out
 
@@ -204,10 +203,10 @@ def judge_layers(analysed: onnx.ModelProto, base: Path, layers: list, plans: dic
             extractor.extract(lf.norm, path)
         except BadInput as e:
             lf.before = LayerVerdict.not_validated(str(e))
-            if lf.index in plans and plans[lf.index][0].wants(lf.norm.risks, proven=False):
+            if lf.index in plans and plans[lf.index].rule.wants(lf.norm.risks, proven=False):
                 # a known hazard in a layer that cannot be checked as it is (e.g. com.microsoft GroupNorm on
                 # NHWC input): the rule's first form, judged in the written model by scan --validate
-                first = plans[lf.index][1][0]
+                first = plans[lf.index].plans[0]
                 lf.status, lf.form, lf.after = "would rewrite", first.form, first.after
                 lf.reason = f"the original cannot be validated ({e}); the rewritten form is judged in the written model"
             continue
@@ -217,7 +216,7 @@ def judge_layers(analysed: onnx.ModelProto, base: Path, layers: list, plans: dic
             if passed is False and lf.status == "unchanged":
                 lf.status, lf.reason = "failing", "fails and no selected rule covers this form"
             continue  # a refused layer stays "refused", its validation shows whether it fails
-        rule, cand_plans, _, start = plans[lf.index]
+        rule, cand_plans, start = plans[lf.index].rule, list(plans[lf.index].plans), plans[lf.index].start
         if native and passed is True and lf.norm.form == "decomposed" and any(p.form == "native" for p in cand_plans):
             cand_plans = [p for p in cand_plans if p.form == "native"]  # asked for: the native op, if it passes
         elif passed is True and not rule.wants(lf.norm.risks, proven=True):
