@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from .errors import BadInput
-from .registry import Registry
+from .registry import Registry, freeze_names
 from .spec import NormSpec, numpy_dtype
 from .tables import BATCH_STAND_IN, DIM_STAND_IN, per_feature
 
@@ -58,8 +58,7 @@ class CheckOptions:
     save_inputs: str | Path | None = None
 
     def __post_init__(self):
-        if self.inputs is not None:
-            object.__setattr__(self, "inputs", tuple(self.inputs))
+        freeze_names(self, "inputs")
 
 
 REGISTRY: Registry[InputSuite] = Registry("input suite")

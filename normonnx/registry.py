@@ -25,3 +25,17 @@ class Registry(dict, Generic[T]):
             return self[name]
         except KeyError:
             raise BadInput(f"unknown {self.what} {name!r}: valid {self.what}s are {', '.join(self)}") from None
+
+
+def names(value) -> tuple[str, ...] | None:
+    """Registry names as an option type holds them: None (every one / the default) or a tuple. One name
+    given as a string is that name, never its letters."""
+    if value is None:
+        return None
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def freeze_names(obj, *fields: str) -> None:
+    """In a frozen dataclass's __post_init__: each field of registry names through `names`."""
+    for f in fields:
+        object.__setattr__(obj, f, names(getattr(obj, f)))

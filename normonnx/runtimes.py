@@ -18,7 +18,7 @@ import onnx
 
 from .errors import BadInput, RuntimeUnavailable, first_line
 from .graph import op_histogram
-from .registry import Registry
+from .registry import Registry, freeze_names
 from .tables import PROVIDERS
 
 OPT_LEVELS = ("all", "extended", "basic", "disabled")
@@ -49,8 +49,7 @@ class RunOptions:
     config: SessionConfig = SessionConfig()
 
     def __post_init__(self):
-        if self.runtimes is not None:
-            object.__setattr__(self, "runtimes", tuple(self.runtimes))
+        freeze_names(self, "runtimes")
 
     @classmethod
     def on(cls, *runtimes: str, **kw) -> "RunOptions":

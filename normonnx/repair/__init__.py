@@ -20,6 +20,7 @@ from .. import rewrite
 from ..errors import BadInput, ExitCode, first_line
 from ..graph import check_external_data, copy_external_data, inline_bytes, load_model, opset_of, over_proto_limit
 from ..judge import Verdict, over_layers
+from ..registry import freeze_names
 from ..layers import LayerVerdict, check_runtime_request
 from ..patterns import FoundNorm
 from ..rewrite import apply, region, to_checked_proto
@@ -209,9 +210,7 @@ class FixOptions:
     input_shapes: dict[str, tuple[int, ...]] | None = None
 
     def __post_init__(self):
-        for k in ("rules", "skip_rules"):
-            if getattr(self, k) is not None:
-                object.__setattr__(self, k, tuple(getattr(self, k)))
+        freeze_names(self, "rules", "skip_rules")
 
 
 @dataclass(frozen=True)
@@ -228,9 +227,7 @@ class ProofOptions:
     least_bad: bool = False
 
     def __post_init__(self):
-        for k in ("runtimes", "inputs"):
-            if getattr(self, k) is not None:
-                object.__setattr__(self, k, tuple(getattr(self, k)))
+        freeze_names(self, "runtimes", "inputs")
 
 
 MODES = ("fix", "dry-run", "check")
