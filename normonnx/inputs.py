@@ -8,7 +8,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -65,7 +65,7 @@ REGISTRY: Registry[InputSuite] = Registry("input suite")
 register = REGISTRY.register
 
 
-def get_suites(names: list[str] | None) -> list[InputSuite]:
+def get_suites(names: Sequence[str] | None) -> list[InputSuite]:
     """The named suites (all of them for None), failing on an unknown name with the valid ones."""
     return [REGISTRY.lookup(n) for n in names] if names else list(REGISTRY.values())
 

@@ -364,7 +364,7 @@ def sweep(
 
     matrix = matrix if matrix is not None else Matrix()  # not a default argument: it probes runtimes
     warn = warn or (lambda m: sys.stderr.write(f"warning: {m}\n"))
-    suites.get_suites(list(check.inputs) if check.inputs else None)  # validate names before any work
+    suites.get_suites(check.inputs)  # validate names before any work
     if how.jobs < 1:
         raise BadInput(f"--jobs must be >= 1, got {how.jobs}")
     if how.cache_dir is not None:
@@ -385,7 +385,7 @@ def sweep(
 def _sweep_locked(out: Path, matrix: Matrix, how: SweepOptions, check: CheckOptions, bench: BenchOptions | None,
                   case_runner, warn) -> SweepSummary:
     resume, force, jobs, shard = how.resume, how.force, how.jobs, how.shard
-    inputs, seed = list(check.inputs) if check.inputs else None, check.seed
+    inputs, seed = list(check.inputs) if check.inputs else None, check.seed  # as the results' meta records them
     results = out / RESULTS
     existing, bad = read_results(results) if not force else ([], [])
     if (existing or bad) and not resume:

@@ -13,7 +13,7 @@ import json
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -237,7 +237,7 @@ def _check_input(model, spec: NormSpec, path, shape: tuple[int, ...]) -> bool:
 
 
 # -- step 2: the runtimes -------------------------------------------------------------------------
-def choose_runtimes(runtimes: list[str] | None, skip_missing: bool) -> tuple[list[str], dict[str, str]]:
+def choose_runtimes(runtimes: Sequence[str] | None, skip_missing: bool) -> tuple[list[str], dict[str, str]]:
     """(runtimes to run, {runtime: why skipped}). Default: every runtime available here, and the
     others listed as skipped with why. A requested missing one is RuntimeUnavailable unless skip_missing."""
     names = list(dict.fromkeys(runtimes)) if runtimes else available_runtimes(defaults_only=True)
@@ -475,8 +475,8 @@ def validate(
         raise BadInput("give a spec (--norm ...) or a model file (--model FILE.onnx)")
     if not isinstance(check.seed, int) or check.seed < 0:
         raise BadInput(f"--seed {check.seed}: give an integer >= 0")
-    suites = suites_mod.get_suites(list(check.inputs) if check.inputs else None)
-    active, skipped = choose_runtimes(list(run.runtimes) if run.runtimes is not None else None, run.skip_missing)
+    suites = suites_mod.get_suites(check.inputs)
+    active, skipped = choose_runtimes(run.runtimes, run.skip_missing)
     tolerance_for(spec.dtype if spec else "float32", check.atol, check.rtol)  # bad tolerances fail before any work
     save_dir = None
     if check.save_inputs is not None:

@@ -271,8 +271,8 @@ def fix(path: str | Path, output: str | Path | None = None, *, mode: str = "fix"
         work = Path(tmp)
         if prove:
             proving.judge_layers(analysed, src.parent, layers, plans, work, runtimes, inputs, memo,
-                               timed=timing and mode == "fix", least_bad=least_bad, native=opset is not None,
-                               progress=progress)
+                                 timed=timing and mode == "fix", least_bad=least_bad, native=opset is not None,
+                                 progress=progress)
         else:
             for lf in layers:
                 if lf.index in plans and plans[lf.index].rule.wants(lf.norm.risks, proven=False):
