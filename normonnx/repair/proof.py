@@ -216,7 +216,8 @@ def judge_layers(analysed: onnx.ModelProto, base: Path, layers: list, plans: dic
             if passed is False and lf.status == "unchanged":
                 lf.status, lf.reason = "failing", "fails and no selected rule covers this form"
             continue  # a refused layer stays "refused", its validation shows whether it fails
-        rule, cand_plans, start = plans[lf.index].rule, list(plans[lf.index].plans), plans[lf.index].start
+        planned = plans[lf.index]
+        rule, cand_plans, start = planned.rule, list(planned.plans), planned.start
         if native and passed is True and lf.norm.form == "decomposed" and any(p.form == "native" for p in cand_plans):
             cand_plans = [p for p in cand_plans if p.form == "native"]  # asked for: the native op, if it passes
         elif passed is True and not rule.wants(lf.norm.risks, proven=True):
@@ -311,7 +312,8 @@ class WholeModel:
 
     def to_dict(self) -> dict:
         if self.passed is None:
-            return {"passed": None, "error": self.error, "inputs": self.inputs, "provider": self.provider}
+            return {"passed": None, "error": self.error, "inputs": self.inputs, "provider": self.provider,
+                    "shared_weights": self.shared_weights}
         return {"passed": self.passed, "max_abs_diff": self.max_abs_diff,
                 "outputs": {k: o.to_dict() for k, o in self.outputs.items()}, "seed": self.seed,
                 "inputs": self.inputs, "provider": self.provider, "shared_weights": self.shared_weights}
@@ -390,12 +392,12 @@ def compare_models(original: Path, fixed: Path, input_shapes: dict | None, seed:
         b = sb.run(None, feeds)
     except Exception as e:
         return WholeModel(None, provider, shapes, error=f"ORT {provider} could not run the models on seeded inputs: "
-                                                        f"{first_line(e, 200)}"), None
+                                                        f"{first_line(e, 200)}", shared_weights=len(shared or {})), None
     names = [o.name for o in sb.get_outputs()]
     if not compare_outputs(names, a, a2).passed:
         return WholeModel(None, provider, shapes, error="the original model gives different outputs on two runs of "
                                                         "the same inputs (a random op?): a rewrite cannot be compared "
-                                                        "with it"), None
+                                                        "with it", shared_weights=len(shared or {})), None
     out = compare_outputs(names, a, b, layer_dtypes)
     return (WholeModel(out.passed, provider, shapes, out.max_abs_diff, out.outputs, seed,
                        shared_weights=len(shared or {})), Loaded((sa, sb, shared), feeds, run_s))
