@@ -97,7 +97,7 @@ class BenchRecord:
     implausible: str | None = None  # faster than a copy: not a speed, and never recommended on it
     rounds: int | None = None
     batch: int | None = None
-    passed: bool | None = None  # validation on the `normal` inputs, same provider
+    check: str | None = None  # the judge's status of the validation on `normal` inputs, same provider (None: not run)
     validation: str | None = None
     io_binding: bool = False
     ort_provider: str | None = None  # what the session actually used
@@ -108,7 +108,8 @@ class BenchRecord:
     unsupported: str | None = None  # the variant cannot run on this provider (why); not timed, not an error
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # "passed" (True/False/None) is kept beside "check" for documents read by older tools
+        return {**asdict(self), "passed": {"pass": True, "fail": False}.get(self.check or "")}
 
 
 @dataclass
@@ -211,7 +212,7 @@ def benchmark(
                     **base, provider=p, form=r["form"], opset=r["opset"], exporter=r["exporter"], **r.get("times", {}),
                     **{k: r.get(k) for k in ("gbps", "x_copy", "x_torch", "ci_low", "ci_high", "x_torch_ci_low",
                                              "x_torch_ci_high", "stable", "unstable_reason", "implausible", "rounds",
-                                             "batch", "passed", "validation", "ort_provider")},
+                                             "batch", "check", "validation", "ort_provider")},
                     io_binding=r.get("io_binding", False),
                     opt_level=config.opt_level if r["form"] not in ("copy", "torch") else None,
                     threads=threads or "default", fastest=name == fastest, error=r.get("error"),
@@ -280,7 +281,7 @@ def _forms(spec: NormSpec, p: str, variants: list[str], models: dict, opset: int
 
 
 def _validation(model: Path, p: str, config) -> dict:
-    """The variant validated on normal inputs on `p`: passed (True/False/None) and why."""
+    """The variant validated on normal inputs on `p`: the judge's status (check) and why."""
     from .errors import BadInput
     from .inputs import CheckOptions
     from .runtimes import RunOptions
@@ -289,10 +290,10 @@ def _validation(model: Path, p: str, config) -> dict:
     try:
         rep = validate(model=model, run=RunOptions.on(p, config=config), check=CheckOptions(("normal",)))
     except BadInput as e:  # this form's file cannot be judged here: its row says why, the other forms go on
-        return {"passed": None, "validation": f"not checked: {e}"}
+        return {"check": "not checked", "validation": f"not checked: {e}"}
     # only a finished comparison says FAIL; a check that could not run leaves it unknown
-    bad = rep.failures()
-    return {"passed": rep.verdict.ok, "validation": "pass" if rep.verdict.ok else (
+    bad, v = rep.failures(), rep.verdict
+    return {"check": v.status, "validation": "pass" if v.status == "pass" else (
         next((r.reason for r in bad if r.status == "fail"), None) or f"not checked: {bad[0].error if bad else 'no result'}")}
 
 
@@ -347,9 +348,11 @@ def _time(forms: dict, rows: dict, sync, spec: NormSpec, report: BenchReport, *,
 
 
 def _fastest(rows: dict[str, dict]) -> str | None:
-    """The variant with the lowest x copy among those that passed validation and are plausible, if
-    its timing is stable; None otherwise (a slower form with a steadier timing is not the fastest)."""
+    """The variant with the lowest x copy among those whose validation ran and passed and whose timing is
+    plausible, if its timing is stable; None otherwise (a slower form with a steadier timing is not the
+    fastest, and a form not validated -- --no-validate, or a check that could not run -- is never called
+    fastest)."""
     ok = [r for n, r in rows.items() if n not in ("copy", "torch") and r.get("x_copy") is not None
-          and r.get("passed") is not False and not r.get("implausible")]
+          and r.get("check") == "pass" and not r.get("implausible")]
     best = min(ok, key=lambda r: r["x_copy"]) if ok else None
     return best["form"] if best is not None and best.get("stable") else None

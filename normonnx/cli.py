@@ -17,7 +17,7 @@ import warnings
 import click
 
 import normonnx
-from normonnx.errors import ExitCode, NormonnxError, first_line
+from normonnx.errors import ExitCode, Interrupted, NormonnxError, first_line
 from normonnx.export import DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_VARIANT
 from normonnx.render import json_text
 from normonnx.spec import NormSpec
@@ -86,6 +86,14 @@ def export_options(f):
     return f
 
 
+def allow_not_checked_option(f):
+    """--allow-not-checked, the same on every command that judges: accept checks that could not run beside
+    ones that passed (the verdict is then PASS, and the last line still counts them and says why)."""
+    return click.option("--allow-not-checked", is_flag=True,
+                        help="Pass (exit 0) when some checks could not run but every check that ran passed; the "
+                             "summary still counts them (default: such partial coverage is NOT CHECKED, exit 4).")(f)
+
+
 def make_spec(norm, channels, normalized_shape, groups, shape, eps, no_affine, no_bias, track_running_stats, dtype,
               default_norm: str | None = "ln") -> NormSpec | None:
     kind = norm or default_norm
@@ -102,13 +110,28 @@ def _spec_args(kw: dict) -> dict:
     return {k: kw.pop(k) for k in keys}
 
 
+class _Stopped(Exception):
+    """A Ctrl-C or SIGTERM carried past click's own handling (which would print a blank line and "Aborted!")."""
+
+    def __init__(self, interrupt: KeyboardInterrupt):
+        super().__init__("interrupted")
+        self.interrupt = interrupt
+
+
 class NormonnxGroup(click.Group):
     """Runs a command and maps whatever happens to one exit code and at most one line on stderr."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as e:
+            raise _Stopped(e) from None
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         argv = list(sys.argv[1:] if args is None else args)
         debug = "--debug" in argv[:1] or os.environ.get("NORMONNX_DEBUG") == "1"
         warnings.showwarning = _show_warning
+        restore = _on_signals()
         try:
             rv = super().main(args=argv, prog_name=prog_name or "normonnx", complete_var=complete_var,
                               standalone_mode=False, **extra)
@@ -117,10 +140,11 @@ class NormonnxGroup(click.Group):
             code = _fail(str(e), e.exit_code)
         except click.exceptions.Exit as e:  # --help, --version
             code = e.exit_code
-        except click.exceptions.Abort:
-            code = _fail("aborted", 130)
-        except KeyboardInterrupt:
-            code = _fail("interrupted", 130)
+        except (_Stopped, KeyboardInterrupt, click.exceptions.Abort) as e:
+            # Ctrl-C or SIGTERM: cleaned up on the way here; one line, no traceback, 128 + the signal
+            e = getattr(e, "interrupt", None) or e.__cause__ or e
+            hint = getattr(e, "hint", None)
+            code = _fail("interrupted" + (f": {hint}" if hint else ""), getattr(e, "exit_code", 130))
         except click.ClickException as e:
             code = _fail(f"{e.format_message()} (see 'normonnx {_command(argv)}--help')", ExitCode.BAD_INPUT)
         except OSError as e:  # a read-only folder, a full disk, a path that is not what it should be
@@ -136,12 +160,46 @@ class NormonnxGroup(click.Group):
             code = _fail(f"internal error ({type(e).__name__}{': ' + text if text else ''}); please report it "
                          "with the command line" + ("" if debug else " and the traceback of 'normonnx --debug ...'"),
                          ExitCode.INTERNAL)
+        finally:
+            restore()
         if standalone_mode:
             sys.exit(int(code))
         return int(code)
 
 
 _python_showwarning = warnings.showwarning
+GRACE_S = 10.0  # after Ctrl-C or SIGTERM, cleanup that takes longer than this is cut short (never a hang)
+
+
+def _on_signals():
+    """SIGINT and SIGTERM raise Interrupted (a KeyboardInterrupt: every `finally` cleans up, the one place
+    above prints one line, the exit code is 128 + the signal). A second signal while cleaning up is ignored
+    (no traceback from inside a cleanup), and a watchdog ends the process after GRACE_S seconds if cleanup
+    has not. Returns what undoes it. Only the main thread can set handlers: elsewhere, nothing is changed."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    stopping = threading.Event()
+
+    def handler(signum, frame):
+        if stopping.is_set():
+            return  # already on the way out
+        stopping.set()
+        timer = threading.Timer(GRACE_S, lambda: os._exit(128 + signum))
+        timer.daemon = True
+        timer.start()
+        raise Interrupted(signum)
+
+    for s in before:
+        signal.signal(s, handler)
+
+    def restore():
+        for s, h in before.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+    return restore
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -259,9 +317,10 @@ def export(variant, opset, exporter, dynamic, allow_mismatch, output, as_json, *
 @click.option("--save-inputs", type=click.Path(file_okay=False), default=None,
               help="Write every input, oracle output and runtime output as .npz here.")
 @click.option("--skip-missing", is_flag=True, help="Skip requested runtimes that are unavailable instead of exit 3.")
+@allow_not_checked_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
 def validate(variant, opset, exporter, dynamic, allow_mismatch, model, runtimes, inputs, opt_level, threads, atol, rtol,
-             seed, save_inputs, skip_missing, as_json, **kw):
+             seed, save_inputs, skip_missing, allow_not_checked, as_json, **kw):
     """Check an exported norm against the float64 oracle on every runtime and input suite."""
     from normonnx.export import ExportOptions
     from normonnx.inputs import CheckOptions
@@ -275,7 +334,7 @@ def validate(variant, opset, exporter, dynamic, allow_mismatch, model, runtimes,
         report = run_validate(
             spec, model=model, export=ExportOptions(variant, opset, exporter, dynamic, allow_mismatch),
             run=RunOptions(runtimes, skip_missing, SessionConfig(opt_level, threads)),
-            check=CheckOptions(inputs, atol, rtol, seed, save_inputs))
+            check=CheckOptions(inputs, atol, rtol, seed, save_inputs, allow_not_checked))
     click.echo(json_text(report.to_dict()) if as_json else validation_text(report))
     return report.exit_code
 
@@ -357,10 +416,13 @@ def _ints(ctx, param, value):
 @click.option("--bench", is_flag=True, help="Also time every variant (standard shapes, after the accuracy cases).")
 @click.option("--bench-opset", type=int, default=21, show_default=True)
 @click.option("--bench-min-time", type=float, default=0.3, show_default=True)
-@click.option("--strict", is_flag=True, help="Exit 1 if any case failed (default: exit 0 once the matrix is recorded).")
+@click.option("--strict", is_flag=True,
+              help="Judge the matrix: exit 1 if a case failed or is a mismatch, 4 if one could not be checked "
+                   "(default: exit 0 once the matrix is recorded; 5 on normonnx's own failure either way).")
+@allow_not_checked_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def sweep(out, full, norms, variants, opsets, exporters, dtypes, runtimes, providers_alias, inputs, resume, force,
-          jobs, shard, cache_dir, no_cache, bench, bench_opset, bench_min_time, strict, as_json):
+          jobs, shard, cache_dir, no_cache, bench, bench_opset, bench_min_time, strict, allow_not_checked, as_json):
     """Validate (and with --bench, time) a matrix into OUT/results.jsonl, resumably: by default the
     quick one (every norm and form, float32/float16, on torch's default exporter); --full for all."""
     providers = _runtimes(runtimes, providers_alias)
@@ -378,18 +440,20 @@ def sweep(out, full, norms, variants, opsets, exporters, dtypes, runtimes, provi
     summary = run_sweep(out, matrix, how=how, check=CheckOptions(inputs),
                         bench=BenchOptions(bench_opset, bench_min_time) if bench else None,
                         warn=lambda m: click.echo(f"warning: {m}", err=True))
+    code = summary.exit_code(strict, allow_not_checked)
     if as_json:
-        click.echo(json_text(summary.to_dict()))
-    else:
-        counts = ", ".join(f"{v} {k}" for k, v in sorted(summary.counts.items())) or "nothing new"
-        click.echo(f"{summary.out}/results.jsonl: {counts}"
-                   + (f"; {summary.skipped_done} already done" if summary.skipped_done else ""))
-    if summary.interrupted:
-        click.echo(f"interrupted: finished cases are in {summary.out}/results.jsonl; rerun with --resume", err=True)
-        return 130
-    if not as_json:
-        click.echo(f"next: normonnx report {summary.out} -o report.html")
-    return summary.exit_code(strict)
+        click.echo(json_text({**summary.to_dict(), "exit_code": int(code)}))
+        return code
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(summary.counts.items())) or "nothing new"
+    click.echo(f"{summary.out}/results.jsonl: {counts}"
+               + (f"; {summary.skipped_done} already done" if summary.skipped_done else ""))
+    v = summary.verdict(allow_not_checked)
+    if strict or v.internal:
+        from normonnx.render import verdict_word
+
+        click.echo(f"{verdict_word(code)}: {v.summary('cases')}, {v.skipped} not applicable")
+    click.echo(f"next: normonnx report {summary.out} -o report.html")
+    return code
 
 
 @cli.command()
@@ -464,9 +528,10 @@ def report(out, output):
 @click.option("--load-outputs", type=click.Path(dir_okay=False), default=None,
               help="--activations: replay the norms stored by --save-outputs on --runtimes (default cpu), against "
                    "the oracle and the stored outputs, instead of running the model.")
+@allow_not_checked_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
 def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, activations, data, max_samples,
-         max_data_bytes, save_outputs, load_outputs, as_json):
+         max_data_bytes, save_outputs, load_outputs, allow_not_checked, as_json):
     """Find every normalization layer in MODEL, with its risks; --validate checks each one on stress
     inputs, --activations on the model's own activations."""
     from normonnx.render import activations_text, golden_text, scan_text
@@ -482,7 +547,7 @@ def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, ac
         lambda i, n, f: click.echo(f"  .. validating {i + 1}/{n}: {f.kind} {f.form} at {f.nodes[0]}", err=True))
     shapes = parse_input_shapes(input_shapes)
     report = run_scan(model, validate=do_validate, runtimes=runtimes, inputs=inputs, progress=progress,
-                      input_shapes=shapes, jobs=jobs, check_fusion=not no_fusion)
+                      input_shapes=shapes, jobs=jobs, check_fusion=not no_fusion, allow_not_checked=allow_not_checked)
     act = None
     if activations and load_outputs is not None:
         from normonnx.scan.activations import check_golden
@@ -496,6 +561,8 @@ def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, ac
                                 max_data_bytes=max_data_bytes, runtimes=runtimes, save_outputs=save_outputs,
                                 progress=None if as_json else (
             lambda i, n, f: click.echo(f"  .. activations {i + 1}/{n}: {f.kind} {f.form} at {f.nodes[0]}", err=True)))
+    if act is not None:
+        act.allow_not_checked = allow_not_checked
     if as_json:
         doc = report.to_dict()
         if act is not None:
@@ -504,8 +571,9 @@ def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, ac
     else:
         shown = "" if act is None else golden_text(act) if load_outputs is not None else activations_text(act)
         click.echo(scan_text(report) + ("\n\n" + shown if shown else ""))
-    codes = [report.exit_code] + ([act.exit_code] if act is not None else [])
-    return next((c for c in (ExitCode.CHECK_FAILED, ExitCode.NOT_CHECKED) if c in codes), ExitCode.PASSED)
+    from normonnx.judge import combined_exit
+
+    return combined_exit(report.exit_code, *([act.exit_code] if act is not None else []))
 
 
 @cli.command()
@@ -534,10 +602,15 @@ def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, ac
                    "still checked by onnx.checker.")
 @click.option("--no-timing", is_flag=True,
               help="Skip timing: passing forms are then taken in order, and the models are not timed.")
+@click.option("--write-unproven", is_flag=True,
+              help="Write the output even when it is not proven (a layer still fails, e.g. with --least-bad, or "
+                   "something could not be checked); the exit code stays 1/4 and the last line says so. Never "
+                   "writes a model that differs from the original.")
+@allow_not_checked_option
 @click.option("--list-rules", is_flag=True, help="Show the rules and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
 def fix(model, output, rules, skip_rules, dry_run, check, opset, input_shapes, runtimes, inputs, least_bad, no_proof,
-        no_timing, list_rules, as_json):
+        no_timing, write_unproven, allow_not_checked, list_rules, as_json):
     """Rewrite the norms of MODEL that fail on the runtimes it ships to into forms that pass there, and prove it."""
     from normonnx.repair import FixOptions, ProofOptions, fix as run_fix
     from normonnx.render import fix_text, rules_text
@@ -552,7 +625,8 @@ def fix(model, output, rules, skip_rules, dry_run, check, opset, input_shapes, r
         lambda i, n, f: click.echo(f"  .. validating {i + 1}/{n}: {f.kind} {f.form} at {f.nodes[0]}", err=True))
     report = run_fix(model, output, mode="check" if check else "dry-run" if dry_run else "fix",
                      change=FixOptions(rules, skip_rules, opset, parse_input_shapes(input_shapes)),
-                     proof=ProofOptions(not no_proof, runtimes, inputs, not no_timing, least_bad), progress=progress)
+                     proof=ProofOptions(not no_proof, runtimes, inputs, not no_timing, least_bad, allow_not_checked,
+                                        write_unproven), progress=progress)
     click.echo(json_text(report.to_dict()) if as_json else fix_text(report))
     return report.exit_code
 

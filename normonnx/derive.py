@@ -172,7 +172,31 @@ def params_from_model(model: onnx.ModelProto) -> tuple[FoundNorm, NormSpec, dict
         raise BadInput(f"the model holds {len(norms)} norm layers ({found}), not one: validate a model of one "
                        "norm, or use 'normonnx scan MODEL --validate' for every norm of a model")
     f = norms[0]
+    _check_whole_file(model, f)
     spec, params = derive_spec(f, model)
     return f, spec, params
+
+
+def _check_whole_file(model: onnx.ModelProto, f: FoundNorm) -> None:
+    """BadInput unless the file is the norm alone: its graph input is what the norm normalizes (Casts and
+    Identities aside) and its output is the norm's. A whole model (Conv -> GroupNorm) is scan's job."""
+    g = Graph(model.graph)
+    inputs = {i.name for i in model.graph.input} - set(g.initializers)
+    outputs = {o.name for o in model.graph.output}
+    starts = {f.input, g.origin(f.input)}
+    ends = {f.output}
+    for _ in range(4):  # a Cast or Identity after the norm (a float16 island closing) is still the norm's output
+        nxt = {n.output[0] for e in ends for i in g.consumers.get(e, []) for n in [g.nodes[i]]
+               if n.op_type in ("Cast", "Identity")}
+        if not nxt - ends:
+            break
+        ends |= nxt
+    if starts & inputs and ends & outputs:
+        return
+    others = sorted({n.op_type for i, n in enumerate(g.nodes) if g.names[i] not in set(f.nodes)
+                     and n.op_type not in ("Constant", "Cast", "Identity")})
+    raise BadInput(f"the model holds one norm ({f.kind} at {f.nodes[0]}) and other layers around it "
+                   f"({', '.join(others[:6]) or 'its input is computed'}): validate --model takes a file of one norm; "
+                   "use 'normonnx scan MODEL --validate' to check each norm of a whole model")
 
 

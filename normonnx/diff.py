@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import BadInput, ExitCode
+from .judge import PASS, status_name
 from .results import RESULTS, read_meta, read_results, versions_diff
 
 FACTOR, FLOOR = 4.0, 1e-6
-RANK = {"pass": 0, "fail": 1, "error": 2, "unsupported": 3}  # a case's status, better to worse
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,11 @@ class DiffReport:
 
     @property
     def exit_code(self) -> ExitCode:
-        return ExitCode.CHECK_FAILED if self.regressions else ExitCode.PASSED
+        """1 on any regression; 4 when nothing could be compared (no case of the base is in the new results
+        and none disappeared: an empty base); else 0."""
+        if self.regressions:
+            return ExitCode.CHECK_FAILED
+        return ExitCode.PASSED if self.compared else ExitCode.NOT_CHECKED
 
     def to_dict(self) -> dict:
         return {"base": self.base, "new": self.new, "what": self.what, "versions": self.versions,
@@ -83,7 +87,9 @@ def _load(path: Path) -> tuple[str, dict, dict]:
 
 # -- comparing ---------------------------------------------------------------------------------------
 def _worse_status(a: str, b: str) -> bool:
-    return RANK.get(b, 4) > RANK.get(a, 4) and a == "pass"
+    """The judge's rule for a regression: a case that passed and now does anything but pass (fails, is a
+    mismatch, could not be checked, hit an internal error, is unsupported) got worse."""
+    return status_name(a) == PASS and status_name(b) != PASS
 
 
 def _suite_changes(case: str, a: dict, b: dict, factor: float, floor: float) -> list[Change]:
@@ -128,19 +134,25 @@ def _sweep_case(case: str, a: dict, b: dict, factor: float, floor: float, timing
     if _worse_status(sa, sb):
         failing = [n for n, x in sorted((b.get("inputs") or {}).items()) if isinstance(x, dict) and x.get("status") == "fail"]
         why = f"fails {', '.join(failing)}" if failing else b.get("error") or b.get("reason") or ""
-        return [Change(case, "regression", f"{sa} -> {sb}" + (f": {str(why)[:160]}" if why else ""))]
-    if sa in ("fail", "error") and sb == "pass":
-        return [Change(case, "improvement", f"{sa} -> pass")]
+        return [Change(case, "regression", f"{sa} -> {status_name(sb)}" + (f": {str(why)[:160]}" if why else ""))]
+    if status_name(sa) != PASS and status_name(sb) == PASS:
+        return [Change(case, "improvement", f"{status_name(sa)} -> pass")]
     return _suite_changes(case, a, b, factor, floor) if sa == sb == "pass" else []
 
 
+def _layer_status(layer: dict) -> str:
+    """A scan document's layer status: "status" since 0.3, the older "passed" flag before."""
+    if isinstance(layer.get("status"), str):
+        return status_name(layer["status"])
+    return {True: "pass", False: "fail"}.get(layer.get("passed"), "not checked")
+
+
 def _scan_layer(case: str, a: dict, b: dict) -> list[Change]:
-    word = {True: "pass", False: "FAIL", None: "not validated"}
-    pa, pb = a.get("passed"), b.get("passed")
-    if pa is True and pb is not True:
-        return [Change(case, "regression", f"pass -> {word.get(pb, pb)}: {b.get('validation', '')}"[:200])]
-    if pa is not True and pb is True:
-        return [Change(case, "improvement", f"{word.get(pa, pa)} -> pass")]
+    sa, sb = _layer_status(a), _layer_status(b)
+    if _worse_status(sa, sb):
+        return [Change(case, "regression", f"pass -> {sb.upper()}: {b.get('validation', '')}"[:200])]
+    if sa != PASS and sb == PASS:
+        return [Change(case, "improvement", f"{sa} -> pass")]
     return []
 
 

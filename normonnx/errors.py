@@ -12,7 +12,9 @@ comparison maps to 2..5, never to 1.
 """
 from __future__ import annotations
 
+import signal
 from enum import IntEnum
+from pathlib import Path
 
 
 class ExitCode(IntEnum):
@@ -65,3 +67,54 @@ def first_line(e: BaseException, limit: int = 300) -> str:
         if line.strip():
             return line.strip()[:limit]
     return type(e).__name__
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM: the command stops, cleaning up on the way out, and exits 128 + the
+    signal's number (130, 143). A KeyboardInterrupt, so every `finally` and `except KeyboardInterrupt`
+    that cleans up after Ctrl-C does the same for SIGTERM. `hint` is what the last line adds (e.g. how to
+    resume)."""
+
+    def __init__(self, signum: int = signal.SIGINT, hint: str | None = None):
+        super().__init__(signum)
+        self.signum = int(signum)
+        self.hint = hint
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def source_roots() -> list[Path]:
+    """normonnx's folder and that of normonnx.models (in a checkout's editable install, models/ lies
+    beside the package, not inside it)."""
+    import importlib.util
+
+    roots = [Path(__file__).resolve().parent]
+    spec = importlib.util.find_spec("normonnx.models")
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        p = Path(loc).resolve()
+        if not any(p.is_relative_to(r) for r in roots):
+            roots.append(p)
+    return roots
+
+
+def raised_by_normonnx(e: BaseException) -> bool:
+    """Whether the innermost frame of the exception (following its causes) is normonnx's own code: a
+    runtime's or an exporter's own refusal is a finding or "not checked"; an exception raised in
+    normonnx's code (a KeyError in a wrapper, a translation table that broke) is normonnx's bug (exit 5).
+    A NormonnxError says what it is itself and is never counted here."""
+    if isinstance(e, NormonnxError):
+        return False
+    roots = source_roots()
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        tb, last = e.__traceback__, None
+        while tb is not None:
+            last = tb.tb_frame.f_code.co_filename
+            tb = tb.tb_next
+        if last and any(Path(last).resolve().is_relative_to(r) for r in roots):
+            return True
+        e = e.__cause__ or e.__context__
+    return False

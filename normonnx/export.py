@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ExportMismatch, first_line
+from .errors import ExportMismatch, first_line, raised_by_normonnx, source_roots
 from .exporters import get_exporter, quiet_export
 from .params import make_params
 from .safeio import check_output_path, publish, staging
@@ -117,24 +117,6 @@ def check_model(model: onnx.ModelProto, allow_deprecated_gn18: bool = False) -> 
     return "strict shape inference (onnx.checker refuses the deprecated GroupNormalization-18)"
 
 
-def raised_by_normonnx(e: BaseException) -> bool:
-    """Whether the innermost frame of the exception (following its causes) is normonnx's own code: the
-    exporters call back into normonnx's translation functions and reference modules, and a failure
-    there is normonnx's, not the exporter's."""
-    roots = _source_roots()
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        tb, last = e.__traceback__, None
-        while tb is not None:
-            last = tb.tb_frame.f_code.co_filename
-            tb = tb.tb_next
-        if last and any(Path(last).resolve().is_relative_to(r) for r in roots):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
 def source_digest() -> str:
     """A hash of the source that decides what an export holds: the package's own modules (variants,
     exporters, translations, export) and the reference modules (normonnx.models), so an edited module is
@@ -142,25 +124,11 @@ def source_digest() -> str:
     import hashlib
 
     h = hashlib.sha256()
-    for root in _source_roots():
+    for root in source_roots():
         for f in sorted(root.rglob("*.py")):
             h.update(f.relative_to(root).as_posix().encode())
             h.update(f.read_bytes())
     return h.hexdigest()[:16]
-
-
-def _source_roots() -> list[Path]:
-    """normonnx's folder and that of normonnx.models (in a checkout's editable install, models/ lies
-    beside the package, not inside it)."""
-    import importlib.util
-
-    roots = [Path(__file__).resolve().parent]
-    spec = importlib.util.find_spec("normonnx.models")
-    for loc in (spec.submodule_search_locations or []) if spec else []:
-        p = Path(loc).resolve()
-        if not any(p.is_relative_to(r) for r in roots):
-            roots.append(p)
-    return roots
 
 
 def export_report(

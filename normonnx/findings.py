@@ -42,7 +42,7 @@ def group_failures(records: list[dict]) -> list[Finding]:
     """Failing, mismatched and erroring cases as findings, the most common first."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
-        if r.get("type", "case") == "case" and r.get("status") in ("fail", "mismatch", "error"):
+        if r.get("type", "case") == "case" and r.get("status") in ("fail", "mismatch", "not checked", "internal error"):
             groups[_key(r)].append(r)
     out = []
     for key, recs in groups.items():

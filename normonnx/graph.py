@@ -43,12 +43,43 @@ def load_model(path: str | Path, *, load_external_data: bool = True) -> onnx.Mod
         raise BadInput(f"{p} is not a readable ONNX model ({type(e).__name__}): give a .onnx file") from None
     if not model.graph.node and not model.graph.output:
         raise BadInput(f"{p} holds no ONNX graph: give a .onnx file written by an exporter")
+    check_functions(model)
     # locations are checked always; files, offsets and lengths when the data is read (a scan reads
     # only the tensors of the layers it validates, so a missing unrelated weight file is no error)
     entries = check_external_data(model, p.parent, files=load_external_data)
     if load_external_data:
         read_external_data(entries)
     return model
+
+
+def check_functions(model: onnx.ModelProto) -> None:
+    """BadInput naming the cycle when model-local functions call each other (or themselves): ONNX functions
+    cannot recurse -- an inliner never ends, and ONNX Runtime refuses such a model."""
+    funcs = {(f.domain, f.name): f for f in model.functions}
+    calls = {k: {(n.domain, n.op_type) for n in f.node if (n.domain, n.op_type) in funcs} for k, f in funcs.items()}
+    state: dict = {}  # 1: on the current path, 2: done
+    for root in calls:
+        stack = [(root, iter(sorted(calls[root])))]
+        state[root] = state.get(root) or 1
+        if state[root] == 2:
+            continue
+        path = [root]
+        while stack:
+            node, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                state[node] = 2
+                stack.pop()
+                path.pop()
+                continue
+            if state.get(nxt) == 1:
+                cycle = " -> ".join(f"{d}.{n}" for d, n in path[path.index(nxt):] + [nxt])
+                raise BadInput(f"the model's local functions call themselves ({cycle}): ONNX functions cannot "
+                               "recurse, and ONNX Runtime refuses such a model")
+            if state.get(nxt) is None:
+                state[nxt] = 1
+                stack.append((nxt, iter(sorted(calls[nxt]))))
+                path.append(nxt)
 
 
 @dataclass(frozen=True)

@@ -49,13 +49,16 @@ class InputSuite:
 @dataclass(frozen=True)
 class CheckOptions:
     """What a model is judged on: the input suites (None: every one that applies), the tolerance (None:
-    the dtype's own), the seed of every sample, and a folder each sample is saved to (None: not saved)."""
+    the dtype's own), the seed of every sample, and a folder each sample is saved to (None: not saved);
+    allow_not_checked: PASS when checks that could not run stand beside ones that passed (normonnx.judge;
+    default: such partial coverage is "not checked", exit 4)."""
 
     inputs: tuple[str, ...] | None = None
     atol: float | None = None
     rtol: float | None = None
     seed: int = 0
     save_inputs: str | Path | None = None
+    allow_not_checked: bool = False
 
     def __post_init__(self):
         freeze_names(self, "inputs")

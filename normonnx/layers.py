@@ -12,32 +12,42 @@ import onnx
 
 from . import inputs as suites
 from .derive import derive_spec
-from .errors import BadInput
+from .errors import BadInput, NormonnxError
 from .extract import DRAWN
 from .patterns import FoundNorm
 from .inputs import CheckOptions
+from .judge import FAIL, INTERNAL, NOT_CHECKED, PASS, internal_reason
 from .runtimes import RunOptions, SessionConfig, require
 from .validate import validate
 
 
 @dataclass(frozen=True)
 class LayerVerdict:
-    """One layer's verdict as scan --validate reports it. passed: True or False only from a finished
-    comparison (the judge's), None when the layer could not be checked; `validation` says which
-    input failed and why, or why it was not validated."""
+    """One layer's verdict as scan --validate reports it (normonnx.judge's words): pass or fail only from
+    a finished comparison, "not checked" when the layer could not be checked, "internal error" when
+    normonnx itself failed on it; `validation` says which input failed and why, or why it was not checked."""
 
-    passed: bool | None
+    status: str
     validation: str
     spec_id: str | None = None
     counts: dict | None = None
     parameters_drawn: tuple[str, ...] = ()
 
     @classmethod
-    def not_validated(cls, why: str) -> "LayerVerdict":
-        return cls(None, f"not validated: {why}")
+    def not_checked(cls, why: str) -> "LayerVerdict":
+        return cls(NOT_CHECKED, f"not checked: {why}")
+
+    @classmethod
+    def internal(cls, e: BaseException) -> "LayerVerdict":
+        return cls(INTERNAL, f"not checked: {internal_reason(e)}")
+
+    @property
+    def ok(self) -> bool | None:
+        return {PASS: True, FAIL: False}.get(self.status)
 
     def to_dict(self) -> dict:
-        out = {"passed": self.passed, "validation": self.validation}
+        # "passed" (True/False/None) is kept beside "status" for documents read by older tools
+        out = {"status": self.status, "passed": self.ok, "validation": self.validation}
         if self.spec_id is not None:
             out.update(spec_id=self.spec_id, counts=self.counts)
         if self.parameters_drawn:
@@ -69,8 +79,8 @@ def validate_in_parallel(norms, layers: dict, runtimes, inputs, jobs: int, progr
             progress(len(out), len(layers), norms[i])
         out[i] = result
 
-    def failed(i, e):
-        done(i, LayerVerdict.not_validated(f"the worker process failed ({type(e).__name__}); please report it"))
+    def failed(i, e):  # the worker died or raised: normonnx's failure, never a verdict on the layer
+        done(i, LayerVerdict.internal(e))
 
     try:
         run_parallel(((i, validate_layer, (norms[i], layer, runtimes, inputs, 1)) for i, layer in layers.items()),
@@ -117,11 +127,10 @@ def validate_layer(f: FoundNorm, layer_path: Path, runtimes: list[str] | None, i
     finished comparison can say FAIL: a layer normonnx could not check is "not validated", why given."""
     try:
         rep = run_layer(f, layer_path, runtimes, inputs, threads)
-    except BadInput as e:
-        return LayerVerdict.not_validated(str(e))
-    except Exception as e:  # normonnx's own failure: never a verdict on the user's model
-        return LayerVerdict.not_validated(f"internal error ({type(e).__name__}: {str(e).strip()[:160]}); please "
-                                        "report it")
+    except NormonnxError as e:  # the layer cannot be read as the norm it claims to be, or a runtime refused
+        return LayerVerdict.not_checked(str(e))
+    except Exception as e:  # normonnx's own failure: never a verdict on the user's model (exit 5)
+        return LayerVerdict.internal(e)
     out = summarize(f, rep)
     drawn = {p.key: p.value for p in onnx.load(str(layer_path), load_external_data=False).metadata_props}.get(DRAWN)
     if drawn:
@@ -135,12 +144,13 @@ def summarize(f: FoundNorm, rep) -> LayerVerdict:
     spec, v = rep.spec, rep.verdict
     c = v.counts()
     bad = rep.failures()
-    if v.status == "fail":
-        first = next(r for r in bad if r.status == "fail")
-        return LayerVerdict(False, f"{first.inputs}: {first.reason}", spec.id, c)
-    if v.status != "pass":
-        why = bad[0].error if bad else "every runtime or input suite was skipped"
-        return LayerVerdict(None, f"not validated: {why}", spec.id, c)
+    if v.status == FAIL:
+        first = next(r for r in bad if r.status == FAIL)
+        return LayerVerdict(FAIL, f"{first.inputs}: {first.reason}", spec.id, c)
+    if v.status != PASS:
+        first = next((r for r in bad if r.status == v.status), bad[0] if bad else None)
+        why = first.error if first else "every runtime or input suite was skipped"
+        return LayerVerdict(v.status, f"not checked: {why}", spec.id, c)
     how = " (zero residual and bias: the norm of x alone)" if f.pre_bias else \
         " (zero residual: the norm of x alone)" if f.extra_inputs else ""
-    return LayerVerdict(True, "pass" + how, spec.id, c)
+    return LayerVerdict(PASS, "pass" + how, spec.id, c)

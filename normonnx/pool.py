@@ -2,47 +2,88 @@
 
 Workers are spawned, never forked (torch and fork do not mix), and run torch on one thread each (one
 core per worker). At most 2 × jobs tasks are queued at a time, so an interrupted run leaves little
-submitted and unfinished."""
+submitted and unfinished.
+
+Interrupts belong to the parent alone: workers start with SIGINT blocked (the parent blocks it while it
+spawns them, and a spawned process inherits the mask), so the terminal's Ctrl-C, which reaches the whole
+process group, never prints a worker's traceback; each worker leads a process group of its own. On
+Ctrl-C or SIGTERM the parent stops every worker's group (SIGTERM, then SIGKILL after a grace period),
+children included, and re-raises: a second Ctrl-C is never needed."""
 from __future__ import annotations
 
+import os
+import signal
+import time
 from typing import Callable, Hashable, Iterable
+
+STOP_GRACE_S = 2.0  # a worker asked to stop has this long to run its `finally` blocks before SIGKILL
 
 
 def worker_init() -> None:
+    os.setpgrp()  # its own group: stopping it stops whatever it started too
+
+    def stop(signum, frame):  # the parent asks: leave through the finally blocks (temporary folders)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
     import torch
 
     torch.set_num_threads(1)
+
+
+def stop_workers(procs: list, grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM each worker's process group (multiprocessing Process objects), wait up to `grace` seconds,
+    then SIGKILL what is left."""
+    for sig, wait_s in ((signal.SIGTERM, grace), (signal.SIGKILL, 1.0)):
+        left = [p for p in procs if p.is_alive()]
+        for p in left:
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(p.pid, sig)
+                    break
+                except (ProcessLookupError, PermissionError):
+                    continue
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and any(p.is_alive() for p in left):
+            time.sleep(0.05)
 
 
 def run_parallel(tasks: Iterable[tuple[Hashable, Callable, tuple]], jobs: int,
                  done: Callable[[Hashable, object], None], failed: Callable[[Hashable, BaseException], None]) -> None:
     """Run fn(*args) for each (key, fn, args) on `jobs` worker processes; done(key, result) or
     failed(key, exception) for each as it finishes (a task that raises, or whose worker died).
-    Ctrl-C cancels what is queued and re-raises. concurrent.futures' BrokenProcessPool propagates
+    Ctrl-C or SIGTERM stops every worker and re-raises. concurrent.futures' BrokenProcessPool propagates
     when the pool breaks before a task could be submitted (the caller says what that means for it)."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     queue = list(tasks)
     queue.reverse()  # popped from the end: submitted in the order given
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=worker_init) as pool:
-        pending: dict = {}
-        try:
-            while queue or pending:
+    before = {p.pid for p in mp.active_children()}
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=worker_init)
+    pending: dict = {}
+    try:
+        while queue or pending:
+            # workers are spawned by submit: with SIGINT blocked, so they start deaf to Ctrl-C (a signal
+            # that arrives meanwhile waits, and is handled here once unblocked)
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
                 while queue and len(pending) < jobs * 2:
                     key, fn, args = queue.pop()
                     pending[pool.submit(fn, *args)] = key
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    key = pending.pop(fut)
-                    try:
-                        result = fut.result()
-                    except Exception as e:
-                        failed(key, e)
-                        continue
-                    done(key, result)
-        except KeyboardInterrupt:
-            for fut in pending:
-                fut.cancel()
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                key = pending.pop(fut)
+                try:
+                    result = fut.result()
+                except Exception as e:
+                    failed(key, e)
+                    continue
+                done(key, result)
+    except BaseException:  # Ctrl-C, SIGTERM, or the caller's own failure: no worker outlives the pool
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop_workers([p for p in mp.active_children() if p.pid not in before])
+        raise
+    pool.shutdown(wait=True)

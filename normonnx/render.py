@@ -29,7 +29,12 @@ def json_text(doc: dict) -> str:
 
 def verdict_word(code: int) -> str:
     """The last line's first word, one per exit code (normonnx.errors)."""
-    return {0: "PASSED", 1: "FAILED", 4: "NOT CHECKED"}.get(int(code), "ERROR")
+    return {0: "PASSED", 1: "FAILED", 4: "NOT CHECKED", 5: "INTERNAL ERROR"}.get(int(code), "ERROR")
+
+
+def status_cell(status: str) -> str:
+    """A check's status in a table: pass in lower case, everything else shouted (FAIL, NOT CHECKED, ...)."""
+    return status if status == "pass" else status.upper()
 
 
 def terminal_width() -> int:
@@ -90,7 +95,7 @@ def validation_text(report) -> str:
         detail = r.reason or r.error or ""
         if r.status == "pass":
             detail = ""
-        rows.append([r.runtime, r.inputs, r.status.upper() if r.status != "pass" else "pass", r.max_abs_err,
+        rows.append([r.runtime, r.inputs, status_cell(r.status), r.max_abs_err,
                      r.max_rel_err, r.max_ulp, r.vs_torch_max_abs, detail])
     m = report.model
     head = [f"{report.case_id}  (source: {report.source})",
@@ -115,9 +120,8 @@ def validation_text(report) -> str:
         if notes:
             head.append(wrap(f"{name}: " + "; ".join(str(n) for n in notes)))
     body = table(["runtime", "inputs", "status", "max_abs", "max_rel", "max_ulp", "vs_torch", "reason"], rows)
-    c = report.counts
-    tail = f"{verdict_word(report.exit_code)}: {c['pass']} passed, {c['fail']} failed, {c['error']} not checked " \
-           f"(could not run), {c['skipped']} skipped"
+    v = report.verdict
+    tail = f"{verdict_word(report.exit_code)}: {v.summary()}, {v.skipped} skipped"
     return "\n".join(head) + "\n\n" + body + "\n\n" + tail
 
 
@@ -133,9 +137,9 @@ def bench_text(report) -> str:
         if r.unsupported:
             rows.append([r.form, r.provider, None, None, None, None, "n/a", None, "", r.unsupported])
             continue
-        check = {True: "pass", False: "FAIL", None: "-"}[r.passed]
+        check = status_cell(r.check) if r.check else "-"
         note = r.implausible or (r.unstable_reason if r.stable is False else "") or \
-            ("" if r.passed is not False else (r.validation or ""))
+            ("" if r.check in (None, "pass") else (r.validation or ""))
         rows.append([r.form + (" *" if r.fastest else ""), r.provider, f"{r.p50_ms:.4g}", f"{r.gbps:.1f}",
                      f"{r.x_copy:.2f}x [{r.ci_low:.2f}, {r.ci_high:.2f}]",
                      f"{r.x_torch:.2f}x [{r.x_torch_ci_low:.2f}, {r.x_torch_ci_high:.2f}]",
@@ -159,8 +163,11 @@ def scan_text(report) -> str:
     """Table of a normonnx.scan.ScanReport: one row per norm found."""
     head = f"{report.model}: opset {report.opset}, {report.producer or 'unknown producer'}; {len(report.norms)} norms"
     if not report.norms:
-        return head + " found (searched the main graph, If/Loop/Scan bodies and model-local functions)" + "".join(
+        out = head + " found (searched the main graph, If/Loop/Scan bodies and model-local functions)" + "".join(
             f"\nleft out: {x.kind} at {x.node}: {x.reason}" for x in report.left_out)
+        if report.validated:
+            out += f"\n\n{verdict_word(report.exit_code)}: no norm found, so nothing was checked"
+        return out
     inner = sum(1 for f in report.norms if f.scope)
     if inner:
         head += f" ({inner} inside subgraphs or functions)"
@@ -176,8 +183,7 @@ def scan_text(report) -> str:
                "yes" if f.affine else "no", f.dtype or "-", fused, "; ".join(map(str, f.risks)) or "-"]
         if report.validated:
             v = report.validations.get(i)
-            row.append("-" if v is None else "pass" if v.passed else
-                       _validation_cell(v) if v.passed is False else v.validation)
+            row.append("-" if v is None else v.validation if v.status not in ("pass", "fail") else _validation_cell(v))
         rows.append(row)
     headers = ["#", "kind", "form", "nodes", "axes/groups", "eps", "affine", "dtype", "ORT fuses", "risks"]
     if report.validated:
@@ -189,29 +195,29 @@ def scan_text(report) -> str:
         out += f"\n\nORT fuses: unknown ({report.fusion_note})"
     if report.validated:
         for i, v in sorted(report.validations.items()):
-            if v is not None and v.passed is False:
+            if v is not None and v.status == "fail":
                 out += "\n" + wrap(f"FAIL #{i} {report.norms[i].nodes[0]}: {v.validation}")
-        c = report.counts
-        out += (f"\n\n{verdict_word(report.exit_code)}: {c['passed']} passed, {c['failed']} failed, "
-                f"{c['not_validated']} not validated")
+        verdict = report.verdict
+        out += f"\n\n{verdict_word(report.exit_code)}: {verdict.summary()}"
+        if verdict.not_checked and not verdict.failed and not verdict.allowed and verdict.passed:
+            out += "\n" + wrap(f"not checked: {verdict.not_checked} layers could not be checked (the table says why), so "
+                                "the model is not proven; --allow-not-checked accepts that and says so")
         if report.checked_on:  # what this verdict covers (--activations judges the model's own activations)
             out += "\n" + wrap(f"checked: each layer cut out and run on {report.checked_on} (stress inputs aimed at "
                                 "how norms break; the model's own activations: scan --activations)")
-        if c["failed"]:
+        if verdict.failed:
             out += "\n" + wrap(f"next: normonnx fix {report.model} -o FIXED.onnx gives each failing layer a form that "
                                 "passes, or says why not")
     return out
 
 
 def _validation_cell(v) -> str:
-    """A layer's LayerVerdict as scan --validate shows it: 'pass', 'FAIL constant:constant', 'not validated'."""
+    """A layer's LayerVerdict as a table cell: 'pass', 'FAIL constant:constant', 'not checked'."""
     if v is None:
         return "-"
-    if v.passed is True:
-        return "pass"
-    if v.passed is False:
+    if v.status == "fail":
         return ("FAIL " + v.validation.split(": ", 1)[0])[:40]
-    return "not validated"
+    return v.status
 
 
 def fix_text(report) -> str:
@@ -221,7 +227,7 @@ def fix_text(report) -> str:
     rts = ",".join(report.runtimes)
     head = f"{report.model}: opset {report.opset}; {len(report.layers)} norms; target runtimes: {rts}"
     if not report.layers:
-        return head + "\n\nnothing to fix" + (f"; wrote {report.output}" if report.written else "")
+        return head + "\n\nnothing to fix: no norm found\n\n" + fix_summary(report)
     rows = []
     for lf in report.layers:
         f = lf.norm
@@ -240,12 +246,12 @@ def fix_text(report) -> str:
             out += f"\n{lf.status}: #{lf.index} {lf.norm.nodes[0]}: {lf.reason}"
     w = report.whole_model
     if w is not None:
-        if w.passed is None:
+        if w.status not in ("pass", "fail"):
             out += f"\n\nwhole model: not compared ({w.error})"
         else:
             shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in w.inputs.items())
             out += (f"\n\nwhole model on ORT {w.provider.upper()}, seeded inputs ({shapes}): largest output difference "
-                    f"{w.max_abs_diff:.3g} " + ("(within tolerance)" if w.passed else "(OUTSIDE tolerance)"))
+                    f"{w.max_abs_diff:.3g} " + ("(within tolerance)" if w.status == "pass" else "(OUTSIDE tolerance)"))
     t = report.timing
     if t:
         lo, hi = t.ratio_ci
@@ -258,29 +264,40 @@ def fix_text(report) -> str:
 
 
 def fix_summary(report) -> str:
-    """The last line: the judge's word and the counts behind it."""
+    """The last line: the judge's word and the counts behind it, and whether the output was written."""
     n, failing = len(report.changes), len(report.failing)
-    unchecked = sum(lf.status == "not validated" or getattr(lf.final or lf.before, "passed", None) is None
-                    for lf in report.layers if lf.status != "left")
+    states = [(lf.final or lf.before).status if (lf.final or lf.before) is not None else "not checked"
+              for lf in report.layers]
+    unchecked = sum(st not in ("pass", "fail") for st in states)
     rts = ",".join(report.runtimes)
     tail = (f"; {failing} fail on {rts} (no form passes)" if failing else "") + (
-        f"; {unchecked} not validated" if unchecked else "")
+        f"; {unchecked} not checked" if unchecked else "") + (
+        f" ({report.verdict.internal} internal errors: please report them)" if report.verdict.internal else "")
     if report.mode == "check":
         word = verdict_word(report.exit_code)
         return (f"{word}: {n} layers would change{tail}"
                 + (f" (normonnx fix {report.model} -o FIXED.onnx)" if n else "")
-                + ("" if n or failing else f"; every validated layer passes on {rts}"))
+                + ("" if n or failing or unchecked else f"; every layer passes on {rts}"))
     if report.mode == "dry-run":
         return f"dry run: {n} layers would change{tail}; nothing written"
-    wrote = f"wrote {report.output}" if report.written else "nothing written"
     if not report.proven:
-        return f"NOT PROVEN: {n} layers rewritten without a proof (--no-proof); {wrote}"
+        return f"NOT PROVEN: {n} layers rewritten without a proof (--no-proof); " + (
+            f"wrote {report.output}" if report.written else "nothing written")
+    v = report.verdict
     word = verdict_word(report.exit_code)
-    unproven = [lf for lf in report.unproven if lf.final is None or lf.final.passed is not False]
-    tail += f"; {len(unproven)} rewritten layers not validated in the written model (not proven)" if unproven else ""
+    if not report.layers:
+        return f"{word}: no norm found, so nothing was checked; nothing written"
+    unproven = [lf for lf in report.unproven if lf.final is None]
+    tail += f"; {len(unproven)} rewritten layers not found in the written model (not proven)" if unproven else ""
     w = report.whole_model
-    whole = "" if w is None else {False: "; the whole model differs from the original",
-                                  None: "; the whole model could not be compared (not proven)"}.get(w.passed, "")
+    whole = "" if w is None else {"fail": "; the whole model differs from the original",
+                                  "not checked": "; the whole model could not be compared (not proven)"}.get(w.status, "")
+    if not report.written:
+        wrote = "nothing written"
+    elif v.status == "pass":
+        wrote = f"wrote {report.output}" + (" (not-checked layers accepted by --allow-not-checked)" if v.allowed else "")
+    else:
+        wrote = f"wrote {report.output} anyway (--write-unproven): it is NOT proven"
     done = "rewritten" if report.written or not n else "rewritten in a model not written"
     return f"{word}: {n} layers {done}{tail}{whole}; {wrote}"
 
@@ -297,9 +314,9 @@ def rules_text() -> str:
 def _what_if_cell(d: dict | None) -> str:
     if not d:
         return "-"
-    if d.get("passed") is None:
+    if d.get("status") not in ("pass", "fail"):
         return f"- ({d.get('why') or 'not run'})"
-    word = "pass" if d["passed"] else "FAIL"
+    word = status_cell(d["status"])
     return f"{word} {d['max_abs_err']:.2g}" + (f" [{d['rule']}]" if d.get("rule") else "")
 
 
@@ -309,9 +326,9 @@ def activations_text(report) -> str:
     rows = []
     for lc in report.layers:
         f, st = lc.norm, lc.stats
-        verdict = {True: "pass", False: "FAIL", None: "-"}[lc.passed]
-        if lc.passed is None:
-            verdict = f"not checked: {lc.why}"
+        verdict = status_cell(lc.status)
+        if lc.status not in ("pass", "fail"):
+            verdict = f"{lc.status}: {lc.why}"
         err = lc.error.get("max_abs_err") if lc.error else None
         rows.append([lc.index, f.nodes[0][:36], f"{f.kind} {f.form}", st.get("max_abs"), st.get("max_offset_over_std"),
                      st.get("max_x2_over_fp16_max" if f.kind == "rms" else "max_dev2_over_fp16_max"), err, verdict, _what_if_cell(lc.fp16.get("converted")),
@@ -321,7 +338,7 @@ def activations_text(report) -> str:
             f"{report.captured_bytes / 1e6:.3g} MB captured, {report.seconds:.3g} s)")
     body = table(["#", "layer", "norm", "max|x|", "offset/std", "dev^2/fp16 max", "error", "float32 verdict",
                   "as float16", "float16 + float32 stats [rule]"], rows)
-    bad = [lc for lc in report.layers if lc.passed is False]
+    bad = [lc for lc in report.layers if lc.status == "fail"]
     out = head + "\n\n" + body
     for lc in bad:
         out += f"\nFAIL #{lc.index} {lc.norm.nodes[0]}: {lc.error.get('reason')}"
@@ -331,12 +348,10 @@ def activations_text(report) -> str:
             "onnxruntime's float16 converter, on onnx.reference (float16 ops in float16, as on a GPU); + float32 stats: "
             "after normonnx fix's rule.")
     out += _replays_text(report)
-    c = [lc.passed for lc in report.layers]
-    out += (f"\n\n{verdict_word(report.exit_code)}: {c.count(True)} passed, {c.count(False)} failed, "
-            f"{c.count(None)} not checked on the model's activations")
+    out += f"\n\n{verdict_word(report.exit_code)}: {report.verdict.summary()} on the model's activations"
     out += (f"\nchecked: each layer on the activations {report.samples} model inputs ({report.source}) give it, not on stress inputs "
             "(offsets, zero variance: scan --validate); a pass here says this data is safe, not every input")
-    if c.count(False):
+    if report.verdict.failed:
         out += f"\nnext: normonnx fix {report.model} -o FIXED.onnx gives each failing layer a form that passes, or says why not"
     return out
 
@@ -344,9 +359,9 @@ def activations_text(report) -> str:
 def _replay_cell(v: dict | None) -> str:
     if not v:
         return "-"
-    if v["passed"] is None:
+    if v["status"] not in ("pass", "fail"):
         return v["why"]
-    text = f"{'pass' if v['passed'] else 'FAIL'} {v['max_abs_err']:.2g}"
+    text = f"{status_cell(v['status'])} {v['max_abs_err']:.2g}"
     return text + (f", {v['max_diff_from_stored']:.2g} from stored" if "max_diff_from_stored" in v else "")
 
 
@@ -362,20 +377,19 @@ def _replays_text(report, title: str = "on other runtimes, each layer cut out an
     out += table(["#", "layer", *names], rows)
     for lc in report.layers:
         for rt, v in lc.on.items():
-            if v["passed"] is False:
+            if v["status"] == "fail":
                 out += f"\nFAIL #{lc.index} {lc.norm.nodes[0]} on {rt}: {v['why']}"
     return out
 
 
 def golden_text(report) -> str:
     """`scan --activations --load-outputs`: each stored layer replayed here, against the oracle and the stored outputs."""
-    flags = [v["passed"] for lc in report.layers for v in lc.on.values()]
     head = f"stored outputs ({report.source}; {report.samples} samples a layer) replayed on {report.provider}"
     notes = "".join(f"\nnote: {n}" for n in report.notes)
     title = "each stored layer cut out of this model and run on the stored inputs (error against the oracle, distance " \
             "from the stored outputs):"
-    return (head + _replays_text(report, title) + notes + f"\n\n{verdict_word(report.exit_code)}: {flags.count(True)} passed, "
-            f"{flags.count(False)} failed, {flags.count(None)} not checked (layer x runtime)")
+    return (head + _replays_text(report, title) + notes + f"\n\n{verdict_word(report.exit_code)}: "
+            f"{report.verdict.summary()} (layer x runtime)")
 
 
 def _diff_rows(report) -> list[list[str]]:
@@ -387,6 +401,8 @@ def _diff_summary(report) -> str:
     n = len(report.regressions)
     better = sum(c.kind == "improvement" for c in report.changes)
     new = sum(c.kind == "new" for c in report.changes)
+    if not n and not report.compared:
+        return f"NOT CHECKED: nothing to compare (the base holds no case; {new} new)"
     head = f"FAILED: {n} regressions" if n else "PASSED: no regression"
     return f"{head} in {report.compared} cases compared ({better} improved, {new} new)"
 

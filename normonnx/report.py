@@ -25,7 +25,9 @@ from .timing import separated
 from .variants import REGISTRY as VARIANTS
 
 STATUS_STYLE = {"pass": ("#d7f5d7", "pass"), "fail": ("#f8d0d0", "FAIL"), "mismatch": ("#fde6c4", "mismatch"),
-                "unsupported": ("#eeeeee", "n/a"), "error": ("#e6d5f5", "error")}
+                "unsupported": ("#eeeeee", "n/a"), "not checked": ("#e6d5f5", "not checked"),
+                "internal error": ("#e6d5f5", "internal error")}
+UNCHECKED = ("not checked", "internal error")
 # without timings, prefer the form with the fewest nodes
 UNTIMED_PREFERENCE = ("native", "instance-trick", "decomposed")
 
@@ -114,7 +116,7 @@ def _units(recs: list[dict]) -> dict[tuple[str, int], str]:
     by_unit = defaultdict(list)
     for r in recs:
         by_unit[(r["exporter"], r["opset"])].append(r["status"])
-    return {u: judge(s if s in ("pass", "fail", "error") else "skipped" for s in sts).status
+    return {u: judge(s if s in ("pass", "fail", *UNCHECKED) else "skipped" for s in sts).status
             for u, sts in by_unit.items()}
 
 
@@ -138,14 +140,14 @@ def _fails_otherwise(forms: dict[str, list[dict]], units: dict[str, dict]) -> st
     named) and, for a form that passes at another opset, where it fails."""
     out = []
     for v, recs in forms.items():
-        bad = [r for r in recs if r["status"] in ("fail", "error")]
+        bad = [r for r in recs if r["status"] in ("fail", *UNCHECKED)]
         if not bad:
             continue
         where = ""
         if any(st == "pass" for st in units[v].values()):
             where = " at " + ", ".join(f"opset {o}" for o in sorted({r["opset"] for r in bad}))
-        if all(r["status"] == "error" for r in bad):
-            out.append(f"{v}{where}: error")
+        if all(r["status"] in UNCHECKED for r in bad):
+            out.append(f"{v}{where}: not checked")
             continue
         names, worst, nan = failing_suites(bad)
         shown = ", ".join(names[:2]) + (f" +{len(names) - 2}" if len(names) > 2 else "")
@@ -170,7 +172,7 @@ def recommendations(records: list[dict]) -> list[dict]:
         forms = {v: by_form[(norm, provider, dtype, v)] for v in VARIANTS if (norm, provider, dtype, v) in by_form}
         units = {v: _units(recs) for v, recs in forms.items()}
         ok = [v for v in forms if any(st == "pass" for st in units[v].values())]
-        bad = [v for v in forms if v not in ok and any(r["status"] in ("fail", "error") for r in forms[v])]
+        bad = [v for v in forms if v not in ok and any(r["status"] in ("fail", *UNCHECKED) for r in forms[v])]
         best, why = _pick(ok, {v: timing.get((norm, provider, dtype, v)) for v in ok})
         if best is None:
             why = _least_bad(provider, {v: forms[v] for v in bad})
@@ -505,7 +507,7 @@ def _md(v) -> str:
 
 def render_markdown(records: list[dict], meta: dict) -> str:
     rows, cols, cells = visible_matrix(records)
-    icon = {"pass": "✅", "fail": "❌", "mismatch": "⚠️", "unsupported": "·", "error": "💥"}
+    icon = {"pass": "✅", "fail": "❌", "mismatch": "⚠️", "unsupported": "·", "not checked": "❔", "internal error": "💥"}
     banner = timing_banner(records)
     lines = ["# normonnx compatibility report", "",
              ", ".join(f"**{v}** {k}" for k, v in sorted(summary_counts(records).items())) + " cases.", "",

@@ -21,7 +21,9 @@ RESULTS = "results.jsonl"
 META = "meta.json"
 LOCK = ".lock"
 REJECTED = "results.rejected.jsonl"
-SCHEMA = 2  # bump when a record's fields change meaning; 1 was normonnx 0.1 (no "schema" field)
+SCHEMA = 3  # bump when a record's fields change meaning; 1 was normonnx 0.1 (no "schema" field)
+# schema 2 (normonnx 0.2) said "error" where 3 says "not checked" or "internal error": still read, upgraded
+READABLE = (2, 3)
 
 # type -> field -> Python type(s) every record of that type must carry
 FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -30,7 +32,8 @@ FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "bench": {"case_id": str, "status": str, "norm": str, "dtype": str, "provider": str, "opset": int,
               "versions": dict},
 }
-STATUSES = {"case": ("pass", "fail", "error", "mismatch", "unsupported"), "bench": ("timed", "error")}
+STATUSES = {"case": ("pass", "fail", "not checked", "internal error", "mismatch", "unsupported"),
+            "bench": ("timed", "not checked", "internal error")}
 OPTIONAL = {"inputs": dict, "records": list, "reason": (str, type(None)), "error": (str, type(None)),
             "max_abs_err": (int, float, type(None)), "ops": dict, "worst_input": (str, type(None))}
 
@@ -51,8 +54,10 @@ def check_record(rec: object) -> dict:
         raise RecordError(f"a JSON {type(rec).__name__}, not an object")
     if "schema" not in rec:
         raise RecordError("no 'schema' field: written by normonnx 0.1 or by something else")
-    if rec["schema"] != SCHEMA:
-        raise RecordError(f"schema {rec['schema']!r}; this normonnx reads schema {SCHEMA}")
+    if rec["schema"] not in READABLE:
+        raise RecordError(f"schema {rec['schema']!r}; this normonnx reads schema {', '.join(map(str, READABLE))}")
+    if rec["schema"] == 2:  # a schema-2 "error" is a case that could not be checked
+        rec.update(schema=SCHEMA, status="not checked" if rec.get("status") == "error" else rec.get("status"))
     t = rec.get("type")
     if t not in FIELDS:
         raise RecordError(f"type {t!r} is not one of {', '.join(FIELDS)}")

@@ -4,7 +4,9 @@ command that writes (export, fix, sweep, merge, report, --save-inputs, the cache
 - An output path must be absent or a regular file (a link, a device, a pipe or a folder is BadInput).
 - Every file is first written under a random name made exclusively in the output's own folder (never
   through a link: `O_EXCL | O_NOFOLLOW`), then renamed over the output, so a reader sees the old file or
-  the new one and nothing planted at a predictable name is ever written through.
+  the new one and nothing planted at a predictable name is ever written through. It gets the mode the
+  umask gives (0644 under 022), like any file open() makes: a team's shared cache or CI artifacts stay
+  readable.
 - A file appended to or locked is opened without following a link and refused if other hard links
   share it (writing it would change another file).
 - A file read must be a regular file once links are followed (a FIFO would block forever).
@@ -83,6 +85,7 @@ def atomic_write(path: Path, data: bytes, what: str = "output") -> None:
     check_output_path(path, what)
     fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0600: the file gets what open() would give it
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -91,6 +94,21 @@ def atomic_write(path: Path, data: bytes, what: str = "output") -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where Linux says it (/proc/self/status), else by
+    setting and restoring it: every file normonnx writes gets 0666 & ~umask, as open() would give it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
 
 
 def open_own(path: Path, mode: str = "a", what: str = "file"):

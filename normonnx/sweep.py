@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .errors import BadInput, ExitCode, ExportMismatch, NormonnxError
+from .errors import BadInput, ExitCode, ExportMismatch, Interrupted, NormonnxError, raised_by_normonnx
 from .export import check_request, tool_versions
 from .inputs import CheckOptions
-from .judge import judge
+from .judge import FAIL, INTERNAL, NOT_CHECKED, PASS, SKIPPED, Verdict, internal_reason, judge
 from .results import (
     META,
     RESULTS,
@@ -151,8 +151,8 @@ def versions() -> dict:
 
 # -- one case ------------------------------------------------------------------------------------
 def case_status(samples) -> str:
-    """A sweep record's status from its samples, by the one judge: pass, fail, or error (not checked)."""
-    return {"pass": "pass", "fail": "fail"}.get(judge(r.status for r in samples).status, "error")
+    """A sweep record's status from its samples, by the one judge: pass, fail, not checked, internal error."""
+    return judge(r.status for r in samples).status
 
 
 def run_case(case: Case, inputs: list[str] | None = None, cache_dir: str | None = None, seed: int = 0) -> dict:
@@ -183,9 +183,9 @@ def run_case(case: Case, inputs: list[str] | None = None, cache_dir: str | None 
         return error_record(case, e, duration_s=time.perf_counter() - t0,
                             traceback=traceback.format_exc(limit=3)[-1500:])
     samples = [r for r in report.results if r.runtime == case.provider]
-    # only a finished comparison makes a case "fail"; a check that could not run makes it "error"
-    failed = [r for r in samples if r.status == "fail"]
-    bad = failed or [r for r in samples if r.status == "error"]
+    # only a finished comparison makes a case "fail"; a check that could not run makes it "not checked"
+    failed = [r for r in samples if r.status == FAIL]
+    bad = failed or [r for r in samples if r.status in (INTERNAL, NOT_CHECKED)]
     worst = max(bad, key=lambda r: (r.nonfinite_mismatch or 0, r.max_abs_err or 0.0), default=None)
     finite_errs = [r.max_abs_err for r in samples if r.max_abs_err is not None]
     status = case_status(samples)
@@ -210,9 +210,13 @@ def run_case(case: Case, inputs: list[str] | None = None, cache_dir: str | None 
 
 
 def error_record(case: Case, e: BaseException, **extra) -> dict:
-    """The record of a case that raised instead of finishing: recorded, never fatal to the sweep."""
-    return make_record("case", case_id=case.id, **asdict(case), versions=versions(), status="error",
-                       error_type=type(e).__name__, error=(str(e).strip() or type(e).__name__)[:500], **extra)
+    """The record of a case that raised instead of finishing: recorded, never fatal to the sweep. A
+    NormonnxError says why the case could not be checked; anything else is normonnx's own failure."""
+    internal = not isinstance(e, NormonnxError) or raised_by_normonnx(e)
+    return make_record("case", case_id=case.id, **asdict(case), versions=versions(),
+                       status=INTERNAL if internal else NOT_CHECKED, error_type=type(e).__name__,
+                       error=(internal_reason(e, 400) if internal else str(e).strip() or type(e).__name__)[:500],
+                       **extra)
 
 
 def run_bench_group(norm: str, dtype: str, provider: str, opset: int, min_time: float) -> dict:
@@ -230,8 +234,9 @@ def run_bench_group(norm: str, dtype: str, provider: str, opset: int, min_time: 
         return make_record("bench", **rec, status="timed", spec_id=spec.id, machine=rep.machine,
                            records=[r.to_dict() for r in rep.records])
     except Exception as e:
-        return make_record("bench", **rec, status="error", error_type=type(e).__name__,
-                           error=(str(e).strip() or type(e).__name__)[:500])
+        internal = not isinstance(e, NormonnxError)
+        return make_record("bench", **rec, status=INTERNAL if internal else NOT_CHECKED, error_type=type(e).__name__,
+                           error=(internal_reason(e, 400) if internal else str(e).strip() or type(e).__name__)[:500])
 
 
 def bench_id(norm: str, dtype: str, provider: str, opset: int) -> str:
@@ -303,23 +308,28 @@ class SweepSummary:
     out: Path
     total: int
     skipped_done: int
-    counts: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)  # status -> records this run wrote
     cache_hits: int = 0
-    interrupted: bool = False
     rejected: int = 0  # malformed lines moved aside by resume (their cases ran again)
+    statuses: list = field(default_factory=list)  # every case's status in the folder, this run's and resumed ones
 
-    def exit_code(self, strict: bool = False) -> ExitCode:
-        """0 once the matrix is recorded; with strict, 1 if a case failed its check, 4 if a case
-        could not be checked (an error), else 0."""
-        if not strict:
-            return ExitCode.PASSED
-        if self.counts.get("fail"):
-            return ExitCode.CHECK_FAILED
-        return ExitCode.NOT_CHECKED if self.counts.get("error") else ExitCode.PASSED
+    def verdict(self, allow_not_checked: bool = False) -> Verdict:
+        """The one judge over every case of the matrix (resumed ones included): a case exported at another
+        opset or op set than asked ("mismatch") fails, as validate says; "unsupported" does not apply."""
+        as_check = {"mismatch": FAIL, "unsupported": SKIPPED, "timed": PASS}
+        return judge((as_check.get(s, s) for s in self.statuses), allow_not_checked)
+
+    def exit_code(self, strict: bool = False, allow_not_checked: bool = False) -> ExitCode:
+        """0 once the matrix is recorded, 5 if normonnx itself failed on a case; with strict, the judge's
+        verdict over every case (1 a case failed or is a mismatch, 4 a case could not be checked)."""
+        v = self.verdict(allow_not_checked)
+        if strict:
+            return v.exit_code
+        return ExitCode.INTERNAL if v.internal else ExitCode.PASSED
 
     def to_dict(self) -> dict:
         return {"out": str(self.out), "total": self.total, "already_done": self.skipped_done, "counts": self.counts,
-                "interrupted": self.interrupted, "rejected_lines": self.rejected}
+                "rejected_lines": self.rejected}
 
 
 @dataclass(frozen=True)
@@ -410,7 +420,7 @@ def _sweep_locked(out: Path, matrix: Matrix, how: SweepOptions, check: CheckOpti
             "inputs": inputs, "shard": f"{shard[0]}/{shard[1]}" if shard else None, "bench": bench is not None,
             "machine": machine_info()}
     atomic_write(out / META, json.dumps(meta, indent=1).encode())
-    done = {r["case_id"] for r in existing}
+    done = {r["case_id"]: r["status"] for r in existing}
     cases = shard_cases(matrix.cases(), shard)
     todo = [c for c in cases if c.id not in done]
     groups = []
@@ -420,7 +430,8 @@ def _sweep_locked(out: Path, matrix: Matrix, how: SweepOptions, check: CheckOpti
         if shard:
             k, n = shard
             groups = [g for g in groups if zlib.crc32(f"bench-{g[0]}-{g[1]}-{g[2]}".encode()) % n == k - 1]
-    summary = SweepSummary(out, len(cases) + len(groups), len(cases) - len(todo), rejected=rejected)
+    summary = SweepSummary(out, len(cases) + len(groups), len(cases) - len(todo), rejected=rejected,
+                           statuses=list(done.values()))
     # a timing group: every variant and the two baselines for bench.min_time each, plus exports and
     # validation, on each dtype; a first guess until the first group has run
     bar = Progress(len(todo) + len(groups), enabled=how.progress, remaining={"case": len(todo), "bench": len(groups)},
@@ -431,6 +442,7 @@ def _sweep_locked(out: Path, matrix: Matrix, how: SweepOptions, check: CheckOpti
     def record(rec: dict) -> None:
         writer.write(rec)
         summary.counts[rec["status"]] = summary.counts.get(rec["status"], 0) + 1
+        summary.statuses.append(rec["status"])
         bar.step(rec)
 
     try:
@@ -446,8 +458,8 @@ def _sweep_locked(out: Path, matrix: Matrix, how: SweepOptions, check: CheckOpti
         # timing runs alone, after the accuracy cases, so nothing else competes for the cores
         for n, d, p in groups:
             record(run_bench_group(n, d, p, bench.opset, bench.min_time))
-    except KeyboardInterrupt:
-        summary.interrupted = True
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: every finished case is already on disk
+        raise Interrupted(getattr(e, "signum", 2), f"finished cases are in {results}; rerun with --resume") from None
     finally:
         writer.close()
     return summary

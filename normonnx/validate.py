@@ -4,7 +4,8 @@ against the float64 oracle, and report graph facts next to the numbers.
 In steps: `resolve_source` (a spec exported on the fly, or a model file with its spec and
 parameters from normonnx's metadata or from the graph), `choose_runtimes`, `SuiteRunner.run` (every
 suite's samples on every runtime, one Result per comparison), `runtime_facts` (what ORT did to the
-graph). A check that could not run is a Result with status "error" and why, never a "fail".
+graph). A check that could not run is a Result with status "not checked" and why ("internal error" when
+normonnx's own code failed), never a "fail".
 """
 from __future__ import annotations
 
@@ -20,10 +21,10 @@ import numpy as np
 from . import inputs as suites_mod
 from .inputs import CheckOptions
 from .compare import Comparison, Tolerance, compare, tolerance_for
-from .errors import BadInput, ExitCode, RuntimeUnavailable, first_line
+from .errors import BadInput, ExitCode, NormonnxError, RuntimeUnavailable, first_line, raised_by_normonnx
 from .export import ExportOptions, case_id, export_report
 from .graph import load_model, metadata, model_facts, opset_of
-from .judge import Verdict, judge, status_of
+from .judge import FAIL, INTERNAL, NOT_CHECKED, PASS, SKIPPED, Verdict, internal_reason, judge, status_of
 from .params import make_params, params_as
 from .reference import normalized_stats, reference, scale_broadcast
 from .runtimes import REGISTRY as RUNTIMES
@@ -54,8 +55,7 @@ class Result:
     dtype: str
     runtime: str
     inputs: str  # suite:sample, e.g. offset:offset-1e4
-    status: str  # pass | fail (a finished comparison) | error (could not run: not checked) | skipped
-    passed: bool | None
+    status: str  # pass | fail (a finished comparison) | not checked (could not run) | internal error | skipped
     max_abs_err: float | None = None
     mean_abs_err: float | None = None
     p99_abs_err: float | None = None
@@ -74,8 +74,14 @@ class Result:
     reason: str | None = None
     error: str | None = None
 
+    @property
+    def ok(self) -> bool | None:
+        """True (pass), False (fail), None (anything else)."""
+        return {PASS: True, FAIL: False}.get(self.status)
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        # "passed" (True/False/None) is kept beside "status" for documents read by older tools
+        return {**asdict(self), "passed": self.ok}
 
 
 @dataclass(frozen=True)
@@ -90,15 +96,14 @@ class CaseInfo:
     dtype: str
     tol: Tolerance
 
-    def result(self, runtime: str, inputs: str, status: str, passed: bool | None = None, *,
-               comparison: Comparison | None = None, vs_torch: float | None = None, reason: str | None = None,
+    def result(self, runtime: str, inputs: str, status: str, *, comparison: Comparison | None = None, vs_torch: float | None = None, reason: str | None = None,
                error: str | None = None) -> Result:
         measured = comparison.to_dict() if comparison is not None else {}
         measured.pop("passed", None)
         if comparison is not None:
             reason = measured.pop("reason")
         return Result(self.case_id, self.spec_id, self.variant, self.opset, self.exporter, self.dtype, runtime,
-                      inputs, status, passed, **measured, vs_torch_max_abs=vs_torch, atol=self.tol.atol,
+                      inputs, status, **measured, vs_torch_max_abs=vs_torch, atol=self.tol.atol,
                       rtol=self.tol.rtol, reason=reason, error=error)
 
 
@@ -110,10 +115,11 @@ class ValidationReport:
     model: dict  # requested vs actual opset, op histogram
     runtimes: dict  # runtime -> facts (optimized ops, fusion, placement)
     results: list[Result] = field(default_factory=list)
+    allow_not_checked: bool = False  # CheckOptions.allow_not_checked: PASS beside checks that could not run
 
     @property
     def verdict(self) -> Verdict:
-        return judge(r.status for r in self.results)
+        return judge((r.status for r in self.results), self.allow_not_checked)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -121,20 +127,18 @@ class ValidationReport:
 
     @property
     def exit_code(self) -> ExitCode:
-        """1 if a comparison failed; 4 if nothing ran or a requested check could not run; else 0."""
+        """1 if a comparison failed; 5 if normonnx itself failed on a check; 4 if nothing ran or a requested
+        check could not run (unless allow_not_checked); else 0."""
         return self.verdict.exit_code
 
-    @property
-    def passed(self) -> bool:
-        return self.exit_code == ExitCode.PASSED
-
     def failures(self) -> list[Result]:
-        return [r for r in self.results if r.status in ("fail", "error")]
+        """The checks that failed or could not run (an internal error among them), in order."""
+        return [r for r in self.results if r.status in (FAIL, NOT_CHECKED, INTERNAL)]
 
     def to_dict(self) -> dict:
         return {"case_id": self.case_id, "spec_id": self.spec.id, "spec": self.spec.to_dict(), "source": self.source,
-                "model": self.model, "runtimes": self.runtimes, "passed": self.passed,
-                "exit_code": int(self.exit_code), "counts": self.counts,
+                "model": self.model, "runtimes": self.runtimes, "verdict": self.verdict.status,
+                "passed": self.verdict.status == PASS, "exit_code": int(self.exit_code), "counts": self.counts,
                 "results": [r.to_dict() for r in self.results]}
 
 
@@ -283,7 +287,7 @@ class SuiteRunner:
                     continue
                 try:
                     opened[n] = get_runtime(n).open(model_path, self.config, module)
-                except SessionError as e:
+                except Exception as e:  # reported on each of its samples: not checked, or internal error
                     opened[n] = e
             self.sessions[key] = opened
         return self.sessions[key]
@@ -296,7 +300,7 @@ class SuiteRunner:
                 progress(i, len(suites), suite.name)
             why = suite.applies(ctx)
             if why:
-                out.append(self.info.result("*", suite.name, "skipped", reason=why))
+                out.append(self.info.result("*", suite.name, SKIPPED, reason=why))
                 continue
             out += self._run_suite(suite)
         return out
@@ -315,7 +319,7 @@ class SuiteRunner:
             # the same suite at a realistic normalization-set size (see inputs.large_spec)
             label = f"{suite.name}-large"
             if not src.can_reexport:
-                out.append(info.result("*", label, "skipped", reason="the large-size run needs its own export; not "
+                out.append(info.result("*", label, SKIPPED, reason="the large-size run needs its own export; not "
                                                                       "available for a given model file"))
             else:
                 got = self._export_for(label, big)
@@ -328,7 +332,7 @@ class SuiteRunner:
         info, src = self.info, self.src
         refused = _torch_refuses(s_spec, src.variant)
         if refused:
-            return info.result("*", label, "skipped", reason=f"PyTorch itself refuses shape "
+            return info.result("*", label, SKIPPED, reason=f"PyTorch itself refuses shape "
                                                              f"{'x'.join(map(str, s_spec.shape))}: {refused}")
         memo = self.__dict__.setdefault("_exports", {})
         if s_spec.id not in memo:
@@ -337,8 +341,10 @@ class SuiteRunner:
             except Exception as e:
                 memo[s_spec.id] = e
         got = memo[s_spec.id]
-        if isinstance(got, Exception):
-            return info.result("*", label, "error", False, error=f"export for {label} failed: {got}")
+        if isinstance(got, NormonnxError):  # the exporter refused this shape: the suite is not checked
+            return info.result("*", label, NOT_CHECKED, error=f"export for {label} failed: {got}")
+        if isinstance(got, Exception):  # normonnx's own export code failed: exit 5, as export would say
+            return info.result("*", label, INTERNAL, error=f"export for {label}: {internal_reason(got)}")
         return s_spec, got, make_params(s_spec)
 
     def _run_samples(self, suite, s_spec: NormSpec, s_path: Path, s_params: dict, tag: str) -> list[Result]:
@@ -359,23 +365,25 @@ class SuiteRunner:
             for n in sorted(self.active, key=lambda r: RUNTIMES[r].kind != "torch"):  # torch first
                 cannot = RUNTIMES[n].unsupported_dtypes.get(src.spec.dtype) or self.variant.unsupported_on(n)
                 if cannot:
-                    out.append(info.result(n, label, "skipped", reason=cannot))
+                    out.append(info.result(n, label, SKIPPED, reason=cannot))
                     continue
                 se = sess[n]
                 if isinstance(se, Exception):
-                    out.append(info.result(n, label, "error", error=str(se)))
+                    out.append(_unopened(info, n, label, se))
                     continue
                 try:
                     with np.errstate(all="ignore"):
                         y = self.variant.from_model(se.run(self.variant.to_model(sample.x)))
-                except Exception as e:
-                    out.append(info.result(n, label, "error", error=f"{n} failed to run: {first_line(e)}"))
+                except Exception as e:  # the runtime's own failure: not checked; normonnx's: internal
+                    out.append(info.result(n, label, INTERNAL, error=f"{n}: {internal_reason(e)}")
+                               if raised_by_normonnx(e) else
+                               info.result(n, label, NOT_CHECKED, error=f"{n} failed to run: {first_line(e)}"))
                     continue
                 outputs[n] = y
                 if RUNTIMES[n].kind == "torch" and torch_out is None:
                     torch_out = np.asarray(y, dtype=np.float64)
                 c = compare(y, ref, src.spec.dtype, info.tol, cond, scale)
-                out.append(info.result(n, label, status_of(c.passed), c.passed, comparison=c,
+                out.append(info.result(n, label, status_of(c.passed), comparison=c,
                                        vs_torch=_vs_torch(torch_out, y) if RUNTIMES[n].kind != "torch" else None))
             if self.save_inputs is not None:
                 buf = io.BytesIO()
@@ -384,6 +392,15 @@ class SuiteRunner:
                 atomic_write(self.save_inputs / f"{info.case_id}-{sample.name}{tag}.npz", buf.getvalue(),
                              "--save-inputs file")
         return out
+
+
+def _unopened(info: CaseInfo, runtime: str, label: str, e: Exception) -> Result:
+    """A sample on a runtime whose session could not be opened: the runtime's refusal (SessionError, or
+    its library's own exception) is not checked; an exception of normonnx's own code is an internal error."""
+    if not isinstance(e, SessionError) and raised_by_normonnx(e):
+        return info.result(runtime, label, INTERNAL, error=f"{runtime}: {internal_reason(e)}")
+    return info.result(runtime, label, NOT_CHECKED, error=str(e) if isinstance(e, SessionError) else
+                       f"{runtime} cannot load the model: {first_line(e)}")
 
 
 def _vs_torch(torch_out: np.ndarray | None, y: np.ndarray) -> float | None:
@@ -503,7 +520,8 @@ def validate(
         model_info = {"opset_requested": src.opset_requested, "opset": src.opset, "ops": src.ops,
                       "variant": src.variant, "exporter": src.exporter, "dynamic": src.dynamic}
         report = ValidationReport(src.spec, src.case_id, src.label, model_info, {})
-        report.results += [info.result(n, "*", "skipped", reason=f"runtime unavailable: {why}")
+        report.allow_not_checked = check.allow_not_checked
+        report.results += [info.result(n, "*", SKIPPED, reason=f"runtime unavailable: {why}")
                            for n, why in skipped.items()]
         runner = SuiteRunner(src, active, run.config, info, check.seed, do_export, work, save_dir)
         report.results += runner.run(suites, progress)

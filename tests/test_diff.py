@@ -101,7 +101,7 @@ def test_two_scans_of_one_model_are_compared_layer_by_layer(tmp_path):
     doc = json.loads((tmp_path / "a.json").read_text())
     assert doc["passed"] is False  # the naive chain fails at an offset: flip it the other way round
     assert run_cli("diff", str(tmp_path / "a.json"), str(tmp_path / "a.json")).returncode == 0
-    doc["norms"][0].update(passed=True, validation="pass")
+    doc["norms"][0].update(status="pass", passed=True, validation="pass")
     (tmp_path / "b.json").write_text(json.dumps(doc))
     r = run_cli("diff", str(tmp_path / "b.json"), str(tmp_path / "a.json"))
     assert r.returncode == 1 and doc["norms"][0]["nodes"][0] in r.stdout and "pass -> FAIL" in r.stdout, r.stdout

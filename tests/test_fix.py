@@ -78,7 +78,7 @@ def test_fix_repairs_and_scan_agrees(fixed, name):
     assert after.exit_code == ExitCode.PASSED and after.counts["failed"] == after.counts["not_validated"] == 0
     for lf in report.changes:  # the chosen form passed against the original layer's own norm, and in place
         chosen = next(c for c in lf.candidates if c.form == lf.form)
-        assert chosen.status == "pass" and lf.final.passed is True, lf.to_dict()
+        assert chosen.status == "pass" and lf.final.status == "pass", lf.to_dict()
     check = normonnx.fix(dst, mode="check", change=FixOptions(rules=rules), proof=ProofOptions(runtimes=runtimes))
     assert check.exit_code == ExitCode.PASSED, check.to_dict()
 
@@ -98,7 +98,7 @@ def test_gn_silu_gets_the_layernorm_trick_on_ort_cpu(fixed, name):
 def test_whole_model_agrees_on_seeded_inputs(fixed, name):
     _, _, _, report = fixed[name]
     w = report.whole_model
-    assert w.passed is True, w
+    assert w.status == "pass", w
     assert all(o.within for o in w.outputs.values())
     assert w.provider == proof.ort_target(CASES[name][2])  # on the runtime the fix is for, said so
 
@@ -114,16 +114,16 @@ def test_whole_model_and_timing_run_on_the_first_ort_target(runtimes, provider):
 
 def test_contrib_groupnorm_is_not_proven_where_ort_cannot_run_it(tmp_path):
     """ORT CPU has no com.microsoft GroupNorm kernel, so the whole model cannot be compared there: fix
-    writes nothing and exits 1 ("not proven"); --no-proof writes the rewrite (exit 4), which matches the
-    oracle (NHWC transposes, fused SiLU)."""
+    writes nothing and exits 4 (not checked: "not proven", never a FAIL); --no-proof writes the rewrite
+    (exit 4), which matches the oracle (NHWC transposes, fused SiLU)."""
     import onnxruntime as ort
 
     src = tmp_path / "ms.onnx"
     onnx.save(corpus.contrib_groupnorm_nhwc_silu(), str(src))
     dst = tmp_path / "out.onnx"
     report = normonnx.fix(src, dst, change=FixOptions(rules=["ms-groupnorm"]), proof=ProofOptions(timing=False))
-    assert report.whole_model.passed is None and "GroupNorm" in report.whole_model.error
-    assert report.exit_code == ExitCode.CHECK_FAILED and not report.written and not dst.exists()
+    assert report.whole_model.status == "not checked" and "GroupNorm" in report.whole_model.error
+    assert report.exit_code == ExitCode.NOT_CHECKED and not report.written and not dst.exists()
     r = run_cli("fix", str(src), "-o", str(dst), "--rules", "ms-groupnorm", "--no-proof")
     assert r.returncode == ExitCode.NOT_CHECKED and r.stdout.rstrip().splitlines()[-1].startswith("NOT PROVEN")
     m = onnx.load(str(src))
@@ -167,7 +167,8 @@ def test_when_fix_passes_scan_passes_over_the_corpus(tmp_path):
 def test_no_form_passes_exits_1_and_names_the_best(tmp_path, monkeypatch):
     """A target where every form of a GroupNorm fails (here: normal inputs judged at a tolerance no float32
     computation meets): the layer keeps its form, is reported failing with the best candidate and its
-    worst suite, and fix exits 1 -- as scan --validate does on the written model."""
+    worst suite, fix exits 1 and writes nothing (it writes only what it proved); --write-unproven writes
+    it, exit still 1, and the last line says it is not proven -- and scan --validate fails it too."""
     from normonnx import compare
 
     src = corpus.gn_silu_block(tmp_path / "gn.onnx", 21, "dynamo")
@@ -179,6 +180,14 @@ def test_no_form_passes_exits_1_and_names_the_best(tmp_path, monkeypatch):
         assert lf.status == "failing" and "no form of this GroupNorm passes: best " in lf.reason, lf.to_dict()
         assert "normal:normal on cpu" in lf.reason
     assert fix_summary_line(report).startswith("FAILED: 0 layers rewritten; 2 fail on cpu")
+    assert fix_summary_line(report).endswith("nothing written")
+    assert not report.written and not (tmp_path / "out.onnx").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["gn.onnx"]  # no staging folder left behind either
+    report = normonnx.fix(src, tmp_path / "out.onnx",
+                          proof=ProofOptions(inputs=["normal"], timing=False, write_unproven=True))
+    assert report.exit_code == ExitCode.CHECK_FAILED and report.written
+    assert fix_summary_line(report).endswith("wrote " + str(tmp_path / "out.onnx") + " anyway (--write-unproven): "
+                                             "it is NOT proven")
     assert scan(tmp_path / "out.onnx", validate=True, inputs=["normal"]).exit_code == ExitCode.CHECK_FAILED
 
 
@@ -212,7 +221,7 @@ def test_whole_model_check_sees_minus_inf_where_the_original_is_finite():
     for b, ok in ((a.copy(), True), (np.array([1.0, -np.inf, np.inf, np.nan], np.float32), False),
                   (np.array([1.0, 2.0, -np.inf, np.nan], np.float32), False),
                   (np.array([1.0, 2.0, np.inf, 0.0], np.float32), False)):
-        assert compare_outputs(["y"], [a], [b]).passed is ok, b
+        assert compare_outputs(["y"], [a], [b]).status == ("pass" if ok else "fail"), b
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -239,7 +248,7 @@ def test_opset_raise_writes_layer_normalization(tmp_path):
     report = normonnx.fix(src, tmp_path / "out.onnx", change=FixOptions(opset=17), proof=ProofOptions(timing=False))
     assert report.exit_code == 0 and [lf.status for lf in report.layers] == ["rewritten"] * 2
     after = scan(tmp_path / "out.onnx", validate=True, runtimes=RUNTIMES)
-    assert [(f.kind, f.op) for f in after.norms] == [("ln", "LayerNormalization")] * 2 and after.passed
+    assert [(f.kind, f.op) for f in after.norms] == [("ln", "LayerNormalization")] * 2 and after.verdict.status == "pass"
     assert onnx.load(str(tmp_path / "out.onnx")).opset_import[0].version == 17
 
 
@@ -249,7 +258,7 @@ def test_gn18_per_group_scale_expands_to_channels(tmp_path):
     src = tmp_path / "gn18.onnx"
     onnx.save(corpus.gn18_native(), str(src))
     report = normonnx.fix(src, tmp_path / "out.onnx", proof=ProofOptions(timing=False))
-    assert report.layers[0].status == "rewritten" and report.whole_model.passed, report.to_dict()
+    assert report.layers[0].status == "rewritten" and report.whole_model.status == "pass", report.to_dict()
     assert report.whole_model.max_abs_diff < 1e-5
 
 
@@ -260,7 +269,8 @@ def test_eps_outside_sqrt_is_refused_with_advice(tmp_path):
     lf = report.layers[0]
     assert lf.status == "refused" and "outside the square root" in lf.reason and "re-export" in lf.reason
     assert report.whole_model is None and not report.changes  # nothing rewritten, so nothing to compare
-    assert scan(tmp_path / "out.onnx").norms[0].form == "decomposed"
+    # the layer still fails (eps outside the square root): nothing proven, so nothing written
+    assert report.exit_code == ExitCode.CHECK_FAILED and not (tmp_path / "out.onnx").exists()
     r = run_cli("fix", str(src), "--dry-run")
     assert r.returncode == 0 and "refused: #0" in r.stdout
 
@@ -322,12 +332,11 @@ def test_a_candidate_that_fails_the_original_claim_is_never_chosen(tmp_path, mon
     report = normonnx.fix(src, tmp_path / "out.onnx", change=FixOptions(rules=["broken"]),
                           proof=ProofOptions(timing=False))
     lf = report.layers[0]
-    assert lf.status == ("failing" if lf.before.passed is False else "passes") and \
+    assert lf.status == ("failing" if lf.before.status == "fail" else "passes") and \
         lf.candidates[0].status == "fail", lf.to_dict()
     assert f"no form of this LayerNorm passes: best {lf.candidates[0].form}, {suite}" in lf.reason
-    after = scan(tmp_path / "out.onnx", validate=True)
-    assert after.norms[0].form == "decomposed"  # the original chain is what was written
-    assert report.whole_model is None and report.exit_code == after.exit_code
+    assert not report.written and not (tmp_path / "out.onnx").exists()  # it still fails: nothing proven
+    assert report.whole_model is None and report.exit_code == scan(src, validate=True).exit_code
 
 
 def test_dry_run_and_check_write_nothing(tmp_path):
@@ -409,7 +418,7 @@ def test_symbolic_dims_stay_symbolic_and_the_fix_runs_at_any_shape(tmp_path):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)]), str(src))
     report = normonnx.fix(src, tmp_path / "out.onnx", change=FixOptions(input_shapes={"x": (2, 8, 6, 6)}),
                           proof=ProofOptions(timing=False))
-    assert report.layers[0].status == "rewritten" and report.whole_model.passed
+    assert report.layers[0].status == "rewritten" and report.whole_model.status == "pass"
     out = onnx.load(str(tmp_path / "out.onnx"))
     assert [d.dim_param or d.dim_value for d in out.graph.input[0].type.tensor_type.shape.dim] == ["n", 8, "h", "w"]
     sess = ort.InferenceSession(str(tmp_path / "out.onnx"), providers=["CPUExecutionProvider"])
@@ -457,7 +466,8 @@ def _pow_rule(site):
 
 def test_a_rewrite_scan_cannot_validate_in_place_is_not_proven(tmp_path, monkeypatch):
     """The candidate passes against the layer's norm, but in the written model scan finds no norm there to
-    validate: fix does not call that proven (exit 1), though the whole model agrees."""
+    validate: fix does not call that proven (not checked, exit 4) and writes nothing, though the whole model
+    agrees."""
     monkeypatch.setitem(RULES, "pow", Rule("pow", "test", "test", "13", "same maths", _pow_rule, default=False,
                                            hidden=frozenset({"variance-e-x2"})))
     src = tmp_path / "m.onnx"
@@ -466,10 +476,11 @@ def test_a_rewrite_scan_cannot_validate_in_place_is_not_proven(tmp_path, monkeyp
                           proof=ProofOptions(timing=False))
     (lf,) = report.layers
     assert lf.status == "rewritten" and lf.candidates[0].status == "pass" and lf.final is None, lf.to_dict()
-    assert report.whole_model.passed is True and report.exit_code == ExitCode.CHECK_FAILED
+    assert report.whole_model.status == "pass" and report.exit_code == ExitCode.NOT_CHECKED
     from normonnx.render import fix_summary
 
-    assert "not proven" in fix_summary(report) and fix_summary(report).startswith("FAILED")
+    assert "not proven" in fix_summary(report) and fix_summary(report).startswith("NOT CHECKED")
+    assert not report.written and not (tmp_path / "out.onnx").exists()
 
 
 def test_fix_run_from_the_models_folder_with_the_same_name(tmp_path):

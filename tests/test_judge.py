@@ -1,6 +1,7 @@
 """One judge: the same outputs fed through every place a verdict is made (validate's report and exit
 code, scan's layer row, fix's layers and whole-model check, scan --activations, sweep records, bench's
-validation column, normonnx.testing) get one verdict. Plus the sabotages a review found no test caught."""
+validation column and its fastest form, normonnx.testing) get one verdict. Plus the sabotages a review
+found no test caught."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,12 +10,14 @@ import pytest
 
 from normonnx.compare import compare, tolerance_for
 from normonnx.errors import ExitCode
-from normonnx.judge import judge, over_layers, status_of
+from normonnx.judge import combined_exit, judge, status_of
 from normonnx.spec import NormSpec
 from normonnx.validate import CaseInfo, ValidationReport
 
 TOL = tolerance_for("float32")
 REF = np.array([0.5, -1.0, 2.0, 0.0], np.float64)
+EXIT = {"pass": ExitCode.PASSED, "fail": ExitCode.CHECK_FAILED, "not checked": ExitCode.NOT_CHECKED,
+        "internal error": ExitCode.INTERNAL}
 
 
 def _with(i, v):
@@ -34,8 +37,10 @@ CASES = {
     "minus-inf-where-plus-inf": (_with(2, -np.inf), np.where(np.arange(4) == 2, np.inf, REF), [], "fail"),
     "just-inside-tolerance": (_with(2, 2.0 + 0.9 * (TOL.atol + TOL.rtol * 2.0)), REF, [], "pass"),
     "just-outside-tolerance": (_with(2, 2.0 + 1.5 * (TOL.atol + TOL.rtol * 2.0)), REF, [], "fail"),
-    "pass-beside-an-error": (REF.astype(np.float32), REF, ["error"], "not checked"),
-    "fail-beside-an-error": (_with(1, -np.inf), REF, ["error"], "fail"),
+    "pass-beside-not-checked": (REF.astype(np.float32), REF, ["not checked"], "not checked"),
+    "pass-beside-internal-error": (REF.astype(np.float32), REF, ["internal error"], "internal error"),
+    "fail-beside-not-checked": (_with(1, -np.inf), REF, ["not checked"], "fail"),
+    "fail-beside-internal-error": (_with(1, -np.inf), REF, ["internal error"], "fail"),
     "pass-beside-skipped": (REF.astype(np.float32), REF, ["skipped"], "pass"),
 }
 
@@ -44,34 +49,42 @@ def _report(got, ref, others) -> ValidationReport:
     spec = NormSpec.make("ln", shape=(1, 4))
     info = CaseInfo("c", spec.id, "native", 18, "dynamo", "float32", TOL)
     c = compare(got, ref, "float32", TOL)
-    results = [info.result("cpu", "normal:normal", status_of(c.passed), c.passed, comparison=c)]
-    results += [info.result("cpu", f"other:{k}", st, error="could not run" if st == "error" else None)
+    results = [info.result("cpu", "normal:normal", status_of(c.passed), comparison=c)]
+    results += [info.result("cpu", f"other:{k}", st, error="could not run" if st != "skipped" else None)
                 for k, st in enumerate(others)]
     return ValidationReport(spec, "c", "test", {}, {}, results)
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_every_entry_point_gives_one_verdict(name, monkeypatch):
-    from normonnx.repair.proof import compare_outputs
+    from normonnx.bench import _fastest, _validation
     from normonnx.layers import summarize
-    from normonnx.scan.activations import _judge
     from normonnx.patterns import FoundNorm
-    from normonnx.sweep import case_status
+    from normonnx.repair.proof import compare_outputs
+    from normonnx.scan import ScanReport
+    from normonnx.scan.activations import _judge
+    from normonnx.sweep import SweepSummary, case_status
     from normonnx.testing import check_report
 
     got, ref, others, want = CASES[name]
-    flag = {"pass": True, "fail": False, "not checked": None}[want]
     rep = _report(got, ref, others)
     assert rep.verdict.status == want
-    assert rep.exit_code == {"pass": ExitCode.PASSED, "fail": ExitCode.CHECK_FAILED}.get(want, ExitCode.NOT_CHECKED)
+    assert rep.exit_code == EXIT[want]
     # scan --validate's layer row, and a model of that one layer (scan's and fix's exit code)
-    row = summarize(FoundNorm("ln", "native", "LayerNormalization", ("n",), "x", "y"), rep)
-    assert row.passed is flag
-    assert over_layers([row.passed]).exit_code == rep.exit_code
-    # a sweep record
-    assert case_status(rep.results) == {"not checked": "error"}.get(want, want)
-    # bench's validation column
-    assert rep.verdict.ok is flag
+    f = FoundNorm("ln", "native", "LayerNormalization", ("n",), "x", "y")
+    row = summarize(f, rep)
+    assert row.status == want
+    scanned = ScanReport("m.onnx", 18, "", [f], validations={0: row}, validated=True)
+    assert scanned.exit_code == rep.exit_code
+    # a sweep record, and sweep --strict over it
+    assert case_status(rep.results) == want
+    assert SweepSummary("out", 1, 0, statuses=[case_status(rep.results)]).exit_code(strict=True) == rep.exit_code
+    # bench's validation column and its fastest form: the same model run through bench's own validation
+    monkeypatch.setattr("normonnx.validate.validate", lambda *a, **k: rep)
+    col = _validation(None, "cpu", None)
+    assert col["check"] == want
+    rows = {"copy": {"form": "copy", "x_copy": 1.0}, "form": {"form": "form", "x_copy": 1.5, "stable": True, **col}}
+    assert (_fastest(rows) == "form") is (want == "pass")
     # normonnx.testing
     if want == "pass":
         check_report(rep)
@@ -82,7 +95,7 @@ def test_every_entry_point_gives_one_verdict(name, monkeypatch):
         return  # the two below judge one output alone
     # fix's whole-model check: the same arrays as a model's output against the original's
     whole = compare_outputs(["y"], [ref.astype(np.float32)], [got])
-    assert whole.passed is flag, whole
+    assert whole.status == want, whole
     # scan --activations: a captured output against the oracle (the table's oracle stands in for the
     # reference of the captured input)
     import normonnx.reference
@@ -90,19 +103,29 @@ def test_every_entry_point_gives_one_verdict(name, monkeypatch):
     monkeypatch.setattr(normonnx.reference, "reference", lambda spec, params, x: ref.reshape(1, 4))
     spec = NormSpec.make("ln", shape=(1, 4), affine=False)
     ok, _ = _judge(spec, {}, np.array([[0.1, 0.2, 0.3, 0.4]]), got.reshape(1, 4), "float32")
-    assert judge([status_of(ok)]).ok is flag
+    assert judge([status_of(ok)]).status == want
 
 
-def test_the_judge_orders_fail_before_not_checked_before_pass():
-    assert judge([]).status == "not checked"
+def test_the_judge_orders_fail_before_internal_before_not_checked_before_pass():
+    assert judge([]).status == "not checked"  # nothing checked is never a pass
     assert judge(["skipped"]).status == "not checked"
     assert judge(["pass", "skipped"]).status == "pass"
-    assert judge(["pass", "error"]).status == "not checked"
-    assert judge(["fail", "error", "pass"]).status == "fail"
+    assert judge(["pass", "not checked"]).status == "not checked"
+    assert judge(["pass", "error"]).status == "not checked"  # an older document's word for it
+    assert judge(["pass", "internal error", "not checked"]).status == "internal error"
+    assert judge(["fail", "internal error", "pass"]).status == "fail"
     with pytest.raises(ValueError):
         judge(["passed"])
-    assert over_layers([]).status == "pass"  # no norms: nothing to fail
-    assert over_layers([None, None]).status == "not checked" and over_layers([True, None]).status == "pass"
+    # partial coverage accepted only on request, and never an internal error or nothing at all
+    v = judge(["pass", "not checked"], allow_not_checked=True)
+    assert (v.status, v.allowed, v.not_checked) == ("pass", True, 1)
+    assert judge(["not checked"], allow_not_checked=True).status == "not checked"
+    assert judge(["pass", "internal error"], allow_not_checked=True).status == "internal error"
+    assert judge([], allow_not_checked=True).exit_code == ExitCode.NOT_CHECKED
+    # parts of one command's verdict
+    assert combined_exit(ExitCode.PASSED, ExitCode.NOT_CHECKED) == ExitCode.NOT_CHECKED
+    assert combined_exit(ExitCode.INTERNAL, ExitCode.NOT_CHECKED) == ExitCode.INTERNAL
+    assert combined_exit(ExitCode.INTERNAL, ExitCode.CHECK_FAILED) == ExitCode.CHECK_FAILED
 
 
 # -- sabotages a review found no test would catch ---------------------------------------------------
@@ -131,7 +154,7 @@ def test_activations_check_the_skip_layernorm_on_input_plus_residual(tmp_path):
     path = tmp_path / "skip.onnx"
     onnx.save(corpus.contrib_skip_with_bias(), str(path))
     rep = check_activations(path, what_if=False)
-    assert [lc.passed for lc in rep.layers] == [True, True], [(lc.why, lc.error) for lc in rep.layers]
+    assert [lc.status for lc in rep.layers] == ["pass", "pass"], [(lc.why, lc.error) for lc in rep.layers]
 
 
 def test_whole_model_check_fails_a_model_that_computes_something_else(tmp_path):
@@ -149,6 +172,6 @@ def test_whole_model_check_fails_a_model_that_computes_something_else(tmp_path):
 
     onnx.save(model([0.0, 0.0, 0.0]), str(tmp_path / "a.onnx"))
     onnx.save(model([0.0, 0.01, 0.0]), str(tmp_path / "b.onnx"))
-    assert compare_models(tmp_path / "a.onnx", tmp_path / "a.onnx", None)[0].passed is True
+    assert compare_models(tmp_path / "a.onnx", tmp_path / "a.onnx", None)[0].status == "pass"
     w, _ = compare_models(tmp_path / "a.onnx", tmp_path / "b.onnx", None)
-    assert w.passed is False and w.outputs["y"].within is False
+    assert w.status == "fail" and w.outputs["y"].within is False

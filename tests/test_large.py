@@ -59,7 +59,7 @@ def test_fix_streams_the_weights_and_leaves_the_input_as_it_was(decoder, tmp_pat
     out.parent.mkdir()
     rep, peak = _peak(lambda: fix(src, out, change=FixOptions(opset=17), proof=ProofOptions(timing=False)))
     assert rep.written and rep.exit_code == 0, rep.to_dict()["notes"]
-    assert rep.whole_model.passed is True and rep.whole_model.shared_weights >= 3
+    assert rep.whole_model.status == "pass" and rep.whole_model.shared_weights >= 3
     assert peak < weights / 4, f"fix held {peak / 1e6:.1f} MB in Python for {weights / 1e6:.1f} MB of weights"
     assert _digest(src, data) == before
     out_data = out.with_name(out.name + ".data")
@@ -80,8 +80,9 @@ def test_fix_streams_the_weights_and_leaves_the_input_as_it_was(decoder, tmp_pat
 def test_fix_with_nothing_to_rewrite_is_a_streamed_copy(decoder, tmp_path):
     src, weights = decoder
     out = tmp_path / "same.onnx"
+    # its one-pass layers still fail (no selected rule covers them): written only on request
     rep, peak = _peak(lambda: fix(src, out, change=FixOptions(rules=["stash-float32"]),
-                                  proof=ProofOptions(timing=False)))
+                                  proof=ProofOptions(timing=False, write_unproven=True)))
     assert rep.written and not rep.changes
     assert peak < weights / 4
     assert out.with_name("same.onnx.data").stat().st_size >= weights  # every tensor, none held here
@@ -90,7 +91,7 @@ def test_fix_with_nothing_to_rewrite_is_a_streamed_copy(decoder, tmp_path):
 def test_activations_capture_without_copying_the_weights(decoder):
     src, weights = decoder
     rep, peak = _peak(lambda: check_activations(src, what_if=False))
-    assert len(rep.layers) == 3 and all(lc.passed is True for lc in rep.layers)
+    assert len(rep.layers) == 3 and all(lc.status == "pass" for lc in rep.layers)
     assert peak < weights / 4, f"--activations held {peak / 1e6:.1f} MB for {weights / 1e6:.1f} MB of weights"
 
 
@@ -186,7 +187,7 @@ def test_a_graph_past_protobufs_limit_is_written_with_external_data(tmp_path, mo
     x = {"x": np.ones((2, 64), np.float32)}
     np.testing.assert_allclose(_outputs(tmp_path / "out.onnx", x)[0], _outputs(a, x)[0], atol=1e-5)
     rep = check_activations(tmp_path / "inline.onnx")
-    assert rep.layers and all(lc.passed is True for lc in rep.layers)
+    assert rep.layers and all(lc.status == "pass" for lc in rep.layers)
 
 
 def test_a_folder_without_room_for_the_weights_is_refused_before_any_work(decoder, tmp_path, monkeypatch):

@@ -41,11 +41,11 @@ def test_each_option_reaches_validate():
     spec = NormSpec.make("gn", groups=4)
     bad = validate(spec, export=ExportOptions(variant="native", opset=21), run=RunOptions("cpu"),
                    check=CheckOptions("offset"))
-    assert not bad.passed and {r.runtime for r in bad.results} == {"cpu"}
+    assert bad.verdict.status != "pass" and {r.runtime for r in bad.results} == {"cpu"}
     assert {r.inputs.split(":")[0] for r in bad.results} == {"offset"}
     good = validate(spec, export=ExportOptions(variant="instance-trick", opset=18), run=RunOptions("cpu"),
                     check=CheckOptions("offset"))
-    assert good.passed and good.model["opset"] == 18
+    assert good.verdict.status == "pass" and good.model["opset"] == 18
     with pytest.raises(BadInput, match="tolerances must be finite"):
         validate(spec, check=CheckOptions("offset", atol=float("nan")))
 

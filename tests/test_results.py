@@ -265,8 +265,8 @@ def test_an_edited_reference_module_is_exported_afresh(tmp_path, monkeypatch):
 
     copy = tmp_path / "models"
     shutil.copytree(next(iter(normonnx.models.__path__)), copy)
-    roots = [r for r in export_mod._source_roots() if r.name != "models"] + [copy]
-    monkeypatch.setattr(export_mod, "_source_roots", lambda: roots)
+    roots = [r for r in export_mod.source_roots() if r.name != "models"] + [copy]
+    monkeypatch.setattr(export_mod, "source_roots", lambda: roots)
     ln = NormSpec.make("ln")
     cache = ExportCache(tmp_path / "c")
     cache.export(ln, "native", 18, "dynamo")

@@ -136,7 +136,7 @@ def test_a_case_that_raises_is_recorded_and_the_sweep_completes(full, tmp_path):
           check=CheckOptions(inputs=INPUTS), case_runner=sometimes_broken)
     recs = {r["case_id"]: r for r in read_results(tmp_path / "o" / RESULTS)}
     assert len(recs) == len(SMALL.cases())
-    crashed = [r for r in recs.values() if r["status"] == "error"]
+    crashed = [r for r in recs.values() if r["status"] == "internal error"]
     assert crashed and all(r["error_type"] == "RuntimeError" and "simulated" in r["error"] for r in crashed)
 
 
@@ -146,7 +146,7 @@ def test_unavailable_provider_is_recorded_per_case(tmp_path):
                providers=("cuda",))
     sweep(tmp_path / "o", m, how=SweepOptions(progress=False))
     (rec,) = read_results(tmp_path / "o" / RESULTS)
-    assert rec["status"] == "error" and rec["error_type"] == "RuntimeUnavailable"
+    assert rec["status"] == "not checked" and rec["error_type"] == "RuntimeUnavailable"
 
 
 def test_parallel_jobs_record_the_same_cases(full, tmp_path):

@@ -68,14 +68,14 @@ def test_a_row_faster_than_a_copy_is_flagged_and_never_the_fastest():
     assert timing.implausible(0.43) and "implausible: 0.43x a copy" in timing.implausible(0.43)
     assert timing.implausible(1.2) is None
     rows = {"copy": dict(form="copy", x_copy=1.0, stable=True),
-            "native": dict(form="native", x_copy=0.43, stable=True, passed=True, implausible=timing.implausible(0.43)),
-            "decomposed": dict(form="decomposed", x_copy=5.0, stable=True, passed=True),
-            "instance-trick": dict(form="instance-trick", x_copy=2.0, stable=False, passed=True)}
+            "native": dict(form="native", x_copy=0.43, stable=True, check="pass", implausible=timing.implausible(0.43)),
+            "decomposed": dict(form="decomposed", x_copy=5.0, stable=True, check="pass"),
+            "instance-trick": dict(form="instance-trick", x_copy=2.0, stable=False, check="pass")}
     # the impossible one never; the unstable instance-trick is faster than decomposed, so no claim at all
     assert _fastest(rows) is None
     rows["instance-trick"]["stable"] = True
     assert _fastest(rows) == "instance-trick"
-    rows["instance-trick"]["passed"] = False
+    rows["instance-trick"]["check"] = "fail"
     assert _fastest(rows) == "decomposed"
 
 

@@ -19,7 +19,7 @@ import onnx
 from .. import rewrite
 from ..errors import BadInput, ExitCode, first_line
 from ..graph import check_external_data, copy_external_data, inline_bytes, load_model, opset_of, over_proto_limit
-from ..judge import Verdict, over_layers
+from ..judge import FAIL, NOT_CHECKED, PASS, Verdict, judge
 from ..registry import freeze_names
 from ..layers import LayerVerdict, check_runtime_request
 from ..patterns import FoundNorm
@@ -36,7 +36,7 @@ __all__ = ["fix", "FixReport", "LayerFix", "RULES", "Rule", "select", "region"]
 class LayerFix:
     """One found norm and what fix did with it. status: rewritten | would rewrite | passes (validated,
     nothing to do) | failing (fails on a target runtime and no form passes: kept as it was) | refused |
-    unchanged (no selected rule covers it) | not validated | left (inside a subgraph or function)."""
+    unchanged (no selected rule covers it) | not checked | left (inside a subgraph or function)."""
 
     index: int
     norm: FoundNorm
@@ -74,6 +74,7 @@ class FixReport:
     timing: proving.ModelTiming | None = None
     after: object = None  # the written model's ScanReport (the judge of the exit code)
     notes: list[str] = field(default_factory=list)
+    allow_not_checked: bool = False  # ProofOptions.allow_not_checked
 
     @property
     def changes(self) -> list[LayerFix]:
@@ -81,40 +82,41 @@ class FixReport:
 
     @property
     def failing(self) -> list[LayerFix]:
-        return [lf for lf in self.layers if lf.status == "failing" or (lf.final and lf.final.passed is False)]
+        return [lf for lf in self.layers if lf.status == "failing" or (lf.final and lf.final.status == FAIL)]
 
     @property
     def verdict(self) -> Verdict:
-        """The one judge over the layers: before (check, dry run) or in the written model (fix), as
-        scan --validate with the same runtimes and suites judges them; a whole model that differs, or
-        could not be compared, fails the proof."""
+        """The one judge (normonnx.judge) over every layer: as it is (check, dry run; a layer that would
+        change fails --check) or in the written model (fix), as scan --validate with the same runtimes and
+        suites judges them, and over the whole model's comparison with the original (differs: FAIL; could
+        not be compared: not checked). A rewritten layer the written model's scan cannot validate in place
+        is not checked (not proven); without a proof (--no-proof) nothing is checked. No norm: nothing checked."""
         if self.mode != "fix":
-            flags = [lf.before.passed for lf in self.layers if lf.before is not None]
-            v = over_layers(flags)
-            return Verdict("fail", v.passed, v.failed + len(self.changes), v.not_checked) if self.changes else v
-        if not self.proven:
-            return Verdict("not checked")
-        v = over_layers(c.passed for c in self.after.validations.values()) \
-            if self.after is not None else Verdict("not checked")
-        w = self.whole_model
-        if w is not None and w.passed is not True and v.status != "fail":
-            return Verdict("fail", v.passed, v.failed + 1, v.not_checked)
-        if self.unproven and v.status != "fail":  # a rewrite scan cannot validate in place is not proven
-            return Verdict("fail", v.passed, v.failed + len(self.unproven), v.not_checked)
-        return v
+            v = judge([lf.before.status if lf.before is not None else NOT_CHECKED for lf in self.layers],
+                      self.allow_not_checked)
+            if self.changes:
+                return Verdict(FAIL, v.passed, v.failed + len(self.changes), v.not_checked, v.internal, v.skipped)
+            return v
+        if not self.proven or self.after is None:
+            return Verdict(NOT_CHECKED)
+        statuses = [c.status for c in self.after.validations.values()] or [NOT_CHECKED]
+        statuses += [NOT_CHECKED for lf in self.unproven if lf.final is None]
+        if self.whole_model is not None:
+            statuses.append(self.whole_model.status)
+        return judge(statuses, self.allow_not_checked)
 
     @property
     def unproven(self) -> list[LayerFix]:
         """Rewritten layers the written model's scan --validate did not pass (found, validated, passed)."""
         if self.mode != "fix" or not self.proven or self.after is None:
             return []
-        return [lf for lf in self.changes if lf.final is None or lf.final.passed is not True]
+        return [lf for lf in self.changes if lf.final is None or lf.final.status != PASS]
 
     @property
     def exit_code(self) -> ExitCode:
         """--check: 1 if anything would change or a layer fails (0 implies scan --validate passes too).
-        fix: the written model judged like scan --validate (1 if a layer fails on a target runtime), and
-        1 if the whole model differs from the original or could not be compared; 4 without a proof."""
+        fix: the judge's verdict (see `verdict`): 0 only for a model that was written and proven; 4 without
+        a proof (--no-proof)."""
         return ExitCode.PASSED if self.mode == "dry-run" else self.verdict.exit_code
 
     def to_dict(self) -> dict:
@@ -218,13 +220,19 @@ class ProofOptions:
     """How fix proves what it writes: prove=False writes the rules' first form for every layer with a known
     risk, unproven (exit code 4); runtimes: the targets (default: ORT CPU); inputs: the suites (default: all);
     timing: time passing forms against each other and the whole models; least_bad: where no form passes,
-    keep the one that fails fewest checks if it fails fewer than the original."""
+    keep the one that fails fewest checks if it fails fewer than the original; allow_not_checked: layers that
+    could not be checked do not keep the verdict from PASS (they are counted); write_unproven: write the
+    output even where a layer still fails or something could not be checked (exit code unchanged, and the
+    last line says so) -- never a model that differs from the original. Without it, fix writes only what it
+    proved: exit 0 if and only if the output exists."""
 
     prove: bool = True
     runtimes: tuple[str, ...] | None = None
     inputs: tuple[str, ...] | None = None
     timing: bool = True
     least_bad: bool = False
+    allow_not_checked: bool = False  # PASS beside layers (or a whole model) that could not be checked
+    write_unproven: bool = False  # write the output even when it is not proven (never when it differs)
 
     def __post_init__(self):
         freeze_names(self, "runtimes", "inputs")
@@ -265,7 +273,7 @@ def fix(path: str | Path, output: str | Path | None = None, *, mode: str = "fix"
     analysed = infer_shapes(analysed)
     layers, plans = plan_layers(analysed, chosen, base=src.parent)
     report = FixReport(str(src), str(out) if out and mode == "fix" else None, opset_of(converted), layers, mode,
-                       tuple(runtimes), prove)
+                       tuple(runtimes), prove, allow_not_checked=proof.allow_not_checked)
     memo: dict = {}
     with tempfile.TemporaryDirectory(prefix="normonnx-fix-") as tmp:
         work = Path(tmp)
@@ -300,23 +308,31 @@ def fix(path: str | Path, output: str | Path | None = None, *, mode: str = "fix"
         # model computes is caught too), its weights shared with the output's session
         shared = (model, _sources(model, src.parent), cand_src) if external else None
         _prove_written(report, layers, src, cand, input_shapes, inputs, memo, timing, shared)
-        _publish_if_proven(report, cand, out)
+        if _may_publish(report, proof.write_unproven):
+            if cand.with_name(cand.name + ".data").exists():
+                publish(cand.with_name(cand.name + ".data"), _data_path(out), "fixed model's weights")
+            publish(cand, out, "fixed model")
+            report.written = True
     return report
 
 
-def _publish_if_proven(report: FixReport, cand: Path, out: Path) -> None:
-    """Rename the staged model (and its data file) into place unless the whole model differs from the
-    original or could not be compared; a note says which."""
-    if not report.proven or not report.changes or report.whole_model.passed is True:
-        if cand.with_name(cand.name + ".data").exists():
-            publish(cand.with_name(cand.name + ".data"), _data_path(out), "fixed model's weights")
-        publish(cand, out, "fixed model")
-        report.written = True
-    elif report.whole_model.passed is False:
+def _may_publish(report: FixReport, write_unproven: bool) -> bool:
+    """fix writes only what it proved: the judge's PASS, or an explicit flag (--no-proof: nothing proven;
+    --write-unproven: not proven, but never a model that differs from the original). A note says why not."""
+    if not report.proven or report.verdict.status == PASS:
+        return True
+    w = report.whole_model
+    if w is not None and w.status == FAIL:
         report.notes.append("nothing written: the fixed model differs from the original on seeded inputs")
-    else:
-        report.notes.append("nothing written: the fixed model could not be compared with the original, so it is "
-                            "not proven (--no-proof writes it unproven)")
+        return False
+    if write_unproven:
+        return True
+    why = ("a layer still fails on " + ",".join(report.runtimes) if report.verdict.status == FAIL else
+           "normonnx failed on a check (an internal error)" if report.verdict.internal else
+           "the whole model could not be compared with the original" if w is not None and w.status != PASS else
+           "something could not be checked")
+    report.notes.append(f"nothing written: the fixed model is not proven ({why}); --write-unproven writes it anyway")
+    return False
 
 
 def _prove_written(report: FixReport, layers: list[LayerFix], original: Path, cand: Path, input_shapes, inputs,
@@ -329,7 +345,8 @@ def _prove_written(report: FixReport, layers: list[LayerFix], original: Path, ca
     if not report.proven:
         return
     report.after = scan(cand, validate=True, runtimes=list(report.runtimes), inputs=inputs,
-                        input_shapes=input_shapes, check_fusion=False, memo=memo)
+                        input_shapes=input_shapes, check_fusion=False, memo=memo,
+                        allow_not_checked=report.allow_not_checked)
     _map_final(report, layers)
     if not report.changes:
         return
@@ -337,7 +354,7 @@ def _prove_written(report: FixReport, layers: list[LayerFix], original: Path, ca
     weights = proving.shared_weights(*shared) if shared else {}
     report.whole_model, loaded = proving.compare_models(original, cand, input_shapes, layer_dtypes=dtypes,
                                                         shared=weights, provider=proving.ort_target(report.runtimes))
-    if timing and report.whole_model.passed:
+    if timing and report.whole_model.status == PASS:
         # a large model's run is long enough for 5 interleaved rounds to show the ratio (each round is a run
         # of both); 9 where runs are short
         report.timing = proving.time_models(loaded, rounds=9 if loaded.run_s < 0.1 else 5)
@@ -354,7 +371,7 @@ def _map_final(report: FixReport, layers: list[LayerFix]) -> None:
             idx = [i for i, f in enumerate(after.norms) if f.output == lf.norm.output and f.scope == lf.norm.scope]
         vals = [after.validations[i] for i in idx if i in after.validations]
         if vals:
-            lf.final = LayerVerdict(over_layers(x.passed for x in vals).ok, "; ".join(x.validation for x in vals))
+            lf.final = LayerVerdict(judge(x.status for x in vals).status, "; ".join(x.validation for x in vals))
 
 
 def _sources(model: onnx.ModelProto, base: Path) -> dict:

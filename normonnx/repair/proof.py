@@ -23,8 +23,8 @@ import numpy as np
 import onnx
 
 from ..compare import compare, tolerance_for
-from ..errors import BadInput, first_line
-from ..judge import judge, status_of
+from ..errors import BadInput, NormonnxError, first_line
+from ..judge import FAIL, INTERNAL, NOT_CHECKED, PASS, internal_reason, judge, status_of
 from ..derive import derive_spec
 from ..extract import LayerExtractor
 from ..inputs import seeded_feeds
@@ -48,7 +48,7 @@ class Candidate:
 
     form: str
     after: str
-    status: str  # pass | fail | not checked
+    status: str  # pass | fail | not checked | internal error
     failed: int = 0  # failed checks (runtime x input sample)
     worst: str | None = None  # "constant:constant on cpu: 3.4e-03" (the worst failing check)
     max_abs_err: float | None = None
@@ -63,7 +63,7 @@ class Candidate:
             return f"{self.form}: pass" + (f" ({self.ms:.3g} ms)" if self.ms is not None else "")
         if self.status == "fail":
             return f"{self.form}: FAIL {self.worst}"
-        return f"{self.form}: not checked ({self.note})"
+        return f"{self.form}: {self.status} ({self.note})"
 
 
 def _worst(rep) -> tuple[str | None, float | None]:
@@ -84,15 +84,15 @@ def validate_candidate(path: Path, claim, runtimes, inputs, form: str, after: st
     spec, params = claim
     try:
         rep = validate(spec, model=path, params=params, run=RunOptions(tuple(runtimes)), check=CheckOptions(inputs))
-    except BadInput as e:
-        return Candidate(form, after, "not checked", note=str(e))
+    except NormonnxError as e:
+        return Candidate(form, after, NOT_CHECKED, note=str(e))
     except Exception as e:  # normonnx's own failure: never a verdict
-        return Candidate(form, after, "not checked", note=f"internal error ({type(e).__name__}: {str(e)[:120]})")
+        return Candidate(form, after, INTERNAL, note=internal_reason(e, 120))
     v = rep.verdict
     worst, err = _worst(rep)
     note = None
-    if v.status == "not checked":
-        bad = [r for r in rep.results if r.status == "error"]
+    if v.status in (NOT_CHECKED, INTERNAL):
+        bad = [r for r in rep.results if r.status == v.status]
         note = bad[0].error if bad else "every runtime or input suite was skipped"
     return Candidate(form, after, v.status, v.failed, worst, err, note)
 
@@ -112,7 +112,7 @@ def try_candidates(lf, plans, start: str, layer_path: Path, work: Path, runtimes
     try:
         claim = derive_spec(lf.norm, onnx.load(str(layer_path)))
     except BadInput as e:
-        return [Candidate(p.form, p.after, "not checked", note=f"the layer's claim cannot be read: {e}")
+        return [Candidate(p.form, p.after, NOT_CHECKED, note=f"the layer's claim cannot be read: {e}")
                 for p in plans]
     out = []
     for p in plans:
@@ -120,7 +120,7 @@ def try_candidates(lf, plans, start: str, layer_path: Path, work: Path, runtimes
         try:
             write_candidate(layer_path, p, start, lf.norm, path)
         except Exception as e:  # the writer could not build this form here: not a verdict
-            out.append(Candidate(p.form, p.after, "not checked", note=f"cannot be written: {first_line(e, 200)}"))
+            out.append(Candidate(p.form, p.after, NOT_CHECKED, note=f"cannot be written: {first_line(e, 200)}"))
             continue
         key = "cand:" + layer_key(path, runtimes, inputs)
         if key not in memo:
@@ -157,7 +157,7 @@ def fastest(paths: dict[str, Path], claim, seed: int = 0, rounds: int = 7, min_t
 def choose(lf, cands: list[Candidate], work: Path, claim_of, timed: bool, least_bad: bool,
            provider: str = "cpu") -> None:
     """Set lf's status, form and reason from its candidates (see the module doc)."""
-    passing = [c for c in cands if c.status == "pass"]
+    passing = [c for c in cands if c.status == PASS]
     if passing:
         pick = passing[0]
         if timed and len(passing) > 1:
@@ -170,7 +170,7 @@ def choose(lf, cands: list[Candidate], work: Path, claim_of, timed: bool, least_
                 pass
         lf.status, lf.form, lf.after = "would rewrite", pick.form, pick.after
         return
-    checked = [c for c in cands if c.status == "fail"]
+    checked = [c for c in cands if c.status == FAIL]
     best = min(checked, key=lambda c: (c.failed, c.max_abs_err or 0.0)) if checked else None
     what = {"gn": "GroupNorm", "in": "InstanceNorm", "ln": "LayerNorm", "rms": "RMSNorm"}.get(lf.norm.kind, "norm")
     if best is None:
@@ -183,8 +183,8 @@ def choose(lf, cands: list[Candidate], work: Path, claim_of, timed: bool, least_
         lf.status, lf.form, lf.after = "would rewrite", best.form, best.after
         lf.reason += f" (kept as the least bad: {best.failed} failed checks against {before_failed})"
         return
-    passed = lf.before.passed if lf.before is not None else None
-    lf.status = "failing" if passed is False else "passes" if passed else "not validated"
+    before = lf.before.status if lf.before is not None else NOT_CHECKED
+    lf.status = {FAIL: "failing", PASS: "passes"}.get(before, NOT_CHECKED)
 
 
 def judge_layers(analysed: onnx.ModelProto, base: Path, layers: list, plans: dict, work: Path, runtimes,
@@ -202,7 +202,7 @@ def judge_layers(analysed: onnx.ModelProto, base: Path, layers: list, plans: dic
         try:
             extractor.extract(lf.norm, path)
         except BadInput as e:
-            lf.before = LayerVerdict.not_validated(str(e))
+            lf.before = LayerVerdict.not_checked(str(e))
             if lf.index in plans and plans[lf.index].rule.wants(lf.norm.risks, proven=False):
                 # a known hazard in a layer that cannot be checked as it is (e.g. com.microsoft GroupNorm on
                 # NHWC input): the rule's first form, judged in the written model by scan --validate
@@ -210,8 +210,11 @@ def judge_layers(analysed: onnx.ModelProto, base: Path, layers: list, plans: dic
                 lf.status, lf.form, lf.after = "would rewrite", first.form, first.after
                 lf.reason = f"the original cannot be validated ({e}); the rewritten form is judged in the written model"
             continue
+        except Exception as e:  # normonnx's own failure on this layer (exit 5); the others are still judged
+            lf.before = LayerVerdict.internal(e)
+            continue
         lf.before = validate_cached(lf.norm, path, runtimes, inputs, memo)
-        passed = lf.before.passed
+        passed = lf.before.ok
         if lf.index not in plans:
             if passed is False and lf.status == "unchanged":
                 lf.status, lf.reason = "failing", "fails and no selected rule covers this form"
@@ -224,7 +227,7 @@ def judge_layers(analysed: onnx.ModelProto, base: Path, layers: list, plans: dic
             lf.status = "passes"
             continue
         if passed is None and not rule.wants(lf.norm.risks, proven=False):
-            lf.status, lf.reason = "not validated", lf.before.validation
+            lf.status, lf.reason = NOT_CHECKED, lf.before.validation
             continue
         lf.candidates = try_candidates(lf, cand_plans, start, path, work, runtimes, inputs, memo)
         choose(lf, lf.candidates, work, lambda: derive_spec(lf.norm, onnx.load(str(path))), timed, least_bad,
@@ -291,7 +294,7 @@ class OutputDiff:
 
 @dataclass(frozen=True)
 class OutputsDiff:
-    passed: bool | None
+    status: str  # pass | fail, the judge's over the outputs
     max_abs_diff: float
     outputs: dict[str, OutputDiff]
 
@@ -299,9 +302,9 @@ class OutputsDiff:
 @dataclass(frozen=True)
 class WholeModel:
     """The whole fixed model against the original on the same seeded inputs, on one ORT provider.
-    passed None: not compared (error says why)."""
+    status: pass | fail (a finished comparison) | not checked (error says why it could not be compared)."""
 
-    passed: bool | None
+    status: str
     provider: str
     inputs: dict[str, list[int]]
     max_abs_diff: float | None = None
@@ -310,11 +313,16 @@ class WholeModel:
     error: str | None = None
     shared_weights: int = 0
 
+    @property
+    def ok(self) -> bool | None:
+        return {PASS: True, FAIL: False}.get(self.status)
+
     def to_dict(self) -> dict:
-        if self.passed is None:
-            return {"passed": None, "error": self.error, "inputs": self.inputs, "provider": self.provider,
-                    "shared_weights": self.shared_weights}
-        return {"passed": self.passed, "max_abs_diff": self.max_abs_diff,
+        # "passed" (True/False/None) is kept beside "status" for documents read by older tools
+        if self.status not in (PASS, FAIL):
+            return {"status": self.status, "passed": None, "error": self.error, "inputs": self.inputs,
+                    "provider": self.provider, "shared_weights": self.shared_weights}
+        return {"status": self.status, "passed": self.ok, "max_abs_diff": self.max_abs_diff,
                 "outputs": {k: o.to_dict() for k, o in self.outputs.items()}, "seed": self.seed,
                 "inputs": self.inputs, "provider": self.provider, "shared_weights": self.shared_weights}
 
@@ -369,7 +377,7 @@ def compare_outputs(names, original: list, fixed: list, layer_dtypes: tuple[str,
         statuses.append(status_of(c.passed))
     v = judge(statuses)
     worst = max((o.max_abs_diff or 0.0 for o in outputs.values()), default=0.0)
-    return OutputsDiff(v.ok, worst, outputs)
+    return OutputsDiff(v.status, worst, outputs)
 
 
 def compare_models(original: Path, fixed: Path, input_shapes: dict | None, seed: int = 0,
@@ -391,15 +399,15 @@ def compare_models(original: Path, fixed: Path, input_shapes: dict | None, seed:
         sb = _session(fixed, shared, provider)
         b = sb.run(None, feeds)
     except Exception as e:
-        return WholeModel(None, provider, shapes, error=f"ORT {provider} could not run the models on seeded inputs: "
-                                                        f"{first_line(e, 200)}", shared_weights=len(shared or {})), None
+        return WholeModel(NOT_CHECKED, provider, shapes, error=f"ORT {provider} could not run the models on seeded "
+                          f"inputs: {first_line(e, 200)}", shared_weights=len(shared or {})), None
     names = [o.name for o in sb.get_outputs()]
-    if not compare_outputs(names, a, a2).passed:
-        return WholeModel(None, provider, shapes, error="the original model gives different outputs on two runs of "
-                                                        "the same inputs (a random op?): a rewrite cannot be compared "
-                                                        "with it", shared_weights=len(shared or {})), None
+    if compare_outputs(names, a, a2).status != PASS:
+        return WholeModel(NOT_CHECKED, provider, shapes, error="the original model gives different outputs on two "
+                          "runs of the same inputs (a random op?): a rewrite cannot be compared with it",
+                          shared_weights=len(shared or {})), None
     out = compare_outputs(names, a, b, layer_dtypes)
-    return (WholeModel(out.passed, provider, shapes, out.max_abs_diff, out.outputs, seed,
+    return (WholeModel(out.status, provider, shapes, out.max_abs_diff, out.outputs, seed,
                        shared_weights=len(shared or {})), Loaded((sa, sb, shared), feeds, run_s))
 
 

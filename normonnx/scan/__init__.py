@@ -18,7 +18,7 @@ from ..errors import BadInput, ExitCode
 from ..extract import LayerExtractor
 from ..fusion import ort_fusion, ort_optimized
 from ..graph import Graph, load_model, opset_of
-from ..judge import over_layers
+from ..judge import NOT_CHECKED, PASS, Verdict, judge
 from ..layers import LayerVerdict, check_runtime_request, run_layer, validate_cached, validate_in_parallel, validate_layer
 from ..patterns import FoundNorm, LeftOut, find_all, find_norms
 from ..shapes import fix_input_shapes, infer_shapes
@@ -38,27 +38,29 @@ class ScanReport:
     validations: dict[int, LayerVerdict] = field(default_factory=dict)  # norm index -> its verdict
     left_out: list[LeftOut] = field(default_factory=list)  # norm-shaped, not activation norms (and why)
     checked_on: str = ""  # what --validate ran each layer on: runtimes and input suites
+    validated: bool = False  # --validate was asked for: the exit code is then the judge's over the layers
+    allow_not_checked: bool = False  # PASS beside layers that could not be checked (--allow-not-checked)
 
     @property
-    def validated(self) -> bool:
-        return bool(self.validations)
+    def verdict(self) -> Verdict:
+        """The one judge over every found layer (a layer without a verdict is not checked): FAIL if one
+        failed, internal error if normonnx failed on one, NOT CHECKED if any could not be checked (or the
+        model holds no norm: nothing was checked), else PASS."""
+        statuses = [self.validations[i].status if i in self.validations else NOT_CHECKED
+                    for i in range(len(self.norms))]
+        return judge(statuses, self.allow_not_checked)
 
     @property
     def counts(self) -> dict[str, int]:
-        vals = [v.passed for v in self.validations.values()]
-        return {"passed": vals.count(True), "failed": vals.count(False), "not_validated": vals.count(None)}
-
-    @property
-    def passed(self) -> bool:
-        return self.exit_code == ExitCode.PASSED
+        v = self.verdict
+        # "not_validated" is the same count under its name before 0.3 (JSON stays readable)
+        return {"passed": v.passed, "failed": v.failed, "not_checked": v.not_checked, "internal_error": v.internal,
+                "not_validated": v.not_checked}
 
     @property
     def exit_code(self) -> ExitCode:
-        """Without --validate a scan only reports (0). With it: 1 if a layer failed its check, 4 if
-        norms were found and none could be checked, else 0 (layers not validated are listed)."""
-        if not self.validated:
-            return ExitCode.PASSED
-        return over_layers(v.passed for v in self.validations.values()).exit_code
+        """Without --validate a scan only reports (0). With it, the judge's verdict over the layers."""
+        return self.verdict.exit_code if self.validated else ExitCode.PASSED
 
     def to_dict(self) -> dict:
         norms = []
@@ -71,17 +73,22 @@ class ScanReport:
         out = {"model": self.model, "opset": self.opset, "producer": self.producer, "count": len(self.norms),
                "norms": norms, "fusion_note": self.fusion_note, "left_out": [x.to_dict() for x in self.left_out]}
         if self.validated:
-            out.update(passed=self.passed, counts=self.counts, exit_code=int(self.exit_code), checked_on=self.checked_on)
+            v = self.verdict
+            out.update(verdict=v.status, passed=v.status == PASS, counts=self.counts, exit_code=int(self.exit_code),
+                       checked_on=self.checked_on)
         return out
 
 
 def scan(path: str | Path, *, validate: bool = False, runtimes: list[str] | None = None,
          inputs: list[str] | None = None, check_fusion: bool = True, progress=None,
-         input_shapes: dict[str, tuple[int, ...]] | None = None, jobs: int = 1, memo: dict | None = None) -> ScanReport:
+         input_shapes: dict[str, tuple[int, ...]] | None = None, jobs: int = 1, memo: dict | None = None,
+         allow_not_checked: bool = False) -> ScanReport:
     """Find the norms of the model at `path`; with validate=True check each one in isolation.
     input_shapes: dims for graph inputs whose dims are symbolic (the CLI's --input-shape);
     jobs: processes validating layers in parallel; memo: validations already made of identical
-    cut-out layers (normonnx fix passes its own, so a layer it did not change is not validated twice)."""
+    cut-out layers (normonnx fix passes its own, so a layer it did not change is not validated twice);
+    allow_not_checked: the verdict is PASS when layers that could not be checked stand beside ones that
+    passed (they are still counted and listed)."""
     if jobs < 1:
         raise BadInput(f"--jobs must be >= 1, got {jobs}")
     if validate:
@@ -94,7 +101,7 @@ def scan(path: str | Path, *, validate: bool = False, runtimes: list[str] | None
     main = Graph(model.graph)  # one index of the main graph for the search, the fusion map and the extractor
     norms, left_out = find_all(model, infer=False, main=main)
     report = ScanReport(str(p), opset_of(model), f"{model.producer_name} {model.producer_version}".strip(),
-                        norms, left_out=left_out)
+                        norms, left_out=left_out, validated=validate, allow_not_checked=allow_not_checked)
     # one ORT session over the whole model (a thread beside the search was measured slower on 2 cores)
     if check_fusion and any(f.form == "decomposed" and not f.scope for f in norms):
         opt, report.fusion_note = ort_optimized(p)
@@ -109,7 +116,9 @@ def scan(path: str | Path, *, validate: bool = False, runtimes: list[str] | None
             try:
                 layers[i] = extractor.extract(f, Path(tmp) / f"layer{i}.onnx")
             except BadInput as e:
-                report.validations[i] = LayerVerdict.not_validated(str(e))
+                report.validations[i] = LayerVerdict.not_checked(str(e))
+            except Exception as e:  # normonnx's own failure on this layer: exit 5, the others still judged
+                report.validations[i] = LayerVerdict.internal(e)
         if jobs == 1 or memo is not None:
             memo = {} if memo is None else memo
             for n, (i, layer) in enumerate(layers.items()):

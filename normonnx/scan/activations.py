@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..errors import BadInput, ExitCode, first_line
+from ..errors import BadInput, ExitCode, NormonnxError, first_line, raised_by_normonnx
 from ..graph import Graph, check_external_data, load_model, over_proto_limit
-from ..judge import judge, over_layers, status_of
+from ..judge import FAIL, INTERNAL, NOT_CHECKED, PASS, internal_reason, judge, status_of
 from ..tables import DTYPES, PROVIDERS, dtype_of_onnx, per_feature
 from ..derive import derive_spec
 from ..extract import LayerExtractor
@@ -39,24 +39,28 @@ class LayerCheck:
 
     index: int
     norm: FoundNorm
-    passed: bool | None = None  # the model's own output vs the oracle; None: not checked (why)
+    status: str = NOT_CHECKED  # the model's own output vs the oracle (normonnx.judge); not checked: why says why
     why: str | None = None
     stats: dict = field(default_factory=dict)
     error: dict | None = None  # max_abs_err, worst element, reason
-    fp16: dict = field(default_factory=dict)  # converted / fp32_statistics: {"passed", "why", "rule"}
-    # runtime -> the cut-out layer replayed there on the captured inputs: {"passed", "max_abs_err", "why",
+    fp16: dict = field(default_factory=dict)  # converted / fp32_statistics: {"status", "why", "rule"} (a what-if)
+    # runtime -> the cut-out layer replayed there on the captured inputs: {"status", "max_abs_err", "why",
     # and with --load-outputs "max_diff_from_stored"}
     on: dict = field(default_factory=dict)
+    replayed_only: bool = False  # --load-outputs: the model is not run, only the replays are judged
 
     @property
-    def verdicts(self) -> list:
-        """The model's own output's verdict and each replay's: what the exit code is judged over."""
-        return ([self.passed] if self.passed is not None or not self.on else []) + [v["passed"] for v in self.on.values()]
+    def statuses(self) -> list[str]:
+        """The model's own output's status and each replay's: what the exit code is judged over."""
+        return ([] if self.replayed_only and self.on else [self.status]) + [v["status"] for v in self.on.values()]
 
     def to_dict(self) -> dict:
+        # "passed" (True/False/None) is kept beside "status" for documents read by older tools
+        ok = lambda st: {PASS: True, FAIL: False}.get(st)  # noqa: E731
         return {"layer": self.norm.nodes[0], "kind": self.norm.kind, "form": self.norm.form, "op": self.norm.op,
-                "dtype": self.norm.dtype, "passed": self.passed, "why": self.why, "stats": self.stats,
-                "error": self.error, "float16": self.fp16, "runtimes": self.on}
+                "dtype": self.norm.dtype, "status": self.status, "passed": ok(self.status), "why": self.why,
+                "stats": self.stats, "error": self.error, "float16": self.fp16,
+                "runtimes": {k: {**v, "passed": ok(v["status"])} for k, v in self.on.items()}}
 
 
 @dataclass
@@ -72,10 +76,16 @@ class ActivationReport:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
+    allow_not_checked: bool = False  # PASS beside layers that could not be checked
+
+    @property
+    def verdict(self):
+        """The one judge over every layer (and replay): no layer at all is nothing checked."""
+        return judge([st for lf in self.layers for st in lf.statuses], self.allow_not_checked)
+
     @property
     def exit_code(self) -> ExitCode:
-        v = [flag for lf in self.layers for flag in lf.verdicts]
-        return over_layers(v).exit_code if v else ExitCode.PASSED
+        return self.verdict.exit_code
 
     def to_dict(self) -> dict:
         return {"model": self.model, "provider": self.provider, "samples": self.samples, "source": self.source,
@@ -276,9 +286,9 @@ def _float16_verdict(path: Path, spec16, params, xs: list[np.ndarray], rule: str
         verdicts = [_judge(spec16, params, x.astype(np.float16), _run_reference(path, x.astype(np.float16)),
                            "float16") for x in xs]
     except Exception as e:
-        return {"passed": None, "why": f"could not run on onnx.reference: {first_line(e, 120)}"}
+        return {"status": NOT_CHECKED, "why": f"could not run on onnx.reference: {first_line(e, 120)}"}
     bad = [d for ok, d in verdicts if not ok]
-    return {"passed": judge(status_of(ok) for ok, _ in verdicts).ok, "why": bad[0]["reason"] if bad else None, "rule": rule,
+    return {"status": judge(status_of(ok) for ok, _ in verdicts).status, "why": bad[0]["reason"] if bad else None, "rule": rule,
             "max_abs_err": max((d["max_abs_err"] or 0.0) for _, d in verdicts)}
 
 
@@ -291,7 +301,7 @@ def float16_what_if(layer_path: Path, spec, params, xs: list[np.ndarray], work: 
     try:
         conv = _fp16_layer(layer_path, work / f"{layer_path.stem}-fp16.onnx")
     except Exception as e:
-        return {"converted": {"passed": None, "why": f"the float16 converter failed: {first_line(e, 120)}"}}
+        return {"converted": {"status": NOT_CHECKED, "why": f"the float16 converter failed: {first_line(e, 120)}"}}
     spec16 = spec.replace(dtype="float16")
     out = {"converted": _float16_verdict(conv, spec16, params, xs, None)}
     fixed = work / f"{layer_path.stem}-fp16-fixed.onnx"
@@ -300,10 +310,10 @@ def float16_what_if(layer_path: Path, spec, params, xs: list[np.ndarray], work: 
         if proto is not None:
             onnx.save(proto, str(fixed))
     except Exception as e:
-        out["fp32_statistics"] = {"passed": None, "why": f"the rewrite failed: {first_line(e, 120)}"}
+        out["fp32_statistics"] = {"status": NOT_CHECKED, "why": f"the rewrite failed: {first_line(e, 120)}"}
         return out
     if not rules:
-        out["fp32_statistics"] = {"passed": None, "why": f"not rewritten: {why}"}
+        out["fp32_statistics"] = {"status": NOT_CHECKED, "why": f"not rewritten: {why}"}
     else:
         out["fp32_statistics"] = _float16_verdict(fixed, spec16, params, xs, rules[0])
     return out
@@ -502,6 +512,9 @@ def _check_layer(lc: LayerCheck, got: dict, extractor: LayerExtractor, work: Pat
     except BadInput as e:
         lc.why = str(e)
         return None
+    except Exception as e:  # normonnx's own failure on this layer: exit 5, the other layers still judged
+        lc.status, lc.why = INTERNAL, internal_reason(e, 120)
+        return None
     xs = []
     for s, x in enumerate(got[f.input]):
         x = np.asarray(x)
@@ -524,10 +537,10 @@ def _check_layer(lc: LayerCheck, got: dict, extractor: LayerExtractor, work: Pat
     try:
         verdicts = [_judge(s_spec, params, x, y, spec.dtype) for x, y in zip(xs, got[f.output])]
     except Exception as e:  # normonnx's own failure is never a verdict on the layer
-        lc.why = f"internal error ({type(e).__name__}: {str(e).strip()[:120]}); please report it"
+        lc.status, lc.why = INTERNAL, internal_reason(e, 120)
         return None
     bad = [d for ok, d in verdicts if not ok]
-    lc.passed = judge(status_of(ok) for ok, _ in verdicts).ok
+    lc.status = judge(status_of(ok) for ok, _ in verdicts).status
     worst = max((d for _, d in verdicts), key=lambda d: d["max_abs_err"] or 0.0)
     lc.error = bad[0] if bad else worst
     stats = [activation_stats(s_spec, x) for x in xs]
@@ -562,22 +575,24 @@ def replay(layer_path: Path, lc: LayerCheck, xs: list[np.ndarray], runtime: str,
         spec = spec.replace(shape=tuple(xs[0].shape))
         sess = get_runtime(runtime).open(layer_path, SessionConfig(), None)
         ys = [sess.run(np.ascontiguousarray(x.astype(DTYPES[spec.dtype].numpy))) for x in xs]
-    except (BadInput, SessionError) as e:
-        return {"passed": None, "why": f"not replayed on {runtime}: {first_line(e, 160)}"}
-    except Exception as e:  # the runtime failed to run the layer: no verdict, the reason
-        return {"passed": None, "why": f"not replayed: {runtime} failed to run the layer ({type(e).__name__}: "
-                                       f"{first_line(e, 140)})"}
+    except (NormonnxError, SessionError) as e:
+        return {"status": NOT_CHECKED, "why": f"not replayed on {runtime}: {first_line(e, 160)}"}
+    except Exception as e:  # the runtime failed to run the layer (or normonnx's wrapper did): no verdict
+        if raised_by_normonnx(e):
+            return {"status": INTERNAL, "why": f"not replayed on {runtime}: {internal_reason(e, 120)}"}
+        return {"status": NOT_CHECKED, "why": f"not replayed: {runtime} failed to run the layer "
+                                              f"({type(e).__name__}: {first_line(e, 140)})"}
     try:
         verdicts = [_judge(spec, params, x, y, spec.dtype) for x, y in zip(xs, ys)]
     except Exception as e:  # normonnx's own failure is never a verdict on the layer
-        return {"passed": None, "why": f"internal error ({type(e).__name__}: {first_line(e, 120)}); please report it"}
+        return {"status": INTERNAL, "why": internal_reason(e, 120)}
     bad = [d for ok, d in verdicts if not ok]
-    out = {"passed": judge(status_of(ok) for ok, _ in verdicts).ok,
+    out = {"status": judge(status_of(ok) for ok, _ in verdicts).status,
            "max_abs_err": max((d["max_abs_err"] or 0.0) for _, d in verdicts), "why": bad[0]["reason"] if bad else None}
     if stored is not None:
         out.update(_against_stored(ys, stored, spec.dtype))
-        if out["passed"] is True and not out["matches_stored"]:
-            out["passed"] = False
+        if out["status"] == PASS and not out["matches_stored"]:
+            out["status"] = FAIL
             out["why"] = (f"differs from the stored outputs beyond twice the {spec.dtype} tolerance (the layer or its "
                           f"parameters changed since they were stored): {out['stored_reason']}")
     return out
@@ -667,7 +682,7 @@ def check_golden(path: str | Path, golden: str | Path, runtimes: list[str] | Non
     analysed = infer_shapes(model)
     g = Graph(analysed.graph)
     norms, _ = find_all(analysed, infer=False, main=g)
-    layers = [LayerCheck(i, f) for i, f in enumerate(norms)]
+    layers = [LayerCheck(i, f, replayed_only=True) for i, f in enumerate(norms)]
     report = ActivationReport(str(p), 0, f"--load-outputs {golden}", {}, layers)
     missing = sorted(set(stored) - {f.nodes[0] for f in norms})
     if missing:
