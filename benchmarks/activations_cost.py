@@ -31,7 +31,7 @@ if mode == "plain":
 else:
     from normonnx.scan.activations import check_activations
     rep = check_activations(path, what_if=mode == "what-if")
-    extra = {"layers": len(rep.layers), "passed": sum(lc.passed is True for lc in rep.layers),
+    extra = {"layers": len(rep.layers), "passed": sum(lc.status == "pass" for lc in rep.layers),
              "captured_mb": rep.captured_bytes / 1e6, "runs": rep.runs}
 print(json.dumps({"seconds": time.perf_counter() - t0,
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **extra}))

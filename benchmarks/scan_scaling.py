@@ -31,7 +31,7 @@ r = S.scan(sys.argv[1], validate=sys.argv[2] == "1", inputs=["normal"], check_fu
 dt = time.perf_counter() - t0
 after = hwm_kb()
 print(json.dumps({"s": dt, "norms": len(r.norms), "peak_mb": after / 1024, "base_mb": before / 1024,
-                  "validated": sum(v.passed is True for v in r.validations.values())}))
+                  "validated": sum(v.status == "pass" for v in r.validations.values())}))
 """
 
 

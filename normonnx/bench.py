@@ -92,7 +92,7 @@ class BenchRecord:
     ci_high: float | None = None
     x_torch_ci_low: float | None = None
     x_torch_ci_high: float | None = None
-    stable: bool | None = None  # the verdict on noise (timing.Verdict)
+    stable: bool | None = None  # the verdict on noise (timing.Noise)
     unstable_reason: str | None = None
     implausible: str | None = None  # faster than a copy: not a speed, and never recommended on it
     rounds: int | None = None
@@ -339,7 +339,7 @@ def _time(forms: dict, rows: dict, sync, spec: NormSpec, report: BenchReport, *,
             continue
         t = Timing.of(measured.calls[name])
         xc, xt = timing.median_ci(vs_copy[name], seed), timing.median_ci(vs_torch[name], seed)
-        verdict = timing.Verdict.of(xc if name != "copy" else xt, copy_cv, load, cores, others.cores)
+        verdict = timing.Noise.of(xc if name != "copy" else xt, copy_cv, load, cores, others.cores)
         row.update(times=asdict(t), gbps=2 * nbytes / (t.p50_ms / 1e3) / 1e9, x_copy=xc[0], ci_low=xc[1],
                    ci_high=xc[2], x_torch=xt[0], x_torch_ci_low=xt[1], x_torch_ci_high=xt[2],
                    stable=verdict.stable, unstable_reason=verdict.reason,

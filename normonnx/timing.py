@@ -105,13 +105,15 @@ def median_ci(values: np.ndarray, seed: int = 0, n: int = BOOTSTRAP) -> tuple[fl
 
 
 @dataclass(frozen=True)
-class Verdict:
+class Noise:
+    """Whether a timing can be read (not a verdict on a model: that is normonnx.judge's word)."""
+
     stable: bool
     reason: str | None  # why not stable (or why implausible), as data
 
     @staticmethod
     def of(ratio: tuple[float, float, float], copy_cv: float, load: tuple[float, float] | None,
-           cores: int, others: float | None = None) -> "Verdict":
+           cores: int, others: float | None = None) -> "Noise":
         med, lo, hi = ratio
         why = []
         if others is not None and others > OTHERS_LIMIT:
@@ -123,7 +125,7 @@ class Verdict:
             why.append(f"the copy's time varied {copy_cv:.0%} across rounds (memory bandwidth not steady)")
         if load is not None and max(load) > cores:
             why.append(f"load average {max(load):.1f} above the {cores} cores")
-        return Verdict(not why, "; ".join(why) or None)
+        return Noise(not why, "; ".join(why) or None)
 
 
 def implausible(x_copy: float | None) -> str | None:

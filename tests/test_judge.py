@@ -141,7 +141,7 @@ def test_noise_verdict_edges(args, stable):
     """Each noise limit checked just past and just inside it: a limit made 3x looser (or tighter) fails here."""
     from normonnx import timing
 
-    v = timing.Verdict.of(args["ratio"], args["copy_cv"], None, 2, args["others"])
+    v = timing.Noise.of(args["ratio"], args["copy_cv"], None, 2, args["others"])
     assert v.stable is stable, v.reason
 
 

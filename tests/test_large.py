@@ -150,22 +150,25 @@ def test_a_data_file_two_models_share_is_not_copied_whole(tmp_path):
 
 
 def test_bfloat16_weights_are_copied_but_not_shared(tmp_path):
-    """numpy has no bfloat16: such weights are streamed like any other, and each session reads its own."""
-    bits = (np.arange(4096, dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    """numpy has no bfloat16: such weights are streamed like any other, and each session reads its own. A
+    tensor over 1 MiB is placed at a multiple of 4096 (so ORT can map it): the small one before it (200 bytes)
+    would otherwise put it at offset 200, so this fails when alignment is lost."""
+    bits = (np.arange(100, dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
     (tmp_path / "w.bin").write_bytes(b"\0" * 100 + bits.tobytes())
-    t = onnx.TensorProto(name="w", data_type=TensorProto.BFLOAT16, dims=[64, 64], data_location=TensorProto.EXTERNAL)
+    t = onnx.TensorProto(name="w", data_type=TensorProto.BFLOAT16, dims=[10, 10], data_location=TensorProto.EXTERNAL)
     for key, value in (("location", "w.bin"), ("offset", "100"), ("length", str(bits.nbytes))):
         e = t.external_data.add()
         e.key, e.value = key, value
-    f32 = numpy_helper.from_array(np.ones((256, 1024), np.float32), "f")  # inline and large: goes to the data file
+    # inline, over 1 MiB (1 MiB + 4 kB): goes to the data file, aligned
+    f32 = numpy_helper.from_array(np.ones((257, 1024), np.float32), "f")
     model = helper.make_model(helper.make_graph([helper.make_node("Cast", ["w"], ["y"], to=TensorProto.FLOAT)], "m",
-                                                [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 64])],
+                                                [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [10, 10])],
                                                 [t, f32]))
     (tmp_path / "out").mkdir()
     sources = copy_external_data(model, tmp_path, tmp_path / "out" / "m.onnx.data")
     assert set(sources) == {"w"} and sources["w"].offset == 100
     placed = {e.tensor.name: e for e in check_external_data(model, tmp_path / "out")}
-    assert placed["f"].offset % 4096 == 0  # over 1 MiB: aligned, so ORT can map it
+    assert placed["w"].offset == 0 and placed["f"].offset == 4096, {k: v.offset for k, v in placed.items()}
     with open(tmp_path / "out" / "m.onnx.data", "rb") as fh:
         fh.seek(placed["w"].offset)
         assert fh.read(bits.nbytes) == bits.tobytes()

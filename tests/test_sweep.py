@@ -61,14 +61,18 @@ def test_resume_after_interruption_completes_without_duplicates(full, tmp_path):
         calls.append(case.id)
         return run_case(case, *args)
 
-    s = sweep(tmp_path / "o", SMALL, how=SweepOptions(cache_dir=full / "cache", progress=False),
+    from normonnx.errors import Interrupted
+
+    with pytest.raises(Interrupted, match="") as stopped:  # a KeyboardInterrupt saying how to go on
+        sweep(tmp_path / "o", SMALL, how=SweepOptions(cache_dir=full / "cache", progress=False),
               check=CheckOptions(inputs=INPUTS), case_runner=interrupted_after_three)
-    assert s.interrupted and ids(tmp_path / "o") == calls
+    assert "rerun with --resume" in stopped.value.hint and stopped.value.exit_code == 130
+    assert ids(tmp_path / "o") == calls
     with pytest.raises(BadInput, match="--resume"):
         sweep(tmp_path / "o", SMALL, how=SweepOptions(progress=False), check=CheckOptions(inputs=INPUTS))
     s2 = sweep(tmp_path / "o", SMALL, how=SweepOptions(resume=True, cache_dir=full / "cache", progress=False),
                check=CheckOptions(inputs=INPUTS))
-    assert not s2.interrupted and s2.skipped_done == 3
+    assert s2.skipped_done == 3
     got = ids(tmp_path / "o")
     assert sorted(got) == sorted(ids(full / "out")) and len(got) == len(set(got))
 

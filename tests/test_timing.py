@@ -56,12 +56,12 @@ def test_a_clean_series_is_stable_and_a_noisy_one_is_not():
     rng = np.random.default_rng(0)
     clean = 3.0 * (1 + 0.01 * rng.standard_normal(15))
     noisy = 3.0 * (1 + 0.6 * rng.standard_normal(15)).clip(0.2)
-    ok = timing.Verdict.of(timing.median_ci(clean), copy_cv=0.02, load=(0.5, 0.7), cores=2)
-    bad = timing.Verdict.of(timing.median_ci(noisy), copy_cv=0.02, load=(0.5, 0.7), cores=2)
+    ok = timing.Noise.of(timing.median_ci(clean), copy_cv=0.02, load=(0.5, 0.7), cores=2)
+    bad = timing.Noise.of(timing.median_ci(noisy), copy_cv=0.02, load=(0.5, 0.7), cores=2)
     assert ok.stable and ok.reason is None
     assert not bad.stable and "wider than +/-10%" in bad.reason
-    assert "copy's time varied 40%" in timing.Verdict.of(timing.median_ci(clean), 0.4, None, 2).reason
-    assert "load average 5.0 above the 2 cores" in timing.Verdict.of(timing.median_ci(clean), 0.0, (1.0, 5.0), 2).reason
+    assert "copy's time varied 40%" in timing.Noise.of(timing.median_ci(clean), 0.4, None, 2).reason
+    assert "load average 5.0 above the 2 cores" in timing.Noise.of(timing.median_ci(clean), 0.0, (1.0, 5.0), 2).reason
 
 
 def test_a_row_faster_than_a_copy_is_flagged_and_never_the_fastest():
@@ -93,9 +93,9 @@ def test_one_hiccup_does_not_condemn_the_copy_but_sustained_swings_do():
 
 
 def test_other_processes_taking_cpu_make_a_run_unstable():
-    v = timing.Verdict.of((3.0, 2.95, 3.05), copy_cv=0.01, load=None, cores=2, others=0.9)
+    v = timing.Noise.of((3.0, 2.95, 3.05), copy_cv=0.01, load=None, cores=2, others=0.9)
     assert not v.stable and "other processes used 0.90 cores" in v.reason
-    assert timing.Verdict.of((3.0, 2.95, 3.05), 0.01, None, 2, others=0.05).stable
+    assert timing.Noise.of((3.0, 2.95, 3.05), 0.01, None, 2, others=0.05).stable
 
 
 def test_other_cpu_sees_a_busy_process_beside_it():

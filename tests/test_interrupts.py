@@ -1,0 +1,158 @@
+"""Ctrl-C and SIGTERM end every command within seconds: one line, exit 130 / 143, no traceback, no hang,
+no worker (or its children) left running, nothing half-written, the folder's lock released, and
+`sweep --resume` loses nothing. Each command runs in a session of its own, as from a terminal, and the
+signal goes to its whole process group, as a terminal's Ctrl-C does."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import corpus
+
+pytestmark = pytest.mark.slow
+
+STOP_WITHIN_S = 8.0  # the command's own cleanup takes ~2 s (workers get 2 s to leave); never the 10-s watchdog
+
+
+class Command:
+    """A normonnx command in a new session, its stderr read line by line as it comes."""
+
+    def __init__(self, *args: str, cwd: Path | None = None):
+        env = {**os.environ, "COLUMNS": "200"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "normonnx.cli", *args], cwd=cwd, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.lines: list[str] = []
+        self.out: list[str] = []
+        threading.Thread(target=self._read, args=(self.proc.stderr, self.lines), daemon=True).start()
+        threading.Thread(target=self._read, args=(self.proc.stdout, self.out), daemon=True).start()
+
+    @staticmethod
+    def _read(stream, into):
+        for line in stream:
+            into.append(line.rstrip("\n"))
+
+    def wait_for(self, needle: str, count: int = 1, timeout: float = 240.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if sum(needle in line for line in self.lines) >= count:
+                return
+            if self.proc.poll() is not None:
+                pytest.fail(f"the command ended before {needle!r}: {self.lines[-5:]} {self.out[-5:]}")
+            time.sleep(0.05)
+        pytest.fail(f"no {needle!r} within {timeout} s: {self.lines[-5:]}")
+
+    def descendants(self) -> set[int]:
+        """Every live process below this command (workers and theirs), from /proc."""
+        parent = {}
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+                    parent[int(d.name)] = int(fields[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+        found, frontier = set(), {self.proc.pid}
+        while frontier:
+            frontier = {p for p, pp in parent.items() if pp in frontier} - found
+            found |= frontier
+        return found
+
+    def interrupt(self, sig=signal.SIGINT) -> tuple[int, float, set[int]]:
+        """Send `sig` to the command's process group (a terminal's Ctrl-C); (exit code, seconds to stop, the
+        descendants it had)."""
+        kids = self.descendants()
+        t0 = time.monotonic()
+        os.killpg(self.proc.pid, sig)
+        try:
+            code = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            pytest.fail(f"still running 30 s after {sig!r}: {self.lines[-5:]}")
+        return code, time.monotonic() - t0, kids
+
+
+def assert_stopped_cleanly(cmd: Command, code: int, seconds: float, kids: set[int], want: int) -> None:
+    time.sleep(0.3)  # let the readers take the last lines
+    text = "\n".join(cmd.lines + cmd.out)
+    assert code == want, (code, text[-2000:])
+    assert seconds < STOP_WITHIN_S, f"took {seconds:.1f} s to stop"
+    assert "Traceback" not in text, text[-3000:]
+    errors = [line for line in cmd.lines if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: interrupted"), cmd.lines[-6:]
+    # no worker (nor anything a worker started) outlives the command
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(_alive(p) for p in kids):
+        time.sleep(0.1)
+    assert not [p for p in kids if _alive(p)], f"left running: {[p for p in kids if _alive(p)]}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+SWEEP = ("sweep", "--norms", "ln,bn,rms", "--variants", "native,decomposed", "--opsets", "18", "--exporters", "dynamo",
+         "--dtypes", "float32,float16", "--inputs", "normal,offset", "--jobs", "2", "--no-cache")
+
+
+def _check_folder(out: Path) -> None:
+    """Every line whole, the lock free: a second writer can take the folder at once."""
+    from normonnx.results import RESULTS, FolderLock, read_results
+
+    _, bad = read_results(out / RESULTS)
+    assert not bad, bad
+    with FolderLock(out):
+        pass
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("moment, sig, want", [
+    ("starting", signal.SIGINT, 130),  # while the workers are being spawned
+    ("1/", signal.SIGINT, 130),  # after the first case is on disk, others in flight
+    ("3/", signal.SIGTERM, 143),
+])
+def test_sweep_stops_at_once_and_resume_loses_nothing(tmp_path, moment, sig, want):
+    out = tmp_path / "o"
+    cmd = Command(*SWEEP, "-o", str(out))
+    cmd.wait_for("sweeping" if moment == "starting" else moment)
+    code, seconds, kids = cmd.interrupt(sig)
+    assert_stopped_cleanly(cmd, code, seconds, kids, want)
+    assert "rerun with --resume" in "\n".join(cmd.lines)
+    _check_folder(out)
+    from normonnx.results import RESULTS, read_results
+
+    before = {r["case_id"]: r["status"] for r in read_results(out / RESULTS)[0]}
+    done = subprocess.run([sys.executable, "-m", "normonnx.cli", *SWEEP, "-o", str(out), "--resume"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-1500:]
+    after = {r["case_id"]: r["status"] for r in read_results(out / RESULTS)[0]}
+    assert len(after) == 12 and all(after[k] == v for k, v in before.items())  # every case once, none lost
+
+
+def test_scan_validate_in_parallel_stops_at_once(tmp_path):
+    from test_gates import five_lns
+
+    cmd = Command("scan", str(five_lns(tmp_path / "m.onnx")), "--validate", "--jobs", "2")
+    cmd.wait_for("validating")
+    code, seconds, kids = cmd.interrupt()
+    assert_stopped_cleanly(cmd, code, seconds, kids, 130)
+
+
+@pytest.mark.parametrize("moment", ["validating", "later"])
+def test_fix_stops_at_once_and_leaves_nothing_at_the_output(tmp_path, moment):
+    src = corpus.gn_silu_block(tmp_path / "gn.onnx", 21, "dynamo")
+    cmd = Command("fix", str(src), "-o", str(tmp_path / "fixed.onnx"))
+    cmd.wait_for("validating" if moment == "validating" else "validating 2/2")  # later: trying candidate forms
+    code, seconds, kids = cmd.interrupt()
+    assert_stopped_cleanly(cmd, code, seconds, kids, 130)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gn.onnx"]  # no output, no staging folder
