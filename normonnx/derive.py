@@ -93,7 +93,10 @@ def _params_and_shape(f: FoundNorm, layer: onnx.ModelProto, g: Graph) -> tuple[d
 
 
 def derive_spec(f: FoundNorm, layer: onnx.ModelProto) -> tuple[NormSpec, dict[str, np.ndarray]]:
-    """(NormSpec, params) that the layer (its first input is the norm's input) claims to compute."""
+    """(NormSpec, params) that the layer (its first input is the norm's input) claims to compute. A written-out
+    norm the probe confirmed claims what the probe measured (its cut-out is in the measured layout)."""
+    if f.derived is not None:
+        return _measured_spec(f, layer)
     try:
         layer = onnx.shape_inference.infer_shapes(layer)
     except Exception:
@@ -161,18 +164,46 @@ def derive_spec(f: FoundNorm, layer: onnx.ModelProto) -> tuple[NormSpec, dict[st
     return NormSpec(kind="gn", shape=shape, groups=f.groups or 1, affine="weight" in params, **kw), params
 
 
-def params_from_model(model: onnx.ModelProto) -> tuple[FoundNorm, NormSpec, dict[str, np.ndarray]]:
-    """The one norm of a model that normonnx did not write: (found, spec, params), or BadInput
-    saying how many norms the model holds."""
-    from .patterns import find_norms
+def _measured_spec(f: FoundNorm, layer: onnx.ModelProto) -> tuple[NormSpec, dict[str, np.ndarray]]:
+    """The spec and parameters the probe measured, at the dims the (wrapped) cut-out takes: known dims
+    stay, symbolic ones take the probe's."""
+    d = f.derived
+    dims = [x.dim_value if x.HasField("dim_value") else None for x in layer.graph.input[0].type.tensor_type.shape.dim]
+    probe = [d.dims[i] for i in d.perm] if d.perm is not None else list(d.dims)
+    shape = tuple(a or b for a, b in zip(dims, probe)) if len(dims) == len(probe) else tuple(probe)
+    if not np.isfinite(d.eps) or d.eps <= 0:
+        raise BadInput(f"eps = {d.eps}: a zero-variance row divides by zero; the oracle needs a finite eps > 0")
+    eps = float(np.format_float_positional(np.float32(d.eps), unique=True, trim="-"))
+    params = {k: np.asarray(v, np.float32) for k, v in d.params.items()}
+    kw = dict(eps=eps, dtype=d.dtype)
+    if d.kind in ("ln", "rms"):
+        if d.kind == "rms":
+            params.pop("bias", None)
+        spec = NormSpec(kind=d.kind, shape=shape, normalized_ndim=d.normalized_ndim, affine=bool(params),
+                        bias="bias" in params, **kw)
+        return spec, params
+    if d.kind == "in":
+        if not params:
+            c = shape[1]
+            params = {"weight": np.ones(c, np.float32), "bias": np.zeros(c, np.float32)}
+        return NormSpec(kind="in", shape=shape, affine=True, **kw), params
+    return NormSpec(kind="gn", shape=shape, groups=d.groups, affine=bool(params), **kw), params
 
-    norms = [f for f in find_norms(model) if not f.scope]
+
+def params_from_model(model: onnx.ModelProto, norms: list[FoundNorm]) -> tuple[FoundNorm, NormSpec, dict[str, np.ndarray]]:
+    """The one norm of a model that normonnx did not write (`norms`: what normonnx.probe.find_layers found in
+    it): (found, spec, params), or BadInput saying how many norms the model holds."""
+    norms = [f for f in norms if not f.scope]
     if len(norms) != 1:
         found = ", ".join(f"{f.kind} {f.form} at {f.nodes[0]}" for f in norms[:4]) or "none"
         raise BadInput(f"the model holds {len(norms)} norm layers ({found}), not one: validate a model of one "
                        "norm, or use 'normonnx scan MODEL --validate' for every norm of a model")
     f = norms[0]
     _check_whole_file(model, f)
+    if f.derived is not None:
+        from .cutout import wrap
+
+        model = wrap(model, f)
     spec, params = derive_spec(f, model)
     return f, spec, params
 

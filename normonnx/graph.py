@@ -82,6 +82,63 @@ def check_functions(model: onnx.ModelProto) -> None:
                 path.append(nxt)
 
 
+def sort_nodes(graph: onnx.GraphProto) -> str | None:
+    """Put the graph's nodes in topological order, in place, when they are not (ORT's float16 converter
+    with keep_io_types writes the input Casts after the nodes that read them; ORT sorts such a graph and
+    runs it, so normonnx does too, on its working copy). Returns a note saying so, or None when the graph
+    was in order. A real cycle (or a value two nodes compute) has no order: BadInput naming a node on it.
+    Values read from outside (graph inputs, initializers, an outer scope) and "" (ONNX's omitted
+    optional value) need no producer."""
+    nodes = list(graph.node)
+    made: dict[str, int] = {}
+    for i, n in enumerate(nodes):
+        for o in n.output:
+            if o:
+                if o in made:
+                    raise BadInput(f"value {o!r} is computed by two nodes ({node_label(nodes[made[o]])} and "
+                                   f"{node_label(n)}): ONNX requires every value name to be assigned once")
+                made[o] = i
+    needs = [{made[v] for v in _reads(n) if v in made} for n in nodes]  # a node reading itself: a cycle
+    if all(all(j < i for j in needs[i]) for i in range(len(nodes))):
+        return None
+    users: dict[int, list[int]] = {}
+    waiting = [len(d) for d in needs]
+    for i, d in enumerate(needs):
+        for j in d:
+            users.setdefault(j, []).append(i)
+    import heapq
+
+    ready = [i for i in range(len(nodes)) if not waiting[i]]
+    heapq.heapify(ready)
+    order = []
+    while ready:  # Kahn's algorithm, taking the earliest ready node first: the original order where it holds
+        i = heapq.heappop(ready)
+        order.append(i)
+        for k in users.get(i, []):
+            waiting[k] -= 1
+            if not waiting[k]:
+                heapq.heappush(ready, k)
+    if len(order) < len(nodes):
+        stuck = next(i for i in range(len(nodes)) if waiting[i])
+        raise BadInput(f"the graph has a cycle: {node_label(nodes[stuck])} reads a value computed after it, on a "
+                       "loop back to itself (no order can compute it; ONNX requires an acyclic graph)")
+    del graph.node[:]
+    graph.node.extend(nodes[i] for i in order)
+    return ("the graph's nodes are not in topological order (ONNX Runtime sorts such a graph and runs it): "
+            "normonnx sorted its working copy")
+
+
+def _reads(n: onnx.NodeProto) -> list[str]:
+    """The values a node reads: its inputs and the outer values its If/Loop/Scan bodies read."""
+    out = [v for v in n.input if v]
+    for a in n.attribute:
+        for sg in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            inner = {o for m in sg.node for o in m.output} | {t.name for t in sg.initializer} | \
+                {i.name for i in sg.input}
+            out += [v for m in sg.node for v in m.input if v and v not in inner]
+    return out
+
+
 @dataclass(frozen=True)
 class ExternalEntry:
     """One tensor stored outside the .onnx file, checked: read `nbytes` at `offset` of `path`."""
@@ -408,9 +465,11 @@ class Graph:
         self.consumers: dict[str, list[int]] = {}
         for i, n in enumerate(self.nodes):
             for o in n.output:
-                self.producer[o] = i
+                if o:  # "" is ONNX's "no value" (an omitted optional output), never a value read later
+                    self.producer[o] = i
             for x in n.input:
-                self.consumers.setdefault(x, []).append(i)
+                if x:
+                    self.consumers.setdefault(x, []).append(i)
         self.initializers = {t.name: t for t in graph.initializer}
         # an initializer that is also a graph input is only a default the caller may override (IR < 4
         # models list every initializer so): its value is not a constant

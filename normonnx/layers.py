@@ -13,7 +13,7 @@ import onnx
 from . import inputs as suites
 from .derive import derive_spec
 from .errors import BadInput, NormonnxError
-from .extract import DRAWN
+from .cutout import DRAWN
 from .patterns import FoundNorm
 from .inputs import CheckOptions
 from .judge import FAIL, INTERNAL, NOT_CHECKED, PASS, internal_reason

@@ -163,10 +163,11 @@ def scan_text(report) -> str:
     """Table of a normonnx.scan.ScanReport: one row per norm found."""
     head = f"{report.model}: opset {report.opset}, {report.producer or 'unknown producer'}; {len(report.norms)} norms"
     if not report.norms:
-        out = head + " found (searched the main graph, If/Loop/Scan bodies and model-local functions)" + "".join(
-            f"\nleft out: {x.kind} at {x.node}: {x.reason}" for x in report.left_out)
+        out = head + " found (searched the main graph, If/Loop/Scan bodies and model-local functions)" + \
+            _left_out_lines(report)
         if report.validated:
-            out += f"\n\n{verdict_word(report.exit_code)}: no norm found, so nothing was checked"
+            out += f"\n\n{verdict_word(report.exit_code)}: " + (
+                f"{report.verdict.summary()}" if report.unidentified else "no norm found, so nothing was checked")
         return out
     inner = sum(1 for f in report.norms if f.scope)
     if inner:
@@ -179,8 +180,10 @@ def scan_text(report) -> str:
         shape = f"groups={f.groups}" if f.groups else (f"axes={list(f.axes)}" if f.axes is not None else "")
         v = report.fused.get(i)
         fused = v if isinstance(v, str) else {True: "fused", False: "no", None: "-"}[v]
+        dtype = (f.dtype or "-") + (f" (stats {f.stats_dtype})" if f.stats_dtype and f.dtype and
+                                    f.stats_dtype != f.dtype else "")
         row = [i, f.kind, f.form, where[:60], shape, f"{f.eps:.3g}" if f.eps is not None else "-",
-               "yes" if f.affine else "no", f.dtype or "-", fused, "; ".join(map(str, f.risks)) or "-"]
+               "yes" if f.affine else "no", dtype, fused, "; ".join(map(str, f.risks)) or "-"]
         if report.validated:
             v = report.validations.get(i)
             row.append("-" if v is None else v.validation if v.status not in ("pass", "fail") else _validation_cell(v))
@@ -189,8 +192,17 @@ def scan_text(report) -> str:
     if report.validated:
         headers.append("validate")
     out = head + "\n\n" + table(headers, rows)
-    for x in report.left_out:
-        out += f"\nleft out: {x.kind} at {x.node}: {x.reason}"
+    for i, f in enumerate(report.norms):
+        said = list(f.notes) + ([f"written over another layout: checked after moving its axes {list(f.layout)}"]
+                                if f.layout is not None else [])
+        if f.derived is not None:
+            said.append("written out: its sets, centering, eps and parameters measured by running it (" +
+                        ", ".join(f"{k} {'the graph' + chr(39) + 's own' if k in f.derived.exact else 'measured'}"
+                                  for k in f.derived.params) + ")" if f.derived.params else
+                        "written out: its sets, centering and eps measured by running it (no scale or shift)")
+        for note in said:
+            out += "\n" + wrap(f"#{i}: {note}")
+    out += _left_out_lines(report)
     if report.fusion_note:
         out += f"\n\nORT fuses: unknown ({report.fusion_note})"
     if report.validated:
@@ -208,6 +220,20 @@ def scan_text(report) -> str:
         if verdict.failed:
             out += "\n" + wrap(f"next: normonnx fix {report.model} -o FIXED.onnx gives each failing layer a form that "
                                 "passes, or says why not")
+    return out
+
+
+def _left_out_lines(report) -> str:
+    """What scan did not list as a norm, with why: weight standardisation (left out), structure shaped like a
+    norm that could not be made one (a possible norm: not checked), and what normonnx did to read the model."""
+    out = ""
+    for x in report.left_out:
+        if x.kind == "?":
+            out += "\n" + wrap(f"possible norm at {x.node}: {x.reason.removeprefix('possible norm, ')}")
+        else:
+            out += f"\nleft out: {x.kind} at {x.node}: {x.reason}"
+    for note in getattr(report, "notes", []):
+        out += "\n" + wrap(f"note: {note}")
     return out
 
 

@@ -15,7 +15,7 @@ import onnx
 
 from .errors import first_line
 from .graph import PASS_THROUGH, Graph, opset_of, over_proto_limit
-from .patterns import FoundNorm, find_all
+from .patterns import FoundNorm
 from .rules import Plan, Rule, Site, Writer
 from .shapes import infer_shapes
 
@@ -105,13 +105,18 @@ def _site(g: Graph, f: FoundNorm, opset: int, start: str) -> Site:
     return Site(f, g, opset, dims, g.dtype(start), g.dtype(f.output))
 
 
-def plan_layers(model: onnx.ModelProto, rules: list[Rule], base: Path | None = None) -> tuple[list[Coverage], dict]:
-    """Every norm of the (shape-inferred) model, and for each a rule covers, its Planned (by the norm's
+def plan_layers(model: onnx.ModelProto, rules: list[Rule], base: Path | None = None,
+                norms: list[FoundNorm] | None = None) -> tuple[list[Coverage], dict]:
+    """Every norm of the (shape-inferred) model -- `norms`, as normonnx.probe.find_layers found and confirmed
+    them (by default the finder's, unconfirmed) -- and for each a rule covers, its Planned (by the norm's
     index). Refused layers carry the reason. `base`: the model's folder, where a layer's externally stored
     parameters are read from when a rule needs them."""
     g = Graph(model.graph, base=base)
     opset = opset_of(model)
-    norms, _ = find_all(model, infer=False, main=g)
+    if norms is None:
+        from .identify import find_all
+
+        norms, _ = find_all(model, infer=False, base=base)
     layers, plans = [], {}
     for k, f in enumerate(norms):
         if f.scope:

@@ -37,11 +37,9 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]])
             tt.shape.dim.add().dim_value = d
 
 
-def _infer_without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
-    """onnx shape inference without handing it the weights, and without copying them: it runs on a copy
-    of the graph whose large initializers are marked external (shape inference reads their dims, never
-    their data), and what it infers (value_info, output types, subgraphs' value_info) is put on `model`
-    itself, which is returned. A 2 GB inline model is then neither serialized for the C++ side nor copied."""
+def _light(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of the graph whose large initializers are marked external: shape inference reads their dims,
+    never their data, so a 2 GB inline model is neither serialized for the C++ side nor copied."""
     light = onnx.ModelProto()
     light.ir_version = model.ir_version
     light.opset_import.extend(model.opset_import)
@@ -59,31 +57,40 @@ def _infer_without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
         stub.dims.extend(t.dims)
         e = stub.external_data.add()
         e.key, e.value = "location", "normonnx-weights-held-aside"
+    return light
+
+
+def _untyped(model: onnx.ModelProto) -> bool:
+    """Whether some main-graph value is left without a rank (a converter's Reshape to a computed shape stops
+    onnx's inference; ORT's own ops are unknown to it)."""
+    known = {v.name for v in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input)
+             if v.type.tensor_type.HasField("shape")} | {t.name for t in model.graph.initializer}
+    return any(o and o not in known for n in model.graph.node for o in n.output)
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnx's shape inference and, where it leaves values without a rank (com.microsoft ops, which onnx does
+    not know; shapes computed in the graph, as tf2onnx writes them without its optimizer), onnxruntime's
+    symbolic shape inference, which propagates computed shapes. Both run on a copy whose large weights are
+    held aside (`_light`); what they infer is put on `model` itself, which is returned. Either may fail on a
+    given model: what they could not infer stays unknown (scan then says why where it needs a shape)."""
+    light = _light(model)
     try:
         inferred = onnx.shape_inference.infer_shapes(light)
     except Exception:
-        return model
+        inferred = light
+    if _untyped(inferred):
+        try:
+            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+            inferred = SymbolicShapeInference.infer_shapes(inferred, auto_merge=True, guess_output_rank=True) or inferred
+        except Exception:
+            pass
+    src = model.graph
     for part in ("value_info", "output"):
         del getattr(src, part)[:]
         getattr(src, part).extend(getattr(inferred.graph, part))
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in src.node for a in n.attribute):
         del src.node[:]  # If/Loop/Scan bodies carry their own inferred value_info
         src.node.extend(inferred.graph.node)
-    return model
-
-
-def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """onnx's shape inference, then, for models with com.microsoft ops (which onnx does not know),
-    onnxruntime's symbolic shape inference, which does. Either may fail on a given model: what they
-    could not infer stays unknown (scan then propagates through shape-preserving ops, or says why)."""
-    model = _infer_without_weights(model)
-    # ORT's own ops: com.microsoft, and SimplifiedLayerNormalization, which ORT's fusion writes in the
-    # default domain (onnx knows neither, so its inference leaves everything after them untyped)
-    if any(n.domain == "com.microsoft" or n.op_type == "SimplifiedLayerNormalization" for n in model.graph.node):
-        try:
-            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-            model = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
-        except Exception:
-            pass
     return model

@@ -175,7 +175,7 @@ def resolve_source(spec: NormSpec | None, model: str | Path | None, *, variant: 
                       case_id(spec, variant, opset, exporter, dynamic), "export", dynamic, True, model_facts(m)["ops"])
     from .patterns import check_graph
 
-    path = Path(model)
+    path = given = Path(model)
     m = load_model(path)
     check_graph(m)  # a malformed norm node or initializer is named here, before ORT's own message
     # a given file that ORT cannot load is bad input; the session it takes is kept for the run. Loaded
@@ -202,12 +202,25 @@ def resolve_source(spec: NormSpec | None, model: str | Path | None, *, variant: 
         params, variant, exp = {}, "native", None  # nothing to read: the spec alone defines the function
     else:
         from .derive import params_from_model
+        from .probe import find_layers
+        from .shapes import infer_shapes
 
-        _, graph_spec, params = params_from_model(m)
+        inferred = infer_shapes(load_model(path))
+        found, graph_spec, params = params_from_model(inferred, find_layers(inferred, path.parent)[0])
         spec, variant, exp = spec or graph_spec, "native", None
+        if found.derived is not None and (found.layout is not None or found.notes or
+                                          dtype_of_onnx(m.graph.input[0].type.tensor_type.elem_type) != found.dtype):
+            # written over another layout or precision (or between Q/DQ pairs): validated as the probe measured it
+            from .cutout import wrap
+            from .safeio import atomic_write
+
+            m = wrap(m, found)
+            path = work / f"{path.stem}.measured.onnx"
+            atomic_write(path, m.SerializeToString(), "measured model")
+            preopened = {}
     dynamic = _check_input(m, spec, path, _variant_or_native(variant).model_shape(spec.shape))
-    return Source(spec, params, variant, exp or "unknown", opset_of(m), None, path, f"{spec.id}-{path.stem}",
-                  str(path), dynamic, False, model_facts(m)["ops"], preopened)
+    return Source(spec, params, variant, exp or "unknown", opset_of(m), None, path, f"{spec.id}-{given.stem}",
+                  str(given), dynamic, False, model_facts(m)["ops"], preopened)
 
 
 def _variant_or_native(name: str):

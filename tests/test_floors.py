@@ -16,9 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOORS = [
     ("ground", ["errors", "version", "tables", "registry", "spec", "params", "reference", "compare", "judge",
                 "timing", "safeio", "results"], False),
-    ("model", ["graph", "shapes", "patterns", "derive", "extract", "rules", "rewrite"], False),
+    ("model", ["graph", "shapes", "irview", "patterns", "identify", "cutout", "derive", "rules", "rewrite"], False),
     ("export", ["models", "translations", "variants", "exporters", "export", "cache"], False),
-    ("engine", ["inputs", "runtimes", "fusion", "validate", "layers", "bench", "pool"], False),
+    ("engine", ["inputs", "runtimes", "fusion", "probe", "validate", "layers", "bench", "pool"], False),
     ("features", ["scan", "sweep", "diff"], True),
     ("fix", ["repair"], False),  # fix stands on scan: the written model is judged by scan --validate itself
     ("presentation", ["render", "findings", "report", "catalog", "testing", "cli", ""], False),  # "": the facade

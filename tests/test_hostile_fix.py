@@ -146,7 +146,7 @@ MODELS = {
     "names-collide": (names_collide, {0}, "rewritten"),
     "intermediate-read-in-if": (read_in_if_branch, {0, 1}, "read inside an If/Loop/Scan body"),
     "unseeded-random-op": (random_op, {4}, "different outputs on two runs"),  # not compared: not checked
-    "cycle": (cycle, {2}, "not in topological order"),
+    "cycle": (cycle, {2}, "the graph has a cycle"),
     "duplicate-value-names": (duplicate_names, {2}, "computed by two nodes"),
     "negative-contrib-groups": (negative_groups, {2}, "positive group count"),
 }

@@ -18,7 +18,7 @@ import onnx
 
 from .. import rewrite
 from ..errors import BadInput, ExitCode, first_line
-from ..graph import check_external_data, copy_external_data, inline_bytes, load_model, opset_of, over_proto_limit
+from ..graph import check_external_data, copy_external_data, inline_bytes, load_model, opset_of, over_proto_limit, sort_nodes
 from ..judge import FAIL, NOT_CHECKED, PASS, Verdict, judge
 from ..registry import freeze_names
 from ..layers import LayerVerdict, check_runtime_request
@@ -196,8 +196,11 @@ def _convert_opset(model: onnx.ModelProto, opset: int | None) -> onnx.ModelProto
 
 
 def plan_layers(model: onnx.ModelProto, rules: list[Rule], base: Path | None = None) -> tuple[list[LayerFix], dict]:
-    """rewrite.plan_layers, each layer as a LayerFix (the row the proof fills in)."""
-    covered, plans = rewrite.plan_layers(model, rules, base)
+    """rewrite.plan_layers over the norms find_layers confirms, each layer as a LayerFix (the row the proof
+    fills in)."""
+    from ..probe import find_layers
+
+    covered, plans = rewrite.plan_layers(model, rules, base, find_layers(model, base or Path("."))[0])
     return [LayerFix(c.index, c.norm, c.status, c.rule, reason=c.reason) for c in covered], plans
 
 # -- the command -------------------------------------------------------------------------------------
@@ -259,6 +262,7 @@ def fix(path: str | Path, output: str | Path | None = None, *, mode: str = "fix"
     # reads each cut-out layer's, and the output's data file is streamed from the input's
     model = load_model(src, load_external_data=False)  # every check; which tensors live in which files
     check_external_data(model, src.parent)  # and every data file there, before any work: fix copies them all
+    sorted_note = sort_nodes(model.graph)  # ORT runs a graph out of order; so does fix (and writes it sorted)
     out = Path(output) if output is not None else None
     if mode == "fix":
         _check_output(src, out, model)
@@ -274,6 +278,8 @@ def fix(path: str | Path, output: str | Path | None = None, *, mode: str = "fix"
     layers, plans = plan_layers(analysed, chosen, base=src.parent)
     report = FixReport(str(src), str(out) if out and mode == "fix" else None, opset_of(converted), layers, mode,
                        tuple(runtimes), prove, allow_not_checked=proof.allow_not_checked)
+    if sorted_note:
+        report.notes.append(sorted_note)
     memo: dict = {}
     with tempfile.TemporaryDirectory(prefix="normonnx-fix-") as tmp:
         work = Path(tmp)

@@ -26,7 +26,7 @@ from ..compare import compare, tolerance_for
 from ..errors import BadInput, NormonnxError, first_line
 from ..judge import FAIL, INTERNAL, NOT_CHECKED, PASS, internal_reason, judge, status_of
 from ..derive import derive_spec
-from ..extract import LayerExtractor
+from ..cutout import Cutter
 from ..inputs import seeded_feeds
 from ..layers import LayerVerdict, layer_key, validate_cached
 from ..rewrite import apply, to_checked_proto
@@ -194,7 +194,7 @@ def judge_layers(analysed: onnx.ModelProto, base: Path, layers: list, plans: dic
     native: the user raised the opset to get native ops (--opset): a decomposed chain whose rule can write
     the native op tries it too, and takes it if it passes."""
     todo = [lf for lf in layers if lf.status != "left"]
-    extractor = LayerExtractor(analysed, base, [lf.norm for lf in todo])
+    extractor = Cutter(analysed, base)
     for n, lf in enumerate(todo):
         if progress:
             progress(n, len(todo), lf.norm)

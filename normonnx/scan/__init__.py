@@ -1,10 +1,11 @@
 """Find every normalization layer inside a user's ONNX model, say what it is and how risky it is,
 and (optionally) validate each one in isolation against the float64 oracle.
 
-`normonnx.patterns` recognizes norms (main graph, If/Loop/Scan bodies, model-local functions),
-`normonnx.fusion` asks ORT what it fuses, `normonnx.extract` cuts layers out, `normonnx.layers`
-validates each (reading the spec and parameters it claims with `normonnx.derive`), and `scan()` here
-runs them in order. The model is only read: external data is checked (never read outside the model's
+`normonnx.identify` finds norms (main graph, If/Loop/Scan bodies, model-local functions; by their ops
+and, written out, by what they compute, confirmed by `normonnx.probe`), `normonnx.fusion` asks ORT what
+it fuses, `normonnx.cutout` cuts layers out, `normonnx.layers` validates each (reading the spec and
+parameters it claims with `normonnx.derive`), and `scan()` here runs them in order. What looks like a
+norm and cannot be made one is named ("possible norm, not identified") and counts as not checked. The model is only read: external data is checked (never read outside the model's
 folder) and loaded only for the tensors of the layers being validated.
 """
 from __future__ import annotations
@@ -15,15 +16,16 @@ from pathlib import Path
 
 from ..derive import concrete_shape, derive_spec, params_from_model
 from ..errors import BadInput, ExitCode
-from ..extract import LayerExtractor
+from ..cutout import Cutter
 from ..fusion import ort_fusion, ort_optimized
-from ..graph import Graph, load_model, opset_of
+from ..graph import Graph, load_model, opset_of, sort_nodes
 from ..judge import NOT_CHECKED, PASS, Verdict, judge
 from ..layers import LayerVerdict, check_runtime_request, run_layer, validate_cached, validate_in_parallel, validate_layer
-from ..patterns import FoundNorm, LeftOut, find_all, find_norms
+from ..patterns import FoundNorm, LeftOut
+from ..probe import find_layers
 from ..shapes import fix_input_shapes, infer_shapes
 
-__all__ = ["scan", "ScanReport", "FoundNorm", "LeftOut", "find_all", "find_norms", "derive_spec", "concrete_shape",
+__all__ = ["scan", "ScanReport", "FoundNorm", "LeftOut", "find_layers", "find_norms", "derive_spec", "concrete_shape",
            "params_from_model", "validate_layer", "run_layer", "LayerVerdict"]
 
 
@@ -40,14 +42,20 @@ class ScanReport:
     checked_on: str = ""  # what --validate ran each layer on: runtimes and input suites
     validated: bool = False  # --validate was asked for: the exit code is then the judge's over the layers
     allow_not_checked: bool = False  # PASS beside layers that could not be checked (--allow-not-checked)
+    notes: list[str] = field(default_factory=list)  # what normonnx did to read the model (it sorted its nodes, ...)
+
+    @property
+    def unidentified(self) -> list[LeftOut]:
+        """Possible norms: structure shaped like a norm that is not one of the found ones, with why."""
+        return [x for x in self.left_out if x.kind == "?"]
 
     @property
     def verdict(self) -> Verdict:
-        """The one judge over every found layer (a layer without a verdict is not checked): FAIL if one
-        failed, internal error if normonnx failed on one, NOT CHECKED if any could not be checked (or the
-        model holds no norm: nothing was checked), else PASS."""
+        """The one judge over every found layer (a layer without a verdict is not checked) and every possible
+        norm not identified (nothing checked there): FAIL if one failed, internal error if normonnx failed on
+        one, NOT CHECKED if any could not be checked (or the model holds no norm: nothing was checked), else PASS."""
         statuses = [self.validations[i].status if i in self.validations else NOT_CHECKED
-                    for i in range(len(self.norms))]
+                    for i in range(len(self.norms))] + [NOT_CHECKED] * len(self.unidentified)
         return judge(statuses, self.allow_not_checked)
 
     @property
@@ -71,7 +79,9 @@ class ScanReport:
                 d.update(self.validations[i].to_dict())
             norms.append(d)
         out = {"model": self.model, "opset": self.opset, "producer": self.producer, "count": len(self.norms),
-               "norms": norms, "fusion_note": self.fusion_note, "left_out": [x.to_dict() for x in self.left_out]}
+               "norms": norms, "fusion_note": self.fusion_note,
+               "left_out": [x.to_dict() for x in self.left_out if x.kind != "?"],
+               "possible_norms": [x.to_dict() for x in self.unidentified], "notes": self.notes}
         if self.validated:
             v = self.verdict
             out.update(verdict=v.status, passed=v.status == PASS, counts=self.counts, exit_code=int(self.exit_code),
@@ -97,11 +107,13 @@ def scan(path: str | Path, *, validate: bool = False, runtimes: list[str] | None
     model = load_model(p, load_external_data=False)  # checks every external-data entry, reads none
     if input_shapes:
         fix_input_shapes(model, input_shapes)
-    model = infer_shapes(model)  # value_info for the extractor and for dtypes
-    main = Graph(model.graph)  # one index of the main graph for the search, the fusion map and the extractor
-    norms, left_out = find_all(model, infer=False, main=main)
+    sorted_note = sort_nodes(model.graph)  # ORT runs a graph out of order: so does normonnx, on its copy
+    model = infer_shapes(model)  # value_info for the cut-outs and for dtypes
+    main = Graph(model.graph)  # one index of the main graph for the fusion map
+    norms, left_out = find_layers(model, p.parent)
     report = ScanReport(str(p), opset_of(model), f"{model.producer_name} {model.producer_version}".strip(),
-                        norms, left_out=left_out, validated=validate, allow_not_checked=allow_not_checked)
+                        norms, left_out=left_out, validated=validate, allow_not_checked=allow_not_checked,
+                        notes=[sorted_note] if sorted_note else [])
     # one ORT session over the whole model (a thread beside the search was measured slower on 2 cores)
     if check_fusion and any(f.form == "decomposed" and not f.scope for f in norms):
         opt, report.fusion_note = ort_optimized(p)
@@ -109,7 +121,7 @@ def scan(path: str | Path, *, validate: bool = False, runtimes: list[str] | None
     if not norms or not validate:
         return report
     report.checked_on = (f"{', '.join(runtimes)}; input suites: {', '.join(inputs) if inputs else 'every one that applies'}")
-    extractor = LayerExtractor(model, p.parent, norms, main)
+    extractor = Cutter(model, p.parent)
     with tempfile.TemporaryDirectory(prefix="normonnx-scan-") as tmp:
         layers = {}
         for i, f in enumerate(norms):
@@ -129,3 +141,10 @@ def scan(path: str | Path, *, validate: bool = False, runtimes: list[str] | None
             report.validations.update(validate_in_parallel(norms, layers, runtimes, inputs, jobs, progress))
     report.validations = dict(sorted(report.validations.items()))
     return report
+
+
+def find_norms(path: str | Path) -> list[FoundNorm]:
+    """Every norm of the model at `path`, written-out ones confirmed: scan's list, without the report."""
+    p = Path(path)
+    model = infer_shapes(load_model(p, load_external_data=False))
+    return find_layers(model, p.parent)[0]

@@ -23,8 +23,9 @@ from ..graph import Graph, check_external_data, load_model, over_proto_limit
 from ..judge import FAIL, INTERNAL, NOT_CHECKED, PASS, internal_reason, judge, status_of
 from ..tables import DTYPES, PROVIDERS, dtype_of_onnx, per_feature
 from ..derive import derive_spec
-from ..extract import LayerExtractor
-from ..patterns import FoundNorm, find_all
+from ..cutout import Cutter
+from ..patterns import FoundNorm
+from ..probe import find_layers
 
 FLOAT16_MAX = 65504.0
 MAX_FETCH_BYTES = 1 << 30  # captured tensors fetched per model run: 1 GiB (more layers: more runs)
@@ -75,13 +76,15 @@ class ActivationReport:
     captured_bytes: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
-
+    unidentified: list = field(default_factory=list)  # possible norms not identified: nothing checked there
     allow_not_checked: bool = False  # PASS beside layers that could not be checked
 
     @property
     def verdict(self):
-        """The one judge over every layer (and replay): no layer at all is nothing checked."""
-        return judge([st for lf in self.layers for st in lf.statuses], self.allow_not_checked)
+        """The one judge over every layer (and replay) and every possible norm not identified: no layer at all
+        is nothing checked."""
+        return judge([st for lf in self.layers for st in lf.statuses] + [NOT_CHECKED] * len(self.unidentified),
+                     self.allow_not_checked)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -348,9 +351,10 @@ def check_activations(path: str | Path, *, data: str | Path | None = None,
     fix_input_shapes(analysed, {k: tuple(v) for k, v in shapes.items()})
     analysed = infer_shapes(analysed)
     g = Graph(analysed.graph)
-    norms, _ = find_all(analysed, infer=False, main=g)
+    norms, left = find_layers(analysed, p.parent)
     layers = [LayerCheck(i, f) for i, f in enumerate(norms)]
-    report = ActivationReport(str(p), len(samples), source, shapes, layers)
+    report = ActivationReport(str(p), len(samples), source, shapes, layers,
+                              unidentified=[x for x in left if x.kind == "?"])
     todo = []
     for lc in layers:
         f = lc.norm
@@ -368,7 +372,7 @@ def check_activations(path: str | Path, *, data: str | Path | None = None,
     with tempfile.TemporaryDirectory(prefix="normonnx-act-") as tmp:
         work = Path(tmp)
         sess, report.provider = _capture_session(p, stored, g, todo, work)
-        extractor = LayerExtractor(analysed, p.parent, [lc.norm for lc in todo], g)
+        extractor = Cutter(analysed, p.parent)
         batches = _batches(todo, lambda n: _nbytes(g, n), max_fetch_bytes)
         for batch in batches:
             names = list(dict.fromkeys(n for lc in batch for n in (lc.norm.input, *lc.norm.extra_inputs,
@@ -382,7 +386,7 @@ def check_activations(path: str | Path, *, data: str | Path | None = None,
                     for rt in replays:
                         lc.on[rt] = replay(work / f"layer{lc.index}.onnx", lc, xs, rt)
                     if golden is not None:
-                        golden.add(lc, xs, [np.asarray(y) for y in got[lc.norm.output]])
+                        golden.add(lc, xs, [_measured_layout(lc.norm, y) for y in got[lc.norm.output]])
             del got  # one batch's tensors at a time
     if golden is not None:
         golden.write()
@@ -503,7 +507,7 @@ def _batches(todo: list, nbytes, limit: int) -> list[list]:
     return out + ([cur] if cur else [])
 
 
-def _check_layer(lc: LayerCheck, got: dict, extractor: LayerExtractor, work: Path, what_if: bool) -> list | None:
+def _check_layer(lc: LayerCheck, got: dict, extractor: Cutter, work: Path, what_if: bool) -> list | None:
     """Judge the layer's captured output; the inputs it was judged on (None when it could not be)."""
     f = lc.norm
     try:
@@ -521,10 +525,11 @@ def _check_layer(lc: LayerCheck, got: dict, extractor: LayerExtractor, work: Pat
         for extra in f.extra_inputs:  # Skip*: the op normalizes input + skip (+ its bias)
             x = x + got[extra][s]
         if f.pre_bias:
-            bias = extractor._extractor.initializers.get(f.pre_bias)
+            v = extractor.view.value(f.pre_bias)
+            bias = extractor.view.const(v) if v is not None else None
             if bias is not None:
-                x = x + onnx.numpy_helper.to_array(bias)
-        xs.append(x)
+                x = x + bias
+        xs.append(_measured_layout(f, x))
     if not any(np.isfinite(x).any() for x in xs):
         lc.why = ("the captured input has no finite element (e.g. --data values beyond float32's range): nothing "
                   "to judge")
@@ -535,7 +540,7 @@ def _check_layer(lc: LayerCheck, got: dict, extractor: LayerExtractor, work: Pat
         lc.why = f"the captured input {list(xs[0].shape)} does not fit the layer's spec: {e}"
         return None
     try:
-        verdicts = [_judge(s_spec, params, x, y, spec.dtype) for x, y in zip(xs, got[f.output])]
+        verdicts = [_judge(s_spec, params, x, _measured_layout(f, y), spec.dtype) for x, y in zip(xs, got[f.output])]
     except Exception as e:  # normonnx's own failure is never a verdict on the layer
         lc.status, lc.why = INTERNAL, internal_reason(e, 120)
         return None
@@ -548,6 +553,18 @@ def _check_layer(lc: LayerCheck, got: dict, extractor: LayerExtractor, work: Pat
     if what_if:
         lc.fp16 = float16_what_if(layer_path, s_spec, params, xs[:WHAT_IF_SAMPLES], work)
     return xs
+
+
+def _measured_layout(f: FoundNorm, a):
+    """A captured value in the layout (and dtype) the layer is judged in: a norm written over another layout
+    is judged after the probe's permutation, a float16 island as float16."""
+    a = np.asarray(a)
+    d = f.derived
+    if d is None:
+        return a
+    if d.perm is not None:
+        a = np.transpose(a, d.perm)
+    return a.astype(d.dtype) if d.dtype in ("float16", "float32") and a.dtype != np.dtype(d.dtype) else a
 
 
 # -- other runtimes, golden outputs ------------------------------------------------------------------------
@@ -680,14 +697,13 @@ def check_golden(path: str | Path, golden: str | Path, runtimes: list[str] | Non
     if input_shapes:
         fix_input_shapes(model, input_shapes)
     analysed = infer_shapes(model)
-    g = Graph(analysed.graph)
-    norms, _ = find_all(analysed, infer=False, main=g)
+    norms, _ = find_layers(analysed, p.parent)
     layers = [LayerCheck(i, f, replayed_only=True) for i, f in enumerate(norms)]
     report = ActivationReport(str(p), 0, f"--load-outputs {golden}", {}, layers)
     missing = sorted(set(stored) - {f.nodes[0] for f in norms})
     if missing:
         report.notes.append(f"stored layers this model does not have: {', '.join(missing[:5])}")
-    extractor = LayerExtractor(analysed, p.parent, [lc.norm for lc in layers if lc.norm.nodes[0] in stored], g)
+    extractor = Cutter(analysed, p.parent)
     with tempfile.TemporaryDirectory(prefix="normonnx-golden-") as tmp:
         for lc in layers:
             if lc.norm.nodes[0] not in stored:
