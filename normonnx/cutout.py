@@ -185,7 +185,9 @@ class Cutter:
 def wrap(m: onnx.ModelProto, f: FoundNorm) -> onnx.ModelProto:
     """The cut-out in what the probe measured (f.derived): activations' Q/DQ pairs out; a Transpose on each
     side when the layer is written over another layout; a Cast in front when its statistics run in a lower
-    precision than its input (a float16 island in a float32 model: judged as float16)."""
+    precision than its input (a float16 island in a float32 model: judged as float16). The wrappers take a new
+    graph input and end at the layer's own input value, so every value of the layer keeps its name and type
+    (a rewrite of the wrapped layer writes what it would write in the model)."""
     d = f.derived
     if d is None:
         return m
@@ -194,31 +196,25 @@ def wrap(m: onnx.ModelProto, f: FoundNorm) -> onnx.ModelProto:
         _strip_qdq(g)
     x = g.input[0]
     elem = x.type.tensor_type.elem_type
-    inner = x.name
-    steps = []
-    if d.perm is not None and list(d.perm) != list(range(len(d.perm))):
-        inv = [d.perm.index(i) for i in range(len(d.perm))]
-        steps.append(helper.make_node("Transpose", [x.name], [WRAP + "x_layout"], perm=inv))
-        inner = WRAP + "x_layout"
+    permuted = d.perm is not None and list(d.perm) != list(range(len(d.perm)))
     want = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(d.dtype)) if d.dtype in ("float16", "float32") else elem
-    if want != elem:
-        steps.append(helper.make_node("Cast", [inner if steps else x.name], [WRAP + "x_cast"], to=elem))
-        inner = WRAP + "x_cast"
-    if steps:
-        for n in g.node:
-            for k, i in enumerate(n.input):
-                if i == x.name:
-                    n.input[k] = inner
-        # the Transpose reads the graph input; a Cast (if any) reads the Transpose's output
-        if len(steps) == 2:
-            steps[1].input[0] = WRAP + "x_layout"
+    if permuted or want != elem:
+        steps, cur = [], WRAP + "x"
+        if want != elem:
+            steps.append(helper.make_node("Cast", [cur], [WRAP + "x_cast"], to=elem))
+            cur = WRAP + "x_cast"
+        if permuted:
+            steps.append(helper.make_node("Transpose", [cur], [WRAP + "x_layout"],
+                                          perm=[d.perm.index(i) for i in range(len(d.perm))]))
+            cur = WRAP + "x_layout"
+        steps[-1].output[0] = x.name  # the layer reads its own input value, as in the model
+        dims = [dd.dim_value if dd.HasField("dim_value") else None for dd in x.type.tensor_type.shape.dim]
+        if permuted and dims:
+            dims = [dims[p] for p in d.perm]
         for s in reversed(steps):
             g.node.insert(0, s)
-        dims = [dd.dim_value if dd.HasField("dim_value") else None for dd in x.type.tensor_type.shape.dim]
-        if d.perm is not None and dims:
-            dims = [dims[p] for p in d.perm]
-        g.input[0].CopyFrom(helper.make_tensor_value_info(x.name, want, dims))
-    if d.perm is not None and list(d.perm) != list(range(len(d.perm))):
+        g.input[0].CopyFrom(helper.make_tensor_value_info(WRAP + "x", want, dims))
+    if permuted:
         y = g.output[0]
         g.node.append(helper.make_node("Transpose", [y.name], [WRAP + "y_layout"], perm=list(d.perm)))
         g.output[0].CopyFrom(helper.make_tensor_value_info(WRAP + "y_layout", y.type.tensor_type.elem_type, None))

@@ -68,8 +68,12 @@ def _params_and_shape(f: FoundNorm, layer: onnx.ModelProto, g: Graph) -> tuple[d
     """The layer's float32 parameters and the concrete shape it runs at."""
     x = layer.graph.input[0]
     params, pending = {}, []
+    folded = None
     for name, tensor in f.params:
         v = g.const(tensor)
+        if v is None:  # a quantized parameter's DequantizeLinear, a Cast of a float16 one: folded on the IR
+            folded = folded if folded is not None else _folder(layer)
+            v = folded(tensor)
         if v is None:
             pending.append((name, tensor))
             continue
@@ -90,6 +94,21 @@ def _params_and_shape(f: FoundNorm, layer: onnx.ModelProto, g: Graph) -> tuple[d
             params[name] = _float_param(name, tensor, v)
         shape = concrete_shape(f, dims, params)
     return params, shape
+
+
+def _folder(layer: onnx.ModelProto):
+    """A reader of the layer's constants folded through the ops parameters come wrapped in (irview.View.const)."""
+    import onnx_ir as ir
+
+    from .irview import View
+
+    view = View(ir.from_proto(layer).graph)
+
+    def read(name: str):
+        v = view.value(name)
+        return view.const(v) if v is not None else None
+
+    return read
 
 
 def derive_spec(f: FoundNorm, layer: onnx.ModelProto) -> tuple[NormSpec, dict[str, np.ndarray]]:

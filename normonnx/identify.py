@@ -620,7 +620,7 @@ def _broadcasts(view: View, c, y) -> bool:
     cd, yd = view.dims(c), view.dims(y)
     if cd is None or yd is None or len(cd) > len(yd):
         return cd is not None and len(cd) <= 1
-    return all(a == 1 or b is None or a == b for a, b in zip(reversed(cd), reversed(yd)))
+    return all(a == 1 or not isinstance(b, int) or a == b for a, b in zip(reversed(cd), reversed(yd)))
 
 
 def _layout_chain(view: View, x) -> list:
