@@ -1,9 +1,9 @@
-"""Rewriting a norm in place: where a layer stands in the graph (`region`: every node between its input
-and output, and why it cannot be replaced alone), which rule covers it (`plan_layers`: a Planned per
-layer, named by its start and output values), and the replacement written with onnx_ir (the graph IR
-onnxscript uses): `apply` finds each layer's nodes on that IR itself from the two values (`region_of`),
-puts the new nodes exactly between them and says which nodes it wrote; then onnx.checker
-(`to_checked_proto`).
+"""Rewriting a norm in place: where a layer stands in the graph (`layer_region`: every node between its input
+and output on onnx_ir, by irview.region -- the finder's and the cut-out's region -- and why it cannot be
+replaced alone), which rule covers it (`plan_layers`: a Planned per layer, named by its start and output
+values), and the replacement written with onnx_ir (the graph IR onnxscript uses): `apply` finds each layer's
+nodes on that IR from the two values, puts the new nodes exactly between them and says which nodes it wrote;
+then onnx.checker (`to_checked_proto`).
 `normonnx fix` proves what it writes with these; `first_forms` writes unproven (scan --activations'
 float16 what-if)."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 
 from .errors import first_line
-from .graph import PASS_THROUGH, Graph, opset_of, over_proto_limit
+from .graph import Graph, opset_of, over_proto_limit
 from .patterns import FoundNorm
 from .rules import Plan, Rule, Site, Writer
 from .shapes import infer_shapes
@@ -42,61 +42,28 @@ class Planned:
     start: str
 
 
-def region(g: Graph, f: FoundNorm) -> tuple[list[int], str, str | None]:
-    """The node indices that compute f.output from the layer's input (every node on a path between
-    them), that input, and why the layer cannot be replaced alone if an intermediate value is used
-    outside it. A Cast/Identity at the input whose output is shared (LLaMA's RMSNorm casts the
-    residual stream to float32 and the residual Add reads that cast too) stays: the layer starts after it."""
-    start = f.input
+def layer_region(view, f: FoundNorm) -> tuple[list, str, str | None]:
+    """The nodes that compute f.output from the layer's input (irview.region: the one region algorithm, the
+    finder's and the cut-out's), the value the replacement starts from, and why the layer cannot be replaced
+    alone if an intermediate value is used outside it. A Cast/Identity at the input whose output is shared
+    (LLaMA's RMSNorm casts the residual stream to float32 and the residual Add reads that cast too) stays:
+    the layer starts after it."""
+    from .irview import TRANSPARENT, is_op, leaks, region
+
+    start, out = view.value(f.input), view.value(f.output)
+    if start is None or out is None or out.producer() is None:
+        return [], f.input, f"its output {f.output} is not computed by a node"
     for _ in range(4):
-        nodes, shared = region_from(g, start, f.output)
+        nodes = region(view, start, out)
+        shared = leaks(view, nodes, out)
         if shared is None:
-            return nodes, start, None
+            return nodes, start.name, None
         value, why = shared
-        i = g.producer.get(value)
-        n = g.nodes[i] if i is not None else None
-        if n is None or n.op_type not in PASS_THROUGH or n.input[0] != start:
-            return nodes, start, why
-        start = value
-    return nodes, start, why
-
-
-def region_from(g: Graph, start: str, output: str) -> tuple[list[int], tuple[str, str] | None]:
-    first = g.producer.get(start, -1)
-    end = g.producer.get(output)
-    if end is None:
-        return [], (output, f"its output {output} is not computed by a node")
-    # backward from the output, only through nodes after the input's producer (graphs are sorted)
-    seen, stack = set(), [end]
-    while stack:
-        i = stack.pop()
-        if i in seen or i <= first:
-            continue
-        seen.add(i)
-        for v in g.nodes[i].input:
-            if v and v != start and v in g.producer:
-                stack.append(g.producer[v])
-    # of those, the ones that depend on the input (the rest are constants feeding the chain)
-    depends: set[str] = {start}
-    nodes = []
-    for i in sorted(seen):
-        if any(v in depends for v in g.nodes[i].input):
-            nodes.append(i)
-            depends.update(o for o in g.nodes[i].output if o)
-    inside = set(nodes)
-    outputs = {o.name for o in g.graph.output}
-    for i in nodes:
-        for o in g.nodes[i].output:
-            if not o or o == output:
-                continue
-            if o in outputs:
-                return nodes, (o, f"its intermediate value {o} is a graph output")
-            outside = [j for j in g.consumers.get(o, []) if j not in inside]
-            if outside:
-                return nodes, (o, f"its intermediate value {o} is also used by {g.names[outside[0]]}")
-            if o in _read_in_subgraphs(g):
-                return nodes, (o, f"its intermediate value {o} is also read inside an If/Loop/Scan body")
-    return nodes, None
+        n = view.value(value).producer()
+        if n is None or not is_op(n, *TRANSPARENT) or n.inputs[0] is not start:
+            return nodes, start.name, why
+        start = n.outputs[0]
+    return nodes, start.name, why
 
 
 def _site(g: Graph, f: FoundNorm, opset: int, start: str) -> Site:
@@ -111,7 +78,12 @@ def plan_layers(model: onnx.ModelProto, rules: list[Rule], base: Path | None = N
     them (by default the finder's, unconfirmed) -- and for each a rule covers, its Planned (by the norm's
     index). Refused layers carry the reason. `base`: the model's folder, where a layer's externally stored
     parameters are read from when a rule needs them."""
+    import onnx_ir as ir
+
+    from .irview import View
+
     g = Graph(model.graph, base=base)
+    view = View(ir.from_proto(model).graph)
     opset = opset_of(model)
     if norms is None:
         from .identify import find_all
@@ -122,7 +94,7 @@ def plan_layers(model: onnx.ModelProto, rules: list[Rule], base: Path | None = N
         if f.scope:
             layers.append(Coverage(k, f, "left", reason=f"inside {f.scope}: fix rewrites main-graph layers only"))
             continue
-        _, start, shared = region(g, f)
+        _, start, shared = layer_region(view, f)
         site = _site(g, f, opset, start)
         found = next(((r, ps) for r in rules if (ps := r.plan(site)) is not None), None)
         if found is None:
@@ -157,6 +129,8 @@ def apply(model: onnx.ModelProto, todo: dict[int, tuple[Plan, str]], norms: dict
     inferred value_info is not written into the user's graph."""
     import onnx_ir as ir
 
+    from .irview import View, region
+
     irm = ir.from_proto(model)
     graph = irm.graph
     values = {v.name: v for v in graph.inputs}
@@ -169,7 +143,7 @@ def apply(model: onnx.ModelProto, todo: dict[int, tuple[Plan, str]], norms: dict
     for k, (plan, start) in todo.items():
         f = norms[k]
         out = values[f.output]
-        old = region_of(graph, values[start], out)
+        old = region(View(graph), values[start], out)  # the graph as rewritten so far
         w = Writer(graph, values[start], prefix_of(k, plan.rule), opset, values, taken)
         y = plan.write(w)
         feeders = {v for n in old for v in n.inputs if v is not None and v.producer() not in old}
@@ -178,36 +152,6 @@ def apply(model: onnx.ModelProto, todo: dict[int, tuple[Plan, str]], norms: dict
         _drop_unused(graph, feeders)
         written[k] = tuple(n.name for n in w.nodes)
     return irm, written
-
-
-def region_of(graph, start, output) -> list:
-    """The nodes of an onnx_ir graph that compute `output` from `start`, in graph order: every node on a
-    path between the two values (constants feeding the chain from before it stay where they are)."""
-    end = output.producer()
-    if end is None:
-        raise RuntimeError(f"{output.name} is not computed by a node: nothing to replace")  # planning refused it
-    pos = {n: i for i, n in enumerate(graph)}
-    first = pos.get(start.producer(), -1)
-    seen, stack = set(), [end]
-    while stack:  # backward from the output, only through nodes after the start's producer
-        n = stack.pop()
-        if n in seen or pos.get(n, -1) <= first:
-            continue
-        seen.add(n)
-        stack.extend(v.producer() for v in n.inputs if v is not None and v is not start and v.producer() is not None)
-    depends, nodes = {start}, []
-    for n in sorted(seen, key=pos.__getitem__):  # of those, the ones that depend on the start
-        if any(v in depends for v in n.inputs):
-            nodes.append(n)
-            depends.update(n.outputs)
-    return nodes
-
-
-def _read_in_subgraphs(g: Graph) -> set[str]:
-    """Names the main graph's subgraphs mention (an outer value they read is among them); memoized on g."""
-    if "_subgraph_names" not in g.__dict__:
-        g.__dict__["_subgraph_names"] = _subgraph_names(g.graph)
-    return g.__dict__["_subgraph_names"]
 
 
 def _subgraph_names(graph: onnx.GraphProto) -> set[str]:

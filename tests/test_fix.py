@@ -16,8 +16,7 @@ import corpus
 from conftest import run_cli
 from normonnx.errors import ExitCode
 import normonnx
-from normonnx.repair import RULES, Rule, proof, region
-from normonnx.graph import Graph
+from normonnx.repair import RULES, Rule, layer_region, proof
 from normonnx.rules import Plan, write_layer_norm
 from normonnx.reference import group_norm
 from normonnx.scan import scan
@@ -234,9 +233,13 @@ def test_output_is_faithful(fixed, name):
     assert [o.name for o in a.graph.output] == [o.name for o in b.graph.output]
     assert (a.producer_name, list(a.metadata_props)) == (b.producer_name, list(b.metadata_props))
     assert {(o.domain, o.version) for o in a.opset_import} == {(o.domain, o.version) for o in b.opset_import}
-    g = Graph(a.graph)
-    replaced = {i for lf in report.layers for i in region(g, lf.norm)[0]}
-    outside = {v for i, n in enumerate(a.graph.node) if i not in replaced for v in n.input}
+    import onnx_ir as ir
+
+    from normonnx.irview import View
+
+    view = View(ir.from_proto(a).graph)
+    replaced = {view.name(n) for lf in report.layers for n in layer_region(view, lf.norm)[0]}
+    outside = {v for n in view.nodes if view.name(n) not in replaced for v in (i.name for i in n.inputs if i is not None)}
     kept = {t.name: t.SerializeToString() for t in b.graph.initializer}
     for t in a.graph.initializer:
         if t.name in outside:  # used by a node fix did not replace: must be there, unchanged

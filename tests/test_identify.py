@@ -191,3 +191,24 @@ def test_structure_that_is_no_norm_is_not_called_a_possible_norm(tmp_path):
 
     rep = scan(tmp_path / "m.onnx")
     assert not rep.norms and not rep.unidentified, rep.left_out
+
+
+def test_the_empty_name_is_no_value_and_an_unsorted_graph_is_sorted(tmp_path):
+    """ONNX's "" is an omitted optional input or output, never a value: a Resize with no roi before a
+    LayerNormalization with its optional outputs left empty is in order (ORT-optimized diffusion UNets write
+    this; it was refused as "not in topological order"). And a graph whose nodes come out of order (ORT's
+    float16 converter with keep_io_types) is sorted on normonnx's copy, with a note, as ORT sorts it."""
+    from normonnx.scan import scan
+
+    resize = helper.make_node("Resize", ["x", "", "sc"], ["r"], name="resize", mode="nearest")
+    ln = helper.make_node("LayerNormalization", ["r", "s", "b"], ["y", "", ""], name="ln", axis=-1)
+    inits = [numpy_helper.from_array(np.array([1, 1, 1, 1], np.float32), "sc"),
+             numpy_helper.from_array(W, "s"), numpy_helper.from_array(B, "b")]
+    vi = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, D])]
+    out = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    for order, note in (([resize, ln], False), ([ln, resize], True)):  # the second out of order
+        g = helper.make_graph(order, "g", vi, out, inits)
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "m.onnx"))
+        rep = scan(tmp_path / "m.onnx", validate=True, inputs=["normal"])
+        assert [f.kind for f in rep.norms] == ["ln"] and rep.exit_code == 0, rep.to_dict()
+        assert any("topological order" in n for n in rep.notes) is note, rep.notes

@@ -23,14 +23,14 @@ from ..judge import FAIL, NOT_CHECKED, PASS, Verdict, judge
 from ..registry import freeze_names
 from ..layers import LayerVerdict, check_runtime_request
 from ..patterns import FoundNorm
-from ..rewrite import apply, region, to_checked_proto
+from ..rewrite import apply, layer_region, to_checked_proto
 from ..rules import RULES, Rule, select
 from ..safeio import check_output_path, publish, staging
 from ..scan import scan
 from ..shapes import fix_input_shapes, infer_shapes
 from . import proof as proving  # the module; `proof` is fix's ProofOptions
 
-__all__ = ["fix", "FixReport", "LayerFix", "RULES", "Rule", "select", "region"]
+__all__ = ["fix", "FixReport", "LayerFix", "RULES", "Rule", "select", "layer_region"]
 
 @dataclass
 class LayerFix:
