@@ -4,13 +4,15 @@ peak memory of each command, each in a fresh process, beside a plain ONNX Runtim
 of the same model (the floor), at the sizes given.
 
 The model (tests/corpus.py: external_decoder) is generated, never committed: a GPT-2-shaped decoder,
-14·h² float32 weights a layer in one external-data file, its LayerNorms decomposed as TorchScript writes
+14·h² float32 weights a layer in one external-data file (--storage inline: every weight inside the .onnx, as
+torch writes a model under 2 GB), its LayerNorms decomposed as TorchScript writes
 them at opset 14, the last one with an E[x²]−E[x]² variance (so fix, given --opset 17, rewrites layers and
 compares and times the whole model). Weights are streamed to disk as they are drawn. fix runs as
 `cd FOLDER && normonnx fix decoder.onnx -o fixed/decoder.onnx --opset 17`, the way people type it.
 Prints a table; asserts nothing (machines here are shared).
 
     python benchmarks/large_model.py --hidden 2048 --layers 4,8     # 1.0 GB and 1.95 GB of weights
+    python benchmarks/large_model.py --layers 4,8 --vocab 13500 --storage inline,external   # 1.99 GB at 8
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ BUILD = r"""
 import sys
 sys.path.insert(0, sys.argv[1])
 from corpus import external_decoder
-print(external_decoder(__import__("pathlib").Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])))
+print(external_decoder(__import__("pathlib").Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]),
+                       inline=sys.argv[6] == "inline"))
 """
 TESTS = str(Path(__file__).resolve().parents[1] / "tests")  # the generated models live in tests/corpus.py
 PLAIN = r"""
@@ -77,6 +80,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--layers", default="4,8", help="comma list: one model per entry")
+    ap.add_argument("--vocab", type=int, default=8192, help="rows of the embedding (13500 with --layers 8: 1.99 GB)")
+    ap.add_argument("--storage", default="external", help="comma list of external, inline: each model stored so")
     ap.add_argument("--commands", default="plain,scan,validate,fix,activations")
     ap.add_argument("--keep", default=None, help="build the models in this folder and keep them")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each command: the median time, its range, the "
@@ -85,26 +90,28 @@ def main() -> None:
     args = ap.parse_args()
     exe = [sys.executable, "-m", "normonnx.cli"]
     commands = {
-        "plain": lambda m: [sys.executable, "-c", PLAIN, m.name, "8192"],
+        "plain": lambda m: [sys.executable, "-c", PLAIN, m.name, str(args.vocab)],
         "scan": lambda m: [*exe, "scan", m.name],
         "validate": lambda m: [*exe, "scan", m.name, "--validate"],
         "fix": lambda m: [*exe, "fix", m.name, "-o", "fixed/" + m.name, "--opset", "17"],
         "activations": lambda m: [*exe, "scan", m.name, "--activations"],
     }
     wanted = [c for c in args.commands.split(",") if c]
+    load0 = " ".join(f"{x:.1f}" for x in os.getloadavg())
     rows = []
     with tempfile.TemporaryDirectory(prefix="normonnx-large-") as tmp:
         root = Path(args.keep or tmp)
-        for layers in (int(x) for x in args.layers.split(",")):
-            folder = root / f"h{args.hidden}-l{layers}"
+        for layers, storage in [(int(x), st) for x in args.layers.split(",") for st in args.storage.split(",")]:
+            folder = root / f"h{args.hidden}-l{layers}-{storage}"
             (folder / "fixed").mkdir(parents=True, exist_ok=True)
             model = folder / "decoder.onnx"
             t0 = time.perf_counter()
-            size = int(subprocess.run([sys.executable, "-c", BUILD, TESTS, str(model), str(args.hidden), str(layers)],
+            size = int(subprocess.run([sys.executable, "-c", BUILD, TESTS, str(model), str(args.hidden), str(layers),
+                                       str(args.vocab), storage],
                                       check=True, capture_output=True, text=True).stdout.split()[-1])
-            print(f"built {model} ({size / 1e9:.2f} GB of weights) in {time.perf_counter() - t0:.0f} s",
+            print(f"built {model} ({size / 1e9:.2f} GB of weights, {storage}) in {time.perf_counter() - t0:.0f} s",
                   file=sys.stderr, flush=True)
-            inputs = (model, model.with_name(model.name + ".data"))
+            inputs = (model,) if storage == "inline" else (model, model.with_name(model.name + ".data"))
             before = digest(*inputs)
             runs: dict[str, list[dict]] = {name: [] for name in wanted}
             for k in range(args.repeat):  # the commands in turn, then again: load that comes and goes hits all
@@ -117,15 +124,15 @@ def main() -> None:
                 times = sorted(x["seconds"] for x in runs[name])
                 r = dict(runs[name][-1], seconds=times[len(times) // 2], range=(times[0], times[-1]),
                          peak_mb=max(x["peak_mb"] for x in runs[name]), command=name, layers=layers,
-                         weights_gb=size / 1e9)
+                         weights_gb=size / 1e9, storage=storage)
                 if "plain" in runs:  # each round's own ratio: the command and the plain run of the same round
                     r["ratios"] = sorted(x["seconds"] / p["seconds"] for x, p in zip(runs[name], runs["plain"]))
                 rows.append(r)
                 if name == "fix" and (folder / "fixed" / model.name).exists():
                     # not fix's word for it: the outputs of both, in a fresh process, and the input's hash
                     diff = subprocess.run([sys.executable, "-c", SAME, str(model), str(folder / "fixed" / model.name),
-                                           "8192"], capture_output=True, text=True).stdout.strip()
-                    r["check"] = (f"fixed vs original on seeded ids: max |diff| {diff}; input .onnx+.data sha256 "
+                                           str(args.vocab)], capture_output=True, text=True).stdout.strip()
+                    r["check"] = (f"fixed vs original on seeded ids: max |diff| {diff}; input sha256 "
                                   f"{before} before, {digest(*inputs)} after")
             if not args.keep:
                 for p in folder.rglob("*"):
@@ -134,7 +141,9 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=1))
         return
-    print(f"{'weights':>8} {'command':<24} {'wall s [range]':>18} {'peak MB':>8} {'peak/weights':>12} "
+    print(f"load average before: {load0}; after: {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} "
+          f"{os.getloadavg()[2]:.1f} (1, 5, 15 min)")
+    print(f"{'weights':>8} {'storage':<8} {'command':<24} {'wall s [range]':>18} {'peak MB':>8} {'peak/weights':>12} "
           f"{'time/plain [range]':>20} exit")
     labels = {"plain": "plain ORT session + run", "scan": "scan", "validate": "scan --validate",
               "fix": "fix -o fixed/…", "activations": "scan --activations"}
@@ -142,12 +151,12 @@ def main() -> None:
         rs = r.get("ratios")
         ratio = f"{rs[len(rs) // 2]:.1f}x [{rs[0]:.1f}-{rs[-1]:.1f}]" if rs else "-"
         wall = f"{r['seconds']:.1f} [{r['range'][0]:.1f}-{r['range'][1]:.1f}]"
-        print(f"{r['weights_gb']:7.2f}G {labels[r['command']]:<24} {wall:>18} {r['peak_mb']:8.0f} "
+        print(f"{r['weights_gb']:7.2f}G {r['storage']:<8} {labels[r['command']]:<24} {wall:>18} {r['peak_mb']:8.0f} "
               f"{r['peak_mb'] / (r['weights_gb'] * 1e3):11.2f}x {ratio:>20} {r['exit']}")
     print(f"median of {args.repeat} runs each, the commands in turn; ratio: each round's own, median [range]")
     for r in rows:
         if r.get("check"):
-            print(f"{r['weights_gb']:.2f} GB: {r['check']}")
+            print(f"{r['weights_gb']:.2f} GB {r['storage']}: {r['check']}")
 
 
 if __name__ == "__main__":

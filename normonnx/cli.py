@@ -515,7 +515,7 @@ def report(out, output):
               help="Skip asking ORT what it fuses in the whole model (its optimizer is the slowest step on huge models).")
 @click.option("--activations", is_flag=True,
               help="Also run the model and check every norm on the activations it really sees, with a float16 "
-                   "what-if.")
+                   "what-if (what ORT fuses is plain scan's: the weights are loaded once, for the run).")
 @click.option("--data", type=click.Path(dir_okay=False), default=None,
               help="--activations on these inputs: an .npz with one array per graph input (optional leading "
                    "sample axis); default: seeded inputs.")
@@ -546,8 +546,10 @@ def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, ac
     progress = None if as_json or not do_validate else (
         lambda i, n, f: click.echo(f"  .. validating {i + 1}/{n}: {f.kind} {f.form} at {f.nodes[0]}", err=True))
     shapes = parse_input_shapes(input_shapes)
+    # --activations loads the model's weights once, for its run: ORT's optimizer on the whole model is plain scan's
     report = run_scan(model, validate=do_validate, runtimes=runtimes, inputs=inputs, progress=progress,
-                      input_shapes=shapes, jobs=jobs, check_fusion=not no_fusion, allow_not_checked=allow_not_checked)
+                      input_shapes=shapes, jobs=jobs, check_fusion=not (no_fusion or activations),
+                      allow_not_checked=allow_not_checked)
     act = None
     if activations and load_outputs is not None:
         from normonnx.scan.activations import check_golden
@@ -559,7 +561,7 @@ def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, ac
 
         act = check_activations(model, data=data, input_shapes=shapes, max_samples=max_samples,
                                 max_data_bytes=max_data_bytes, runtimes=runtimes, save_outputs=save_outputs,
-                                progress=None if as_json else (
+                                found=(report.norms, report.left_out), progress=None if as_json else (
             lambda i, n, f: click.echo(f"  .. activations {i + 1}/{n}: {f.kind} {f.form} at {f.nodes[0]}", err=True)))
     if act is not None:
         act.allow_not_checked = allow_not_checked

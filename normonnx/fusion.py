@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 
 from .errors import first_line
-from .graph import Graph
+from .graph import Graph, ort_source
 from .patterns import FoundNorm
 from .runtimes import ort_session
 
@@ -32,7 +32,10 @@ def ort_optimized(model_path: Path) -> tuple[onnx.ModelProto | None, str | None]
         so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         so.add_session_config_entry("session.disable_prepacking", "1")  # packs MatMul weights: no graph change
         try:
-            ort_session(model_path, so)
+            model, folder = ort_source(model_path)
+            if folder:
+                so.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+            ort_session(model, so)
             return onnx.load(so.optimized_model_filepath, load_external_data=False), None
         except Exception as e:
             return None, f"ORT cannot optimize the whole model here: {first_line(e)}"

@@ -30,15 +30,24 @@ MAX_LOCATION = 1024  # longer than any real path; a 100 kB name is an attack, no
 
 
 # -- loading -------------------------------------------------------------------------------------
+MAP_INLINE_ABOVE = 16 << 20  # a model file larger than this has its inline weights read in place (map_inline)
+MAP_MIN_TENSOR = 1024  # inline tensors of at least this many bytes are referenced where they lie
+
+
 def load_model(path: str | Path, *, load_external_data: bool = True) -> onnx.ModelProto:
     """Load an ONNX file or raise BadInput with a one-line reason. External data is checked always
-    (location, offset, length against the file and the tensor's dims) and read only if asked."""
+    (location, offset, length against the file and the tensor's dims) and read only if asked. A file over
+    MAP_INLINE_ABOVE bytes is read with map_inline: its inline weights stay in the file, referenced in place."""
     p = Path(path)
     if not p.exists() and not p.is_symlink():
         raise BadInput(f"no such model file: {p}")
     check_regular_file(p, "model file")
     try:
-        model = onnx.load(str(p), load_external_data=False)
+        model = map_inline(p) if p.stat().st_size > MAP_INLINE_ABOVE else None
+    except Exception:  # not the wire format map_inline reads (protobuf's DecodeError too): onnx's parser says why
+        model = None
+    try:
+        model = model if model is not None else onnx.load(str(p), load_external_data=False)
     except Exception as e:  # protobuf's DecodeError and friends
         raise BadInput(f"{p} is not a readable ONNX model ({type(e).__name__}): give a .onnx file") from None
     if not model.graph.node and not model.graph.output:
@@ -50,6 +59,137 @@ def load_model(path: str | Path, *, load_external_data: bool = True) -> onnx.Mod
     if load_external_data:
         read_external_data(entries)
     return model
+
+
+def ort_source(path: str | Path) -> tuple[bytes | str, str | None]:
+    """What to give ONNX Runtime for the whole model at `path`: the path itself, or, for a file load_model maps
+    (inline weights, over MAP_INLINE_ABOVE bytes), the mapped model's bytes and the folder ORT must read its
+    weights from (session config session.model_external_initializers_file_folder_path). ORT then reads the
+    weights where they lie in the file instead of parsing a copy of them with the graph."""
+    p = Path(path)
+    if p.stat().st_size <= MAP_INLINE_ABOVE:
+        return str(p), None
+    try:
+        return map_inline(p).SerializeToString(), str(p.parent.resolve())
+    except Exception:
+        return str(p), None  # not what map_inline reads: ORT's own parser says what is wrong
+
+
+def map_inline(path: Path) -> onnx.ModelProto:
+    """The model with every inline initializer of MAP_MIN_TENSOR bytes or more of the main graph turned into a
+    reference to its own bytes in the .onnx file (data location EXTERNAL, location: the file itself, offset,
+    length), read from a memory map of the file by its protobuf wire format: protobuf never holds the weights,
+    and every reader of external data -- normonnx's checked reads, ORT's memory-mapped ones, fix's streamed copy
+    -- reads them in place. Only the graph's structure is copied. ValueError when the bytes are not the wire
+    format of a ModelProto (the caller lets onnx's parser say what is wrong)."""
+    import mmap
+
+    with open(path, "rb") as f:
+        if not os.fstat(f.fileno()).st_size:
+            raise ValueError("empty file")
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    why = None
+    try:
+        buf = memoryview(mm)
+        out = bytearray()
+        for field, wt, start, body, end in _fields(buf, 0, len(buf)):
+            if field == 7 and wt == 2:  # ModelProto.graph
+                out += _tag(7, 2) + _length_delimited(_mapped_graph(buf, body, end, path.name))
+            else:
+                out += buf[start:end]
+    except (ValueError, IndexError) as e:  # a field past the end: not (all of) a ModelProto
+        why = str(e)  # the traceback's frames hold views into the map: gone when this block ends
+    del buf
+    mm.close()
+    if why is not None:
+        raise ValueError(why)
+    return onnx.ModelProto.FromString(bytes(out))
+
+
+def _mapped_graph(buf, pos: int, end: int, location: str) -> bytes:
+    out = bytearray()
+    for field, wt, start, body, stop in _fields(buf, pos, end):
+        if field == 5 and wt == 2:  # GraphProto.initializer
+            out += _tag(5, 2) + _length_delimited(_mapped_tensor(buf, start, body, stop, location))
+        else:
+            out += buf[start:stop]
+    return bytes(out)
+
+
+def _mapped_tensor(buf, start: int, body: int, end: int, location: str) -> bytes:
+    """One TensorProto, its raw_data (field 9) replaced by a reference to where it lies in the file."""
+    fields = list(_fields(buf, body, end))
+    raw = next(((b, e) for f, wt, s, b, e in fields if f == 9 and wt == 2), None)
+    # data_location (field 14) already EXTERNAL: leave it as it is (DEFAULT, written out explicitly, is replaced)
+    external = any(f == 14 and wt == 0 and _varint(buf, b)[0] == onnx.TensorProto.EXTERNAL for f, wt, s, b, e in fields)
+    if raw is None or external:
+        return bytes(buf[body:end])
+    data, n = raw[0], raw[1] - raw[0]  # where the payload starts in the file, and its length
+    if n < MAP_MIN_TENSOR:
+        return bytes(buf[body:end])
+    out = bytearray()
+    for f, wt, s, b, e in fields:
+        if f not in (9, 14):
+            out += buf[s:e]
+    for key, value in (("location", location), ("offset", str(data)), ("length", str(n))):
+        entry = _tag(1, 2) + _length_delimited(key.encode()) + _tag(2, 2) + _length_delimited(value.encode())
+        out += _tag(13, 2) + _length_delimited(entry)
+    out += _tag(14, 0) + _enc_varint(onnx.TensorProto.EXTERNAL)
+    return bytes(out)
+
+
+def _fields(buf, pos: int, end: int):
+    """(field number, wire type, field start, payload start, field end) of each field in buf[pos:end]."""
+    while pos < end:
+        start = pos
+        tag, pos = _varint(buf, pos)
+        field, wt = tag >> 3, tag & 7
+        body = pos
+        if wt == 0:
+            _, pos = _varint(buf, pos)
+        elif wt == 1:
+            pos += 8
+        elif wt == 2:
+            n, body = _varint(buf, pos)
+            pos = body + n
+        elif wt == 5:
+            pos += 4
+        else:
+            raise ValueError(f"wire type {wt} at byte {start}")
+        if pos > end or field == 0:
+            raise ValueError(f"a field runs past its message at byte {start}")
+        yield field, wt, start, body, pos
+
+
+def _varint(buf, pos: int) -> tuple[int, int]:
+    out = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        out |= (b & 0x7F) << shift
+        if b < 0x80:
+            return out, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _enc_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _tag(field: int, wt: int) -> bytes:
+    return _enc_varint(field << 3 | wt)
+
+
+def _length_delimited(payload: bytes) -> bytes:
+    return _enc_varint(len(payload)) + payload
 
 
 def check_functions(model: onnx.ModelProto) -> None:

@@ -264,7 +264,10 @@ def leaks(view: View, nodes: list, output) -> tuple[str, str] | None:
                 return o.name, f"its intermediate value {o.name} is a graph output"
             outside = [u.node for u in o.uses() if id(u.node) not in inside]
             if outside:
-                return o.name, f"its intermediate value {o.name} is also used by {view.name(outside[0]) if outside[0] in view.pos else outside[0].op_type}"
+                u = outside[0]
+                if u.graph is not view.graph:  # a subgraph reads the outer value by name
+                    return o.name, f"its intermediate value {o.name} is also read inside an If/Loop/Scan body"
+                return o.name, f"its intermediate value {o.name} is also used by {view.name(u)}"
     return None
 
 

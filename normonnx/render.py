@@ -5,6 +5,7 @@ import json
 import math
 import shutil
 import textwrap
+from pathlib import Path
 from typing import Sequence
 
 
@@ -321,7 +322,9 @@ def fix_summary(report) -> str:
     if not report.written:
         wrote = "nothing written"
     elif v.status == "pass":
-        wrote = f"wrote {report.output}" + (" (not-checked layers accepted by --allow-not-checked)" if v.allowed else "")
+        wrote = (f"wrote {report.output}"
+                 + (f" (weights in {Path(report.data_output).name} beside it)" if report.data_output else "")
+                 + (" (not-checked layers accepted by --allow-not-checked)" if v.allowed else ""))
     else:
         wrote = f"wrote {report.output} anyway (--write-unproven): it is NOT proven"
     done = "rewritten" if report.written or not n else "rewritten in a model not written"

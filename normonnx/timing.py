@@ -48,15 +48,18 @@ class Rounds:
 
 
 def run_rounds(forms: dict[str, Callable[[], object]], sync: Callable[[], object], *, rounds: int, min_time: float,
-               warmup: int, seed: int = 0, clock=time.perf_counter_ns, gap: float = GAP_S) -> Rounds:
-    """Warm every form up, size each form's batch so its rounds add up to about `min_time` seconds,
-    then run `rounds` rounds; in each, every form runs its batch once, in a fresh shuffled order,
-    after a `gap` of quiet (see GAP_S)."""
+               warmup: int, seed: int = 0, clock=time.perf_counter_ns, gap: float = GAP_S,
+               enough: Callable[[dict[str, np.ndarray]], bool] | None = None, min_rounds: int = 3) -> Rounds:
+    """Warm every form up (`warmup` untimed runs), size each form's batch so its rounds add up to about
+    `min_time` seconds, then run `rounds` rounds; in each, every form runs its batch once, in a fresh shuffled
+    order, after a `gap` of quiet (see GAP_S). enough: asked after each round from `min_rounds` on, with the
+    per-round numbers so far; True ends the timing there (a long run's ratio, steady after three rounds, is not
+    worth six more)."""
     rng = np.random.default_rng(seed)
     names = list(forms)
     single = {}
     for n in names:
-        for _ in range(max(warmup, 1)):
+        for _ in range(warmup):
             forms[n]()
             sync()
         t0 = clock()
@@ -84,6 +87,9 @@ def run_rounds(forms: dict[str, Callable[[], object]], sync: Callable[[], object
             # the batch's median call: the first calls after another form ran meet caches that form
             # filled, which is interleaving's own cost, not this form's speed
             per_round[n][r] = float(np.median(times))
+        if enough is not None and r + 1 >= min_rounds and r + 1 < rounds and enough({n: v[:r + 1] for n, v in per_round.items()}):
+            per_round = {n: v[:r + 1] for n, v in per_round.items()}
+            break
     return Rounds(per_round, {n: np.asarray(v) for n, v in calls.items()}, batch, order)
 
 

@@ -443,12 +443,14 @@ def gn_silu_block(path: Path, opset: int, exporter: str) -> Path:
 
 
 # -- models at their real size (external data) ------------------------------------------------------
-def external_decoder(path: Path, hidden: int, layers: int, vocab: int = 8192, seq: int = 128) -> int:
+def external_decoder(path: Path, hidden: int, layers: int, vocab: int = 8192, seq: int = 128,
+                     inline: bool = False) -> int:
     """A GPT-2-shaped decoder with every weight in one external-data file PATH.data, streamed there as
     drawn (a 2 GB model holds one matrix in memory); the weights' size in bytes. Per layer two residual
     blocks: TorchScript's decomposed LayerNorm at opset 14, MatMul h->3h, Relu, MatMul 3h->h, and likewise
     with 4h (14*h^2 weights a layer); then a final LayerNorm whose variance is E[x^2]-E[x]^2, which fails
     at large offsets, so fix has a layer to rewrite (with --opset 17) and a whole model to compare.
+    inline: then every weight moved into the .onnx, as torch writes a model under 2 GB (the data file removed).
     benchmarks/large_model.py builds it at 1 and 2 GB; the tests, at a few MB."""
     rng = np.random.default_rng(0)
     data = path.with_name(path.name + ".data")
@@ -513,4 +515,7 @@ def external_decoder(path: Path, hidden: int, layers: int, vocab: int = 8192, se
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], producer_name="pytorch")
     model.ir_version = 8
     onnx.save(model, str(path))  # the tensors already name their bytes in the data file
+    if inline:
+        onnx.save(onnx.load(str(path)), str(path))  # reads the data file in, writes one file
+        data.unlink()
     return size

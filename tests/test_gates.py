@@ -332,7 +332,7 @@ def test_every_file_normonnx_writes_gets_the_umasks_mode(tmp_path, umask):
     out.mkdir()
     env = {**os.environ, "NORMONNX_CACHE": str(out / "cache")}
     p = subprocess.run([sys.executable, "-c", WRITERS, str(out), str(src)], env=env, capture_output=True, text=True,
-                       timeout=600, preexec_fn=lambda: os.umask(umask))
+                       cwd=tmp_path, timeout=600, preexec_fn=lambda: os.umask(umask))
     assert p.returncode == 0, p.stderr[-2000:]
     files = [f for f in out.rglob("*") if f.is_file() and f.name != ".lock"]
     names = {f.name for f in files}

@@ -24,7 +24,10 @@ STOP_WITHIN_S = 8.0  # the command's own cleanup takes ~2 s (workers get 2 s to 
 class Command:
     """A normonnx command in a new session, its stderr read line by line as it comes."""
 
-    def __init__(self, *args: str, cwd: Path | None = None):
+    def __init__(self, *args: str, cwd: Path):
+        # cwd outside the checkout: `python -m` puts the working folder first on sys.path, and the
+        # checkout's normonnx/ (without normonnx.models, which is installed from models/) would shadow
+        # the installed package, as it does in CI's non-editable install
         env = {**os.environ, "COLUMNS": "200"}
         self.proc = subprocess.Popen([sys.executable, "-m", "normonnx.cli", *args], cwd=cwd, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -123,7 +126,7 @@ def _check_folder(out: Path) -> None:
 ])
 def test_sweep_stops_at_once_and_resume_loses_nothing(tmp_path, moment, sig, want):
     out = tmp_path / "o"
-    cmd = Command(*SWEEP, "-o", str(out))
+    cmd = Command(*SWEEP, "-o", str(out), cwd=tmp_path)
     cmd.wait_for("sweeping" if moment == "starting" else moment)
     code, seconds, kids = cmd.interrupt(sig)
     assert_stopped_cleanly(cmd, code, seconds, kids, want)
@@ -133,7 +136,7 @@ def test_sweep_stops_at_once_and_resume_loses_nothing(tmp_path, moment, sig, wan
 
     before = {r["case_id"]: r["status"] for r in read_results(out / RESULTS)[0]}
     done = subprocess.run([sys.executable, "-m", "normonnx.cli", *SWEEP, "-o", str(out), "--resume"],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-1500:]
     after = {r["case_id"]: r["status"] for r in read_results(out / RESULTS)[0]}
     assert len(after) == 12 and all(after[k] == v for k, v in before.items())  # every case once, none lost
@@ -142,7 +145,7 @@ def test_sweep_stops_at_once_and_resume_loses_nothing(tmp_path, moment, sig, wan
 def test_scan_validate_in_parallel_stops_at_once(tmp_path):
     from test_gates import five_lns
 
-    cmd = Command("scan", str(five_lns(tmp_path / "m.onnx")), "--validate", "--jobs", "2")
+    cmd = Command("scan", str(five_lns(tmp_path / "m.onnx")), "--validate", "--jobs", "2", cwd=tmp_path)
     cmd.wait_for("validating")
     code, seconds, kids = cmd.interrupt()
     assert_stopped_cleanly(cmd, code, seconds, kids, 130)
@@ -151,7 +154,7 @@ def test_scan_validate_in_parallel_stops_at_once(tmp_path):
 @pytest.mark.parametrize("moment", ["validating", "later"])
 def test_fix_stops_at_once_and_leaves_nothing_at_the_output(tmp_path, moment):
     src = corpus.gn_silu_block(tmp_path / "gn.onnx", 21, "dynamo")
-    cmd = Command("fix", str(src), "-o", str(tmp_path / "fixed.onnx"))
+    cmd = Command("fix", str(src), "-o", str(tmp_path / "fixed.onnx"), cwd=tmp_path)
     cmd.wait_for("validating" if moment == "validating" else "validating 2/2")  # later: trying candidate forms
     code, seconds, kids = cmd.interrupt()
     assert_stopped_cleanly(cmd, code, seconds, kids, 130)

@@ -132,7 +132,9 @@ def test_two_sweeps_racing_for_one_folder_record_each_case_once(done, tmp_path):
     out = tmp_path / "o"
     cmd = [sys.executable, "-m", "normonnx.cli", "sweep", "-o", str(out), "--resume", *SWEEP_ARGS,
            "--cache-dir", str(done / "cache")]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    # cwd outside the checkout: its normonnx/ would shadow the installed package (CI's install is not editable)
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+             for _ in range(2)]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     codes = sorted(c for c, _ in results)
     assert codes in ([0, 0], [0, 2]), results

@@ -42,6 +42,26 @@ def test_every_round_runs_every_form_once_in_a_shuffled_order():
     assert all(len(r.calls[n]) == 12 * r.batch[n] for n in r.calls)
 
 
+@pytest.mark.parametrize("load, rounds", [
+    (lambda t: 1.0, 3),  # a steady machine: the first steady round from the third ends it
+    (lambda t: 1.0 + (t // 10**6) % 3, 12),  # load that never settles: every round asked for
+])
+def test_timing_that_is_steady_stops_early_and_noisy_timing_runs_every_round(load, rounds):
+    m = FakeMachine({"original": 4e5, "fixed": 4.4e5}, load=load)
+    forms = {n: m.form(n) for n in m.costs}
+    asked = []
+
+    def enough(per_round):
+        asked.append(len(per_round["fixed"]))
+        med, lo, hi = timing.median_ci(timing.paired_ratios(per_round, "original")["fixed"])
+        return (hi - lo) / 2 <= timing.CI_WIDTH_LIMIT * med
+
+    r = timing.run_rounds(forms, lambda: None, rounds=12, min_time=0.002, warmup=0, clock=m.clock, gap=0,
+                          enough=enough)
+    assert {n: len(v) for n, v in r.per_round.items()} == {"original": rounds, "fixed": rounds}
+    assert asked[0] == 3 and asked == list(range(3, min(rounds + 1, 12)))  # never before the third, never after the last
+
+
 def test_paired_ratios_cancel_load_that_comes_and_goes_between_rounds():
     """Load doubling every other round makes block timing a coin toss; per-round pairs stay exact."""
     m = FakeMachine({"copy": 1e5, "native": 4e5}, load=lambda t: 2.0 if (t // 10**7) % 2 else 1.0)

@@ -75,6 +75,7 @@ class FixReport:
     after: object = None  # the written model's ScanReport (the judge of the exit code)
     notes: list[str] = field(default_factory=list)
     allow_not_checked: bool = False  # ProofOptions.allow_not_checked
+    data_output: str | None = None  # the weights' file written beside `output` (external data), if any
 
     @property
     def changes(self) -> list[LayerFix]:
@@ -123,7 +124,8 @@ class FixReport:
         v = self.verdict
         return {"model": self.model, "output": self.output, "opset": self.opset, "mode": self.mode,
                 "runtimes": list(self.runtimes), "proven": self.proven, "written": self.written,
-                "changes": len(self.changes), "failing": len(self.failing), "verdict": v.status,
+                "data_output": self.data_output, "changes": len(self.changes), "failing": len(self.failing),
+                "verdict": v.status,
                 "layers": [lf.to_dict() for lf in self.layers],
                 "whole_model": self.whole_model.to_dict() if self.whole_model else None,
                 "timing": self.timing.to_dict() if self.timing else None, "notes": self.notes,
@@ -312,11 +314,13 @@ def fix(path: str | Path, output: str | Path | None = None, *, mode: str = "fix"
         del fixed  # written: an inline model's copy of its weights is not kept through the proof
         # compared with the input itself, also after --opset (a version converter that changed what the
         # model computes is caught too), its weights shared with the output's session
-        shared = (model, _sources(model, src.parent), cand_src) if external else None
+        own = _sources(onnx.load(str(cand), load_external_data=False), cand.parent) if external else None
+        shared = (model, _sources(model, src.parent), cand_src, own) if external else None
         _prove_written(report, layers, src, cand, input_shapes, inputs, memo, timing, shared)
         if _may_publish(report, proof.write_unproven):
             if cand.with_name(cand.name + ".data").exists():
                 publish(cand.with_name(cand.name + ".data"), _data_path(out), "fixed model's weights")
+                report.data_output = str(_data_path(out))
             publish(cand, out, "fixed model")
             report.written = True
     return report
@@ -361,9 +365,8 @@ def _prove_written(report: FixReport, layers: list[LayerFix], original: Path, ca
     report.whole_model, loaded = proving.compare_models(original, cand, input_shapes, layer_dtypes=dtypes,
                                                         shared=weights, provider=proving.ort_target(report.runtimes))
     if timing and report.whole_model.status == PASS:
-        # a large model's run is long enough for 5 interleaved rounds to show the ratio (each round is a run
-        # of both); 9 where runs are short
-        report.timing = proving.time_models(loaded, rounds=9 if loaded.run_s < 0.1 else 5)
+        # up to 9 interleaved rounds (each a run of both); a long run's stop at the first steady round from the third
+        report.timing = proving.time_models(loaded)
 
 
 def _map_final(report: FixReport, layers: list[LayerFix]) -> None:

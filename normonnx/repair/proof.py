@@ -29,6 +29,7 @@ from ..derive import derive_spec
 from ..cutout import Cutter
 from ..inputs import seeded_feeds
 from ..layers import LayerVerdict, layer_key, validate_cached
+from ..graph import load_model, ort_source
 from ..rewrite import apply, to_checked_proto
 from ..tables import PROVIDERS
 
@@ -248,14 +249,20 @@ def _session(path: Path, shared: dict | None = None, provider: str = "cpu"):
         so.add_session_config_entry("session.disable_prepacking", "1")  # a packed copy would be per session
         for name, value in shared.items():
             so.add_initializer(name, value)
-    return ort_session(path, so, provider)
+    model, folder = ort_source(path)
+    if folder:  # an inline model read in place (graph.map_inline), never parsed whole
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+    return ort_session(model, so, provider)
 
 
-def shared_weights(model: onnx.ModelProto, original: dict, fixed: dict, min_bytes: int = 1 << 20) -> dict:
+def shared_weights(model: onnx.ModelProto, original: dict, fixed: dict, own: dict | None = None,
+                   min_bytes: int = 1 << 20) -> dict:
     """OrtValues over the input's own weight files (read-only maps: pages the kernel shares, never a copy)
     for the main-graph initializers both models read from the same bytes of the same file: `original` and
     `fixed` map names to graph.ExternalEntry, where each model's bytes came from (the fixed model's data
-    file is a streamed copy, so equal sources mean equal values by construction, not by assumption)."""
+    file is a streamed copy, so equal sources mean equal values by construction, not by assumption).
+    own: where the fixed model's copies lie (its data file, large tensors page-aligned): mapped instead where
+    the input's bytes are not aligned to their type (an inline model's tensors lie wherever protobuf put them)."""
     import onnxruntime as ort
 
     tensors = {t.name: t for t in model.graph.initializer}
@@ -268,6 +275,8 @@ def shared_weights(model: onnx.ModelProto, original: dict, fixed: dict, min_byte
             dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
         except Exception:
             continue
+        if e.offset % dtype.itemsize and own and name in own and own[name].nbytes == e.nbytes:
+            e = own[name]
         if dtype.kind not in "fiub" or e.offset % dtype.itemsize or dtype.itemsize * math.prod(t.dims) != e.nbytes:
             continue  # bfloat16 and other types numpy lacks: the session reads its own copy
         out[name] = ort.OrtValue.ortvalue_from_numpy(np.memmap(e.path, dtype, "r", e.offset, tuple(t.dims)))
@@ -387,7 +396,7 @@ def compare_models(original: Path, fixed: Path, input_shapes: dict | None, seed:
     model whose own outputs differ between runs (an unseeded random op) cannot prove a rewrite, and is
     reported as such instead of blamed on it. shared: weights both sessions take (shared_weights).
     Returns the comparison and, where both models ran, their sessions and feeds for time_models."""
-    model = onnx.load(str(original), load_external_data=False)
+    model = load_model(original, load_external_data=False)
     feeds = seeded_feeds(model, input_shapes, seed)
     shapes = {k: list(v.shape) for k, v in feeds.items()}
     try:
@@ -411,6 +420,9 @@ def compare_models(original: Path, fixed: Path, input_shapes: dict | None, seed:
                        shared_weights=len(shared or {})), Loaded((sa, sb, shared), feeds, run_s))
 
 
+LONG_RUN_S = 0.1  # a whole-model run this long or longer: its timing stops at the first steady round from the third
+
+
 def time_models(loaded: Loaded, *, rounds: int = 9, min_time: float = 1.0, seed: int = 0) -> ModelTiming:
     """Latency of both models (the sessions compare_models made, on its provider), interleaved rounds
     (normonnx.timing): per-model median and the fixed/original ratio with its 95 % CI, so the cost of the
@@ -418,13 +430,20 @@ def time_models(loaded: Loaded, *, rounds: int = 9, min_time: float = 1.0, seed:
     from .. import timing
 
     (sa, sb, shared), feeds = loaded.sessions, loaded.feeds
+
+    def steady(per_round: dict) -> bool:
+        med, lo, hi = timing.median_ci(timing.paired_ratios(per_round, "original")["fixed"], seed)
+        return (hi - lo) / 2 <= timing.CI_WIDTH_LIMIT * med
+
+    # both sessions ran in compare_models (warm); a model whose run is long stops once its ratio is steady
     measured = timing.run_rounds({"original": lambda: sa.run(None, feeds), "fixed": lambda: sb.run(None, feeds)},
-                                 lambda: None, rounds=rounds, min_time=min_time, warmup=1, seed=seed)  # warm: compared
+                                 lambda: None, rounds=rounds, min_time=min_time, warmup=0, seed=seed,
+                                 enough=steady if loaded.run_s >= LONG_RUN_S else None)
     ratio = timing.paired_ratios(measured.per_round, "original")["fixed"]
     med, lo, hi = timing.median_ci(ratio, seed)
     cuda = "CUDA" in sa.get_providers()[0]
     return ModelTiming(float(np.median(measured.per_round["original"])), float(np.median(measured.per_round["fixed"])),
-                       med, (lo, hi), (hi - lo) / 2 <= timing.CI_WIDTH_LIMIT * med, rounds, not shared,
+                       med, (lo, hi), (hi - lo) / 2 <= timing.CI_WIDTH_LIMIT * med, len(ratio), not shared,
                        "cuda" if cuda else "cpu",
                        f"{platform.machine()}, {platform.processor() or 'cpu'}, {sa.get_providers()[0]}"
                        + (" (numpy in and out: host copies included)" if cuda else ""))

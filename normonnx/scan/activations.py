@@ -326,12 +326,13 @@ def check_activations(path: str | Path, *, data: str | Path | None = None,
                       input_shapes: dict[str, tuple[int, ...]] | None = None, seed: int = 0, what_if: bool = True,
                       progress=None, max_fetch_bytes: int = MAX_FETCH_BYTES, max_samples: int = MAX_SAMPLES,
                       max_data_bytes: int = MAX_DATA_BYTES, runtimes: list[str] | None = None,
-                      save_outputs: str | Path | None = None) -> ActivationReport:
+                      save_outputs: str | Path | None = None, found: tuple | None = None) -> ActivationReport:
     """Run the model on `data` (an .npz, one array per graph input, optional leading sample axis) or on
     seeded inputs, capture every main-graph norm's input and output, and judge each (see the module doc).
     runtimes: besides the capture on ORT, replay each cut-out layer on these runtimes on the captured
     inputs (`--runtimes openvino`); save_outputs: write each judged layer's captured inputs and outputs
-    to this .npz (golden outputs that `--load-outputs` judges elsewhere)."""
+    to this .npz (golden outputs that `--load-outputs` judges elsewhere); found: (norms, left out) as scan found
+    them in this model (scan --activations: the probe's work is not done twice)."""
     import time
 
     from ..shapes import fix_input_shapes, infer_shapes
@@ -351,7 +352,7 @@ def check_activations(path: str | Path, *, data: str | Path | None = None,
     fix_input_shapes(analysed, {k: tuple(v) for k, v in shapes.items()})
     analysed = infer_shapes(analysed)
     g = Graph(analysed.graph)
-    norms, left = find_layers(analysed, p.parent)
+    norms, left = found if found is not None else find_layers(analysed, p.parent)
     layers = [LayerCheck(i, f) for i, f in enumerate(norms)]
     report = ActivationReport(str(p), len(samples), source, shapes, layers,
                               unidentified=[x for x in left if x.kind == "?"])
