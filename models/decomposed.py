@@ -2,6 +2,7 @@
 
 All use a centered variance mean((x - mean)^2), eps inside the sqrt, and affine as Mul then Add:
 the same maths as torch.nn, spelled so that no *Normalization op appears in the exported graph.
+With shifted=True (LN, IN, GN) one sample of each normalization set is subtracted first (a Slice).
 """
 from __future__ import annotations
 
@@ -48,25 +49,41 @@ class DecomposedBatchNorm(_Affine):
 _LOW = (torch.float16, torch.bfloat16)  # fp32=True widens these to float32 (float64 stays float64)
 
 
-def _centered_normalize(x: torch.Tensor, dims: list[int], eps: float, fp32: bool = False) -> torch.Tensor:
+def _centered_normalize(x: torch.Tensor, dims: list[int], eps: float, fp32: bool = False,
+                        shifted: bool = False) -> torch.Tensor:
     h = x.float() if fp32 and x.dtype in _LOW else x  # Casts around the statistics: x*x never in float16
+    if shifted:
+        h = h - _sample_of_each_set(h, dims)
     mean = h.mean(dim=dims, keepdim=True)
     d = h - mean
     var = (d * d).mean(dim=dims, keepdim=True)  # two-pass: no E[x^2]-E[x]^2 cancellation
     return (d / torch.sqrt(var + eps)).to(x.dtype)
 
 
+def _sample_of_each_set(h: torch.Tensor, dims: list[int]) -> torch.Tensor:
+    """The first element of each normalization set (the trailing `dims`), broadcastable against h (a Slice).
+
+    Why: a norm is shift-invariant, so subtracting any value near the set changes nothing in exact
+    arithmetic, and a sample of the set is such a value on every input -- after it the statistics see
+    values of the set's spread, not its offset (offset 1e4: the mean's float32 error no longer costs
+    ~1e-2), and a zero-variance set becomes exact zeros (the output is the bias exactly, on runtimes whose
+    reductions sum one value at a time too)."""
+    if sorted(d % h.dim() for d in dims) != list(range(h.dim() - len(dims), h.dim())):
+        raise ValueError(f"the shifted form normalizes trailing dims only, not {dims}")
+    return h[(...,) + (slice(0, 1),) * len(dims)]
+
+
 class DecomposedLayerNorm(_Affine):
     """LayerNorm over the trailing len(normalized_shape) dims."""
 
     def __init__(self, normalized_shape, eps: float = 1e-5, affine: bool = True, bias: bool = True,
-                 fp32: bool = False):
+                 fp32: bool = False, shifted: bool = False):
         super().__init__(tuple(normalized_shape), affine, bias)
         self.ndim = len(tuple(normalized_shape))
-        self.eps, self.fp32 = eps, fp32
+        self.eps, self.fp32, self.shifted = eps, fp32, shifted
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = _centered_normalize(x, list(range(-self.ndim, 0)), self.eps, self.fp32)
+        y = _centered_normalize(x, list(range(-self.ndim, 0)), self.eps, self.fp32, self.shifted)
         if self.weight is not None:
             y = y * self.weight
         if self.bias is not None:
@@ -78,9 +95,9 @@ class DecomposedInstanceNorm(_Affine):
     """InstanceNorm over the spatial dims; with track_running_stats it normalizes like inference BN."""
 
     def __init__(self, channels: int, eps: float = 1e-5, affine: bool = False, track_running_stats: bool = False,
-                 fp32: bool = False):
+                 fp32: bool = False, shifted: bool = False):
         super().__init__((channels,), affine, running=track_running_stats)
-        self.eps, self.fp32 = eps, fp32
+        self.eps, self.fp32, self.shifted = eps, fp32, shifted
         self.track_running_stats = track_running_stats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,20 +105,22 @@ class DecomposedInstanceNorm(_Affine):
         if self.track_running_stats:
             y = (x - self.running_mean.reshape(view)) / torch.sqrt(self.running_var.reshape(view) + self.eps)
         else:
-            y = _centered_normalize(x, list(range(2, x.dim())), self.eps, self.fp32)
+            y = _centered_normalize(x, list(range(2, x.dim())), self.eps, self.fp32, self.shifted)
         return self._affine(y, view)
 
 
 class DecomposedGroupNorm(_Affine):
     """GroupNorm: reshape to (N, G, -1), normalize the last dim, reshape back, per-channel affine."""
 
-    def __init__(self, groups: int, channels: int, eps: float = 1e-5, affine: bool = True, fp32: bool = False):
+    def __init__(self, groups: int, channels: int, eps: float = 1e-5, affine: bool = True, fp32: bool = False,
+                 shifted: bool = False):
         super().__init__((channels,), affine)
         self.groups = groups
-        self.eps, self.fp32 = eps, fp32
+        self.eps, self.fp32, self.shifted = eps, fp32, shifted
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = _centered_normalize(x.reshape(x.shape[0], self.groups, -1), [2], self.eps, self.fp32).reshape(x.shape)
+        h = x.reshape(x.shape[0], self.groups, -1)
+        y = _centered_normalize(h, [2], self.eps, self.fp32, self.shifted).reshape(x.shape)
         return self._affine(y, _channel_view(x.dim()))
 
 

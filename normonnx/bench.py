@@ -21,7 +21,7 @@ import numpy as np
 from .errors import BadInput, NormonnxError, RuntimeUnavailable
 from .export import DEFAULT_EXPORTER, export_report
 from .params import make_params
-from .runtimes import RunOptions, get_runtime, ort_session, session_options
+from .runtimes import RunOptions, get_runtime, ort_session, resolve_names, session_options
 from .timing import TimingOptions
 from .spec import NormSpec
 from .tables import DTYPES
@@ -35,6 +35,12 @@ SMALL_SHAPES = {"ln": (1, 64, 768), "gn": (1, 64, 32, 32), "in": (1, 16, 32, 32)
                 "rms": (1, 64, 768)}
 BENCH_GROUPS = 32
 DEVICES = {"cpu": "cpu", "cuda": "cuda", "openvino": "cpu", "openvino-default": "cpu"}  # runtime -> torch's device
+
+
+def can_time(runtime) -> bool:
+    """Whether bench can time a runtime: ORT's providers (IOBinding) and any runtime that binds its own input
+    (`Runtime.bind`: OpenVINO and the converting plugins, on CPU)."""
+    return runtime.kind == "onnx" and (runtime.name in DEVICES or runtime.bind is not None)
 
 
 def bench_spec(kind: str, dtype: str = "float32", **overrides) -> NormSpec:
@@ -233,10 +239,11 @@ def _check_request(spec: NormSpec, variants, providers, opset: int, warmup: int,
     variants = variants or usable_variants(spec, opset)
     for v in variants:
         get_variant(v).check(spec, opset)
-    providers = providers or ["cpu"]
+    providers = list(resolve_names(providers, can_time) or ()) or ["cpu"]  # "all": every runtime here bench can time
     for p in providers:
-        if p not in DEVICES:
-            raise BadInput(f"unknown runtime {p!r} for bench: valid runtimes are {', '.join(DEVICES)}")
+        if p not in DEVICES and not can_time(get_runtime(p)):
+            raise BadInput(f"unknown runtime {p!r} for bench: valid runtimes are {', '.join(DEVICES)} and the "
+                           "runtimes that bind their own input (see normonnx list)")
         why = get_runtime(p).unavailable()
         if why:
             raise RuntimeUnavailable(f"provider {p!r} is unavailable: {why}")
@@ -249,7 +256,7 @@ def _forms(spec: NormSpec, p: str, variants: list[str], models: dict, opset: int
     same tensors), a row per form (what will not be timed says why), and the device's sync."""
     import torch
 
-    device = DEVICES[p]
+    device = DEVICES.get(p, "cpu")  # a plugin that binds its own input runs on the CPU's tensors
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     dt = DTYPES[spec.dtype].torch
     gen = torch.Generator().manual_seed(0)

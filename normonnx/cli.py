@@ -28,13 +28,32 @@ def _csv(ctx, param, value):
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
-def runtimes_options(help: str, default: str | None = None):
+def _runtime_names(applies=None):
+    """The callback of every --runtimes option: a comma list, where "all" means every ONNX runtime available
+    here (normonnx.runtimes.resolve_names; `applies` narrows it to the runtimes a command can use)."""
+    def callback(ctx, param, value):
+        names = _csv(ctx, param, value)
+        if names and "all" in names:
+            from normonnx.runtimes import resolve_names
+
+            names = list(resolve_names(names, applies() if applies else None))
+        return names
+    return callback
+
+
+def _bench_can_time():
+    from normonnx.bench import can_time
+
+    return can_time
+
+
+def runtimes_options(help: str, default: str | None = None, applies=None):
     """--runtimes, the one name every command that runs models uses, and --providers, its old name on bench
     and sweep, kept hidden for one release (see _runtimes)."""
     def deco(f):
         f = click.option("--providers", "providers_alias", callback=_csv, default=None, hidden=True,
                          help="Deprecated: the old name of --runtimes.")(f)
-        return click.option("--runtimes", callback=_csv, default=None, help=help + (
+        return click.option("--runtimes", callback=_runtime_names(applies), default=None, help=help + (
             f" [default: {default}]" if default else ""))(f)
     return deco
 
@@ -305,8 +324,9 @@ def export(variant, opset, exporter, dynamic, allow_mismatch, output, as_json, *
 @spec_options
 @export_options
 @click.option("--model", type=click.Path(), default=None, help="Validate this .onnx file instead of exporting.")
-@click.option("--runtimes", callback=_csv, default=None,
-              help="Comma list: cpu, cuda, reference, torch, torch-cuda (default: all available).")
+@click.option("--runtimes", callback=_runtime_names(), default=None,
+              help="Comma list: cpu, cuda, reference, torch, torch-cuda, openvino, iree, tvm, mnn, ncnn, ... (see "
+                   "normonnx list), or all: every ONNX runtime available here (default: the default ones available).")
 @click.option("--inputs", callback=_csv, default=None, help="Comma list of input suites (default: all that apply).")
 @click.option("--opt-level", type=click.Choice(["all", "extended", "basic", "disabled"]), default="all",
               show_default=True, help="ORT graph optimization level (disabled shows a decomposed graph's own numerics).")
@@ -343,7 +363,8 @@ def validate(variant, opset, exporter, dynamic, allow_mismatch, model, runtimes,
 @spec_options
 @click.option("--variant", "variant_names", default="all", show_default=True,
               help="Comma list of variants, or all.")
-@runtimes_options("Comma list: cpu, cuda.", default="cpu")
+@runtimes_options("Comma list: cpu, cuda, openvino, iree, tvm, mnn, ncnn, ..., or all: every one here bench can "
+                  "time.", default="cpu", applies=_bench_can_time)
 @click.option("--opset", type=int, default=21, show_default=True)
 @click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default=DEFAULT_EXPORTER, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs first.")
@@ -403,7 +424,8 @@ def _ints(ctx, param, value):
               help="Comma list, each form at each (default: 18,21,23 where a form changes; --full: 13,17,18,21,23).")
 @click.option("--exporters", callback=_csv, default=None, help="Comma list (default: dynamo; --full: dynamo,torchscript).")
 @click.option("--dtypes", callback=_csv, default=None, help="Comma list (default: float32,float16).")
-@runtimes_options("Comma list of runtimes (default: every ORT provider available here).")
+@runtimes_options("Comma list of runtimes, or all: every ONNX runtime available here (default: every ORT provider "
+                  "available here).")
 @click.option("--inputs", callback=_csv, default=None, help="Comma list of input suites (default: all that apply).")
 @click.option("--resume", is_flag=True, help="Skip the cases OUT/results.jsonl already holds.")
 @click.option("--force", is_flag=True, help="Discard OUT/results.jsonl and start over.")
@@ -504,8 +526,9 @@ def report(out, output):
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--validate", "do_validate", is_flag=True, help="Extract each norm and validate it against the oracle.")
-@click.option("--runtimes", callback=_csv, default=None,
-              help="Runtimes for --validate (default: cpu); with --activations, each layer is also replayed on these.")
+@click.option("--runtimes", callback=_runtime_names(), default=None,
+              help="Runtimes for --validate (default: cpu; all: every ONNX runtime available here); with --activations, "
+                   "each layer is also replayed on these.")
 @click.option("--inputs", callback=_csv, default=None, help="Input suites for --validate (default: all that apply).")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
               help="Dims for a graph input with symbolic dims, e.g. input_ids=2x16 (repeatable).")
@@ -593,9 +616,10 @@ def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, ac
                    "LayerNormalization); default: never.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
               help="Dims for a graph input with symbolic dims, e.g. x=1x3x64x64 (repeatable).")
-@click.option("--runtimes", callback=_csv, default=None,
+@click.option("--runtimes", callback=_runtime_names(), default=None,
               help="The runtimes the model ships to: each layer gets a form that passes on all of them "
-                   "(default: cpu; add reference to run float16 ops in float16, as a GPU does).")
+                   "(default: cpu; add reference to run float16 ops in float16, as a GPU does; all: every ONNX "
+                   "runtime available here).")
 @click.option("--inputs", callback=_csv, default=None, help="Input suites of the per-layer proof (default: all).")
 @click.option("--least-bad", is_flag=True,
               help="Where no form passes, keep the one that fails fewest checks if it fails fewer than the original.")

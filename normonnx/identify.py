@@ -426,7 +426,8 @@ def _square_of(view: View, v):
 
 def _start_of(view: View, anchor):
     """The value a norm's statistics start from: back from the reduction's input through squares, the ops that
-    pass a value on, and the centering Sub (x - mean(x))."""
+    pass a value on, the centering Sub (x - mean(x)) and the shifting one (x - a sample of x: shifted
+    statistics, exact on constant sets)."""
     v = anchor.inputs[0]
     for _ in range(8):
         v = view.origin(v)
@@ -435,7 +436,8 @@ def _start_of(view: View, anchor):
             v = sq
             continue
         n = v.producer()
-        if is_op(n, "Sub") and _is_reduction_of(view, n.inputs[1], n.inputs[0]):
+        if is_op(n, "Sub") and (_is_reduction_of(view, n.inputs[1], n.inputs[0]) or
+                                _is_sample_of(view, n.inputs[1], n.inputs[0])):
             v = n.inputs[0]
             continue
         if is_op(n, "Mul") and len(n.inputs) == 2:  # weighted moments (tf.keras): x times weights of ones
@@ -445,6 +447,11 @@ def _start_of(view: View, anchor):
                 continue
         return v
     return v
+
+
+def _is_sample_of(view: View, s, x) -> bool:
+    n = view.origin(s).producer()
+    return n is not None and is_op(n, "Slice", "Gather") and view.same(n.inputs[0], x)
 
 
 def _is_reduction_of(view: View, stat, x) -> bool:

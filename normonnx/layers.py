@@ -17,7 +17,7 @@ from .cutout import DRAWN
 from .patterns import FoundNorm
 from .inputs import CheckOptions
 from .judge import FAIL, INTERNAL, NOT_CHECKED, PASS, internal_reason
-from .runtimes import RunOptions, SessionConfig, require
+from .runtimes import RunOptions, SessionConfig, require, resolve_names
 from .validate import validate
 
 
@@ -59,7 +59,7 @@ def check_runtime_request(runtimes: list[str] | None, inputs: list[str] | None) 
     """Names checked before any work: an unknown name is BadInput (exit 2), a missing runtime
     RuntimeUnavailable (exit 3). Returns the runtimes to use (default: ORT CPU)."""
     suites.get_suites(inputs)
-    names = list(runtimes) if runtimes else ["cpu"]
+    names = list(resolve_names(runtimes)) if runtimes else ["cpu"]  # "all": every ONNX runtime available here
     for n in names:
         require(n)
     return names

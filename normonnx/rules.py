@@ -239,10 +239,14 @@ def _per_channel(site: Site, v: np.ndarray | None, what: str) -> np.ndarray | No
 # Which forms a group norm can take (ORT CPU, measured: torch 2.13 / onnx 1.23 / ORT 1.32): the
 # layernorm-trick is exact on zero-variance groups at every size; InstanceNormalization and
 # ReduceMean chains err ~1e-2 on a constant 64x64 group; GroupNormalization's body is E[x^2]-E[x]^2.
+# The shifted chain is exact there on ORT CPU and OpenVINO alike (OpenVINO's LayerNormalization and every
+# other form err 2.4e-2 on a constant 64x64 group), but costs more than the layernorm-trick on ORT CPU.
 # Listed in order of preference: among forms that pass on every target runtime and time alike, the
 # first is kept.
 GROUP_FORMS = {
     "layernorm-trick": ("Reshape(N, G, -1)/LayerNormalization(stash_type=1)/Reshape/Mul/Add", 17),
+    "shifted": ("Reshape(N, G, -1)/Slice shift (one sample of each group subtracted)/ReduceMean/Sub/Mul/ReduceMean/"
+                "Add/Sqrt/Div (centered)/Reshape/Mul/Add", 13),
     "instance-trick": ("Reshape(N, G, -1)/InstanceNormalization/Reshape/Mul/Add", 6),
     "decomposed": ("Reshape(N, G, -1)/ReduceMean/Sub/Mul/ReduceMean/Add/Sqrt/Div (centered)/Reshape/Mul/Add", 13),
     # GroupNormalization-18 is deprecated (onnx.checker rejects it in a new model): only -21 is written
@@ -291,10 +295,8 @@ def write_group_form(w: Writer, form: str, *, groups: int | None, eps: float, we
         elif form == "instance-trick":
             n = w.op("InstanceNormalization", r, w.const(np.ones(groups, npd), "ones"),
                      w.const(np.zeros(groups, npd), "zeros"), epsilon=float(eps))
-        elif form == "decomposed":
-            d = w.op("Sub", r, w.reduce_mean(r, (2,)))
-            var = w.reduce_mean(w.op("Mul", d, d), (2,))
-            n = w.op("Div", d, w.op("Sqrt", w.op("Add", var, w.const(np.array(eps, npd), "eps"))))
+        elif form in ("decomposed", "shifted"):
+            n = _normalized(w, r, (2,), eps, npd, shifted=form == "shifted")
         else:
             raise ValueError(f"unknown group form {form!r}")
         y = w.op("Reshape", n, shape)
@@ -447,15 +449,30 @@ def write_rms_norm(w: Writer, *, axes, eps, weight, bias, dtype: str, out_dtype:
     return w.cast(y, dtype, out_dtype or dtype)
 
 
-def write_island(w: Writer, *, axes, eps, weight, bias, dtype: str, out_dtype: str | None, centered: bool):
-    """The chain rewritten with its statistics in float32 between Casts (for opsets below the native
-    op): LN as mean, d = x - mean, mean(d*d) (centered, two-pass); RMS as mean(x*x)."""
-    comp = _comp(dtype)
-    npd = DTYPES[comp].numpy
-    x = w.cast(w.x, dtype, comp)
+def _normalized(w: Writer, x, axes: tuple[int, ...], eps: float, npd, *, centered: bool = True,
+                shifted: bool = False):
+    """d / sqrt(mean(d*d) + eps) over `axes`: d = x - mean(x) when centered (two-pass, LN/IN/GN), d = x for RMS.
+    shifted: one sample of each set (the first element along the trailing `axes`, a Slice) subtracted from x
+    before that, as normonnx.models writes it (models.decomposed._sample_of_each_set says why); exact on
+    zero-variance sets."""
+    if shifted:
+        k = len(axes)
+        x0 = w.op("Slice", x, w.const(np.zeros(k, np.int64), "starts"), w.const(np.ones(k, np.int64), "ends"),
+                  w.const(np.asarray(axes, np.int64), "axes"))
+        x = w.op("Sub", x, x0)
     d = w.op("Sub", x, w.reduce_mean(x, axes)) if centered else x
     var = w.reduce_mean(w.op("Mul", d, d), axes)
-    y = w.op("Div", d, w.op("Sqrt", w.op("Add", var, w.const(np.array(eps, npd), "eps"))))
+    return w.op("Div", d, w.op("Sqrt", w.op("Add", var, w.const(np.array(eps, npd), "eps"))))
+
+
+def write_island(w: Writer, *, axes, eps, weight, bias, dtype: str, out_dtype: str | None, centered: bool,
+                 shifted: bool = False):
+    """The chain rewritten with its statistics in float32 between Casts (for opsets below the native
+    op): LN as mean, d = x - mean, mean(d*d) (centered, two-pass); RMS as mean(x*x). shifted (LN): one
+    sample of each row subtracted first (see _normalized)."""
+    comp = _comp(dtype)
+    npd = DTYPES[comp].numpy
+    y = _normalized(w, w.cast(w.x, dtype, comp), axes, eps, npd, centered=centered, shifted=shifted)
     if weight is not None:
         y = w.op("Mul", y, w.const(np.asarray(weight, npd), "weight"))
     if bias is not None:
@@ -470,9 +487,10 @@ def _plan_decomposed(site: Site, kind: str) -> list[Plan] | None:
     native_opset = 17 if kind == "ln" else 23
     op = "LayerNormalization" if kind == "ln" else "RMSNormalization"
     forms = {"native": f"{op}(stash_type=1)"} if site.opset >= native_opset else {}
-    forms["float32-island"] = (f"{'centered ' if kind == 'ln' else ''}chain with float32 statistics"
-                               + ("" if forms else f" (opset {site.opset} < {native_opset}; --opset {native_opset} "
-                                                     f"for {op})"))
+    if kind == "ln" and site.opset >= 11:  # Slice with its axes as an input, negative ones counted from the back
+        forms["shifted"] = "one sample of each row subtracted, then the centered chain, statistics in float32"
+    advice = "" if "native" in forms else f" (opset {site.opset} < {native_opset}; --opset {native_opset} for {op})"
+    forms["float32-island"] = f"{'centered ' if kind == 'ln' else ''}chain with float32 statistics" + advice
 
     def build(site, form):
         _check_eps(f)
@@ -485,7 +503,7 @@ def _plan_decomposed(site: Site, kind: str) -> list[Plan] | None:
         if form == "native":
             writer = write_layer_norm if kind == "ln" else write_rms_norm
             return lambda w: writer(w, **kw)
-        return lambda w: write_island(w, centered=kind == "ln", **kw)
+        return lambda w: write_island(w, centered=kind == "ln", shifted=form == "shifted", **kw)
 
     return _planned(f"{kind}-native", forms, build, site)
 
@@ -493,8 +511,9 @@ def _plan_decomposed(site: Site, kind: str) -> list[Plan] | None:
 RULES.register(Rule(
     "ln-native", "a decomposed LayerNorm (ReduceMean chains: Pow or Mul, Div(Sqrt), Mul(Reciprocal), Pow(.5), "
     "Cast islands, E[x^2]-E[x]^2), and a decomposed GroupNorm's inner chain",
-    "LayerNormalization(stash_type=1) at opset >= 17; a centered chain with float32 statistics at any opset "
-    "(the first that passes on every target runtime)", "LayerNormalization: 17",
+    "LayerNormalization(stash_type=1) at opset >= 17; the shifted chain (one sample of each row subtracted first: "
+    "exact on zero-variance rows where OpenVINO's LayerNormalization is not) at opset >= 11; a centered chain with "
+    "float32 statistics at any opset (the first that passes on every target runtime)", "LayerNormalization: 17",
     "(x - mean) / sqrt(mean((x - mean)^2) + eps) * w + b over the same trailing axes, the Mul/Add constants as "
     "scale/bias; E[x^2]-E[x]^2 equals the centered variance in exact arithmetic",
     lambda site: _plan_decomposed(site, "ln"), hidden=frozenset({"variance-e-x2", "fp16-statistics"})))

@@ -83,8 +83,9 @@ class Matrix:
     def __post_init__(self):
         from .exporters import REGISTRY as EXPORTERS
         from .runtimes import REGISTRY as RUNTIMES
-        from .runtimes import available_runtimes
+        from .runtimes import available_runtimes, resolve_names
 
+        object.__setattr__(self, "providers", resolve_names(self.providers) or ())  # "all": every ONNX runtime here
         checks = [("norm", self.norms, ALL_KINDS), ("variant", self.variants, tuple(VARIANTS)),
                   ("exporter", self.exporters, tuple(EXPORTERS)), ("dtype", self.dtypes, tuple(DTYPES)),
                   ("runtime", self.providers, tuple(RUNTIMES))]

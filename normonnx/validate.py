@@ -36,6 +36,7 @@ from .runtimes import (
     available_runtimes,
     get_runtime,
     placement,
+    resolve_names,
 )
 from .safeio import atomic_write
 from .spec import NormSpec, numpy_dtype
@@ -257,6 +258,7 @@ def _check_input(model, spec: NormSpec, path, shape: tuple[int, ...]) -> bool:
 def choose_runtimes(runtimes: Sequence[str] | None, skip_missing: bool) -> tuple[list[str], dict[str, str]]:
     """(runtimes to run, {runtime: why skipped}). Default: every runtime available here, and the
     others listed as skipped with why. A requested missing one is RuntimeUnavailable unless skip_missing."""
+    runtimes = resolve_names(runtimes)  # "all": every ONNX runtime available here
     names = list(dict.fromkeys(runtimes)) if runtimes else available_runtimes(defaults_only=True)
     skipped: dict[str, str] = {}
     for n in names:
@@ -388,7 +390,9 @@ class SuiteRunner:
                     with np.errstate(all="ignore"):
                         y = self.variant.from_model(se.run(self.variant.to_model(sample.x)))
                 except Exception as e:  # the runtime's own failure: not checked; normonnx's: internal
-                    out.append(info.result(n, label, INTERNAL, error=f"{n}: {internal_reason(e)}")
+                    # (a SessionError is a runtime's refusal said by normonnx's wrapper, e.g. a compile per shape)
+                    out.append(info.result(n, label, NOT_CHECKED, error=str(e)) if isinstance(e, SessionError) else
+                               info.result(n, label, INTERNAL, error=f"{n}: {internal_reason(e)}")
                                if raised_by_normonnx(e) else
                                info.result(n, label, NOT_CHECKED, error=f"{n} failed to run: {first_line(e)}"))
                     continue

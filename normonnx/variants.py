@@ -140,7 +140,7 @@ register(Variant(
 
 
 # -- decomposed ----------------------------------------------------------------------------------
-def _build_decomposed(spec: NormSpec, params: dict, fp32: bool = False) -> "nn.Module":
+def _build_decomposed(spec: NormSpec, params: dict, fp32: bool = False, shifted: bool = False) -> "nn.Module":
     from normonnx import models
     from normonnx.models.native import load_params
 
@@ -148,13 +148,15 @@ def _build_decomposed(spec: NormSpec, params: dict, fp32: bool = False) -> "nn.M
     if k == "bn":
         m = models.DecomposedBatchNorm(spec.channels, spec.eps, spec.affine)
     elif k == "ln":
-        m = models.DecomposedLayerNorm(spec.normalized_shape, spec.eps, spec.affine, spec.bias, fp32=fp32)
+        m = models.DecomposedLayerNorm(spec.normalized_shape, spec.eps, spec.affine, spec.bias, fp32=fp32,
+                                       shifted=shifted)
     elif k == "rms":
         m = models.DecomposedRMSNorm(spec.normalized_shape, spec.eps, spec.affine, fp32=fp32)
     elif k == "in":
-        m = models.DecomposedInstanceNorm(spec.channels, spec.eps, spec.affine, spec.track_running_stats, fp32=fp32)
+        m = models.DecomposedInstanceNorm(spec.channels, spec.eps, spec.affine, spec.track_running_stats, fp32=fp32,
+                                          shifted=shifted)
     else:
-        m = models.DecomposedGroupNorm(spec.groups, spec.channels, spec.eps, spec.affine, fp32=fp32)
+        m = models.DecomposedGroupNorm(spec.groups, spec.channels, spec.eps, spec.affine, fp32=fp32, shifted=shifted)
     return load_params(m, params).eval()
 
 
@@ -228,6 +230,44 @@ register(Variant(
     emits=lambda kind, opset: "Reshape/LayerNormalization/Reshape/Mul/Add",
     refuses=lambda spec: "InstanceNorm with running statistics normalizes like BatchNorm: no per-row statistics"
     if spec.kind == "in" and spec.track_running_stats else None,
+))
+
+
+# -- shifted statistics (LN, IN, GN) ----------------------------------------------------------------
+def _set_size(spec: NormSpec) -> int:
+    """Elements per normalization set."""
+    spatial = int(np.prod(spec.shape[2:]))
+    if spec.kind == "gn":
+        return spec.channels // spec.groups * spatial
+    return int(np.prod(spec.normalized_shape)) if spec.kind == "ln" else spatial
+
+
+def _expect_shifted(spec: NormSpec, opset: int, ops: set[str]) -> str | None:
+    why = _expect_decomposed(spec, opset, ops)
+    if why:
+        return why
+    if "Slice" not in ops and _set_size(spec) > 1:  # one element is its own sample: exporters drop that Slice
+        return "a shifted graph must take one sample of each set with Slice"
+    if spec.dtype != "float32" and "Cast" not in ops:
+        return "expected Casts to float32 around the statistics"
+    return None
+
+
+register(Variant(
+    name="shifted",
+    description="one sample of each set (a Slice) subtracted before the two-pass ReduceMean statistics: exact on "
+                "zero-variance sets and robust to large offsets where reductions sum in float32 one value at a time "
+                "(OpenVINO; IREE, TVM, MNN, LiteRT as issue 34 measured); float32 statistics for float16/bfloat16",
+    min_opset={"ln": 11, "in": 11, "gn": 11},
+    # float16/bfloat16 statistics in float32 between Casts (as fix writes it). Measured with float16 statistics on
+    # the reference runtime, which computes float16 in float16 as a GPU provider does: "wide" errs 2.4..3 (d*d
+    # of a set ~600 wide overflows, shifted or not) and offsets >= 1e3 give NaN (the mean's float16 sum
+    # overflows); ORT CPU and OpenVINO pass either way (they compute float16 ops in float32)
+    build=lambda spec, params: _build_decomposed(spec, params, fp32=True, shifted=True),
+    expect=_expect_shifted,
+    emits=lambda kind, opset: "Slice shift, then ReduceMean/Sub/Mul/Sqrt/Div" + (" + Reshape" if kind == "gn" else ""),
+    refuses=lambda spec: "InstanceNorm with running statistics normalizes like BatchNorm: no per-set statistics to "
+                         "shift" if spec.kind == "in" and spec.track_running_stats else None,
 ))
 
 
