@@ -188,12 +188,12 @@ def wrap(m: onnx.ModelProto, f: FoundNorm) -> onnx.ModelProto:
     precision than its input (a float16 island in a float32 model: judged as float16). The wrappers take a new
     graph input and end at the layer's own input value, so every value of the layer keeps its name and type
     (a rewrite of the wrapped layer writes what it would write in the model)."""
+    g = m.graph
+    if f.notes and any("Q/DQ" in n for n in f.notes):  # natives too (a QDQ instance-trick GroupNorm)
+        _strip_qdq(g)
     d = f.derived
     if d is None:
         return m
-    g = m.graph
-    if f.notes and any("Q/DQ" in n for n in f.notes):
-        _strip_qdq(g)
     x = g.input[0]
     elem = x.type.tensor_type.elem_type
     permuted = d.perm is not None and list(d.perm) != list(range(len(d.perm)))

@@ -212,7 +212,7 @@ def _instance_trick(view: View, n) -> FoundNorm | None:
 
 def _qdq_note(view: View, x, y) -> tuple[str, ...]:
     nodes = region(view, x, y)
-    return ("runs between Q/DQ pairs: its int8 rounding is not judged (checked as float)",) if any(
+    return ("runs between Q/DQ pairs: checked as float (scan --activations measures its int8 rounding)",) if any(
         is_qdq_pair(m) for m in nodes) else ()
 
 
@@ -695,7 +695,7 @@ def _describe(view: View, x, y, nodes: list, anchors: list) -> FoundNorm:
     cand = Candidate(x.name, y.name, eps, params=tuple(p.name for p in params), qdq=qdq, stats_dtype=stats,
                      centered=centered)
     param_names = tuple((k, v.name) for k, v in (("weight", weight), ("bias", bias)) if v is not None)
-    notes = ("runs between Q/DQ pairs: its int8 rounding is not judged (checked as float)",) if qdq else ()
+    notes = ("runs between Q/DQ pairs: checked as float (scan --activations measures its int8 rounding)",) if qdq else ()
     return FoundNorm(kind, "decomposed", ops, tuple(view.name(m) for m in nodes), x.name, y.name, axes, groups,
                      eps[0] if eps else None, weight is not None, view.dtype(y) or view.dtype(x), tuple(risks),
                      param_names, stats_dtype=stats, notes=notes, candidate=cand)

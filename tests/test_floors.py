@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # no member imports another (scan and sweep are features side by side)
 FLOORS = [
     ("ground", ["errors", "version", "tables", "registry", "spec", "params", "reference", "compare", "judge",
-                "timing", "safeio", "results"], False),
+                "timing", "safeio", "results", "outputs"], False),
     ("model", ["graph", "shapes", "irview", "patterns", "identify", "cutout", "derive", "rules", "rewrite"], False),
     ("export", ["models", "translations", "variants", "exporters", "export", "cache"], False),
     ("engine", ["inputs", "runtimes", "fusion", "probe", "validate", "layers", "bench", "pool"], False),

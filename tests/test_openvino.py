@@ -154,3 +154,37 @@ def test_golden_outputs_saved_on_ort_judged_on_openvino(tmp_path):
     assert set(layer["runtimes"]) == {"cpu", "openvino"} and r.returncode == 0, layer
     assert layer["runtimes"]["cpu"]["max_diff_from_stored"] == 0.0  # the same runtime: the same outputs
     assert layer["runtimes"]["openvino"]["passed"] is True
+
+
+def _gn18(tmp_path, offset: float):
+    """GroupNormalization-18 alone (ORT CPU inlines it with an E[x^2]-E[x]^2 variance: NaN at offset 1e4), and
+    --data at that offset."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])
+    node = helper.make_node("GroupNormalization", ["x", "s", "b"], ["y"], num_groups=4, epsilon=1e-5)
+    inits = [helper.make_tensor("s", TensorProto.FLOAT, [4], np.ones(4, np.float32)),
+             helper.make_tensor("b", TensorProto.FLOAT, [4], np.zeros(4, np.float32))]
+    m = helper.make_model(helper.make_graph([node], "gn", [x], [y], inits), opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 9
+    onnx.save(m, str(tmp_path / "gn18.onnx"))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=(rng.standard_normal((2, 1, 8, 16, 16)) + offset).astype(np.float32))
+    return tmp_path / "gn18.onnx", tmp_path / "d.npz"
+
+
+@pytest.mark.parametrize("offset, runtimes, want", [
+    (0.0, "openvino", {"openvino": "pass"}),  # f32 on both: ~1e-6 apart
+    (1e4, "openvino", {"openvino": "fail"}),  # ORT's inlined GroupNorm gives NaN there, OpenVINO does not
+    (0.0, "openvino,reference", {"openvino": "pass"}),  # reference runs cut-out layers only: said in a note
+])
+def test_activations_run_the_whole_model_on_each_named_runtime(tmp_path, offset, runtimes, want):
+    model, data = _gn18(tmp_path, offset)
+    r = run_cli("scan", str(model), "--activations", "--data", str(data), "--runtimes", runtimes, "--json")
+    whole = json.loads(r.stdout)["activations"]["whole_model"]
+    assert {k: w["status"] for k, w in whole.items()} == want, whole
+    if offset:
+        assert whole["openvino"]["samples"] == 2 and "non-finite" in whole["openvino"]["why"]
+        assert r.returncode == 1
+    if "reference" in runtimes:
+        assert any("not compared on reference" in n for n in json.loads(r.stdout)["activations"]["notes"])
+    assert whole["openvino"]["precision"] == "f32"

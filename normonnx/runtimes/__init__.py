@@ -17,6 +17,7 @@ from .base import (  # noqa: F401  (the interface, re-exported: callers import i
     SessionConfig,
     RunOptions,
     Session,
+    ModelSession,
     Runtime,
     SessionError,
     RuntimeRegistry,

@@ -67,6 +67,16 @@ class Session:
 
 
 @dataclass(frozen=True)
+class ModelSession:
+    """A whole model open on one runtime: run(feeds by input name) -> the outputs in the graph's order."""
+
+    runtime: str
+    run: Callable[[dict], list]
+    outputs: list[str]
+    facts: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Runtime:
     """One runtime: `unavailable()` says why it cannot run here (None: it can); `open(model_path, config,
     torch_module)` prepares the model (converting it where the runtime needs its own format) and returns
@@ -83,6 +93,9 @@ class Runtime:
     # what bench times for a runtime other than ORT (whose IOBinding bench does itself, on torch's tensors)
     bind: Callable[..., Callable[[], object]] | None = field(default=None, repr=False)
     plugin: str | None = None  # the entry point that registered it (third-party runtimes)
+    # (model_path, SessionConfig) -> ModelSession: the whole model, its many inputs and outputs (scan --activations
+    # runs it on each named runtime beside the float32 run); None: this runtime runs cut-out layers only
+    open_model: Callable[..., "ModelSession"] | None = field(default=None, repr=False)
 
 
 class SessionError(Exception):

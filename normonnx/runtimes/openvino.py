@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import first_line
-from .base import Runtime, Session, SessionConfig, SessionError, register
+from .base import ModelSession, Runtime, Session, SessionConfig, SessionError, register
 
 
 # Opt-in by name: installing the extra changes no default run. "openvino" pins f32 inference precision, so
@@ -80,6 +80,25 @@ def _open_openvino(name: str, pinned: bool):
     return open_
 
 
+def _open_model_openvino(name: str, pinned: bool):
+    def open_model(model_path, config: SessionConfig) -> ModelSession:
+        import openvino as ov
+
+        core, compiled = _ov_compile(model_path, config, pinned)
+        request = compiled.create_infer_request()
+        outs = list(compiled.outputs)
+
+        def run(feeds: dict) -> list:
+            got = request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
+            return [np.array(got[o]) for o in outs]  # copies: the request reuses its buffers
+
+        facts = {"version": ov.__version__, "precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
+                 "machine_default_precision": core.get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()}
+        return ModelSession(name, run, [o.get_any_name() for o in outs], facts)
+
+    return open_model
+
+
 def _bind_openvino(pinned: bool):
     def bind(model_path, config: SessionConfig, x: np.ndarray) -> Callable[[], object]:
         import openvino as ov
@@ -99,8 +118,8 @@ def _bind_openvino(pinned: bool):
 
 register(Runtime("openvino", "OpenVINO CPU, f32 inference precision (the graph's own numerics)", _openvino_unavailable,
                  _open_openvino("openvino", True), default=False,
-                 bind=_bind_openvino(True)))
+                 bind=_bind_openvino(True), open_model=_open_model_openvino("openvino", True)))
 register(Runtime("openvino-default", "OpenVINO CPU with this machine's default precision (bf16 where the CPU has "
                  "AVX512-BF16), judged as the model's dtype", _openvino_unavailable,
                  _open_openvino("openvino-default", False), default=False,
-                 bind=_bind_openvino(False)))
+                 bind=_bind_openvino(False), open_model=_open_model_openvino("openvino-default", False)))

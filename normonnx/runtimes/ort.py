@@ -15,7 +15,7 @@ import onnx
 from ..errors import first_line
 from ..graph import op_histogram
 from ..tables import PROVIDERS
-from .base import Runtime, Session, SessionConfig, SessionError, register
+from .base import ModelSession, Runtime, Session, SessionConfig, SessionError, register
 
 
 def _ort():
@@ -150,5 +150,25 @@ def placement(session: Session, x: np.ndarray) -> dict[str, int]:
         return _placement(prof.end_profiling())
 
 
-register(Runtime("cpu", "ONNX Runtime, CPUExecutionProvider", _ort_unavailable("cpu"), _open_ort("cpu")))
-register(Runtime("cuda", "ONNX Runtime, CUDAExecutionProvider", _ort_unavailable("cuda"), _open_ort("cuda")))
+def _open_model_ort(provider: str):
+    def open_model(model_path, config: SessionConfig) -> ModelSession:
+        from ..graph import ort_source
+
+        model, folder = ort_source(model_path)  # an inline model read in place, never parsed whole
+        so = session_options(config)
+        if folder:
+            so.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+        try:
+            sess = ort_session(model, so, provider)
+        except Exception as e:
+            raise SessionError(f"ORT {provider} cannot load the model: {first_line(e)}") from e
+        facts = {"provider": sess.get_providers()[0], "version": _ort().__version__, "precision": "as the graph's types"}
+        return ModelSession(provider, lambda feeds: sess.run(None, feeds), [o.name for o in sess.get_outputs()], facts)
+
+    return open_model
+
+
+register(Runtime("cpu", "ONNX Runtime, CPUExecutionProvider", _ort_unavailable("cpu"), _open_ort("cpu"),
+                 open_model=_open_model_ort("cpu")))
+register(Runtime("cuda", "ONNX Runtime, CUDAExecutionProvider", _ort_unavailable("cuda"), _open_ort("cuda"),
+                 open_model=_open_model_ort("cuda")))

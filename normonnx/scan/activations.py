@@ -32,6 +32,7 @@ MAX_FETCH_BYTES = 1 << 30  # captured tensors fetched per model run: 1 GiB (more
 MAX_SAMPLES = 1024  # --data samples (--max-samples raises it): each is one model run
 MAX_DATA_BYTES = 1 << 30  # --data arrays, decompressed (--max-data-bytes raises it)
 WHAT_IF_SAMPLES = 16  # the float16 what-if runs on onnx.reference, slowly: the first samples only
+WHOLE_SAMPLES = 4  # the whole model on another runtime: the first samples (each a run on both)
 
 
 @dataclass
@@ -49,6 +50,9 @@ class LayerCheck:
     # and with --load-outputs "max_diff_from_stored"}
     on: dict = field(default_factory=dict)
     replayed_only: bool = False  # --load-outputs: the model is not run, only the replays are judged
+    source: str | None = None  # the value captured as its input (a QDQ layer's: after its input's Q/DQ pair)
+    int8: dict = field(default_factory=dict)  # a QDQ layer as the model runs it, int8 rounding and all (measured)
+    grid: float | None = None  # a QDQ layer's output step: the scale of the last Q/DQ pair it runs through
 
     @property
     def statuses(self) -> list[str]:
@@ -60,8 +64,27 @@ class LayerCheck:
         ok = lambda st: {PASS: True, FAIL: False}.get(st)  # noqa: E731
         return {"layer": self.norm.nodes[0], "kind": self.norm.kind, "form": self.norm.form, "op": self.norm.op,
                 "dtype": self.norm.dtype, "status": self.status, "passed": ok(self.status), "why": self.why,
-                "stats": self.stats, "error": self.error, "float16": self.fp16,
+                "stats": self.stats, "error": self.error, "float16": self.fp16, "int8": self.int8 or None,
                 "runtimes": {k: {**v, "passed": ok(v["status"])} for k, v in self.on.items()}}
+
+
+@dataclass(frozen=True)
+class WholeRun:
+    """The whole model on one named runtime against the float32 run on ONNX Runtime (the capture's session), on
+    the first WHOLE_SAMPLES inputs: a runtime's precision changes the layers around the norms too."""
+
+    runtime: str
+    status: str  # pass | fail | not checked | internal error
+    max_abs_diff: float | None = None
+    outputs: dict = field(default_factory=dict)  # output name -> outputs.OutputDiff, the worst sample's
+    samples: int = 0
+    precision: str | None = None
+    why: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"runtime": self.runtime, "status": self.status, "max_abs_diff": self.max_abs_diff,
+                "outputs": {k: o.to_dict() for k, o in self.outputs.items()}, "samples": self.samples,
+                "precision": self.precision, "why": self.why}
 
 
 @dataclass
@@ -78,13 +101,14 @@ class ActivationReport:
     notes: list[str] = field(default_factory=list)
     unidentified: list = field(default_factory=list)  # possible norms not identified: nothing checked there
     allow_not_checked: bool = False  # PASS beside layers that could not be checked
+    whole: dict = field(default_factory=dict)  # runtime -> WholeRun: the whole model there against the float32 run
 
     @property
     def verdict(self):
-        """The one judge over every layer (and replay) and every possible norm not identified: no layer at all
-        is nothing checked."""
-        return judge([st for lf in self.layers for st in lf.statuses] + [NOT_CHECKED] * len(self.unidentified),
-                     self.allow_not_checked)
+        """The one judge over every layer (and replay), every whole-model run on a named runtime, and every
+        possible norm not identified: no layer at all is nothing checked."""
+        return judge([st for lf in self.layers for st in lf.statuses] + [w.status for w in self.whole.values()]
+                     + [NOT_CHECKED] * len(self.unidentified), self.allow_not_checked)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -94,7 +118,8 @@ class ActivationReport:
         return {"model": self.model, "provider": self.provider, "samples": self.samples, "source": self.source,
                 "inputs": self.inputs,
                 "runs": self.runs, "captured_bytes": self.captured_bytes, "seconds": round(self.seconds, 2),
-                "notes": self.notes, "layers": [lf.to_dict() for lf in self.layers], "exit_code": int(self.exit_code),
+                "notes": self.notes, "layers": [lf.to_dict() for lf in self.layers],
+                "whole_model": {k: w.to_dict() for k, w in self.whole.items()}, "exit_code": int(self.exit_code),
                 # what the verdict covers (scan --validate judges stress inputs instead)
                 "checked": f"the activations of {self.samples} model inputs ({self.source}), not stress inputs"}
 
@@ -270,11 +295,39 @@ def _fp16_layer(layer_path: Path, out: Path) -> Path:
     """The layer as onnxruntime's float16 converter writes it (what a float16 deployment would run)."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    m = onnx.load(str(layer_path))
+    m = _fold_dequantized(onnx.load(str(layer_path)))
     if m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
         m = convert_float_to_float16(m, keep_io_types=False, disable_shape_infer=True)
     onnx.save(m, str(out))
     return out
+
+
+def _fold_dequantized(m: onnx.ModelProto) -> onnx.ModelProto:
+    """A QDQ layer's parameters (DequantizeLinear of int8 constants) as the float constants they are: the float16
+    converter then converts them like any weight, and onnx.reference, which has no DequantizeLinear below opset
+    19, runs the layer."""
+    import onnx_ir as ir
+
+    from ..irview import View, is_op
+
+    view = View(ir.from_proto(m).graph)
+    folded = {}
+    for n in view.nodes:
+        if is_op(n, "DequantizeLinear") and view.is_const(n.outputs[0]):
+            value = view.const(n.outputs[0])
+            if value is not None:
+                folded[n.outputs[0].name] = value
+    if not folded:
+        return m
+    keep = [n for n in m.graph.node if not (n.op_type == "DequantizeLinear" and n.output[0] in folded)]
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    m.graph.initializer.extend(onnx.numpy_helper.from_array(np.asarray(v), k) for k, v in folded.items())
+    used = {i for n in keep for i in n.input}
+    kept = [t for t in m.graph.initializer if t.name in used]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(kept)
+    return m
 
 
 def _run_reference(path: Path, x: np.ndarray) -> np.ndarray:
@@ -351,11 +404,20 @@ def check_activations(path: str | Path, *, data: str | Path | None = None,
     analysed.CopyFrom(stored)
     fix_input_shapes(analysed, {k: tuple(v) for k, v in shapes.items()})
     analysed = infer_shapes(analysed)
-    g = Graph(analysed.graph)
     norms, left = found if found is not None else find_layers(analysed, p.parent)
     layers = [LayerCheck(i, f) for i, f in enumerate(norms)]
     report = ActivationReport(str(p), len(samples), source, shapes, layers,
                               unidentified=[x for x in left if x.kind == "?"])
+    todo = _capturable(layers)
+    if todo:
+        _run_checks(p, stored, analysed, todo, samples, report, what_if=what_if, progress=progress,
+                    max_fetch_bytes=max_fetch_bytes, runtimes=runtimes, save_outputs=save_outputs)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _capturable(layers: list[LayerCheck]) -> list[LayerCheck]:
+    """The layers whose values a run of the main graph can capture (the others say why not)."""
     todo = []
     for lc in layers:
         f = lc.norm
@@ -365,23 +427,32 @@ def check_activations(path: str | Path, *, data: str | Path | None = None,
             lc.why = f.unvalidatable
         else:
             todo.append(lc)
-    if not todo:
-        report.seconds = time.perf_counter() - t0
-        return report
+    return todo
+
+
+def _run_checks(p: Path, stored: onnx.ModelProto, analysed: onnx.ModelProto, todo: list[LayerCheck], samples: list,
+                report: ActivationReport, *, what_if: bool, progress, max_fetch_bytes: int, runtimes, save_outputs):
+    """Capture, judge, replay and save each layer of `todo`, a batch of captured values at a time; then the whole
+    model on each named runtime that runs whole models."""
+    from ..runtimes import get_runtime
+
+    g = Graph(analysed.graph)
+    extractor = Cutter(analysed, p.parent)
+    for lc in todo:
+        lc.source, lc.grid = quantized_ends(extractor.view, lc.norm)
     replays = _replay_runtimes(runtimes)
     golden = Golden(save_outputs) if save_outputs is not None else None
     with tempfile.TemporaryDirectory(prefix="normonnx-act-") as tmp:
         work = Path(tmp)
         sess, report.provider = _capture_session(p, stored, g, todo, work)
-        extractor = Cutter(analysed, p.parent)
         batches = _batches(todo, lambda n: _nbytes(g, n), max_fetch_bytes)
         for batch in batches:
-            names = list(dict.fromkeys(n for lc in batch for n in (lc.norm.input, *lc.norm.extra_inputs,
+            names = list(dict.fromkeys(n for lc in batch for n in (lc.source, *lc.norm.extra_inputs,
                                                                       lc.norm.output)))
-            got = _capture(sess, names, samples, report, f"{p} on {source.split(' (')[0]}")
+            got = _capture(sess, names, samples, report, f"{p} on {report.source.split(' (')[0]}")
             for lc in batch:
                 if progress:
-                    progress(lc.index, len(norms), lc.norm)
+                    progress(lc.index, len(report.layers), lc.norm)
                 xs = _check_layer(lc, got, extractor, work, what_if)
                 if xs is not None:
                     for rt in replays:
@@ -389,10 +460,14 @@ def check_activations(path: str | Path, *, data: str | Path | None = None,
                     if golden is not None:
                         golden.add(lc, xs, [_measured_layout(lc.norm, y) for y in got[lc.norm.output]])
             del got  # one batch's tensors at a time
+        whole = [rt for rt in replays if get_runtime(rt).open_model is not None]
+        for rt in whole:
+            report.whole[rt] = whole_run(p, sess, [o.name for o in stored.graph.output], samples[:WHOLE_SAMPLES], rt)
+        if len(whole) < len(replays):
+            report.notes.append(f"the whole model is not compared on {', '.join(r for r in replays if r not in whole)}: "
+                                "normonnx runs cut-out layers only there")
     if golden is not None:
         golden.write()
-    report.seconds = time.perf_counter() - t0
-    return report
 
 
 def _capture_session(p: Path, stored: onnx.ModelProto, g: Graph, todo: list, work: Path):
@@ -407,7 +482,7 @@ def _capture_session(p: Path, stored: onnx.ModelProto, g: Graph, todo: list, wor
     check_external_data(stored, p.parent)
     full = stored
     outputs = {o.name for o in full.graph.output}
-    wanted = list(dict.fromkeys(n for lc in todo for n in (lc.norm.input, *lc.norm.extra_inputs, lc.norm.output)))
+    wanted = list(dict.fromkeys(n for lc in todo for n in (lc.source, *lc.norm.extra_inputs, lc.norm.output)))
     for name in wanted:
         if name not in outputs:
             full.graph.output.append(onnx.helper.make_tensor_value_info(name, _elem_type(g, name, todo), None))
@@ -499,13 +574,56 @@ def _batches(todo: list, nbytes, limit: int) -> list[list]:
     """Layers grouped so that one model run fetches at most `limit` bytes of captured tensors."""
     out, cur, used = [], [], 0
     for lc in todo:
-        need = sum(nbytes(n) for n in (lc.norm.input, *lc.norm.extra_inputs, lc.norm.output))
+        need = sum(nbytes(n) for n in (lc.source, *lc.norm.extra_inputs, lc.norm.output))
         if cur and used + need > limit:
             out.append(cur)
             cur, used = [], 0
         cur.append(lc)
         used += need
     return out + ([cur] if cur else [])
+
+
+def quantized_ends(view, f: FoundNorm) -> tuple[str, float | None]:
+    """(the value a layer computes from, its output's int8 step) for a layer that runs between Q/DQ pairs: a Q/DQ
+    pair on its input is taken as the model takes it (the layer sees the dequantized values, and so does the
+    oracle); the step is the largest scale of the last pair in its region (None: no pair inside)."""
+    from ..irview import is_op, is_qdq_pair
+
+    names = set(f.nodes)
+    pairs = [n for n in view.nodes if view.name(n) in names and is_qdq_pair(n)]
+    if not pairs:
+        return f.input, None
+    x, source = view.value(f.input), f.input
+    first = [u.node for u in x.uses()] if x is not None else []
+    if len(first) == 1 and is_qdq_pair(first[0]) and view.name(first[0]) in names:
+        dq = first[0].outputs[0].uses()[0].node
+        if is_op(dq, "DequantizeLinear"):
+            source = dq.outputs[0].name
+    scale = view.const(pairs[-1].inputs[1])
+    return source, float(np.max(np.abs(scale))) if scale is not None and np.size(scale) else None
+
+
+def _float_run(layer_path: Path, xs: list) -> list:
+    """The cut-out layer (Q/DQ pairs out: float arithmetic) on ORT CPU on each input."""
+    from ..runtimes import SessionConfig, get_runtime
+
+    sess = get_runtime("cpu").open(layer_path, SessionConfig(), None)
+    return [sess.run(np.ascontiguousarray(x)) for x in xs]
+
+
+def _int8(spec, params, xs: list, ys: list, grid: float, dtype: str) -> dict:
+    """The model's own output of a QDQ layer against the oracle, at its dtype's tolerance plus two steps of its
+    output's int8 grid: what int8 rounding between the norm's nodes costs (a what-if's status: never the exit)."""
+    from ..compare import Tolerance, compare, tolerance_for
+    from ..reference import reference
+
+    tol = tolerance_for(dtype)
+    tol = Tolerance(tol.atol + 2 * grid, tol.rtol)
+    cs = [compare(np.asarray(y), reference(spec, params, np.asarray(x, np.float64)), dtype, tol) for x, y in zip(xs, ys)]
+    worst = max(c.max_abs_err for c in cs)
+    bad = [c.reason for c in cs if not c.passed]
+    return {"status": judge(status_of(c.passed) for c in cs).status, "max_abs_err": worst, "grid": grid,
+            "steps": worst / grid if grid else None, "why": bad[0] if bad else None}
 
 
 def _check_layer(lc: LayerCheck, got: dict, extractor: Cutter, work: Path, what_if: bool) -> list | None:
@@ -521,7 +639,7 @@ def _check_layer(lc: LayerCheck, got: dict, extractor: Cutter, work: Path, what_
         lc.status, lc.why = INTERNAL, internal_reason(e, 120)
         return None
     xs = []
-    for s, x in enumerate(got[f.input]):
+    for s, x in enumerate(got[lc.source]):
         x = np.asarray(x)
         for extra in f.extra_inputs:  # Skip*: the op normalizes input + skip (+ its bias)
             x = x + got[extra][s]
@@ -540,8 +658,12 @@ def _check_layer(lc: LayerCheck, got: dict, extractor: Cutter, work: Path, what_
     except Exception as e:
         lc.why = f"the captured input {list(xs[0].shape)} does not fit the layer's spec: {e}"
         return None
+    ys = [_measured_layout(f, y) for y in got[f.output]]
     try:
-        verdicts = [_judge(s_spec, params, x, _measured_layout(f, y), spec.dtype) for x, y in zip(xs, got[f.output])]
+        if lc.grid is not None:  # judged as float (Q/DQ out), the model's own int8 rounding measured beside
+            lc.int8 = _int8(s_spec, params, xs, ys, lc.grid, spec.dtype)
+            ys = _float_run(layer_path, xs)
+        verdicts = [_judge(s_spec, params, x, y, spec.dtype) for x, y in zip(xs, ys)]
     except Exception as e:  # normonnx's own failure is never a verdict on the layer
         lc.status, lc.why = INTERNAL, internal_reason(e, 120)
         return None
@@ -571,6 +693,29 @@ def _measured_layout(f: FoundNorm, a):
 # -- other runtimes, golden outputs ------------------------------------------------------------------------
 # The model is captured on ORT (the one runtime that can hand back every intermediate value); each other
 # runtime judges the cut-out layer replayed on those captured inputs, the same oracle, the same rule.
+def whole_run(p: Path, capture, names: list[str], samples: list[dict], runtime: str) -> WholeRun:
+    """The whole model on `runtime` on each sample against the capture session's own outputs (the float32 run on
+    ORT): compared output by output at the outputs' dtype tolerance (normonnx.outputs)."""
+    from ..outputs import compare_outputs
+    from ..runtimes import SessionConfig, SessionError, get_runtime
+
+    try:
+        ms = get_runtime(runtime).open_model(p, SessionConfig())
+        diffs = [compare_outputs(names, capture.run(names, feeds), ms.run(feeds)) for feeds in samples]
+    except (NormonnxError, SessionError) as e:
+        return WholeRun(runtime, NOT_CHECKED, why=f"the whole model not run on {runtime}: {first_line(e, 160)}")
+    except Exception as e:
+        if raised_by_normonnx(e):
+            return WholeRun(runtime, INTERNAL, why=internal_reason(e, 120))
+        return WholeRun(runtime, NOT_CHECKED, why=f"{runtime} failed to run the whole model ({type(e).__name__}: "
+                                                  f"{first_line(e, 140)})")
+    worst = max(diffs, key=lambda d: d.max_abs_diff)
+    bad = [(o.reason or f"{name} differs").replace("the oracle", "the ORT run") for d in diffs
+           for name, o in d.outputs.items() if not o.within]
+    return WholeRun(runtime, judge(d.status for d in diffs).status, worst.max_abs_diff, worst.outputs, len(diffs),
+                    ms.facts.get("precision"), bad[0] if bad else None)
+
+
 def _replay_runtimes(runtimes: list[str] | None) -> list[str]:
     from ..runtimes import require
 
