@@ -18,8 +18,9 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import BadInput, NormonnxError, RuntimeUnavailable
+from .errors import BadInput, NormonnxError, RuntimeUnavailable, need_torch
 from .export import DEFAULT_EXPORTER, export_report
+from .exporters import get_exporter
 from .params import make_params
 from .runtimes import RunOptions, get_runtime, ort_session, resolve_names, session_options
 from .timing import TimingOptions
@@ -146,18 +147,23 @@ class BenchReport:
 
 
 def machine_info() -> dict:
+    """The machine a timing or a sweep ran on (torch's threads and GPU where torch is installed)."""
     import onnxruntime as ort
-    import torch
 
+    from .errors import module_missing
+
+    torch = None
+    if not module_missing("torch"):  # installed without torch, a sweep folder still says which machine
+        import torch
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "onnxruntime": ort.__version__,
-            "torch_threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__ if torch else None,
+            "onnxruntime": ort.__version__, "torch_threads": torch.get_num_threads() if torch else None}
+    if torch is not None and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
 
@@ -186,13 +192,14 @@ def benchmark(
     """Time every variant of `spec` (default: every one that can express it at `opset`) on each of
     run's providers (default: cpu; run.config's threads and optimization level) next to torch eager and a
     copy, interleaved as `timing` says; see normonnx.timing."""
-    import torch
-
     if run.skip_missing:
         raise BadInput("bench times every provider it is given: skip_missing does not apply")
     t = timing
     variants, providers = _check_request(spec, variants, list(run.runtimes or ()), opset, t.warmup, t.min_time,
                                          t.rounds)
+    # every form is exported from PyTorch and timed beside it: without torch, exit 3 before any work
+    get_exporter(exporter).require("bench")
+    torch = need_torch("bench")
     config, threads = run.config, run.config.threads
     if threads:
         torch.set_num_threads(threads)

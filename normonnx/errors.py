@@ -60,6 +60,46 @@ class NotChecked(NormonnxError):
     exit_code = ExitCode.NOT_CHECKED
 
 
+# torch is an extra (`pip install normonnx` checks ONNX files alone): what to type when a command needs it. The extra
+# brings torch and onnxscript (what torch's dynamo exporter writes with) beside the normonnx installed; the pin
+# matters: on PyPI a bare "torch" for Linux is the multi-GB CUDA build, while this project's machines (and an index
+# set up like theirs) serve 2.13.0 as the CPU build
+TORCH_INSTALL = ('pip install "normonnx[torch]" "torch==2.13.0" (the pin is the CPU build on this project\'s index; '
+                 'a bare "torch" can be a multi-GB CUDA download)')
+
+
+def module_missing(name: str) -> bool:
+    """Whether `name` cannot be imported here, asked without importing it (torch takes seconds to import); a module
+    hidden as None in sys.modules, the way Python marks one missing, is missing."""
+    import importlib.util
+    import sys
+
+    if name in sys.modules:
+        return sys.modules[name] is None
+    try:
+        return importlib.util.find_spec(name) is None
+    except (ImportError, ValueError):  # a finder that refuses it, or a half-imported module without a spec
+        return True
+
+
+def torch_missing() -> str | None:
+    """Why torch cannot be used here (not installed), or None; without importing it."""
+    return f"torch is not installed here: {TORCH_INSTALL}" if module_missing("torch") else None
+
+
+def need_torch(what: str):
+    """torch itself, for `what` (e.g. "export"), or RuntimeUnavailable (exit 3) in one line saying how to install
+    it: every path that needs PyTorch comes through here, and every other path never imports it."""
+    try:
+        import torch
+    except ImportError as e:
+        if module_missing("torch"):
+            raise RuntimeUnavailable(f"{what} needs torch, which is not installed here: {TORCH_INSTALL}") from None
+        raise RuntimeUnavailable(f"{what} needs torch, which is installed but cannot be imported: "
+                                 f"{first_line(e)}") from None
+    return torch
+
+
 def first_line(e: BaseException, limit: int = 300) -> str:
     """An exception in one line for a message: its first non-blank line (cut at `limit`), or its type's
     name when it says nothing. Every "why" that quotes a library's exception goes through here."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ExportMismatch, first_line, raised_by_normonnx, source_roots
+from .errors import ExportMismatch, first_line, need_torch, raised_by_normonnx, source_roots
 from .exporters import get_exporter, quiet_export
 from .params import make_params
 from .safeio import check_output_path, publish, staging
@@ -44,12 +44,16 @@ def case_id(spec: NormSpec, variant: str, opset: int, exporter: str, dynamic: bo
 
 
 def tool_versions() -> dict[str, str]:
+    """The versions an export depends on (what a cached export and a sweep's results are keyed by)."""
     import onnx
-    import onnxscript
-    import torch
 
+    torch = need_torch("export")
+    try:
+        import onnxscript  # the dynamo exporter's; the torchscript one runs without it
+    except ImportError:
+        onnxscript = None
     return {"normonnx": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxscript": onnxscript.__version__}
+            "onnxscript": getattr(onnxscript, "__version__", "not installed")}
 
 
 @dataclass(frozen=True)
@@ -75,9 +79,11 @@ class ExportReport:
 
 
 def check_request(spec: NormSpec, variant: str, opset: int, exporter: str) -> None:
-    """Raise BadInput if the combination cannot be exported at all (before doing any work)."""
+    """Raise BadInput if the combination cannot be exported at all (before doing any work); RuntimeUnavailable
+    if the exporter cannot run here (torch, or onnxscript for dynamo, not installed)."""
     get_variant(variant).check(spec, opset)
     get_exporter(exporter).check(opset)
+    get_exporter(exporter).require("export")
 
 
 def verify_export(model: onnx.ModelProto, spec: NormSpec, variant: str, opset: int) -> str | None:
@@ -150,9 +156,10 @@ def export_report(
     check_output_path(out, "model")
     v = get_variant(variant)
     import onnx
-    import torch
 
     from .graph import model_facts, set_metadata
+
+    torch = need_torch("export")
 
     module = v.build(spec, make_params(spec)).to(DTYPES[spec.dtype].torch)
     example = torch.randn(v.model_shape(spec.shape), generator=torch.Generator().manual_seed(0)) \

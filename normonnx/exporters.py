@@ -14,7 +14,7 @@ from pathlib import Path
 from functools import lru_cache
 from typing import Callable
 
-from .errors import BadInput
+from .errors import TORCH_INSTALL, BadInput, RuntimeUnavailable, module_missing
 from .registry import Registry
 from .spec import NormSpec
 from .tables import per_feature
@@ -53,6 +53,26 @@ class Exporter:
     max_opset: Callable[[], int] = field(repr=False, compare=False)  # torch's limit, looked up when asked
     native_from: int = 7  # below this the exporter converts (and may silently fail to)
     run: Callable[..., None] = field(default=None, repr=False, compare=False)
+    # the modules it imports to run, each an install away where missing (torch is normonnx's `torch` extra)
+    needs: tuple[str, ...] = ("torch",)
+
+    def missing(self) -> str | None:
+        """The first module this exporter needs that is not installed here, or None; found without importing it."""
+        return next((m for m in self.needs if module_missing(m)), None)
+
+    def unavailable(self) -> str | None:
+        """Why it cannot run here (what to install), or None: what `normonnx list` shows."""
+        m = self.missing()
+        return None if m is None else f"{m} is not installed here: {_install(m)}"
+
+    def require(self, what: str = "export", hint: str = "") -> None:
+        """RuntimeUnavailable (exit 3) in one line when `what` cannot run this exporter here, saying what to install
+        (and `hint`, what works without it)."""
+        m = self.missing()
+        if m is None:
+            return
+        need = f"{what} needs torch" if m == "torch" else f"{what} with the {self.name} exporter needs {m}"
+        raise RuntimeUnavailable(f"{need}, which is not installed here: {_install(m)}" + (f"; {hint}" if hint else ""))
 
     @property
     def opsets(self) -> range:
@@ -65,6 +85,12 @@ class Exporter:
                 f"exporter {self.name!r} writes opsets {self.opsets.start}..{self.opsets.stop - 1}, not {opset}"
                 + ("; use --exporter dynamo for newer opsets" if opset >= self.opsets.stop and self.name != "dynamo" else "")
             )
+
+
+def _install(module: str) -> str:
+    if module == "torch":
+        return TORCH_INSTALL
+    return f"pip install {module}" + (" (or --exporter torchscript)" if module == "onnxscript" else "")
 
 
 @contextlib.contextmanager
@@ -189,7 +215,7 @@ REGISTRY: Registry[Exporter] = Registry("exporter")
 REGISTRY.register(Exporter(
     "dynamo", "torch.onnx.export(dynamo=True), torch's default; implements opset >= 18 and "
     "converts down with the ONNX version converter, which may silently keep 18",
-    7, lambda: _max_opset("ONNX_MAX_OPSET", 23), 18, _run_dynamo))
+    7, lambda: _max_opset("ONNX_MAX_OPSET", 23), 18, _run_dynamo, needs=("torch", "onnxscript")))
 REGISTRY.register(Exporter(
     "torchscript", "torch.onnx.export(dynamo=False), the legacy TorchScript-based exporter",
     7, lambda: _max_opset("ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20), 7, _run_torchscript))

@@ -1,7 +1,7 @@
 """The one process pool: sweep's accuracy cases and scan's layers run through `run_parallel`.
 
 Workers are spawned, never forked (torch and fork do not mix), and run torch on one thread each (one
-core per worker). At most 2 × jobs tasks are queued at a time, so an interrupted run leaves little
+core per worker) where torch is installed. At most 2 × jobs tasks are queued at a time, so an interrupted run leaves little
 submitted and unfinished.
 
 Interrupts belong to the parent alone: workers start with SIGINT blocked (the parent blocks it while it
@@ -19,13 +19,17 @@ from typing import Callable, Hashable, Iterable
 STOP_GRACE_S = 2.0  # a worker asked to stop has this long to run its `finally` blocks before SIGKILL
 
 
-def worker_init() -> None:
+def worker_init(torch_threads: bool = True) -> None:
     os.setpgrp()  # its own group: stopping it stops whatever it started too
 
     def stop(signum, frame):  # the parent asks: leave through the finally blocks (temporary folders)
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
+    from .errors import module_missing
+
+    if not torch_threads or module_missing("torch"):  # no torch work here, or installed without torch: nothing to pin
+        return
     import torch
 
     torch.set_num_threads(1)
@@ -49,9 +53,12 @@ def stop_workers(procs: list, grace: float = STOP_GRACE_S) -> None:
 
 
 def run_parallel(tasks: Iterable[tuple[Hashable, Callable, tuple]], jobs: int,
-                 done: Callable[[Hashable, object], None], failed: Callable[[Hashable, BaseException], None]) -> None:
+                 done: Callable[[Hashable, object], None], failed: Callable[[Hashable, BaseException], None],
+                 torch_threads: bool = True) -> None:
     """Run fn(*args) for each (key, fn, args) on `jobs` worker processes; done(key, result) or
     failed(key, exception) for each as it finishes (a task that raises, or whose worker died).
+    torch_threads: each worker imports torch first (where installed) to pin it to one thread; False for tasks
+    that never run torch, which then skip its import (seconds per worker).
     Ctrl-C or SIGTERM stops every worker and re-raises. concurrent.futures' BrokenProcessPool propagates
     when the pool breaks before a task could be submitted (the caller says what that means for it)."""
     import multiprocessing as mp
@@ -60,7 +67,8 @@ def run_parallel(tasks: Iterable[tuple[Hashable, Callable, tuple]], jobs: int,
     queue = list(tasks)
     queue.reverse()  # popped from the end: submitted in the order given
     before = {p.pid for p in mp.active_children()}
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=worker_init)
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=worker_init,
+                               initargs=(torch_threads,))
     pending: dict = {}
     try:
         while queue or pending:

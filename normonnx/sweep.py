@@ -378,6 +378,10 @@ def sweep(
     suites.get_suites(check.inputs)  # validate names before any work
     if how.jobs < 1:
         raise BadInput(f"--jobs must be >= 1, got {how.jobs}")
+    from .exporters import get_exporter
+
+    for name in matrix.exporters:  # every case is an export: without torch (or onnxscript), exit 3 before any work
+        get_exporter(name).require("sweep")
     if how.cache_dir is not None:
         from .cache import ExportCache
 

@@ -21,7 +21,7 @@ import numpy as np
 from . import inputs as suites_mod
 from .inputs import CheckOptions
 from .compare import Comparison, Tolerance, compare, tolerance_for
-from .errors import BadInput, ExitCode, NormonnxError, RuntimeUnavailable, first_line, raised_by_normonnx
+from .errors import BadInput, ExitCode, NormonnxError, RuntimeUnavailable, first_line, need_torch, raised_by_normonnx
 from .export import ExportOptions, case_id, export_report
 from .graph import load_model, metadata, model_facts, opset_of
 from .judge import FAIL, INTERNAL, NOT_CHECKED, PASS, SKIPPED, Verdict, internal_reason, judge, status_of
@@ -431,7 +431,7 @@ def _vs_torch(torch_out: np.ndarray | None, y: np.ndarray) -> float | None:
 
 def _torch_refuses(spec: NormSpec, variant: str) -> str | None:
     """Why the source module cannot run a spec's shape in eager mode (e.g. InstanceNorm on 1x1), or None."""
-    import torch
+    torch = need_torch("an input suite at its own shape")
 
     v = get_variant(variant)
     module = v.build(spec, make_params(spec))
@@ -510,6 +510,10 @@ def validate(
     if not isinstance(check.seed, int) or check.seed < 0:
         raise BadInput(f"--seed {check.seed}: give an integer >= 0")
     suites = suites_mod.get_suites(check.inputs)
+    if model is None:  # a spec is exported from PyTorch first: without torch, exit 3 before any work
+        from .exporters import get_exporter
+
+        get_exporter(export.exporter).require("validate --norm", "validate --model FILE.onnx needs no torch")
     active, skipped = choose_runtimes(run.runtimes, run.skip_missing)
     tolerance_for(spec.dtype if spec else "float32", check.atol, check.rtol)  # bad tolerances fail before any work
     save_dir = None

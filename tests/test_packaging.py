@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import json
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,42 @@ def test_light_commands_start_without_torch(tmp_path, args):
     code, loaded = proc.stdout.strip().splitlines()[-1].split(" ", 1)
     assert code in ("0", "None"), proc.stderr[-800:]
     assert "torch" not in loaded, f"{args[0]} imported torch"
+
+
+# -- torch is an extra: `pip install normonnx` checks ONNX files without it (tests/test_no_torch.py runs them) --------
+def _pyproject() -> dict:
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is Python 3.11's")
+    path = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    if not path.is_file():
+        pytest.skip("no pyproject.toml beside tests/ (run from a checkout)")
+    return tomllib.loads(path.read_text())
+
+
+def _name(requirement: str) -> str:
+    import re
+
+    return re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+@pytest.mark.parametrize("module", ["torch", "onnxscript"])
+def test_torch_and_its_exporter_are_the_torch_extra(module):
+    project = _pyproject()["project"]
+    assert module not in {_name(r) for r in project["dependencies"]}, f"{module} is a hard dependency again"
+    extras = project["optional-dependencies"]
+    assert module in {_name(r) for r in extras["torch"]}
+    assert "normonnx[torch]" in extras["test"], "the test suite needs torch: the test extra pulls the torch extra"
+
+
+def test_onnx_ir_is_a_dependency_of_its_own():
+    """scan, cutout and fix work on onnx_ir, which used to arrive with onnxscript only."""
+    assert "onnx-ir" in {_name(r) for r in _pyproject()["project"]["dependencies"]}
+
+
+def test_the_installed_metadata_needs_torch_only_with_the_extra():
+    if _editable():
+        pytest.skip("an editable install's metadata is the one written when it was installed; CI installs the wheel")
+    reqs = importlib.metadata.requires("normonnx") or []
+    for r in reqs:
+        if _name(r) in ("torch", "onnxscript"):
+            assert "extra ==" in r, f"{r}: torch is an extra, not a dependency"
+    assert any(_name(r) == "torch" and 'extra == "torch"' in r for r in reqs), reqs

@@ -6,13 +6,13 @@ import os
 
 import numpy as np
 
+from ..errors import need_torch, torch_missing
 from .base import Runtime, Session, SessionConfig, SessionError, register
 
 
 def _open_torch(device: str):
     def open_(model_path, config: SessionConfig, module=None) -> Session:
-        import torch
-
+        torch = need_torch(f"runtime {'torch' if device == 'cpu' else 'torch-' + device}")
         if module is None:
             raise SessionError("no PyTorch source module for this model")
         m = module.to(device)
@@ -39,6 +39,9 @@ def _open_torch(device: str):
 def _torch_cuda_unavailable() -> str | None:
     import sys
 
+    missing = torch_missing()  # installed without the torch extra: say how to add it
+    if missing:
+        return missing
     # on Linux a machine without the NVIDIA driver's device has no CUDA for torch either: say so
     # without importing torch (seconds), so `normonnx list` and sweep's defaults stay light
     if "torch" not in sys.modules and sys.platform.startswith("linux") and not os.path.exists("/dev/nvidiactl"):
@@ -48,6 +51,6 @@ def _torch_cuda_unavailable() -> str | None:
     return None if torch.cuda.is_available() else "torch has no CUDA device here"
 
 
-register(Runtime("torch", "the source PyTorch module, eager, on CPU", lambda: None, _open_torch("cpu"), kind="torch"))
+register(Runtime("torch", "the source PyTorch module, eager, on CPU", torch_missing, _open_torch("cpu"), kind="torch"))
 register(Runtime("torch-cuda", "the source PyTorch module, eager, on CUDA", _torch_cuda_unavailable,
                  _open_torch("cuda"), kind="torch"))
