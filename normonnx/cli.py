@@ -175,10 +175,18 @@ class NormonnxGroup(click.Group):
         except Exception as e:  # normonnx's own bug: never a verdict, never a bare traceback
             if debug:
                 traceback.print_exc()
-            text = first_line(e, 200) if str(e).strip() else ""
-            code = _fail(f"internal error ({type(e).__name__}{': ' + text if text else ''}); please report it "
-                         "with the command line" + ("" if debug else " and the traceback of 'normonnx --debug ...'"),
-                         ExitCode.INTERNAL)
+            missing = (getattr(e, "name", None) or "").split(".")[0] if isinstance(e, ModuleNotFoundError) else ""
+            if missing in ("torch", "onnxscript"):
+                # PyTorch reached on a path that did not ask errors.need_torch first: still one line, exit 3
+                from normonnx.errors import TORCH_INSTALL
+
+                code = _fail(f"{_command(argv).strip() or 'this'} needs {missing}, which is not installed here: "
+                             f"{TORCH_INSTALL}", ExitCode.UNAVAILABLE)
+            else:
+                text = first_line(e, 200) if str(e).strip() else ""
+                code = _fail(f"internal error ({type(e).__name__}{': ' + text if text else ''}); please report it "
+                             "with the command line" + ("" if debug else " and the traceback of 'normonnx --debug ...'"),
+                             ExitCode.INTERNAL)
         finally:
             restore()
         if standalone_mode:
@@ -658,11 +666,14 @@ def fix(model, output, rules, skip_rules, dry_run, check, opset, input_shapes, r
 
 
 @cli.command("list")
-def list_():
+@click.option("--precision", is_flag=True,
+              help="Also open a small LayerNorm on each runtime here and show its version and the precision it runs "
+                   "float32 and float16 in (seconds: a compiling runtime takes the most).")
+def list_(precision):
     """Show norms, variants (with their opset ranges), exporters, runtimes and input suites."""
     from normonnx.catalog import describe
 
-    click.echo(describe())
+    click.echo(describe(probe=precision))
 
 
 def main(argv=None) -> None:

@@ -5,6 +5,7 @@ judge a layer here, so they agree."""
 from __future__ import annotations
 
 import hashlib
+from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -12,11 +13,11 @@ import onnx
 
 from . import inputs as suites
 from .derive import derive_spec
-from .errors import BadInput, NormonnxError
+from .errors import NormonnxError
 from .cutout import DRAWN
 from .patterns import FoundNorm
 from .inputs import CheckOptions
-from .judge import FAIL, INTERNAL, NOT_CHECKED, PASS, internal_reason
+from .judge import FAIL, INTERNAL, NOT_CHECKED, PASS, internal_reason, judge
 from .runtimes import RunOptions, SessionConfig, require, resolve_names
 from .validate import validate
 
@@ -25,13 +26,17 @@ from .validate import validate
 class LayerVerdict:
     """One layer's verdict as scan --validate reports it (normonnx.judge's words): pass or fail only from
     a finished comparison, "not checked" when the layer could not be checked, "internal error" when
-    normonnx itself failed on it; `validation` says which input failed and why, or why it was not checked."""
+    normonnx itself failed on it; `validation` says which input failed and why, or why it was not checked
+    (with several runtimes, on which). by_runtime: each runtime's own verdict (runtime_verdicts); runtime_facts:
+    what each runtime ran, in which precision (runtime_facts)."""
 
     status: str
     validation: str
     spec_id: str | None = None
     counts: dict | None = None
     parameters_drawn: tuple[str, ...] = ()
+    by_runtime: dict | None = None
+    runtime_facts: dict | None = None
 
     @classmethod
     def not_checked(cls, why: str) -> "LayerVerdict":
@@ -52,7 +57,15 @@ class LayerVerdict:
             out.update(spec_id=self.spec_id, counts=self.counts)
         if self.parameters_drawn:
             out["parameters_drawn"] = list(self.parameters_drawn)
+        if self.by_runtime is not None:
+            out["by_runtime"] = self.by_runtime
+        if self.runtime_facts is not None:
+            out["runtime_facts"] = self.runtime_facts
         return out
+
+    def failing_on(self) -> list[str]:
+        """The runtimes on which the layer failed a check, in the order they ran."""
+        return [rt for rt, d in (self.by_runtime or {}).items() if d["status"] == FAIL]
 
 
 def check_runtime_request(runtimes: list[str] | None, inputs: list[str] | None) -> list[str]:
@@ -139,18 +152,67 @@ def validate_layer(f: FoundNorm, layer_path: Path, runtimes: list[str] | None, i
     return out
 
 
+# what a session's facts say about the arithmetic (normonnx.runtimes.Session): shown beside every verdict
+FACT_KEYS = ("version", "precision", "ran_as")
+
+
+def _worst(fails) -> tuple[str, float | None]:
+    r = max(fails, key=lambda r: (r.nonfinite_mismatch or 0, r.max_abs_err or 0.0))
+    return f"{r.inputs}: {'non-finite' if r.nonfinite_mismatch else f'{r.max_abs_err:.2g}'}", r.max_abs_err
+
+
+def runtime_verdicts(rep) -> dict[str, dict]:
+    """Each runtime's own verdict on one ValidationReport, in the order they ran: status (the judge's over
+    that runtime's checks), failed (how many of them failed), counts, validation (its first failing check
+    with why, or why it was not checked, or "pass"), and for a failure worst (the worst check and its error)
+    and max_abs_err. Checks that belong to no runtime (a suite skipped for the model) are left out."""
+    by = defaultdict(list)
+    for r in rep.results:
+        if r.runtime != "*":
+            by[r.runtime].append(r)
+    out = {}
+    for rt, rs in by.items():
+        v = judge(r.status for r in rs)
+        d = {"status": v.status, "failed": v.failed, "counts": v.counts()}
+        fails = [r for r in rs if r.status == FAIL]
+        if fails:
+            d["validation"] = f"{fails[0].inputs}: {fails[0].reason}"
+            d["worst"], d["max_abs_err"] = _worst(fails)
+        elif v.status != PASS:
+            first = next((r for r in rs if r.status == v.status), None)
+            d["validation"] = "not checked: " + (first.error or first.reason or "no reason given" if first else
+                                                 "every input suite was skipped")
+        else:
+            d["validation"] = "pass"
+        out[rt] = d
+    return out
+
+
+def runtime_facts(rep) -> dict[str, dict]:
+    """What each runtime that opened the model says it ran: version, precision and (where it says) ran_as."""
+    return {rt: {k: f[k] for k in FACT_KEYS if f.get(k) is not None}
+            for rt, f in rep.runtimes.items() if isinstance(f, dict) and ("version" in f or "precision" in f)}
+
+
 def summarize(f: FoundNorm, rep) -> LayerVerdict:
-    """A layer's ValidationReport as scan's row: the judge's verdict and its first reason."""
+    """A layer's ValidationReport as scan's row: the judge's verdict and its first reason (naming the runtime
+    where several ran), each runtime's own verdict, and what each runtime ran in."""
     spec, v = rep.spec, rep.verdict
     c = v.counts()
     bad = rep.failures()
+    per = runtime_verdicts(rep)
+    facts = runtime_facts(rep)
+    on = (lambda r: f" on {r.runtime}") if len(per) > 1 else (lambda r: "")
     if v.status == FAIL:
         first = next(r for r in bad if r.status == FAIL)
-        return LayerVerdict(FAIL, f"{first.inputs}: {first.reason}", spec.id, c)
+        return LayerVerdict(FAIL, f"{first.inputs}{on(first)}: {first.reason}", spec.id, c, by_runtime=per,
+                            runtime_facts=facts)
     if v.status != PASS:
         first = next((r for r in bad if r.status == v.status), bad[0] if bad else None)
-        why = first.error if first else "every runtime or input suite was skipped"
-        return LayerVerdict(v.status, f"not checked: {why}", spec.id, c)
+        why = ((f"{first.runtime}: " if len(per) > 1 and first.runtime != "*" else "")
+               + (first.error or first.reason or "no reason given")) if first else \
+            "every runtime or input suite was skipped"
+        return LayerVerdict(v.status, f"not checked: {why}", spec.id, c, by_runtime=per, runtime_facts=facts)
     how = " (zero residual and bias: the norm of x alone)" if f.pre_bias else \
         " (zero residual: the norm of x alone)" if f.extra_inputs else ""
-    return LayerVerdict(PASS, "pass" + how, spec.id, c)
+    return LayerVerdict(PASS, "pass" + how, spec.id, c, by_runtime=per, runtime_facts=facts)

@@ -514,7 +514,6 @@ def _as_feature(c: np.ndarray, opt, shape, fshape) -> np.ndarray | None:
     except ValueError:
         return None
     std = np.transpose(full, perm)
-    rank = std.ndim
     if kind in ("ln", "rms"):
         lead = std.reshape(-1, *fshape)
         return lead[0] if np.allclose(lead, lead[0]) else None

@@ -89,6 +89,52 @@ def ops_line(ops: dict) -> str:
     return ", ".join(f"{k}" + (f"x{v}" if v > 1 else "") for k, v in ops.items())
 
 
+def short_version(v) -> str:
+    """A runtime's version as a person reads it: OpenVINO's build suffix left out (the full one is in --json)."""
+    return str(v).split("-")[0] if v else "?"
+
+
+def facts_text(facts: dict) -> list[str]:
+    """What a runtime's session says about the arithmetic, as notes: its version, the precision it ran in,
+    and what the nodes ran as where it says (normonnx.runtimes.Session.facts)."""
+    out = []
+    if facts.get("version"):
+        out.append(f"version {short_version(facts['version'])}")
+    if facts.get("precision"):
+        out.append(f"precision {facts['precision']}")
+    if facts.get("machine_default_precision") and facts["machine_default_precision"] != facts.get("precision"):
+        out.append(f"this machine's default {facts['machine_default_precision']}")
+    if isinstance(facts.get("ran_as"), dict) and facts["ran_as"]:
+        out.append(f"ran as {ops_line(facts['ran_as'])}")
+    return out
+
+
+def precision_table(by_runtime: dict[str, dict], title: str = "ran on:") -> str:
+    """Each runtime's version and the precision it ran in, one row a runtime: `by_runtime` maps a runtime to
+    {"version": ..., "precision": {dtype: precision}} (ScanReport.runtime_facts); a runtime whose precision
+    differs by dtype says which dtype ran in which. Empty when no session said."""
+    rows = []
+    for rt, d in by_runtime.items():
+        precs: dict[str, list[str]] = {}
+        for dtype, p in (d.get("precision") or {}).items():
+            precs.setdefault(p or "not said", []).append(dtype)
+        text = next(iter(precs)) if len(precs) == 1 else "; ".join(f"{', '.join(dts)}: {p}" for p, dts in precs.items())
+        rows.append([rt, short_version(d.get("version")), text or "not said"])
+    if not rows:
+        return ""
+    body = table(["runtime", "version", "precision"], rows)
+    return title + "\n" + "\n".join("  " + line for line in body.splitlines())
+
+
+def merge_facts(entries) -> dict[str, dict]:
+    """(runtime, facts, dtype) triples (one per layer or case) as precision_table's input."""
+    out: dict[str, dict] = {}
+    for rt, f, dtype in entries:
+        d = out.setdefault(rt, {"version": f.get("version"), "precision": {}})
+        d["precision"].setdefault(dtype or "unknown", f.get("precision"))
+    return out
+
+
 def validation_text(report) -> str:
     """Table of a normonnx.validate.ValidationReport: one row per runtime x input sample."""
     rows = []
@@ -106,6 +152,7 @@ def validation_text(report) -> str:
         notes = []
         if f.get("error"):
             notes.append(f["error"])
+        notes += facts_text(f)
         if f.get("opt_level"):
             notes.append(f"opt={f['opt_level']}")
         if f.get("fused"):
@@ -187,7 +234,8 @@ def scan_text(report) -> str:
                "yes" if f.affine else "no", dtype, fused, "; ".join(map(str, f.risks)) or "-"]
         if report.validated:
             v = report.validations.get(i)
-            row.append("-" if v is None else v.validation if v.status not in ("pass", "fail") else _validation_cell(v))
+            row.append("-" if v is None else _validation_cell(v) if v.status in ("pass", "fail") or
+                       len(v.by_runtime or {}) > 1 else v.validation)
         rows.append(row)
     headers = ["#", "kind", "form", "nodes", "axes/groups", "eps", "affine", "dtype", "ORT fuses", "risks"]
     if report.validated:
@@ -207,9 +255,16 @@ def scan_text(report) -> str:
     if report.fusion_note:
         out += f"\n\nORT fuses: unknown ({report.fusion_note})"
     if report.validated:
+        several = len(report.runtimes) > 1
+        if several:
+            out += _per_runtime_table(report.runtimes, [(i, report.norms[i].nodes[0], {rt: _runtime_cell(v, rt)
+                                                         for rt in report.runtimes})
+                                                        for i, v in sorted(report.validations.items())]) + "\n"
         for i, v in sorted(report.validations.items()):
-            if v is not None and v.status == "fail":
-                out += "\n" + wrap(f"FAIL #{i} {report.norms[i].nodes[0]}: {v.validation}")
+            out += _verdict_lines(i, report.norms[i].nodes[0], v, several)
+        facts = precision_table(report.runtime_facts())
+        if facts:
+            out += "\n\n" + facts
         verdict = report.verdict
         out += f"\n\n{verdict_word(report.exit_code)}: {verdict.summary()}"
         if verdict.not_checked and not verdict.failed and not verdict.allowed and verdict.passed:
@@ -239,12 +294,57 @@ def _left_out_lines(report) -> str:
 
 
 def _validation_cell(v) -> str:
-    """A layer's LayerVerdict as a table cell: 'pass', 'FAIL constant:constant', 'not checked'."""
+    """A layer's LayerVerdict as a table cell: 'pass', 'FAIL constant:constant' (with several runtimes: 'on
+    openvino', or 'FAIL on cpu, openvino' where several failed), 'not checked' ('not checked on ncnn')."""
     if v is None:
         return "-"
+    failing = v.failing_on()
     if v.status == "fail":
-        return ("FAIL " + v.validation.split(": ", 1)[0])[:40]
+        if len(failing) > 1:
+            return "FAIL on " + ", ".join(failing)
+        return ("FAIL " + v.validation.split(": ", 1)[0])[:60]
+    per = v.by_runtime or {}
+    if v.status != "pass" and len(per) > 1:
+        return f"{v.status} on " + ", ".join(rt for rt, d in per.items() if d["status"] != "pass")
     return v.status
+
+
+def _runtime_cell(v, rt: str) -> str:
+    """One runtime's verdict on a layer: 'pass', 'FAIL offset:offset-1e2', 'not checked', '-' (not run)."""
+    d = (v.by_runtime or {}).get(rt) if v is not None else None
+    if d is None:
+        return "-" if v is None or v.status == "pass" else v.status  # the layer never reached the runtime
+    if d["status"] == "fail":
+        return "FAIL " + d["validation"].split(": ", 1)[0]
+    return d["status"]
+
+
+def _per_runtime_table(runtimes, rows) -> str:
+    """Layers x runtimes, each cell that runtime's own verdict on the layer: rows are (index, layer, {rt: cell})."""
+    body = [[i, name[:36], *(cells.get(rt, "-") for rt in runtimes)] for i, name, cells in rows]
+    return ("\n\nper runtime (each one's first failing input suite; --json: by_runtime):\n\n"
+            + table(["#", "layer", *runtimes], body))
+
+
+def _verdict_lines(i: int, name: str, v, several: bool) -> str:
+    """A layer's failures, one line a runtime that failed it (naming the runtime and the suite), and with
+    several runtimes, why it was not checked on each one where it was not."""
+    if v is None:
+        return ""
+    per = v.by_runtime or {}
+    out = ""
+    if v.status == "fail" and per:
+        for rt, d in per.items():
+            if d["status"] == "fail":
+                out += "\n" + wrap(f"FAIL #{i} {name} on {rt}: {d['validation']}")
+    elif v.status == "fail":
+        out += "\n" + wrap(f"FAIL #{i} {name}: {v.validation}")
+    if several:
+        for rt, d in per.items():
+            if d["status"] not in ("pass", "fail"):
+                why = d["validation"].removeprefix("not checked: ")
+                out += "\n" + wrap(f"{d['status']} #{i} {name} on {rt}: {why}")
+    return out
 
 
 def fix_text(report) -> str:
@@ -263,11 +363,19 @@ def fix_text(report) -> str:
                      _validation_cell(lf.before), _validation_cell(lf.final)])
     out = head + "\n\n" + table(["#", "layer", "kind", "before", "status", "form", "validate before",
                                   "validate after"], rows)
+    if len(report.runtimes) > 1:
+        def cell(lf, rt):
+            before = _runtime_cell(lf.before, rt)
+            return before if lf.final is None else f"{before} -> {_runtime_cell(lf.final, rt)}"
+        out += _per_runtime_table(report.runtimes, [(lf.index, lf.norm.nodes[0], {rt: cell(lf, rt) for rt in
+                                                     report.runtimes}) for lf in report.layers
+                                                    if lf.before is not None or lf.final is not None])
     tried = [lf for lf in report.layers if lf.candidates]
     if tried:
         out += f"\n\ncandidate forms, each validated against the layer's own norm on {rts}:"
         for lf in tried:
-            out += f"\n  #{lf.index}: " + "; ".join(c.summary() for c in lf.candidates)
+            sep = "; " if len(report.runtimes) == 1 else "\n      "  # several runtimes: a line a candidate
+            out += f"\n  #{lf.index}: " + sep.join(c.summary() for c in lf.candidates)
     for lf in report.layers:
         if lf.reason and lf.status in ("refused", "failing", "rewritten", "would rewrite"):
             out += f"\n{lf.status}: #{lf.index} {lf.norm.nodes[0]}: {lf.reason}"
@@ -285,6 +393,11 @@ def fix_text(report) -> str:
         out += (f"\ntiming on ORT {t.provider.upper()} ({t.rounds} interleaved rounds): original {t.original_ms:.3g} ms, fixed "
                 f"{t.fixed_ms:.3g} ms, fixed/original {t.ratio:.2f}x (95% CI {lo:.2f}-{hi:.2f}"
                 + ("" if t.stable else "; unstable: a busy machine") + ")")
+    facts = precision_table(merge_facts((rt, f, lf.norm.dtype) for lf in report.layers
+                                        for v in (lf.before, lf.final) if v is not None
+                                        for rt, f in (v.runtime_facts or {}).items()))
+    if facts:
+        out += "\n\n" + facts
     for note in report.notes:
         out += f"\nnote: {note}"
     return out + "\n\n" + fix_summary(report)
@@ -297,7 +410,7 @@ def fix_summary(report) -> str:
               for lf in report.layers]
     unchecked = sum(st not in ("pass", "fail") for st in states)
     rts = ",".join(report.runtimes)
-    tail = (f"; {failing} fail on {rts} (no form passes)" if failing else "") + (
+    tail = (f"; {failing} fail on {','.join(report.failing_on()) or rts} (no form passes)" if failing else "") + (
         f"; {unchecked} not checked" if unchecked else "") + (
         f" ({report.verdict.internal} internal errors: please report them)" if report.verdict.internal else "")
     if report.mode == "check":
@@ -365,8 +478,14 @@ def activations_text(report) -> str:
     head = (f"on the model's activations ({report.source}; {report.provider or 'ORT'}; {report.samples} samples, "
             f"{report.runs} model runs, "
             f"{report.captured_bytes / 1e6:.3g} MB captured, {report.seconds:.3g} s)")
-    body = table(["#", "layer", "norm", "max|x|", "offset/std", "dev^2/fp16 max", "error", "float32 verdict",
-                  "as float16", "float16 + float32 stats [rule]"], rows)
+    heads = ["#", "layer", "norm", "max|x|", "offset/std", "dev^2/fp16 max", "error", "float32 verdict",
+             "as float16", "float16 + float32 stats [rule]"]
+    quantized = [lc for lc in report.layers if lc.int8]
+    if quantized:  # a QDQ layer as the model runs it: int8 rounding between its nodes, in steps of its output grid
+        heads.append("as run, int8")
+        for row, lc in zip(rows, report.layers):
+            row.append(_int8_cell(lc.int8))
+    body = table(heads, rows)
     bad = [lc for lc in report.layers if lc.status == "fail"]
     out = head + "\n\n" + body
     for lc in bad:
@@ -376,12 +495,40 @@ def activations_text(report) -> str:
             "(rms: largest x^2) over float16's largest value (> 1: a float16 variance overflows). As float16: the layer through "
             "onnxruntime's float16 converter, on onnx.reference (float16 ops in float16, as on a GPU); + float32 stats: "
             "after normonnx fix's rule.")
+    if quantized:
+        out += ("\nas run, int8: a QDQ layer's own output in the model (int8 rounding between its nodes) against the "
+                "oracle, passing within two steps of its output's int8 grid; a what-if, never the exit code (the float32 "
+                "verdict judges the layer as float on the dequantized input the model feeds it).")
     out += _replays_text(report)
+    out += _whole_text(report)
+    out += "".join(f"\nnote: {n}" for n in report.notes)
     out += f"\n\n{verdict_word(report.exit_code)}: {report.verdict.summary()} on the model's activations"
     out += (f"\nchecked: each layer on the activations {report.samples} model inputs ({report.source}) give it, not on stress inputs "
             "(offsets, zero variance: scan --validate); a pass here says this data is safe, not every input")
     if report.verdict.failed:
         out += f"\nnext: normonnx fix {report.model} -o FIXED.onnx gives each failing layer a form that passes, or says why not"
+    return out
+
+
+def _int8_cell(v: dict | None) -> str:
+    if not v:
+        return "-"
+    text = f"{status_cell(v['status'])} {v['max_abs_err']:.2g}"
+    return text + (f" ({v['steps']:.2g} steps)" if v.get("steps") is not None else "")
+
+
+def _whole_text(report) -> str:
+    """The whole model on each named runtime against the float32 run on ORT: part of the verdict."""
+    if not report.whole:
+        return ""
+    rows = [[name, w.precision or "-", w.samples, "-" if w.max_abs_diff is None else f"{w.max_abs_diff:.3g}",
+             status_cell(w.status) if w.status in ("pass", "fail") else f"{w.status}: {w.why}"]
+            for name, w in report.whole.items()]
+    out = ("\n\nthe whole model on each runtime against the float32 run on ORT (its outputs, at their dtype's "
+           "tolerance):\n\n" + table(["runtime", "precision", "samples", "largest output difference", "verdict"], rows))
+    for name, w in report.whole.items():
+        if w.status == "fail":
+            out += f"\nFAIL whole model on {name}: {w.why}"
     return out
 
 

@@ -19,6 +19,7 @@ from .errors import BadInput
 from .findings import failing_suites, group_failures
 from .inputs import REGISTRY as SUITES
 from .judge import judge
+from .render import short_version
 from .results import RESULTS, read_meta, read_results
 from .tables import DTYPES, kind_order
 from .timing import separated
@@ -178,7 +179,7 @@ def recommendations(records: list[dict]) -> list[dict]:
             why = _least_bad(provider, {v: forms[v] for v in bad})
         out.append({"norm": norm, "provider": provider, "dtype": dtype, "recommended": best,
                     "needs": needs_text(units[best]) if best else "-", "why": why, "passing": ok, "failing": bad,
-                    "fails_otherwise": _fails_otherwise(forms, units)})
+                    "fails_otherwise": _fails_otherwise(forms, units), "units": units})
     return _mark_portable(out)
 
 
@@ -228,18 +229,148 @@ def _least_bad(provider: str, failing: dict[str, list[dict]]) -> str:
 
 
 def _mark_portable(rows: list[dict]) -> list[dict]:
-    """With more than one runtime in the sweep: a form that passes on every one of them for a norm x dtype
-    is `portable`; the recommendation says so, or names the portable forms beside a runtime's own pick."""
+    """With more than one runtime in the sweep: a form that passes on every one of them for a norm x dtype,
+    at one same exporter and opset (one file), is `portable`; the recommendation says so."""
     providers = defaultdict(set)
     for r in rows:
         providers[(r["norm"], r["dtype"])].add(r["provider"])
     for r in rows:
         same = [x for x in rows if (x["norm"], x["dtype"]) == (r["norm"], r["dtype"])]
-        portable = sorted(set.intersection(*(set(x["passing"]) for x in same))) if len(same) > 1 else []
+        portable = sorted(v for v in r["passing"] if _common_units(same, v)) if len(same) > 1 else []
         r["portable"] = portable
         if len(same) > 1 and r["recommended"] in portable:
             r["why"] += f"; portable: passes on {', '.join(sorted(providers[(r['norm'], r['dtype'])]))} too"
     return rows
+
+
+def _common_units(rows: list[dict], form: str) -> dict[tuple[str, int], str]:
+    """A form's verdict at each (exporter, opset) over several runtimes' rows, by the one judge over theirs:
+    "pass" only where it passed on every one of them."""
+    units: dict[tuple[str, int], list[str]] = defaultdict(list)
+    for r in rows:
+        for u, st in r["units"].get(form, {}).items():
+            units[u].append(st)
+    out = {u: "pass" if len(sts) == len(rows) and all(st == "pass" for st in sts) else
+           "skipped" if all(st == "skipped" for st in sts) else "fail" if "fail" in sts else "not checked"
+           for u, sts in units.items()}
+    return out if any(st == "pass" for st in out.values()) else {}
+
+
+# -- the answer: one row per norm x dtype, the form every runtime can take first -------------------------
+def runtime_order(records: list[dict]) -> list[str]:
+    """The runtimes a sweep ran, in the registry's order (cpu, cuda, reference, ... then plugins), others after."""
+    from .runtimes import REGISTRY as RUNTIMES
+
+    known = list(RUNTIMES)
+    ran = {r["provider"] for r in records if r.get("type", "case") == "case"}
+    return sorted(ran, key=lambda n: (known.index(n) if n in known else len(known), n))
+
+
+def judged_runtimes(records: list[dict]) -> list[dict]:
+    """Each runtime the sweep ran: its cases by status, its version and the precision it ran each dtype in
+    (from the sessions' facts in the records), in runtime_order."""
+    out = []
+    cases = [r for r in records if r.get("type", "case") == "case"]
+    for rt in runtime_order(records):
+        mine = [r for r in cases if r["provider"] == rt]
+        counts = defaultdict(int)
+        for r in mine:
+            counts[r["status"]] += 1
+        facts: dict = {"version": None, "precision": {}}
+        for r in mine:
+            f = r.get("runtime_facts") if isinstance(r.get("runtime_facts"), dict) else {}
+            if f.get("version") and not facts["version"]:
+                facts["version"] = str(f["version"])
+            if f.get("precision"):
+                facts["precision"].setdefault(r["dtype"], str(f["precision"]))
+        facts["precision"] = {d: facts["precision"][d] for d in sorted(facts["precision"], key=_dtype_key)}
+        out.append({"runtime": rt, "counts": dict(counts), **facts,
+                    "checked": counts["pass"] + counts["fail"] > 0})
+    return out
+
+
+def ship_answer(records: list[dict]) -> list[dict]:
+    """Per norm x dtype: the form to lead with — one that passes every suite on every runtime that checked
+    anything, at one same exporter and opset (`everywhere` True), else the form that passes on the most of
+    them — and per runtime the answer where it differs from that form:
+    {"norm", "dtype", "lead", "everywhere", "needs", "passes_on", "misses": {runtime: why not},
+     "not_checked": [...], "cells": {runtime: {"kind", "text", "title"}}}. A cell's kind: "lead" (the lead
+    form passes here and is this runtime's own pick), "also" (it passes here; alone, this runtime would
+    take another: text names it), "other" (it does not pass here: this runtime's own pick), "none" (no form
+    passes here), "unchecked" (nothing could be checked here), "absent" (not in the sweep)."""
+    rows = recommendations(records)
+    order = runtime_order(records)
+    out = []
+    for norm, dtype in sorted({(r["norm"], r["dtype"]) for r in rows},
+                              key=lambda k: (kind_order(k[0]), _dtype_key(k[1]))):
+        same = {r["provider"]: r for r in rows if (r["norm"], r["dtype"]) == (norm, dtype)}
+        judged = [rt for rt in order if rt in same and _checked(same[rt])]
+        unchecked = [rt for rt in order if rt in same and rt not in judged]
+        forms = list(dict.fromkeys(v for rt in judged for v in same[rt]["passing"]))
+        # a form passes "on" a runtime at the units where it passed there; everywhere: one unit passing on all
+        on = {v: [rt for rt in judged if v in same[rt]["passing"]] for v in forms}
+        everywhere = [v for v in forms if len(on[v]) == len(judged) and _common_units([same[rt] for rt in judged], v)]
+        picks = defaultdict(int)
+        for rt in judged:
+            picks[same[rt]["recommended"]] += 1
+        # the form most runtimes would pick alone, then the simplest
+        rank = lambda v: (-picks[v], _preference(v), v)  # noqa: E731
+        if everywhere:
+            lead = min(everywhere, key=rank)
+            needs = needs_text(_common_units([same[rt] for rt in judged], lead))
+        elif forms:
+            lead = min(forms, key=lambda v: (-len(on[v]), *rank(v)))
+            common = _common_units([same[rt] for rt in on[lead]], lead)
+            # passing on several runtimes, but at no one exporter and opset: what each needs
+            needs = needs_text(common) if common else "; ".join(f"{rt}: {needs_text(same[rt]['units'][lead])}"
+                                                                for rt in on[lead])
+        else:
+            lead, needs = None, "-"
+        misses = {rt: _why_not(same[rt], lead) for rt in judged if lead is None or rt not in on.get(lead, [])}
+        cells = {rt: _cell(same.get(rt), lead, lead is not None and rt in on.get(lead, []), needs, rt in judged)
+                 for rt in order}
+        out.append({"norm": norm, "dtype": dtype, "lead": lead, "everywhere": bool(everywhere), "needs": needs,
+                    "passes_on": on.get(lead, []) if lead else [], "judged": judged, "misses": misses,
+                    "not_checked": unchecked, "cells": cells})
+    return out
+
+
+def _dtype_key(d: str) -> int:
+    return list(DTYPES).index(d) if d in DTYPES else len(DTYPES)
+
+
+def _checked(row: dict) -> bool:
+    """Whether anything finished a comparison for this norm x runtime x dtype (a pass or a fail)."""
+    return any(st in ("pass", "fail") for units in row["units"].values() for st in units.values())
+
+
+def _why_not(row: dict, form: str | None) -> str:
+    """Why `form` is not shipped on this runtime, in a few words: what it fails there, or that it was not checked."""
+    if form is None:
+        return row["why"]
+    for part in row["fails_otherwise"].split("; "):
+        if part.startswith(form + ":") or part.startswith(form + " at "):
+            return part
+    return f"{form}: not in this sweep here"
+
+
+def _cell(row: dict | None, lead: str | None, lead_passes: bool, needs: str, judged: bool) -> dict:
+    """One runtime's answer for one norm x dtype, next to the lead form (see ship_answer)."""
+    if row is None:
+        return {"kind": "absent", "text": "", "title": "not in this sweep"}
+    if not judged:
+        return {"kind": "unchecked", "text": "not checked", "title": row["fails_otherwise"]}
+    own = row["recommended"]
+    if lead_passes:  # the lead form passes here: no exception to show (what this runtime alone would take: hover)
+        if own == lead:
+            return {"kind": "lead", "text": "✓", "title": f"{lead} passes every suite here; {row['why']}"}
+        return {"kind": "also", "text": "✓", "title": f"{lead} passes every suite here; alone, this runtime "
+                f"would take {own}: {row['why']}"}
+    if own is None:
+        least = row["why"].split("least bad: ", 1)[1].split(",")[0] if "least bad: " in row["why"] else None
+        return {"kind": "none", "text": "none" + (f" (least bad: {least})" if least else ""), "title": row["why"]}
+    text = own + (f", {row['needs']}" if row["needs"] != needs else "")
+    return {"kind": "other", "text": text, "title": f"{row['why']}; {_why_not(row, lead) if lead else ''}"}
 
 
 def _preference(v: str) -> int:
@@ -406,13 +537,93 @@ CSS = ("body{font-family:system-ui,sans-serif;margin:1em 1.5em;color:#222;max-wi
        "th.row,td.l{text-align:left}h1{font-size:1.5em;margin:.3em 0}h2{margin-top:1.4em}"
        ".legend span{padding:2px 8px;margin-right:6px}img{max-width:100%}code{background:#f4f4f4;padding:1px 3px}"
        "table.m td,table.m th{font-size:10px;padding:2px 3px}table.m td{max-width:64px;overflow-wrap:anywhere}"
-       "#ship td{vertical-align:top}#ship td.why,#ship td.else{font-size:11px;max-width:380px}"
+       "#ship td{vertical-align:top}#per-runtime td{vertical-align:top}"
+       "#per-runtime td.why,#per-runtime td.else{font-size:11px;max-width:380px}"
+       ".k-lead,.k-also{background:#d7f5d7}.k-other{background:#fde6c4}.k-none{background:#f8d0d0}"
+       ".k-unchecked{background:#e6d5f5}#judged td,#judged th{font-size:11px}"
        "summary{cursor:pointer}.muted{color:#666;font-size:12px}")
 
 
-def _ship_table(recs: list[dict]) -> str:
+def _lead_text(a: dict) -> str:
+    """The lead form of a ship_answer row and how far it goes: 'shifted', 'shifted on 6 of 7', 'none'."""
+    if a["lead"] is None:
+        return "none"
+    n, k = len(a["judged"]), len(a["passes_on"])
+    if a["everywhere"]:
+        return a["lead"]
+    return f"{a['lead']} on {k} of {n}" + (", at no one opset" if k > 1 and ": " in a["needs"] else "")
+
+
+def judged_sentence(records: list[dict]) -> str:
+    """Which runtimes the answer judged, in one sentence (and, for one runtime, how to judge more)."""
+    rts = judged_runtimes(records)
+    names = ", ".join(r["runtime"] for r in rts)
+    text = f"Judged on {len(rts)} runtime{'s' if len(rts) != 1 else ''}: {names}."
+    idle = [r["runtime"] for r in rts if not r["checked"]]
+    if idle:
+        text += f" Nothing could be checked on {', '.join(idle)}."
+    if len(rts) == 1:
+        text += (" Other runtimes can give other answers: normonnx sweep --runtimes all judges every ONNX runtime "
+                 "installed here (normonnx list names them).")
+    return text
+
+
+def ship_legend(answers: list[dict]) -> str:
+    """What the answer table's words mean (fewer of them for a sweep of one runtime)."""
+    if max((len(a["judged"]) for a in answers), default=0) <= 1:
+        return ("ship: the form that passed every suite, at the exporter and opset in needs; ✓: it passes there; "
+                "none: no form passes there (the least bad named). Why, and what the other forms fail: below, per "
+                "runtime.")
+    return ("ship: the form that passes every suite on every runtime that checked it, at the exporter and opset in "
+            "needs (one file for all); where none does, the form that passes on the most, and on how many. Per "
+            "runtime: ✓ it passes there; a form name: that runtime's own answer, where the lead form does not pass; "
+            "none: no form passes there (the least bad named); not checked: nothing could be checked there. What "
+            "each runtime alone would take, and why: below, per runtime.")
+
+
+def _precision_text(r: dict) -> str:
+    precs: dict[str, list[str]] = defaultdict(list)
+    for d, p in r["precision"].items():
+        precs[p].append(d)
+    if not precs:
+        return "not recorded"
+    if len(precs) == 1:
+        return next(iter(precs))
+    return "; ".join(f"{', '.join(DTYPE_SHORT.get(d, d) for d in ds)}: {p}" for p, ds in precs.items())
+
+
+def _counts_text(counts: dict) -> str:
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _ship_table(records: list[dict]) -> str:
+    """The answer, one row per norm x dtype: the lead form and what it needs, then a column per runtime."""
     e = html.escape
-    out = ["<table id='ship'><tr><th>norm</th><th>dtype</th><th>runtime</th><th>ship</th><th>needs</th>"
+    answers = ship_answer(records)
+    order = runtime_order(records)
+    out = ["<table id='ship'><tr><th>norm</th><th>dtype</th><th>ship</th><th>needs</th>"
+           + "".join(f"<th>{e(rt)}</th>" for rt in order) + "</tr>"]
+    for a in answers:
+        cells = "".join(f"<td class='k-{c['kind']}' title='{e(c['title'])}'>{e(c['text'])}</td>"
+                        for c in (a["cells"][rt] for rt in order))
+        out.append(f"<tr><td>{e(a['norm'])}</td><td>{e(DTYPE_SHORT.get(a['dtype'], a['dtype']))}</td>"
+                   f"<td class='l'><b>{e(_lead_text(a))}</b></td><td class='l'>{e(a['needs'])}</td>{cells}</tr>")
+    return "\n".join(out) + "</table>"
+
+
+def _judged_html(records: list[dict]) -> str:
+    e = html.escape
+    rows = "".join(f"<tr><th class='row'>{e(r['runtime'])}</th><td class='l' title='{e(r['version'] or '')}'>"
+                   f"{e(short_version(r['version']) if r['version'] else '-')}</td>"
+                   f"<td class='l'>{e(_precision_text(r))}</td><td class='l'>{e(_counts_text(r['counts']))}</td></tr>"
+                   for r in judged_runtimes(records))
+    return (f"<p>{e(judged_sentence(records))}</p><table id='judged'><tr><th>runtime</th><th>version</th>"
+            f"<th>precision it ran in</th><th>cases</th></tr>{rows}</table>")
+
+
+def _per_runtime_table(recs: list[dict]) -> str:
+    e = html.escape
+    out = ["<table id='per-runtime'><tr><th>norm</th><th>dtype</th><th>runtime</th><th>ship</th><th>needs</th>"
            "<th>why</th><th>what fails otherwise</th></tr>"]
     for r in recs:
         out.append(f"<tr><td>{e(r['norm'])}</td><td>{e(r['dtype'])}</td><td>{e(r['provider'])}</td>"
@@ -472,9 +683,14 @@ def render_html(records: list[dict], meta: dict) -> str:
                      f"trusted.</b> {e(banner)}</p>")
     untimed = "" if bench_rows(records) else (" No timings in this sweep: among passing forms the one with the fewest "
                                               "nodes is named; <code>sweep --bench</code> ranks them by speed.")
-    parts.append("<h2>What to ship</h2><p class='muted'>Per norm, dtype and runtime: the graph form that passed "
-                 f"every input suite, the opset and exporter it passed with, and what the other forms fail.{untimed}</p>")
-    parts.append(_ship_table(recommendations(records)))
+    parts.append("<h2>What to ship</h2>")
+    parts.append(_ship_table(records))
+    parts.append(f"<p class='muted'>{e(ship_legend(ship_answer(records)))}{untimed} Hover a cell for why.</p>")
+    parts.append(_judged_html(records))
+    one = len(runtime_order(records)) <= 1  # one runtime: its why is the answer's, shown open
+    parts.append(f"<details{' open' if one else ''}><summary>Per runtime: why each form, and what the other forms "
+                 "fail</summary>"
+                 + _per_runtime_table(recommendations(records)) + "</details>")
     parts.append("<h2>Failures, by finding</h2>")
     parts.append(_findings_table(records))
     parts.append("<h2>Compatibility matrix</h2>")
@@ -512,15 +728,30 @@ def render_markdown(records: list[dict], meta: dict) -> str:
     lines = ["# normonnx compatibility report", "",
              ", ".join(f"**{v}** {k}" for k, v in sorted(summary_counts(records).items())) + " cases.", "",
              *([f"> **Timings not trusted.** {_md(banner)}", ""] if banner else []),
-             "## What to ship", "",
-             *([] if bench_rows(records) else ["No timings in this sweep: among passing forms the one with the fewest "
-                                               "nodes is named; `sweep --bench` ranks them by speed.", ""]),
-             "| norm | dtype | runtime | ship | needs | why | what fails otherwise |",
-             "|---|---|---|---|---|---|---|"]
+             "## What to ship", ""]
+    answers, order = ship_answer(records), runtime_order(records)
+    lines += ["| norm | dtype | ship | needs | " + " | ".join(_md(rt) for rt in order) + " |",
+              "|---|---|---|---|" + "---|" * len(order)]
+    for a in answers:
+        lines.append(f"| {_md(a['norm'])} | {_md(DTYPE_SHORT.get(a['dtype'], a['dtype']))} | "
+                     f"**{_md(_lead_text(a))}** | "
+                     f"{_md(a['needs'])} | " + " | ".join(_md(a["cells"][rt]["text"]) for rt in order) + " |")
+    lines += ["", _md(ship_legend(answers)) + ("" if bench_rows(records) else
+                                              " No timings in this sweep: among passing forms the one with the "
+                                              "fewest nodes is named; `sweep --bench` ranks them by speed."),
+              "", _md(judged_sentence(records)), "",
+              "| runtime | version | precision it ran in | cases |", "|---|---|---|---|"]
+    lines += [f"| {_md(r['runtime'])} | {_md(short_version(r['version']) if r['version'] else '-')} | "
+              f"{_md(_precision_text(r))} | "
+              f"{_md(_counts_text(r['counts']))} |" for r in judged_runtimes(records)]
+    lines += ["", f"<details{' open' if len(order) <= 1 else ''}><summary>Per runtime: why each form, and what the "
+              "other forms fail</summary>", "",
+              "| norm | dtype | runtime | ship | needs | why | what fails otherwise |", "|---|---|---|---|---|---|---|"]
     for rec in recommendations(records):
         lines.append(f"| {_md(rec['norm'])} | {_md(rec['dtype'])} | {_md(rec['provider'])} | "
                      f"**{_md(rec['recommended'] or 'none')}** | {_md(rec['needs'])} | {_md(rec['why'])} | "
                      f"{_md(rec['fails_otherwise'])} |")
+    lines += ["", "</details>"]
     found = group_failures(records)
     if found:
         lines += ["", "## Failures, by finding", "", "| status | finding | cases |", "|---|---|---:|"]

@@ -18,8 +18,8 @@ def report():
 
 def test_records_cover_baselines_and_every_variant(report):
     forms = [r.form for r in report.records]
-    assert forms == ["copy", "torch", "native", "decomposed", "instance-trick", "layernorm-trick", "contrib",
-                     "contrib-nhwc"]
+    assert forms == ["copy", "torch", "native", "decomposed", "instance-trick", "layernorm-trick", "shifted",
+                     "contrib", "contrib-nhwc"]
     assert all(isinstance(r, BenchRecord) and r.error is None for r in report.records)
 
 

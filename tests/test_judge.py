@@ -60,7 +60,7 @@ def test_every_entry_point_gives_one_verdict(name, monkeypatch):
     from normonnx.bench import _fastest, _validation
     from normonnx.layers import summarize
     from normonnx.patterns import FoundNorm
-    from normonnx.repair.proof import compare_outputs
+    from normonnx.outputs import compare_outputs
     from normonnx.scan import ScanReport
     from normonnx.scan.activations import _judge
     from normonnx.sweep import SweepSummary, case_status

@@ -19,3 +19,17 @@ def test_no_function_in_the_package_is_over_80_lines():
                 if n > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({n} lines)")
     assert not long, "split these: " + "; ".join(long)
+
+
+def test_ruff_finds_no_unused_name_and_no_syntax_error():
+    """ruff (a test extra) over the package, tests, benchmarks and models: pyflakes' checks (an unused import or
+    variable, an undefined name) and syntax errors, as pyproject's [tool.ruff] selects them."""
+    import subprocess
+
+    from ruff.__main__ import find_ruff_bin
+
+    root = Path(__file__).resolve().parents[1]
+    paths = [str(root / p) for p in ("normonnx", "tests", "benchmarks", "models", "cli.py") if (root / p).exists()]
+    p = subprocess.run([find_ruff_bin(), "check", "--no-cache", "--config", str(root / "pyproject.toml"), *paths],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]

@@ -31,7 +31,6 @@ from normonnx.validate import validate
 
 NEW = ("iree", "tvm", "mnn", "ncnn")
 GPU_ONLY = ("tensorrt", "ort-tensorrt")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def need(runtime: str) -> None:
@@ -187,7 +186,7 @@ def _trapped(tmp_path: Path, body: str, strace: str | None = None) -> tuple[dict
     script = tmp_path / "child.py"
     script.write_text(TRAPS + textwrap.dedent(body) + "\nprint('RESULT ' + json.dumps(out))\n")
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "PIP_NO_INDEX": "1",
-           "PIP_INDEX_URL": "http://127.0.0.1:9/", "PIP_FIND_LINKS": "", "PYTHONPATH": str(ROOT)}
+           "PIP_INDEX_URL": "http://127.0.0.1:9/", "PIP_FIND_LINKS": ""}  # the installed normonnx (CI installs a wheel)
     cmd = [sys.executable, str(script)]
     if strace:
         cmd = [strace, "-f", "-e", "trace=connect,sendto,sendmsg,execve", "-o", str(tmp_path / "trace.txt")] + cmd
@@ -388,8 +387,9 @@ def test_a_plugin_registers_through_the_entry_point_group_lazily(tmp_path):
                "plugin": rt.get_runtime("fake").plugin, "openvino": rt.get_runtime("openvino").plugin}
         print(json.dumps(out))
     """)
-    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{ROOT}"}
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    env = {**os.environ, "PYTHONPATH": str(site)}  # the installed normonnx, never the checkout (CI installs a wheel)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
+                       cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout.splitlines()[-1])
     assert doc["lazy"] and doc["loaded"], doc  # imported when the registry is first read, not on import
@@ -402,18 +402,20 @@ def test_a_plugin_registers_through_the_entry_point_group_lazily(tmp_path):
 @pytest.mark.slow
 def test_list_and_validate_with_a_plugin_and_a_broken_one(tmp_path):
     site = _plugin_dist(tmp_path)
-    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{ROOT}"}
+    env = {**os.environ, "PYTHONPATH": str(site)}  # the installed normonnx, never the checkout (CI installs a wheel)
     listed = subprocess.run([sys.executable, "-m", "normonnx.cli", "list"], capture_output=True, text=True,
-                            timeout=300, env={**env, "COLUMNS": "300"})
+                            timeout=300, env={**env, "COLUMNS": "300"}, cwd=tmp_path)
     assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
     rows = {ln.split()[0]: ln for ln in listed.stdout.splitlines() if ln.split()}
     assert " yes " in rows["fake"] and " no: the plugin broken_rt:RUNTIME failed to load" in rows["broken"], rows
     ok = subprocess.run([sys.executable, "-m", "normonnx.cli", "validate", "--norm", "ln", "--runtimes", "fake",
-                         "--inputs", "normal", "--json"], capture_output=True, text=True, timeout=300, env=env)
+                         "--inputs", "normal", "--json"], capture_output=True, text=True, timeout=300, env=env,
+                        cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["runtimes"]["fake"]["wraps"] == "cpu"
     bad = subprocess.run([sys.executable, "-m", "normonnx.cli", "validate", "--norm", "ln", "--runtimes", "broken",
-                          "--inputs", "normal"], capture_output=True, text=True, timeout=300, env=env)
+                          "--inputs", "normal"], capture_output=True, text=True, timeout=300, env=env,
+                         cwd=tmp_path)
     assert bad.returncode == 3 and "failed to load" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
 

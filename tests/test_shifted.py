@@ -16,7 +16,7 @@ from normonnx import NormSpec, export_report
 from normonnx.errors import ExitCode
 from normonnx.export import ExportOptions
 from normonnx.inputs import CheckOptions
-from normonnx.repair import FixOptions, ProofOptions
+from normonnx.repair import ProofOptions
 from normonnx.rewrite import apply, plan_layers, to_checked_proto
 from normonnx.rules import RULES
 from normonnx.runtimes import RunOptions

@@ -207,7 +207,7 @@ def test_sweep_with_bench_times_and_recommends_the_fastest(tmp_path, full):
     bench = [r for r in recs if r["type"] == "bench"]
     assert len(bench) == 1 and bench[0]["status"] == "timed"
     forms = {b["form"] for b in bench[0]["records"]}
-    assert forms == {"copy", "torch", "native", "decomposed"}
+    assert forms == {"copy", "torch", "native", "decomposed", "shifted"}  # every form of the norm is timed
     (rec,) = recommendations(recs)
     assert rec["recommended"] in ("native", "decomposed")
     rows = bench[0]["records"]

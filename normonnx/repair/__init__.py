@@ -49,6 +49,9 @@ class LayerFix:
     form: str | None = None  # the chosen form
     final: LayerVerdict | None = None  # the written model's validation of this layer (scan --validate)
     written: tuple[str, ...] = ()  # the names of the nodes the rewrite wrote (rewrite.apply says which)
+    # where no form passes: the least bad candidate (fails fewer checks than the current form somewhere and
+    # no more anywhere) and whether --least-bad kept it, or, where none is, the closest and where it is worse
+    least_bad: dict | None = None
 
     def to_dict(self) -> dict:
         return {"layer": self.norm.nodes[0], "kind": self.norm.kind, "before": self.norm.op, "form": self.norm.form,
@@ -57,7 +60,7 @@ class LayerFix:
                 "risk_codes": [r.code for r in self.norm.risks],
                 "validation_before": self.before.to_dict() if self.before else None,
                 "candidates": [c.to_dict() for c in self.candidates],
-                "validation_after": self.final.to_dict() if self.final else None}
+                "validation_after": self.final.to_dict() if self.final else None, "least_bad": self.least_bad}
 
 
 @dataclass
@@ -84,6 +87,12 @@ class FixReport:
     @property
     def failing(self) -> list[LayerFix]:
         return [lf for lf in self.layers if lf.status == "failing" or (lf.final and lf.final.status == FAIL)]
+
+    def failing_on(self) -> list[str]:
+        """The target runtimes on which a failing layer fails (as the written model's scan, or the layer's own
+        validation, says), in the targets' order."""
+        verdicts = [lf.final or lf.before for lf in self.failing]
+        return [rt for rt in self.runtimes if any(rt in v.failing_on() for v in verdicts if v is not None)]
 
     @property
     def verdict(self) -> Verdict:
@@ -337,7 +346,8 @@ def _may_publish(report: FixReport, write_unproven: bool) -> bool:
         return False
     if write_unproven:
         return True
-    why = ("a layer still fails on " + ",".join(report.runtimes) if report.verdict.status == FAIL else
+    failing = ",".join(report.failing_on() or report.runtimes)
+    why = ("a layer still fails on " + failing if report.verdict.status == FAIL else
            "normonnx failed on a check (an internal error)" if report.verdict.internal else
            "the whole model could not be compared with the original" if w is not None and w.status != PASS else
            "something could not be checked")
@@ -379,8 +389,26 @@ def _map_final(report: FixReport, layers: list[LayerFix]) -> None:
         else:
             idx = [i for i, f in enumerate(after.norms) if f.output == lf.norm.output and f.scope == lf.norm.scope]
         vals = [after.validations[i] for i in idx if i in after.validations]
-        if vals:
-            lf.final = LayerVerdict(judge(x.status for x in vals).status, "; ".join(x.validation for x in vals))
+        if len(vals) == 1:
+            lf.final = vals[0]
+        elif vals:  # a rewrite scan finds as several norms: the one judge over them
+            lf.final = LayerVerdict(judge(x.status for x in vals).status, "; ".join(x.validation for x in vals),
+                                    by_runtime=_joined(x.by_runtime for x in vals))
+
+
+def _joined(per_layer) -> dict | None:
+    """Several layers' by_runtime verdicts as one: per runtime, the judge over theirs, the failures added up,
+    the first failing (or unchecked) one's words."""
+    per_layer = [p for p in per_layer if p]
+    if not per_layer:
+        return None
+    out = {}
+    for rt in dict.fromkeys(rt for p in per_layer for rt in p):
+        ds = [p[rt] for p in per_layer if rt in p]
+        v = judge(d["status"] for d in ds)
+        first = next((d for d in ds if d["status"] == v.status), ds[0])
+        out[rt] = {**first, "status": v.status, "failed": sum(d["failed"] for d in ds)}
+    return out
 
 
 def _sources(model: onnx.ModelProto, base: Path) -> dict:

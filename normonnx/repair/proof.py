@@ -22,15 +22,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..compare import compare, tolerance_for
 from ..errors import BadInput, NormonnxError, first_line
-from ..judge import FAIL, INTERNAL, NOT_CHECKED, PASS, internal_reason, judge, status_of
+from ..judge import FAIL, INTERNAL, NOT_CHECKED, PASS, internal_reason
 from ..derive import derive_spec
 from ..cutout import Cutter
 from ..inputs import seeded_feeds
-from ..layers import LayerVerdict, layer_key, validate_cached
+from ..layers import LayerVerdict, layer_key, runtime_verdicts, validate_cached
 from ..graph import load_model, ort_source
 from ..rewrite import apply, to_checked_proto
+from ..outputs import OutputDiff, compare_outputs
 from ..tables import PROVIDERS
 
 # the runtimes a fix is proven on by default: the one a plain `pip install onnxruntime` gives
@@ -55,13 +55,30 @@ class Candidate:
     max_abs_err: float | None = None
     note: str | None = None  # why not checked
     ms: float | None = None  # median latency on the first target runtime, where timed
+    by_runtime: dict | None = None  # runtime -> its own verdict (layers.runtime_verdicts)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
     def summary(self) -> str:
+        timed = f" ({self.ms:.3g} ms)" if self.ms is not None else ""
+        per = self.by_runtime or {}
+        if len(per) > 1 and self.status in (FAIL, NOT_CHECKED, INTERNAL):
+            # several targets: which runtime failed which suite, and where it passed
+            parts = []
+            for st in (FAIL, NOT_CHECKED, INTERNAL, PASS):
+                rts = [rt for rt, d in per.items() if d["status"] == st]
+                if not rts:
+                    continue
+                if st == FAIL:
+                    parts.append("FAIL " + ", ".join(f"{d['worst'].split(': ')[0]} on {rt}: "
+                                                     f"{d['worst'].rsplit(': ', 1)[-1]}"
+                                                     for rt, d in per.items() if d["status"] == FAIL))
+                else:
+                    parts.append(f"{st} on {', '.join(rts)}")
+            return f"{self.form}: " + "; ".join(parts)
         if self.status == "pass":
-            return f"{self.form}: pass" + (f" ({self.ms:.3g} ms)" if self.ms is not None else "")
+            return f"{self.form}: pass" + timed
         if self.status == "fail":
             return f"{self.form}: FAIL {self.worst}"
         return f"{self.form}: {self.status} ({self.note})"
@@ -95,7 +112,7 @@ def validate_candidate(path: Path, claim, runtimes, inputs, form: str, after: st
     if v.status in (NOT_CHECKED, INTERNAL):
         bad = [r for r in rep.results if r.status == v.status]
         note = bad[0].error if bad else "every runtime or input suite was skipped"
-    return Candidate(form, after, v.status, v.failed, worst, err, note)
+    return Candidate(form, after, v.status, v.failed, worst, err, note, by_runtime=runtime_verdicts(rep))
 
 
 def write_candidate(layer_path: Path, plan, start: str, f, out: Path) -> Path:
@@ -171,21 +188,80 @@ def choose(lf, cands: list[Candidate], work: Path, claim_of, timed: bool, least_
                 pass
         lf.status, lf.form, lf.after = "would rewrite", pick.form, pick.after
         return
-    checked = [c for c in cands if c.status == FAIL]
-    best = min(checked, key=lambda c: (c.failed, c.max_abs_err or 0.0)) if checked else None
+    # every candidate that finished a comparison somewhere (one not checked on a runtime counts as worse there)
+    checked = sorted((c for c in cands if c.status == FAIL or any(d["status"] in (PASS, FAIL) for d in
+                                                                    (c.by_runtime or {}).values())),
+                     key=lambda c: (c.failed, c.max_abs_err or 0.0))
     what = {"gn": "GroupNorm", "in": "InstanceNorm", "ln": "LayerNorm", "rms": "RMSNorm"}.get(lf.norm.kind, "norm")
-    if best is None:
+    before = lf.before.status if lf.before is not None else NOT_CHECKED
+    if not checked:
         why = "; ".join(c.summary() for c in cands) or "the rule has no form for this opset"
         lf.reason = f"no form of this {what} could be checked: {why}"
     else:
-        lf.reason = f"no form of this {what} passes: best {best.form}, {best.worst}"
-    before_failed = (lf.before.counts or {}).get("fail") if lf.before is not None else None
-    if least_bad and best is not None and before_failed is not None and best.failed < before_failed:
-        lf.status, lf.form, lf.after = "would rewrite", best.form, best.after
-        lf.reason += f" (kept as the least bad: {best.failed} failed checks against {before_failed})"
-        return
-    before = lf.before.status if lf.before is not None else NOT_CHECKED
+        runtimes = list(dict.fromkeys([*((lf.before.by_runtime or {}) if lf.before is not None else {}),
+                                       *(rt for c in checked for rt in (c.by_runtime or {}))]))
+        gains = {c.form: against_current(c, lf.before, runtimes) for c in checked}
+        # the least bad: fails fewer checks than the current form somewhere and no more anywhere
+        better = [c for c in checked if gains[c.form][0] and not gains[c.form][1] and not gains[c.form][2]]
+        now_failed = (lf.before.counts or {}).get(FAIL) if lf.before is not None else None
+        several = len(runtimes) > 1
+        if better:
+            best = better[0]
+            lf.least_bad = {"form": best.form, "failed": best.failed, "current_failed": now_failed,
+                            "better_on": gains[best.form][0], "kept": least_bad}
+            lf.reason = f"no form of this {what} passes: best {best.form}, {_said(best)}"
+            against = now_failed if now_failed is not None else "none checked"
+            if least_bad:
+                lf.status, lf.form, lf.after = "would rewrite", best.form, best.after
+                lf.reason += f" (kept as the least bad: {best.failed} failed checks against {against})"
+                return
+            lf.reason += (f"; --least-bad keeps it ({best.failed} failed checks against the current form's "
+                          f"{against}" + (", none more on any runtime" if several else "") + ")")
+        else:
+            closest = checked[0]
+            worse = gains[closest.form][1]
+            lf.least_bad = {"form": None, "closest": closest.form, "failed": closest.failed,
+                            "current_failed": now_failed, "worse_on": worse, "kept": False}
+            if before == PASS:
+                lf.reason = (f"no form of this {what} passes where the current form does: closest {closest.form}, "
+                             f"{_said(closest)}; the layer keeps its form")
+            else:
+                lf.reason = (f"no form of this {what} passes, and none fails fewer checks than the current form"
+                             + (" without failing more on another runtime" if several else "")
+                             + f": closest {closest.form}, {_said(closest)}"
+                             + (f" (worse than the current form on {', '.join(worse)})" if several and worse else "")
+                             + "; the layer keeps its form" + (" (--least-bad would too)" if not least_bad else ""))
     lf.status = {FAIL: "failing", PASS: "passes"}.get(before, NOT_CHECKED)
+
+
+def _said(c: Candidate) -> str:
+    """A candidate's worst failing check, or (checked on some runtimes only) where it passed and was not checked."""
+    return c.worst if c.status == FAIL and c.worst else c.summary().split(": ", 1)[-1]
+
+
+def _failed_checks(d: dict | None) -> float:
+    """One runtime's verdict as a count of failed checks: 0 passes, n fails n, anything else (not checked,
+    internal error, not run) infinitely many: unknown is never counted as better."""
+    if d is None:
+        return math.inf
+    return 0 if d["status"] == PASS else d["failed"] if d["status"] == FAIL else math.inf
+
+
+def against_current(c: Candidate, before: LayerVerdict | None, runtimes) -> tuple[list[str], list[str], list[str]]:
+    """(the runtimes where candidate `c` fails fewer checks than the layer's current form, those where it
+    fails more or is not checked where the current form was, those where it fails and the current form could
+    not be checked: no better, as far as anyone knows)."""
+    now = (before.by_runtime or {}) if before is not None else {}
+    better, worse, unknown = [], [], []
+    for rt in runtimes:
+        b, k = _failed_checks(now.get(rt)), _failed_checks((c.by_runtime or {}).get(rt))
+        if k < b and (b != math.inf or k == 0):
+            better.append(rt)
+        elif k > b:
+            worse.append(rt)
+        elif b == math.inf and k != 0:
+            unknown.append(rt)
+    return better, worse, unknown
 
 
 def judge_layers(analysed: onnx.ModelProto, base: Path, layers: list, plans: dict, work: Path, runtimes,
@@ -284,31 +360,6 @@ def shared_weights(model: onnx.ModelProto, original: dict, fixed: dict, own: dic
 
 
 @dataclass(frozen=True)
-class OutputDiff:
-    """One output of the fixed model against the original's: the largest difference (None: a non-float
-    output that differs) and whether it is within the tolerance (float outputs: atol/rtol and why not)."""
-
-    dtype: str
-    max_abs_diff: float | None
-    within: bool
-    atol: float | None = None
-    rtol: float | None = None
-    nonfinite_mismatch: int | None = None
-    reason: str | None = None
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        return d if self.atol is not None else {k: d[k] for k in ("dtype", "max_abs_diff", "within")}
-
-
-@dataclass(frozen=True)
-class OutputsDiff:
-    status: str  # pass | fail, the judge's over the outputs
-    max_abs_diff: float
-    outputs: dict[str, OutputDiff]
-
-
-@dataclass(frozen=True)
 class WholeModel:
     """The whole fixed model against the original on the same seeded inputs, on one ORT provider.
     status: pass | fail (a finished comparison) | not checked (error says why it could not be compared)."""
@@ -362,31 +413,6 @@ class Loaded:
     sessions: tuple
     feeds: dict
     run_s: float
-
-
-def compare_outputs(names, original: list, fixed: list, layer_dtypes: tuple[str, ...] = ()) -> OutputsDiff:
-    """Per output, the fixed model's value against the original's through compare.compare (the one
-    comparator: |fixed - original| <= atol + rtol*|original|, non-finite values placed alike, sign
-    included), at the tolerance of the least precise of the output's dtype and the rewritten layers'
-    dtypes: a float16 layer computed better differs from the original by float16 rounding, which later
-    float32 layers carry to the output. Non-float outputs must be equal."""
-    outputs, statuses = {}, []
-    for name, ya, yb in zip(names, original, fixed):
-        ya, yb = np.asarray(ya), np.asarray(yb)
-        dtype = str(ya.dtype)
-        if not np.issubdtype(ya.dtype, np.floating) or dtype not in ("float32", "float16", "bfloat16"):
-            same = ya.shape == yb.shape and bool(np.array_equal(ya, yb, equal_nan=np.issubdtype(ya.dtype, np.floating)))
-            outputs[name] = OutputDiff(dtype, 0.0 if same else None, same)
-            statuses.append(status_of(same))
-            continue
-        tol = max([tolerance_for(d) for d in (dtype, *layer_dtypes) if d in ("float32", "float16", "bfloat16")],
-                  key=lambda t: t.atol)
-        c = compare(yb, ya.astype(np.float64), dtype, tol)
-        outputs[name] = OutputDiff(dtype, c.max_abs_err, c.passed, tol.atol, tol.rtol, c.nonfinite_mismatch, c.reason)
-        statuses.append(status_of(c.passed))
-    v = judge(statuses)
-    worst = max((o.max_abs_diff or 0.0 for o in outputs.values()), default=0.0)
-    return OutputsDiff(v.status, worst, outputs)
 
 
 def compare_models(original: Path, fixed: Path, input_shapes: dict | None, seed: int = 0,

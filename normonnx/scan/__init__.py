@@ -40,6 +40,7 @@ class ScanReport:
     validations: dict[int, LayerVerdict] = field(default_factory=dict)  # norm index -> its verdict
     left_out: list[LeftOut] = field(default_factory=list)  # norm-shaped, not activation norms (and why)
     checked_on: str = ""  # what --validate ran each layer on: runtimes and input suites
+    runtimes: list[str] = field(default_factory=list)  # the runtimes --validate ran each layer on, in order
     validated: bool = False  # --validate was asked for: the exit code is then the judge's over the layers
     allow_not_checked: bool = False  # PASS beside layers that could not be checked (--allow-not-checked)
     notes: list[str] = field(default_factory=list)  # what normonnx did to read the model (it sorted its nodes, ...)
@@ -85,7 +86,26 @@ class ScanReport:
         if self.validated:
             v = self.verdict
             out.update(verdict=v.status, passed=v.status == PASS, counts=self.counts, exit_code=int(self.exit_code),
-                       checked_on=self.checked_on)
+                       checked_on=self.checked_on, runtimes=list(self.runtimes), runtime_facts=self.runtime_facts(),
+                       failing_on=self.failing_on())
+        return out
+
+    def failing_on(self) -> dict[str, list[int]]:
+        """runtime -> the layers (by index) that failed a check on it."""
+        out: dict[str, list[int]] = {rt: [] for rt in self.runtimes}
+        for i, v in self.validations.items():
+            for rt in v.failing_on():
+                out.setdefault(rt, []).append(i)
+        return {rt: idx for rt, idx in out.items() if idx}
+
+    def runtime_facts(self) -> dict[str, dict]:
+        """runtime -> its version and the precision it ran each layer dtype in (dtype -> precision), from the
+        sessions that validated the layers."""
+        out: dict[str, dict] = {}
+        for i, v in self.validations.items():
+            for rt, f in (v.runtime_facts or {}).items():
+                d = out.setdefault(rt, {"version": f.get("version"), "precision": {}})
+                d["precision"].setdefault(self.norms[i].dtype or "unknown", f.get("precision"))
         return out
 
 
@@ -121,6 +141,7 @@ def scan(path: str | Path, *, validate: bool = False, runtimes: list[str] | None
     if not norms or not validate:
         return report
     report.checked_on = (f"{', '.join(runtimes)}; input suites: {', '.join(inputs) if inputs else 'every one that applies'}")
+    report.runtimes = list(runtimes)
     extractor = Cutter(model, p.parent)
     with tempfile.TemporaryDirectory(prefix="normonnx-scan-") as tmp:
         layers = {}
