@@ -521,14 +521,20 @@ def _whole_text(report) -> str:
     """The whole model on each named runtime against the float32 run on ORT: part of the verdict."""
     if not report.whole:
         return ""
+    def verdict(w) -> str:
+        text = status_cell(w.status) if w.status in ("pass", "fail") else f"{w.status}: {w.why}"
+        return text if w.judged else f"{text} (what-if)"
+
     rows = [[name, w.precision or "-", w.samples, "-" if w.max_abs_diff is None else f"{w.max_abs_diff:.3g}",
-             status_cell(w.status) if w.status in ("pass", "fail") else f"{w.status}: {w.why}"]
-            for name, w in report.whole.items()]
+             verdict(w)] for name, w in report.whole.items()]
     out = ("\n\nthe whole model on each runtime against the float32 run on ORT (its outputs, at their dtype's "
            "tolerance):\n\n" + table(["runtime", "precision", "samples", "largest output difference", "verdict"], rows))
     for name, w in report.whole.items():
         if w.status == "fail":
-            out += f"\nFAIL whole model on {name}: {w.why}"
+            out += f"\n{'FAIL' if w.judged else 'what-if FAIL'} whole model on {name}: {w.why}"
+    if any(not w.judged for w in report.whole.values()):
+        out += ("\nwhat-if: a quantized (QDQ) model; runtimes round its int8 steps differently, so a whole run a step "
+                "or more apart is shown, not judged (each layer's verdict above judges it as float)")
     return out
 
 

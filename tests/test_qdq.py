@@ -95,3 +95,21 @@ def test_int8_rounding_far_off_its_grid_is_a_failed_what_if_not_a_failed_layer(t
     assert layer["status"] == "pass" and layer["int8"]["status"] == "fail", layer["int8"]
     assert layer["int8"]["steps"] > 2 and "outside tolerance" in layer["int8"]["why"]
     assert r.returncode == 0
+
+
+@pytest.mark.parametrize("name", BLOCKS)
+def test_a_qdq_models_whole_run_on_another_runtime_is_a_what_if(tmp_path, name):
+    """Runtimes round a QDQ model's int8 steps differently (OpenVINO's whole run of these blocks is a step or more
+    from ORT's): the whole-model run is shown, marked a what-if, and never the exit code; the layers judge it."""
+    from normonnx.runtimes import get_runtime
+
+    if get_runtime("openvino").unavailable():
+        pytest.skip(get_runtime("openvino").unavailable())
+    q = _quantized(tmp_path, name)
+    r = run_cli("scan", str(q), "--activations", "--runtimes", "openvino", "--json")
+    doc = json.loads(r.stdout)["activations"]
+    whole = doc["whole_model"]["openvino"]
+    assert whole["judged"] is False and whole["status"] in ("pass", "fail"), whole
+    assert [lc["status"] for lc in doc["layers"]] == ["pass"] and r.returncode == 0, (whole, r.stderr)
+    text = run_cli("scan", str(q), "--activations", "--runtimes", "openvino").stdout
+    assert f"{whole['status'].upper() if whole['status'] == 'fail' else 'pass'} (what-if)" in text, text
