@@ -70,9 +70,6 @@ CHOICES = {
     "the fewest failures is worse somewhere; another candidate is not: that one is best": (
         dict(cpu=3, openvino=0), [_cand("layernorm-trick", cpu=0, openvino=1), _cand("shifted", cpu=2, openvino=0)],
         False, ("failing", None), ["best shifted", "--least-bad keeps it"], ["best layernorm-trick"]),
-    "not checked where the current form was: worse there": (
-        dict(cpu=2, openvino=1), [_cand("layernorm-trick", cpu=0, openvino=None)], True, ("failing", None),
-        ["closest layernorm-trick", "worse than the current form on openvino"], ["best"]),
     "failing where the current form could not be checked: not known to be better": (
         dict(cpu=2, openvino=None), [_cand("layernorm-trick", cpu=0, openvino=1)], True, ("failing", None),
         ["closest layernorm-trick"], ["best"]),
@@ -84,6 +81,34 @@ CHOICES = {
         ["no form of this GroupNorm passes, and none fails fewer checks than the current form: closest "
          "layernorm-trick, constant:constant on cpu: 0.01", "(--least-bad would too)"], ["best", "another runtime"]),
 }
+
+
+# name -> (current form's failures per runtime, candidates, (status, chosen form)): a form right wherever it could be
+# checked is written (the proof's "not checked" then decides: exit 4, or --allow-not-checked), never for a pass the
+# current form has
+PARTIAL = {
+    "passes where checked, not checked where the current form fails: written": (
+        dict(cpu=2, openvino=1, ncnn=1), [_cand("layernorm-trick", cpu=1, openvino=0, ncnn=0),
+                                          _cand("shifted", cpu=0, openvino=0, ncnn=None)], ("would rewrite", "shifted")),
+    "not checked where the current form was not checked either: written": (
+        dict(cpu=2, mnn=None), [_cand("shifted", cpu=0, mnn=None)], ("would rewrite", "shifted")),
+    "not checked where the current form passes: kept (a known pass is never traded)": (
+        dict(cpu=2, openvino=0), [_cand("shifted", cpu=0, openvino=None)], ("failing", None)),
+    "not checked anywhere: nothing known, kept": (
+        dict(cpu=2), [_cand("shifted", cpu=None)], ("failing", None)),
+    "not checked on one runtime and failing on another: kept": (
+        dict(cpu=2, openvino=1, ncnn=1), [_cand("shifted", cpu=0, openvino=1, ncnn=None)], ("failing", None)),
+}
+
+
+@pytest.mark.parametrize("name", PARTIAL)
+def test_fix_writes_a_form_right_wherever_it_could_be_checked(name):
+    now, cands, want = PARTIAL[name]
+    lf = LayerFix(0, FoundNorm("gn", "native", "GroupNormalization", ("n",), "x", "y"), "unchanged", before=_before(**now))
+    choose(lf, list(cands), None, None, timed=False, least_bad=False)
+    assert (lf.status, lf.form) == want, (lf.status, lf.form, lf.reason)
+    if lf.form:  # the reason names where it could not be checked, and why
+        assert "not checked on" in lf.reason and "the converter refused it" in lf.reason, lf.reason
 
 
 @pytest.mark.parametrize("name", CHOICES)
@@ -271,3 +296,25 @@ def ort_version() -> str:
     import onnxruntime
 
     return onnxruntime.__version__
+
+
+# name -> (each layer's verdict per runtime, allow_not_checked, scan's status)
+SCAN_PARTIAL = {
+    "passed on some runtimes, not checked on one: not checked": ([dict(cpu=0, ncnn=None)], False, NOT_CHECKED),
+    "the same, allowed: pass": ([dict(cpu=0, ncnn=None)], True, PASS),
+    "allowed, but nothing passed anywhere: not checked": ([dict(cpu=None, ncnn=None)], True, NOT_CHECKED),
+    "allowed, another layer fails: fail": ([dict(cpu=0, ncnn=None), dict(cpu=1)], True, FAIL),
+}
+
+
+@pytest.mark.parametrize("name", SCAN_PARTIAL)
+def test_scan_accepts_a_layer_checked_on_some_runtimes_only_when_allowed(name):
+    from normonnx.scan import ScanReport
+
+    layers, allow, want = SCAN_PARTIAL[name]
+    norms = [FoundNorm("gn", "native", "GroupNormalization", (f"n{i}",), "x", f"y{i}") for i in range(len(layers))]
+    report = ScanReport("m.onnx", 21, "test", norms, validations={i: _before(**rts) for i, rts in enumerate(layers)},
+                        validated=True, allow_not_checked=allow)
+    v = report.verdict
+    assert v.status == want, v
+    assert v.allowed == (want == PASS)

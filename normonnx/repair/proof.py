@@ -74,6 +74,9 @@ class Candidate:
                     parts.append("FAIL " + ", ".join(f"{d['worst'].split(': ')[0]} on {rt}: "
                                                      f"{d['worst'].rsplit(': ', 1)[-1]}"
                                                      for rt, d in per.items() if d["status"] == FAIL))
+                elif st == NOT_CHECKED:  # with why: a converter's refusal names what to change
+                    why = {per[rt]["validation"].removeprefix("not checked: ") for rt in rts}
+                    parts.append(f"{st} on {', '.join(rts)}" + (f" ({first_line_of(why)})" if why else ""))
                 else:
                     parts.append(f"{st} on {', '.join(rts)}")
             return f"{self.form}: " + "; ".join(parts)
@@ -82,6 +85,20 @@ class Candidate:
         if self.status == "fail":
             return f"{self.form}: FAIL {self.worst}"
         return f"{self.form}: {self.status} ({self.note})"
+
+
+def first_line_of(whys: set[str], limit: int = 320) -> str:
+    """One reason of several runtimes' (the shortest), cut at `limit`."""
+    why = min(whys, key=len)
+    return why if len(why) <= limit else why[:limit - 3] + "..."
+
+
+def passes_where_checked(c: Candidate) -> bool:
+    """A form that passed every check on each runtime that could check it and failed none, where some runtime could
+    not check it (a converter's refusal): fix writes it only as far as partial coverage is allowed."""
+    per = (c.by_runtime or {}).values()
+    return c.status == NOT_CHECKED and any(d["status"] == PASS for d in per) and \
+        all(d["status"] in (PASS, NOT_CHECKED) for d in per)
 
 
 def _worst(rep) -> tuple[str | None, float | None]:
@@ -187,6 +204,15 @@ def choose(lf, cands: list[Candidate], work: Path, claim_of, timed: bool, least_
             except Exception:  # timing is a nicety: the first passing form stands
                 pass
         lf.status, lf.form, lf.after = "would rewrite", pick.form, pick.after
+        return
+    # never traded for a pass the current form has: where the candidate is not checked, the current form must not pass
+    now = (lf.before.by_runtime or {}) if lf.before is not None else {}
+    partial = [c for c in cands if passes_where_checked(c) and not any(
+        d["status"] != PASS and now.get(rt, {}).get("status") == PASS for rt, d in c.by_runtime.items())]
+    if partial:  # right wherever it could be checked: written, and the proof's not checked decides (exit 4 or allowed)
+        pick = partial[0]
+        lf.status, lf.form, lf.after = "would rewrite", pick.form, pick.after
+        lf.reason = f"no form passes on every runtime: {pick.summary()}"
         return
     # every candidate that finished a comparison somewhere (one not checked on a runtime counts as worse there)
     checked = sorted((c for c in cands if c.status == FAIL or any(d["status"] in (PASS, FAIL) for d in
