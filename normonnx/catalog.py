@@ -26,15 +26,16 @@ def probe_model(dtype: str, path: Path) -> Path:
     `list --precision` opens on each runtime (small: a runtime that compiles it does so in seconds)."""
     import numpy as np
     import onnx
-    from onnx import helper
+    from onnx import helper, numpy_helper
 
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     g = helper.make_graph(
         [helper.make_node("LayerNormalization", ["x", "scale", "bias"], ["y"], axis=-1, epsilon=1e-5)], "probe",
         [helper.make_tensor_value_info("x", elem, [1, PROBE_FEATURES])],
         [helper.make_tensor_value_info("y", elem, [1, PROBE_FEATURES])],
-        [helper.make_tensor("scale", elem, [PROBE_FEATURES], np.ones(PROBE_FEATURES, dtype)),
-         helper.make_tensor("bias", elem, [PROBE_FEATURES], np.zeros(PROBE_FEATURES, dtype))])
+        # raw_data, as torch writes it (IREE's importer refuses float16 in int32_data; MNN's converter crashed on it)
+        [numpy_helper.from_array(np.ones(PROBE_FEATURES, dtype), "scale"),
+         numpy_helper.from_array(np.zeros(PROBE_FEATURES, dtype), "bias")])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="normonnx list --precision")
     m.ir_version = 8
     onnx.save(m, str(path))

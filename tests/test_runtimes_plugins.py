@@ -450,3 +450,31 @@ def test_load_plugins_takes_runtimes_lists_and_factories(monkeypatch):
     assert "registered no runtime named 'other'" in got["other"].unavailable()
     # a plugin whose availability check raises is unavailable with why (`normonnx list` asks every runtime)
     assert "failed to say whether it is available (OSError: libfake.so.2" in got["crashy"].unavailable()
+
+
+def test_mnn_takes_float16_parameters_held_in_int32_data(tmp_path):
+    """MNN's converter dies with SIGSEGV on a float16 tensor in int32_data (an encoding ONNX allows; onnx.helper's
+    make_tensor writes it): the plugin hands it raw_data, so the layer runs. In a child process: on the old code
+    the crash took the whole process (and a pytest worker) with it."""
+    need("mnn")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 4, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT16, [2, 4, 16])
+    w = helper.make_tensor("w", TensorProto.FLOAT16, [16], np.linspace(0.5, 1.5, 16).astype(np.float16))
+    b = helper.make_tensor("b", TensorProto.FLOAT16, [16], np.zeros(16, np.float16))
+    assert len(w.int32_data) == 16 and not w.raw_data  # the encoding under test
+    node = helper.make_node("LayerNormalization", ["x", "w", "b"], ["y"], axis=-1, epsilon=1e-5)
+    onnx.save(helper.make_model(helper.make_graph([node], "ln", [x], [y], [w, b]),
+                                opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "ln16.onnx"))
+    code = textwrap.dedent("""
+        import sys, numpy as np
+        from normonnx.runtimes import SessionConfig, get_runtime
+        s = get_runtime("mnn").open(sys.argv[1], SessionConfig())
+        x = np.random.default_rng(0).standard_normal((2, 4, 16)).astype(np.float16)
+        m, v = x.astype(np.float64).mean(-1, keepdims=True), x.astype(np.float64).var(-1, keepdims=True)
+        want = (x - m) / np.sqrt(v + 1e-5) * np.linspace(0.5, 1.5, 16)
+        print(float(np.abs(s.run(x).astype(np.float64) - want).max()))
+    """)
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ln16.onnx")], capture_output=True, text=True,
+                       timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, (p.returncode, p.stderr[-2000:])
+    assert float(p.stdout.split()[-1]) < 1e-2  # float16 output of a float32 computation

@@ -68,6 +68,27 @@ def convert(tools, onnx_path: str | Path, out: Path) -> str:
     return text
 
 
+def raw_halves(model_path: str | Path, folder: Path) -> Path:
+    """The model with its float16/bfloat16 tensors in raw_data: MNN's converter dies (SIGSEGV, taking the process
+    with it) on a 16-bit tensor held in int32_data, an encoding ONNX allows and onnx.helper.make_tensor writes. A
+    copy in `folder` where one needed it, else the model itself."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    model = onnx.load(str(model_path))
+    halves = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
+    tensors = list(model.graph.initializer) + [a.t for n in model.graph.node for a in n.attribute
+                                               if a.type == onnx.AttributeProto.TENSOR]
+    changed = [t for t in tensors if t.data_type in halves and len(t.int32_data)]
+    if not changed:
+        return Path(model_path)
+    for t in changed:
+        t.raw_data = numpy_helper.to_array(t).tobytes()
+        del t.int32_data[:]
+    onnx.save(model, str(folder / "raw-halves.onnx"))
+    return folder / "raw-halves.onnx"
+
+
 def _refusal(log: str) -> str:
     lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
     for key in ("Not Support", "not support", "Error", "error", "Failed", "failed"):
@@ -103,7 +124,7 @@ def _open(model_path, config: SessionConfig, module=None) -> Session:
     threads = config.threads or 1  # MNN.nn's own default
     with tempfile.TemporaryDirectory(prefix="normonnx-mnn-") as tmp:
         out = Path(tmp) / "model.mnn"
-        convert(tools, model_path, out)
+        convert(tools, raw_halves(model_path, Path(tmp)), out)
         try:
             ran_as, in_dtype = ops_of(tools, out)
         except Exception as e:  # a nicety: never a reason not to check
