@@ -554,9 +554,11 @@ def report(out, output):
               help="--data: the most samples taken (each is one model run).")
 @click.option("--max-data-bytes", type=click.IntRange(min=1), default=1 << 30, show_default=True,
               help="--data: the most bytes its arrays may hold decompressed.")
-@click.option("--save-outputs", type=click.Path(dir_okay=False), default=None,
-              help="--activations: store each judged norm's inputs and outputs in this .npz (golden outputs).")
-@click.option("--load-outputs", type=click.Path(dir_okay=False), default=None,
+@click.option("--save-outputs", type=click.Path(), default=None,
+              help="--activations: store each judged norm's inputs and outputs (golden outputs): a new folder in "
+                   "ONNX's test-data layout (layerK/test_data_set_S/input_0.pb, output_0.pb, model.onnx), or one "
+                   "file if the name ends in .npz.")
+@click.option("--load-outputs", type=click.Path(), default=None,
               help="--activations: replay the norms stored by --save-outputs on --runtimes (default cpu), against "
                    "the oracle and the stored outputs, instead of running the model.")
 @allow_not_checked_option

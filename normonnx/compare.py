@@ -94,6 +94,39 @@ class Comparison:
         return f"at {list(self.worst_index)} got {self.worst_got:.6g} expected {self.worst_expected:.6g}"
 
 
+def _allowance(shape, size: int, cond, scale) -> tuple[float, np.ndarray | float]:
+    """The largest conditioning and the per-element allowance it earns (0 without a conditioning array)."""
+    if cond is None:  # no conditioning allowance (and no full-size arrays of ones to say so)
+        return (1.0 if size else 0.0), 0.0
+    cond_arr = np.broadcast_to(cond, shape)
+    cond_arr = np.where(np.isfinite(cond_arr), cond_arr, 0.0)
+    max_cond = float(cond_arr.max()) if cond_arr.size else 0.0
+    scale_arr = 1.0 if scale is None else np.abs(np.broadcast_to(scale, shape))
+    return max_cond, COND_K * U32 * np.maximum(cond_arr - 1.0, 0.0) * scale_arr
+
+
+def _worst_index(nf_bad, nf_count: int, n_finite: int, err, allowed, both, shape) -> tuple[int, ...] | None:
+    """The worst element: a non-finite mismatch first, else the largest excess over the allowed error."""
+    if nf_count:
+        return tuple(int(i) for i in np.argwhere(nf_bad)[0])
+    if not n_finite:
+        return None
+    idx = np.unravel_index(int(np.argmax(err - allowed if nf_bad is None else
+                                         np.where(both, err - allowed, -np.inf))), shape)
+    return tuple(int(i) for i in idx)
+
+
+def _reason(got, ref, err, allowed, outside, nf_count: int, idx) -> str | None:
+    """Why a comparison failed, at its worst element (None when it passed)."""
+    if nf_count:
+        kind = "NaN" if np.isnan(got[idx]) else ("Inf" if np.isinf(got[idx]) else "a finite value")
+        return f"{nf_count} non-finite mismatches: {kind} at {list(idx)} where the oracle has {ref[idx]:.6g}"
+    if outside.any():
+        return (f"{int(outside.sum())} elements outside tolerance; worst at {list(idx)}: got {got[idx]:.6g}, "
+                f"expected {ref[idx]:.6g}, error {err[idx]:.3g} > allowed {allowed[idx]:.3g}")
+    return None
+
+
 @np.errstate(invalid="ignore", over="ignore", divide="ignore")
 def compare(got: np.ndarray, ref: np.ndarray, dtype: str, tol: Tolerance,
             cond: np.ndarray | None = None, scale: np.ndarray | None = None) -> Comparison:
@@ -116,14 +149,7 @@ def compare(got: np.ndarray, ref: np.ndarray, dtype: str, tol: Tolerance,
         nf_count = int(nf_bad.sum())
         both = pick = fin_g & fin_r
         err = np.where(both, np.abs(got - ref), 0.0)
-    if cond is None:  # no conditioning allowance (and no full-size arrays of ones to say so)
-        max_cond, allowance = (1.0 if ref.size else 0.0), 0.0
-    else:
-        cond_arr = np.broadcast_to(cond, ref.shape)
-        cond_arr = np.where(np.isfinite(cond_arr), cond_arr, 0.0)
-        max_cond = float(cond_arr.max()) if cond_arr.size else 0.0
-        scale_arr = 1.0 if scale is None else np.abs(np.broadcast_to(scale, ref.shape))
-        allowance = COND_K * U32 * np.maximum(cond_arr - 1.0, 0.0) * scale_arr
+    max_cond, allowance = _allowance(ref.shape, ref.size, cond, scale)
     abs_ref = np.abs(ref) if nf_bad is None else np.where(fin_r, np.abs(ref), 0.0)
     allowed = tol.atol + tol.rtol * abs_ref + allowance
     outside = both & (err > allowed)
@@ -134,22 +160,8 @@ def compare(got: np.ndarray, ref: np.ndarray, dtype: str, tol: Tolerance,
     # ULPs of the output dtype at max(|expected|, 1): normalized outputs are O(1), and near zero any
     # absolute error would be a huge count of tiny subnormal-scale ulps
     ulps = e_fin / ulp(np.maximum(r_fin, 1.0), dtype) if e_fin.size else np.zeros(0)
-    # worst element: a non-finite mismatch first, else the largest excess over the allowed error
-    if nf_count:
-        idx = tuple(int(i) for i in np.argwhere(nf_bad)[0])
-    elif e_fin.size:
-        idx = np.unravel_index(int(np.argmax(err - allowed if nf_bad is None else
-                                             np.where(both, err - allowed, -np.inf))), ref.shape)
-        idx = tuple(int(i) for i in idx)
-    else:
-        idx = None
-    reason = None
-    if nf_count:
-        kind = "NaN" if np.isnan(got[idx]) else ("Inf" if np.isinf(got[idx]) else "a finite value")
-        reason = (f"{nf_count} non-finite mismatches: {kind} at {list(idx)} where the oracle has {ref[idx]:.6g}")
-    elif outside.any():
-        reason = (f"{int(outside.sum())} elements outside tolerance; worst at {list(idx)}: got {got[idx]:.6g}, "
-                  f"expected {ref[idx]:.6g}, error {err[idx]:.3g} > allowed {allowed[idx]:.3g}")
+    idx = _worst_index(nf_bad, nf_count, e_fin.size, err, allowed, both, ref.shape)
+    reason = _reason(got, ref, err, allowed, outside, nf_count, idx)
     return Comparison(
         passed=nf_count == 0 and not outside.any(),
         max_abs_err=max_abs,

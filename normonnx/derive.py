@@ -129,32 +129,42 @@ def derive_spec(f: FoundNorm, layer: onnx.ModelProto) -> tuple[NormSpec, dict[st
     # an epsilon attribute is a float32: 1e-5 reads back as 9.99999974738e-06; keep the float32's
     # shortest decimal so the spec (and its id) says 1e-05, as the model's author wrote it
     kw = dict(eps=float(np.format_float_positional(np.float32(f.eps), unique=True, trim="-")), dtype=dtype)
-    rank = len(shape)
     if per_feature(f.kind):
-        if not rank:
-            raise BadInput("a scalar input has nothing to normalize")
-        axes = sorted({a % rank for a in (f.axes or (-1,))})
-        if f.form != "decomposed":
-            axes = list(range(axes[0], rank))  # the ops normalize from `axis` to the last dim
-        if axes != list(range(axes[0], rank)):
-            raise BadInput(f"normalizes axes {axes}, not trailing dims")
-        nshape = shape[axes[0]:]
-        for k in list(params):
-            v = params[k]
-            if v.ndim > len(nshape):  # e.g. (1, 1, C) from a decomposed chain's Mul
-                if any(d != 1 for d in v.shape[:v.ndim - len(nshape)]):
-                    raise BadInput(f"{k} of shape {list(v.shape)} varies over dims the norm does not normalize")
-                v = v.reshape(v.shape[v.ndim - len(nshape):])
-            try:
-                params[k] = np.broadcast_to(v, nshape).astype(np.float32)
-            except ValueError:
-                raise BadInput(f"{k} of shape {list(v.shape)} does not fit the normalized shape {list(nshape)}") \
-                    from None
-        if f.kind == "ln" and "bias" in params and "weight" not in params:
-            params["weight"] = np.ones(nshape, np.float32)
-        spec = NormSpec(kind=f.kind, shape=shape, normalized_ndim=len(nshape), affine="weight" in params,
-                        bias="bias" in params, **kw)
-        return spec, params
+        return _per_feature_spec(f, shape, params, kw)
+    return _per_channel_spec(f, shape, params, kw)
+
+
+def _per_feature_spec(f: FoundNorm, shape: tuple, params: dict, kw: dict) -> tuple[NormSpec, dict[str, np.ndarray]]:
+    """LN and RMS: the trailing axes the layer normalizes, and its parameters over their shape."""
+    rank = len(shape)
+    if not rank:
+        raise BadInput("a scalar input has nothing to normalize")
+    axes = sorted({a % rank for a in (f.axes or (-1,))})
+    if f.form != "decomposed":
+        axes = list(range(axes[0], rank))  # the ops normalize from `axis` to the last dim
+    if axes != list(range(axes[0], rank)):
+        raise BadInput(f"normalizes axes {axes}, not trailing dims")
+    nshape = shape[axes[0]:]
+    for k in list(params):
+        v = params[k]
+        if v.ndim > len(nshape):  # e.g. (1, 1, C) from a decomposed chain's Mul
+            if any(d != 1 for d in v.shape[:v.ndim - len(nshape)]):
+                raise BadInput(f"{k} of shape {list(v.shape)} varies over dims the norm does not normalize")
+            v = v.reshape(v.shape[v.ndim - len(nshape):])
+        try:
+            params[k] = np.broadcast_to(v, nshape).astype(np.float32)
+        except ValueError:
+            raise BadInput(f"{k} of shape {list(v.shape)} does not fit the normalized shape {list(nshape)}") \
+                from None
+    if f.kind == "ln" and "bias" in params and "weight" not in params:
+        params["weight"] = np.ones(nshape, np.float32)
+    spec = NormSpec(kind=f.kind, shape=shape, normalized_ndim=len(nshape), affine="weight" in params,
+                    bias="bias" in params, **kw)
+    return spec, params
+
+
+def _per_channel_spec(f: FoundNorm, shape: tuple, params: dict, kw: dict) -> tuple[NormSpec, dict[str, np.ndarray]]:
+    """BN, IN and GN: parameters per channel (GroupNormalization-18's per group spread over its channels)."""
     c = shape[1]
     for k in list(params):
         v = params[k].reshape(-1)

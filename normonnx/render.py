@@ -220,6 +220,19 @@ def scan_text(report) -> str:
     inner = sum(1 for f in report.norms if f.scope)
     if inner:
         head += f" ({inner} inside subgraphs or functions)"
+    headers = ["#", "kind", "form", "nodes", "axes/groups", "eps", "affine", "dtype", "ORT fuses", "risks"]
+    if report.validated:
+        headers.append("validate")
+    out = head + "\n\n" + table(headers, _scan_rows(report)) + _norm_notes(report) + _left_out_lines(report)
+    if report.fusion_note:
+        out += f"\n\nORT fuses: unknown ({report.fusion_note})"
+    if report.validated:
+        out += _scan_verdict_text(report)
+    return out
+
+
+def _scan_rows(report) -> list[list]:
+    """One row per norm found: where, its measured claim, ORT's fusion, its risks (and its verdict)."""
     rows = []
     for i, f in enumerate(report.norms):
         where = f.nodes[0] if len(f.nodes) == 1 else f"{f.nodes[0]} .. {f.nodes[-1]} ({len(f.nodes)} nodes)"
@@ -237,10 +250,12 @@ def scan_text(report) -> str:
             row.append("-" if v is None else _validation_cell(v) if v.status in ("pass", "fail") or
                        len(v.by_runtime or {}) > 1 else v.validation)
         rows.append(row)
-    headers = ["#", "kind", "form", "nodes", "axes/groups", "eps", "affine", "dtype", "ORT fuses", "risks"]
-    if report.validated:
-        headers.append("validate")
-    out = head + "\n\n" + table(headers, rows)
+    return rows
+
+
+def _norm_notes(report) -> str:
+    """Each norm's notes: its layout, and what was measured by running a written-out one."""
+    out = ""
     for i, f in enumerate(report.norms):
         said = list(f.notes) + ([f"written over another layout: checked after moving its axes {list(f.layout)}"]
                                 if f.layout is not None else [])
@@ -251,31 +266,33 @@ def scan_text(report) -> str:
                         "written out: its sets, centering and eps measured by running it (no scale or shift)")
         for note in said:
             out += "\n" + wrap(f"#{i}: {note}")
-    out += _left_out_lines(report)
-    if report.fusion_note:
-        out += f"\n\nORT fuses: unknown ({report.fusion_note})"
-    if report.validated:
-        several = len(report.runtimes) > 1
-        if several:
-            out += _per_runtime_table(report.runtimes, [(i, report.norms[i].nodes[0], {rt: _runtime_cell(v, rt)
-                                                         for rt in report.runtimes})
-                                                        for i, v in sorted(report.validations.items())]) + "\n"
-        for i, v in sorted(report.validations.items()):
-            out += _verdict_lines(i, report.norms[i].nodes[0], v, several)
-        facts = precision_table(report.runtime_facts())
-        if facts:
-            out += "\n\n" + facts
-        verdict = report.verdict
-        out += f"\n\n{verdict_word(report.exit_code)}: {verdict.summary()}"
-        if verdict.not_checked and not verdict.failed and not verdict.allowed and verdict.passed:
-            out += "\n" + wrap(f"not checked: {verdict.not_checked} layers could not be checked (the table says why), so "
-                                "the model is not proven; --allow-not-checked accepts that and says so")
-        if report.checked_on:  # what this verdict covers (--activations judges the model's own activations)
-            out += "\n" + wrap(f"checked: each layer cut out and run on {report.checked_on} (stress inputs aimed at "
-                                "how norms break; the model's own activations: scan --activations)")
-        if verdict.failed:
-            out += "\n" + wrap(f"next: normonnx fix {report.model} -o FIXED.onnx gives each failing layer a form that "
-                                "passes, or says why not")
+    return out
+
+
+def _scan_verdict_text(report) -> str:
+    """scan --validate's verdicts: per runtime where several ran, each layer's lines, the precisions, the last line."""
+    out = ""
+    several = len(report.runtimes) > 1
+    if several:
+        out += _per_runtime_table(report.runtimes, [(i, report.norms[i].nodes[0], {rt: _runtime_cell(v, rt)
+                                                     for rt in report.runtimes})
+                                                    for i, v in sorted(report.validations.items())]) + "\n"
+    for i, v in sorted(report.validations.items()):
+        out += _verdict_lines(i, report.norms[i].nodes[0], v, several)
+    facts = precision_table(report.runtime_facts())
+    if facts:
+        out += "\n\n" + facts
+    verdict = report.verdict
+    out += f"\n\n{verdict_word(report.exit_code)}: {verdict.summary()}"
+    if verdict.not_checked and not verdict.failed and not verdict.allowed and verdict.passed:
+        out += "\n" + wrap(f"not checked: {verdict.not_checked} layers could not be checked (the table says why), so "
+                            "the model is not proven; --allow-not-checked accepts that and says so")
+    if report.checked_on:  # what this verdict covers (--activations judges the model's own activations)
+        out += "\n" + wrap(f"checked: each layer cut out and run on {report.checked_on} (stress inputs aimed at "
+                            "how norms break; the model's own activations: scan --activations)")
+    if verdict.failed:
+        out += "\n" + wrap(f"next: normonnx fix {report.model} -o FIXED.onnx gives each failing layer a form that "
+                            "passes, or says why not")
     return out
 
 

@@ -108,38 +108,13 @@ class NormSpec:
         if isinstance(normalized_shape, str):
             normalized_shape = parse_shape(normalized_shape)
         if per_feature(kind):
-            if normalized_shape is None and channels is not None:
-                normalized_shape = (channels,)
-            if shape is None:
-                lead = DEFAULT_SHAPES[kind][:-1]
-                shape = lead + tuple(normalized_shape or DEFAULT_SHAPES[kind][-1:])
-            normalized_shape = tuple(normalized_shape or shape[-1:])
-            if tuple(shape[len(shape) - len(normalized_shape):]) != normalized_shape:
-                raise BadInput(
-                    f"normalized shape {format_shape(normalized_shape)} must be the trailing dims of "
-                    f"shape {format_shape(shape)}, e.g. --normalized-shape {format_shape(shape[-1:])}"
-                )
-            nd = len(normalized_shape)
+            shape, nd = _per_feature_shape(kind, shape, channels, normalized_shape)
         else:
-            if normalized_shape is not None:
-                raise BadInput(f"--normalized-shape applies to ln and rms only, not {kind}; use --channels")
-            if shape is None:
-                default = DEFAULT_SHAPES[kind]
-                shape = (default[0], channels if channels is not None else default[1], *default[2:])
-            elif channels is not None and len(shape) > 1 and shape[1] != channels:
-                raise BadInput(
-                    f"--channels {channels} disagrees with shape {format_shape(shape)} (dim 1 is {shape[1]})"
-                )
-            nd = 1
+            shape, nd = _per_channel_shape(kind, shape, channels, normalized_shape), 1
         if groups is not None and kind != "gn":
             raise BadInput(f"--groups applies to gn only, not {kind}")
         if kind == "gn" and groups is None:
-            c = shape[1] if len(shape) > 1 else 0
-            if c % DEFAULT_GROUPS:
-                valid = [g for g in range(1, c + 1) if c % g == 0]
-                raise BadInput(f"--groups defaults to {DEFAULT_GROUPS}, which does not divide channels={c}: "
-                               f"pass --groups with one of {', '.join(map(str, valid))}")
-            groups = DEFAULT_GROUPS
+            groups = _default_groups(shape)
         if track_running_stats is None:
             track_running_stats = kind == "bn"
         return cls(
@@ -253,3 +228,41 @@ class NormSpec:
             if isinstance(e, BadInput):
                 raise
             raise BadInput(f"malformed spec {json.dumps(d)[:120]}: {e}") from None
+
+
+def _per_feature_shape(kind: str, shape, channels, normalized_shape) -> tuple[tuple[int, ...], int]:
+    """LN and RMS: the input shape (defaults filled) and how many trailing dims are normalized."""
+    if normalized_shape is None and channels is not None:
+        normalized_shape = (channels,)
+    if shape is None:
+        lead = DEFAULT_SHAPES[kind][:-1]
+        shape = lead + tuple(normalized_shape or DEFAULT_SHAPES[kind][-1:])
+    normalized_shape = tuple(normalized_shape or shape[-1:])
+    if tuple(shape[len(shape) - len(normalized_shape):]) != normalized_shape:
+        raise BadInput(
+            f"normalized shape {format_shape(normalized_shape)} must be the trailing dims of "
+            f"shape {format_shape(shape)}, e.g. --normalized-shape {format_shape(shape[-1:])}"
+        )
+    return shape, len(normalized_shape)
+
+
+def _per_channel_shape(kind: str, shape, channels, normalized_shape) -> tuple[int, ...]:
+    """BN, IN and GN: the input shape (defaults filled), its dim 1 the channels."""
+    if normalized_shape is not None:
+        raise BadInput(f"--normalized-shape applies to ln and rms only, not {kind}; use --channels")
+    if shape is None:
+        default = DEFAULT_SHAPES[kind]
+        return (default[0], channels if channels is not None else default[1], *default[2:])
+    if channels is not None and len(shape) > 1 and shape[1] != channels:
+        raise BadInput(f"--channels {channels} disagrees with shape {format_shape(shape)} (dim 1 is {shape[1]})")
+    return shape
+
+
+def _default_groups(shape) -> int:
+    """GroupNorm's default groups, or why it does not divide the channels (and which would)."""
+    c = shape[1] if len(shape) > 1 else 0
+    if c % DEFAULT_GROUPS:
+        valid = [g for g in range(1, c + 1) if c % g == 0]
+        raise BadInput(f"--groups defaults to {DEFAULT_GROUPS}, which does not divide channels={c}: "
+                       f"pass --groups with one of {', '.join(map(str, valid))}")
+    return DEFAULT_GROUPS

@@ -399,21 +399,10 @@ def sweep(
 
 def _sweep_locked(out: Path, matrix: Matrix, how: SweepOptions, check: CheckOptions, bench: BenchOptions | None,
                   case_runner, warn) -> SweepSummary:
-    resume, force, jobs, shard = how.resume, how.force, how.jobs, how.shard
+    jobs, shard = how.jobs, how.shard
     inputs, seed = list(check.inputs) if check.inputs else None, check.seed  # as the results' meta records them
     results = out / RESULTS
-    existing, bad = read_results(results) if not force else ([], [])
-    if (existing or bad) and not resume:
-        raise BadInput(f"{results} already holds {len(existing) + len(bad)} results: pass --resume to finish that "
-                       "sweep, or --force to start over")
-    if force and results.exists():
-        results.unlink()
-    now = versions()
-    older = next((r for r in existing if r.get("versions") != now), None)
-    if older is not None:
-        raise BadInput(f"{results} was recorded with other tool versions "
-                       f"({', '.join(versions_diff(now, older.get('versions')))}): pass --force to start over, "
-                       "or choose another --out")
+    existing, bad, now = _earlier_results(results, how)
     rejected = 0
     if bad:
         where = quarantine(out, bad, existing)
@@ -428,13 +417,7 @@ def _sweep_locked(out: Path, matrix: Matrix, how: SweepOptions, check: CheckOpti
     done = {r["case_id"]: r["status"] for r in existing}
     cases = shard_cases(matrix.cases(), shard)
     todo = [c for c in cases if c.id not in done]
-    groups = []
-    if bench:
-        groups = [(n, d, p) for n in matrix.norms for d in matrix.dtypes for p in matrix.providers]
-        groups = [g for g in groups if bench_id(*g, bench.opset) not in done]
-        if shard:
-            k, n = shard
-            groups = [g for g in groups if zlib.crc32(f"bench-{g[0]}-{g[1]}-{g[2]}".encode()) % n == k - 1]
+    groups = _bench_groups(matrix, bench, done, shard)
     summary = SweepSummary(out, len(cases) + len(groups), len(cases) - len(todo), rejected=rejected,
                            statuses=list(done.values()))
     # a timing group: every variant and the two baselines for bench.min_time each, plus exports and
@@ -468,6 +451,36 @@ def _sweep_locked(out: Path, matrix: Matrix, how: SweepOptions, check: CheckOpti
     finally:
         writer.close()
     return summary
+
+
+def _earlier_results(results: Path, how: SweepOptions) -> tuple[list[dict], list, dict]:
+    """The results already in the folder (none with --force, which removes them) and the malformed lines, and
+    this run's tool versions; BadInput where they may not be continued (no --resume, other versions)."""
+    existing, bad = read_results(results) if not how.force else ([], [])
+    if (existing or bad) and not how.resume:
+        raise BadInput(f"{results} already holds {len(existing) + len(bad)} results: pass --resume to finish that "
+                       "sweep, or --force to start over")
+    if how.force and results.exists():
+        results.unlink()
+    now = versions()
+    older = next((r for r in existing if r.get("versions") != now), None)
+    if older is not None:
+        raise BadInput(f"{results} was recorded with other tool versions "
+                       f"({', '.join(versions_diff(now, older.get('versions')))}): pass --force to start over, "
+                       "or choose another --out")
+    return existing, bad, now
+
+
+def _bench_groups(matrix: Matrix, bench: BenchOptions | None, done: dict, shard) -> list[tuple[str, str, str]]:
+    """The (norm, dtype, provider) timing groups still to run (this shard's)."""
+    if not bench:
+        return []
+    groups = [(n, d, p) for n in matrix.norms for d in matrix.dtypes for p in matrix.providers]
+    groups = [g for g in groups if bench_id(*g, bench.opset) not in done]
+    if shard:
+        k, n = shard
+        groups = [g for g in groups if zlib.crc32(f"bench-{g[0]}-{g[1]}-{g[2]}".encode()) % n == k - 1]
+    return groups
 
 
 def _parallel(todo: list[Case], jobs: int, call, record) -> None:

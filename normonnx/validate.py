@@ -487,6 +487,18 @@ def runtime_facts(runner: SuiteRunner, seed: int) -> dict:
 
 
 # -- the engine -----------------------------------------------------------------------------------
+def _save_dir(save_inputs) -> Path | None:
+    """--save-inputs' folder, made here (BadInput when it cannot be)."""
+    if save_inputs is None:
+        return None
+    save_dir = Path(save_inputs)
+    try:
+        save_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"cannot create --save-inputs folder {save_dir}: {e.strerror}") from None
+    return save_dir
+
+
 def validate(
     spec: NormSpec | None = None,
     *,
@@ -516,13 +528,7 @@ def validate(
         get_exporter(export.exporter).require("validate --norm", "validate --model FILE.onnx needs no torch")
     active, skipped = choose_runtimes(run.runtimes, run.skip_missing)
     tolerance_for(spec.dtype if spec else "float32", check.atol, check.rtol)  # bad tolerances fail before any work
-    save_dir = None
-    if check.save_inputs is not None:
-        save_dir = Path(check.save_inputs)
-        try:
-            save_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise BadInput(f"cannot create --save-inputs folder {save_dir}: {e.strerror}") from None
+    save_dir = _save_dir(check.save_inputs)
     x = export
 
     def do_export(s: NormSpec, out: Path) -> Path:

@@ -143,7 +143,8 @@ def test_samples_are_stacked_into_runs_where_the_batch_dim_allows(tmp_path, dims
     assert [lc.status for lc in rep.layers] == ["pass"]
 
 
-def test_golden_outputs_round_trip_and_a_changed_model_is_caught(tmp_path):
+@pytest.mark.parametrize("name", ["golden", "g.npz"])  # ONNX's test-data layout (a folder), or one .npz file
+def test_golden_outputs_round_trip_and_a_changed_model_is_caught(tmp_path, name):
     """--save-outputs then --load-outputs on ORT CPU: the same outputs (0 from stored), pass. The stored
     inputs replayed through a model whose norm now has another eps: FAIL against the oracle, and far from
     the stored outputs. A file that is not golden outputs is exit 2."""
@@ -159,7 +160,7 @@ def test_golden_outputs_round_trip_and_a_changed_model_is_caught(tmp_path):
         return helper.make_model(helper.make_graph([node], "g", [x], [y], [w]), opset_imports=[helper.make_opsetid("", 17)])
 
     onnx.save(ln(1e-5), str(tmp_path / "m.onnx"))
-    g = tmp_path / "g.npz"
+    g = tmp_path / name
     assert run_cli("scan", str(tmp_path / "m.onnx"), "--activations", "--save-outputs", str(g)).returncode == 0
     same = run_cli("scan", str(tmp_path / "m.onnx"), "--activations", "--load-outputs", str(g), "--json")
     (layer,) = json.loads(same.stdout)["activations"]["layers"]
@@ -175,3 +176,39 @@ def test_golden_outputs_round_trip_and_a_changed_model_is_caught(tmp_path):
     assert bad.returncode == 2 and "--load-outputs" in bad.stderr and "Traceback" not in bad.stderr
     alone = run_cli("scan", str(tmp_path / "m.onnx"), "--load-outputs", str(g))
     assert alone.returncode == 2 and "--load-outputs goes with --activations" in alone.stderr
+
+
+def test_golden_outputs_folder_is_onnx_test_data_ort_can_run(tmp_path):
+    """The folder --save-outputs writes is ONNX's test-data layout: onnx.load_tensor reads every input_0.pb and
+    output_0.pb, and ONNX Runtime runs each layer's model.onnx on its inputs to its outputs. A folder that
+    exists already is refused (exit 2), and so is a folder without the index."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from conftest import run_cli
+
+    model = corpus.gn_silu_block(tmp_path / "gn.onnx", 21, "dynamo")
+    g = tmp_path / "golden"
+    r = run_cli("scan", str(model), "--activations", "--save-outputs", str(g))
+    assert r.returncode in (0, 1), r.stderr
+    meta = json.loads((g / "normonnx-golden.json").read_text())
+    ran = 0
+    for layer in meta["layers"]:
+        d = g / layer["dir"]
+        sets = sorted(d.glob("test_data_set_*"))
+        assert len(sets) == layer["samples"] >= 1
+        sess = ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"]) \
+            if (d / "model.onnx").exists() else None
+        for s in sets:
+            x = numpy_helper.to_array(onnx.load_tensor(str(s / "input_0.pb")))
+            y = numpy_helper.to_array(onnx.load_tensor(str(s / "output_0.pb")))
+            assert x.dtype == y.dtype == np.float32 and x.shape == y.shape
+            if sess is not None:
+                np.testing.assert_allclose(sess.run(None, {sess.get_inputs()[0].name: x})[0], y, atol=1e-5)
+                ran += 1
+    assert ran == sum(layer["samples"] for layer in meta["layers"])  # both GroupNorms' cut-outs take their tensors
+    again = run_cli("scan", str(model), "--activations", "--save-outputs", str(g))
+    assert again.returncode == 2 and "exists: give a new folder" in again.stderr
+    (g / "normonnx-golden.json").unlink()
+    gone = run_cli("scan", str(model), "--activations", "--load-outputs", str(g))
+    assert gone.returncode == 2 and "is not a folder" in gone.stderr and "Traceback" not in gone.stderr

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import normonnx
 
-MAX_FUNCTION_LINES = 80  # issue 20: a longer function mixes steps that want names of their own
+MAX_FUNCTION_LINES = 60  # issues 20, 35: a longer function mixes steps that want names of their own
 
 
-def test_no_function_in_the_package_is_over_80_lines():
+def test_no_function_in_the_package_is_over_60_lines():
     root = Path(normonnx.__file__).parent
     long = []
     for path in sorted(root.rglob("*.py")):

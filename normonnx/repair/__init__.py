@@ -305,6 +305,13 @@ def fix(path: str | Path, output: str | Path | None = None, *, mode: str = "fix"
                     lf.status, lf.form, lf.after = "would rewrite", first.form, first.after
     if mode != "fix":
         return report
+    _write(report, model, converted, layers, plans, src, out, input_shapes, proof, memo)
+    return report
+
+
+def _write(report: FixReport, model: onnx.ModelProto, converted: onnx.ModelProto, layers: list, plans: dict,
+           src: Path, out: Path, input_shapes: dict | None, proof: ProofOptions, memo: dict) -> None:
+    """Rewrite the chosen layers, stage the output beside -o, prove it, and publish it only if proven."""
     norms = {lf.index: lf.norm for lf in layers}
     todo = {lf.index: (next(p for p in plans[lf.index].plans if p.form == lf.form), plans[lf.index].start)
             for lf in report.changes}
@@ -315,6 +322,7 @@ def fix(path: str | Path, output: str | Path | None = None, *, mode: str = "fix"
         report.notes.append(note)
     for lf in report.changes:
         lf.status, lf.written = "rewritten", written[lf.index]
+    inputs = list(proof.inputs) if proof.inputs else None
     # the candidate is the output itself, staged beside -o (its weights streamed there once), judged,
     # then published or thrown away
     external = _has_external_data(model)
@@ -325,14 +333,13 @@ def fix(path: str | Path, output: str | Path | None = None, *, mode: str = "fix"
         # model computes is caught too), its weights shared with the output's session
         own = _sources(onnx.load(str(cand), load_external_data=False), cand.parent) if external else None
         shared = (model, _sources(model, src.parent), cand_src, own) if external else None
-        _prove_written(report, layers, src, cand, input_shapes, inputs, memo, timing, shared)
+        _prove_written(report, layers, src, cand, input_shapes, inputs, memo, proof.timing, shared)
         if _may_publish(report, proof.write_unproven):
             if cand.with_name(cand.name + ".data").exists():
                 publish(cand.with_name(cand.name + ".data"), _data_path(out), "fixed model's weights")
                 report.data_output = str(_data_path(out))
             publish(cand, out, "fixed model")
             report.written = True
-    return report
 
 
 def _may_publish(report: FixReport, write_unproven: bool) -> bool:

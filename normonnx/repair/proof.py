@@ -214,6 +214,12 @@ def choose(lf, cands: list[Candidate], work: Path, claim_of, timed: bool, least_
         lf.status, lf.form, lf.after = "would rewrite", pick.form, pick.after
         lf.reason = f"no form passes on every runtime: {pick.summary()}"
         return
+    _no_form_passes(lf, cands, least_bad)
+
+
+def _no_form_passes(lf, cands: list[Candidate], least_bad: bool) -> None:
+    """Where no candidate passes: the least bad (fails fewer checks than the current form somewhere and no more
+    anywhere; kept with --least-bad), else the closest and where it is worse; the layer's status and reason."""
     # every candidate that finished a comparison somewhere (one not checked on a runtime counts as worse there)
     checked = sorted((c for c in cands if c.status == FAIL or any(d["status"] in (PASS, FAIL) for d in
                                                                     (c.by_runtime or {}).values())),

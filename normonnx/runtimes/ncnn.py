@@ -237,13 +237,7 @@ def _open(model_path, config: SessionConfig, module=None) -> Session:
                 raise SessionError(f"ncnn failed to compute blob {blob} (status {ret})")
             return out, (arr, wrapped, mat)
 
-        probe = np.zeros(shape, np.float32)
-        for ly in layers:  # in the param file's (topological) order: a layer's input is read before it runs
-            if ly.type in AUDITED and ly.bottoms:
-                blob, _ = extract(probe, ly.bottoms[0])
-                why = blob_finding(ly, blob, None if drop_batch else shape)
-                if why:
-                    raise SessionError(why)
+        _audit(layers, extract, shape, drop_batch)
 
         def run(x: np.ndarray) -> np.ndarray:
             out, keep = extract(x, out_blob)
@@ -263,6 +257,17 @@ def _open(model_path, config: SessionConfig, module=None) -> Session:
              "threads": threads}
     run = ShapeCompiled(compile_for, inp.static, facts)
     return Session("ncnn", run, facts, run, str(model_path))
+
+
+def _audit(layers, extract, shape: tuple[int, ...], drop_batch: bool) -> None:
+    """Every layer pnnx can convert wrongly, on a probe run before the model runs: SessionError naming the first."""
+    probe = np.zeros(shape, np.float32)
+    for ly in layers:  # in the param file's (topological) order: a layer's input is read before it runs
+        if ly.type in AUDITED and ly.bottoms:
+            blob, _ = extract(probe, ly.bottoms[0])
+            why = blob_finding(ly, blob, None if drop_batch else shape)
+            if why:
+                raise SessionError(why)
 
 
 def _bind(model_path, config: SessionConfig, x: np.ndarray):

@@ -213,25 +213,8 @@ def load_data(path: str | Path, model: onnx.ModelProto, *, max_samples: int = MA
         raise BadInput(f"--data {p}: no array for graph input {missing[0]!r} (give one per input: {', '.join(want)})")
     counts = set()
     for name, vi in want.items():
-        a = arrays[name]
-        tt = vi.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
-        np_dt = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        if a.ndim == len(dims) + 1:
-            counts.add(a.shape[0])
-        elif a.ndim == len(dims):
-            counts.add(0)
-        else:
-            raise BadInput(f"--data {p}: {name} has rank {a.ndim}; the input takes rank {len(dims)} (or "
-                           f"{len(dims) + 1} with a leading sample axis)")
-        shape = a.shape[1:] if a.ndim == len(dims) + 1 else a.shape
-        for i, (d, got) in enumerate(zip(dims, shape)):
-            if d is not None and d != got:
-                raise BadInput(f"--data {p}: {name} dim {i} is {got}; the model's input has {d} there")
-        if np.dtype(a.dtype).kind != np.dtype(np_dt).kind:
-            raise BadInput(f"--data {p}: {name} is {a.dtype}; the input takes {np.dtype(np_dt)}")
-        with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values become inf: judged as "no finite"
-            arrays[name] = a.astype(np_dt)
+        arrays[name], count = _fit_input(p, name, arrays[name], vi)
+        counts.add(count)
     if len(counts) != 1:
         raise BadInput(f"--data {p}: every array needs the same sample layout (all with, or all without, a "
                        "leading sample axis of one length)")
@@ -239,6 +222,26 @@ def load_data(path: str | Path, model: onnx.ModelProto, *, max_samples: int = MA
     samples = [{k: v for k, v in arrays.items()}] if n == 0 else [{k: v[s] for k, v in arrays.items()}
                                                                   for s in range(n)]
     return samples, {k: list(v.shape) for k, v in samples[0].items()}
+
+
+def _fit_input(p: Path, name: str, a: np.ndarray, vi) -> tuple[np.ndarray, int]:
+    """One --data array against its graph input: rank (with or without a leading sample axis), fixed dims and
+    dtype kind; the array in the input's dtype and its sample count (0: no sample axis)."""
+    tt = vi.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+    np_dt = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+    if a.ndim not in (len(dims), len(dims) + 1):
+        raise BadInput(f"--data {p}: {name} has rank {a.ndim}; the input takes rank {len(dims)} (or "
+                       f"{len(dims) + 1} with a leading sample axis)")
+    count = a.shape[0] if a.ndim == len(dims) + 1 else 0
+    shape = a.shape[1:] if a.ndim == len(dims) + 1 else a.shape
+    for i, (d, got) in enumerate(zip(dims, shape)):
+        if d is not None and d != got:
+            raise BadInput(f"--data {p}: {name} dim {i} is {got}; the model's input has {d} there")
+    if np.dtype(a.dtype).kind != np.dtype(np_dt).kind:
+        raise BadInput(f"--data {p}: {name} is {a.dtype}; the input takes {np.dtype(np_dt)}")
+    with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values become inf: judged as "no finite"
+        return a.astype(np_dt), count
 
 
 def seeded_samples(model: onnx.ModelProto, input_shapes: dict | None, seed: int = 0) -> list[dict]:
@@ -461,7 +464,8 @@ def _run_checks(p: Path, stored: onnx.ModelProto, analysed: onnx.ModelProto, tod
                     for rt in replays:
                         lc.on[rt] = replay(work / f"layer{lc.index}.onnx", lc, xs, rt)
                     if golden is not None:
-                        golden.add(lc, xs, [_measured_layout(lc.norm, y) for y in got[lc.norm.output]])
+                        golden.add(lc, xs, [_measured_layout(lc.norm, y) for y in got[lc.norm.output]],
+                                   work / f"layer{lc.index}.onnx")
             del got  # one batch's tensors at a time
         whole = [rt for rt in replays if get_runtime(rt).open_model is not None]
         quantized = any(n.op_type == "QuantizeLinear" for n in stored.graph.node)
@@ -780,21 +784,34 @@ def _against_stored(ys: list, stored: list, dtype: str) -> dict:
             "stored_reason": bad.reason if bad else None}
 
 
+GOLDEN_META = "normonnx-golden.json"  # in a --save-outputs folder: which layer each test-data folder holds
+
+
 class Golden:
-    """--save-outputs: each judged layer's inputs (as the oracle takes them) and the model's outputs, one .npz."""
+    """--save-outputs: each judged layer's inputs (as the oracle takes them) and the model's outputs. A path ending
+    in .npz: one compressed file. Any other path: a new folder in ONNX's own test-data layout, one folder per layer
+    (`layerK/test_data_set_S/input_0.pb`, `output_0.pb`: TensorProtos onnx.load_tensor reads), with the cut-out
+    layer as `model.onnx` where it takes exactly the stored tensors, so ONNX Runtime's onnx_test_runner runs it."""
 
     def __init__(self, path: str | Path):
         from ..safeio import check_output_path
 
         self.path = Path(path)
-        check_output_path(self.path, "golden outputs")
+        self.folder = self.path.suffix != ".npz"
+        if self.folder:
+            check_output_folder(self.path)
+        else:
+            check_output_path(self.path, "golden outputs")
         self.arrays: dict[str, np.ndarray] = {}
+        self.models: dict[int, bytes] = {}
         self.layers: list[dict] = []
 
-    def add(self, lc: LayerCheck, xs: list[np.ndarray], ys: list[np.ndarray]) -> None:
+    def add(self, lc: LayerCheck, xs: list[np.ndarray], ys: list[np.ndarray], layer_path: Path | None = None) -> None:
         self.layers.append({"index": lc.index, "layer": lc.norm.nodes[0], "output": lc.norm.output, "samples": len(xs)})
         for s, (x, y) in enumerate(zip(xs, ys)):
             self.arrays[f"x_{lc.index}_{s}"], self.arrays[f"y_{lc.index}_{s}"] = np.asarray(x), np.asarray(y)
+        if self.folder and layer_path is not None and xs and _takes(layer_path, xs[0], ys[0]):
+            self.models[lc.index] = layer_path.read_bytes()
 
     def write(self) -> None:
         import io
@@ -802,20 +819,86 @@ class Golden:
 
         from ..safeio import atomic_write
 
+        if self.folder:
+            return self._write_folder()
         meta = np.frombuffer(json.dumps({"normonnx_golden": 1, "layers": self.layers}).encode(), np.uint8)
         buf = io.BytesIO()
         np.savez_compressed(buf, __meta__=meta, **self.arrays)
         atomic_write(self.path, buf.getvalue())
 
+    def _write_folder(self) -> None:
+        """Staged beside the folder, then renamed into place: a reader never sees half of it."""
+        import json
+        import os
+        import tempfile
+
+        from onnx import numpy_helper
+
+        stage = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}."))
+        try:
+            for layer in self.layers:
+                k = layer["index"]
+                layer["dir"] = f"layer{k}"
+                if k in self.models:
+                    (stage / layer["dir"]).mkdir()
+                    (stage / layer["dir"] / "model.onnx").write_bytes(self.models[k])
+                for s in range(layer["samples"]):
+                    d = stage / layer["dir"] / f"test_data_set_{s}"
+                    d.mkdir(parents=True)
+                    for what, key in (("input", "x"), ("output", "y")):
+                        t = numpy_helper.from_array(self.arrays[f"{key}_{k}_{s}"], f"{what}_0")
+                        (d / f"{what}_0.pb").write_bytes(t.SerializeToString())
+            (stage / GOLDEN_META).write_text(json.dumps({"normonnx_golden": 2, "layers": self.layers}, indent=1))
+            os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700: the folder gets what mkdir would give it
+            check_output_folder(self.path)
+            os.rename(stage, self.path)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+
+
+def _umask() -> int:
+    from ..safeio import umask
+
+    return umask()
+
+
+def check_output_folder(path: Path) -> None:
+    """BadInput unless `path` can become a new folder: absent (never a link, a file or an existing folder, whose
+    files would be mixed with these), in a writable folder."""
+    import os
+
+    if path.is_symlink() or path.exists():
+        raise BadInput(f"--save-outputs {path} exists: give a new folder (or a path ending in .npz for one file)")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise BadInput(f"--save-outputs {path}: folder {parent} does not exist or is not writable")
+
+
+def _takes(layer_path: Path, x: np.ndarray, y: np.ndarray) -> bool:
+    """Whether the cut-out layer takes exactly the stored input and gives the stored output (one input, one output,
+    their dtypes and ranks): not a norm judged after a permutation, or with extra inputs."""
+    m = onnx.load(str(layer_path), load_external_data=False)
+    ins = [i for i in m.graph.input if i.name not in {t.name for t in m.graph.initializer}]
+    if len(ins) != 1 or len(m.graph.output) != 1:
+        return False
+    return all(onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type) == a.dtype and
+               len(v.type.tensor_type.shape.dim) == a.ndim for v, a in ((ins[0], x), (m.graph.output[0], y)))
+
 
 def load_golden(path: str | Path) -> dict[str, tuple[list, list]]:
-    """layer name -> (stored inputs, stored outputs) of a --save-outputs file; BadInput saying what is wrong."""
+    """layer name -> (stored inputs, stored outputs) of what --save-outputs wrote (a .npz file or a test-data
+    folder); BadInput saying what is wrong."""
     import json
     import zipfile
 
     from ..safeio import check_regular_file
 
     p = Path(path)
+    if p.is_dir():
+        return _load_golden_folder(p)
     check_regular_file(p, "--load-outputs")
     try:
         with np.load(p, allow_pickle=False) as z:
@@ -826,6 +909,34 @@ def load_golden(path: str | Path) -> dict[str, tuple[list, list]]:
                 out[layer["layer"]] = ([z[f"x_{k}_{s}"] for s in range(n)], [z[f"y_{k}_{s}"] for s in range(n)])
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, json.JSONDecodeError) as e:
         raise BadInput(f"--load-outputs {p} is not a file `scan --activations --save-outputs` wrote "
+                       f"({type(e).__name__}: {first_line(e, 120)})") from None
+    return out
+
+
+def _load_golden_folder(p: Path) -> dict[str, tuple[list, list]]:
+    import json
+
+    from google.protobuf.message import DecodeError
+    from onnx import numpy_helper
+
+    from ..safeio import check_regular_file
+
+    out = {}
+    try:
+        check_regular_file(p / GOLDEN_META, "--load-outputs")
+        meta = json.loads((p / GOLDEN_META).read_text())
+        for layer in meta["layers"]:
+            d = p / Path(layer["dir"]).name  # a name inside the folder, never a path out of it
+            sets = [d / f"test_data_set_{s}" for s in range(int(layer["samples"]))]
+            for s in sets:
+                for f in ("input_0.pb", "output_0.pb"):
+                    check_regular_file(s / f, "--load-outputs")
+            out[layer["layer"]] = tuple([numpy_helper.to_array(onnx.load_tensor(str(s / f"{w}_0.pb"))) for s in sets]
+                                        for w in ("input", "output"))
+    except BadInput as e:
+        raise BadInput(f"--load-outputs {p} is not a folder `scan --activations --save-outputs` wrote ({e})") from None
+    except (OSError, ValueError, KeyError, TypeError, DecodeError) as e:  # JSONDecodeError is a ValueError
+        raise BadInput(f"--load-outputs {p} is not a folder `scan --activations --save-outputs` wrote "
                        f"({type(e).__name__}: {first_line(e, 120)})") from None
     return out
 
