@@ -11,6 +11,7 @@ Ctrl-C or SIGTERM the parent stops every worker's group (SIGTERM, then SIGKILL a
 children included, and re-raises: a second Ctrl-C is never needed."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -52,6 +53,36 @@ def stop_workers(procs: list, grace: float = STOP_GRACE_S) -> None:
             time.sleep(0.05)
 
 
+@contextlib.contextmanager
+def spawning():
+    """While workers are spawned: SIGINT blocked, so they start deaf to Ctrl-C (a spawned process inherits the
+    mask), and Ctrl-C or SIGTERM held back until every one started here has its start-up data. Blocking the main
+    thread alone is not enough: the signal can land on another thread, and Python then raises in the main thread
+    at its next instruction, half-way through a launch; the worker reads an empty pipe and prints
+    multiprocessing's traceback. A signal held back is handled, by the handler that was there, on the way out."""
+    import threading
+
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    held: list[int] = []
+    before = {}
+    if threading.current_thread() is threading.main_thread():
+        before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in before:
+            signal.signal(s, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        if held:
+            h = before[held[0]]
+            if callable(h):
+                h(held[0], None)  # normonnx's handler raises Interrupted here
+            elif h == signal.SIG_DFL:
+                os.kill(os.getpid(), held[0])
+
+
 def run_parallel(tasks: Iterable[tuple[Hashable, Callable, tuple]], jobs: int,
                  done: Callable[[Hashable, object], None], failed: Callable[[Hashable, BaseException], None],
                  torch_threads: bool = True) -> None:
@@ -72,15 +103,10 @@ def run_parallel(tasks: Iterable[tuple[Hashable, Callable, tuple]], jobs: int,
     pending: dict = {}
     try:
         while queue or pending:
-            # workers are spawned by submit: with SIGINT blocked, so they start deaf to Ctrl-C (a signal
-            # that arrives meanwhile waits, and is handled here once unblocked)
-            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-            try:
+            with spawning():  # workers are spawned by submit
                 while queue and len(pending) < jobs * 2:
                     key, fn, args = queue.pop()
                     pending[pool.submit(fn, *args)] = key
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old)
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
                 key = pending.pop(fut)

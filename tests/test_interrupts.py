@@ -159,3 +159,21 @@ def test_fix_stops_at_once_and_leaves_nothing_at_the_output(tmp_path, moment):
     code, seconds, kids = cmd.interrupt()
     assert_stopped_cleanly(cmd, code, seconds, kids, 130)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gn.onnx"]  # no output, no staging folder
+
+
+def test_a_signal_while_workers_are_spawned_waits_until_they_have_started():
+    """Ctrl-C half-way through a worker's launch left it reading an empty pipe (multiprocessing's traceback on
+    the terminal, seen in CI): while spawning, the signal is held and handled, by the handler that was there, on
+    the way out -- never inside."""
+    from normonnx.pool import spawning
+
+    reached = []
+    other = threading.Thread(target=time.sleep, args=(5,), daemon=True)  # a thread that does not block it (the
+    other.start()  # executor's own): the terminal's signal can land there while the main thread spawns
+    with pytest.raises(KeyboardInterrupt):
+        with spawning():
+            signal.pthread_kill(other.ident, signal.SIGINT)
+            time.sleep(0.2)  # long past the next instruction, where Python would have raised
+            reached.append("spawned")
+    assert reached == ["spawned"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
