@@ -319,6 +319,17 @@ class ModelInput:
         return None if any(d is None for d in self.dims) else tuple(self.dims)  # type: ignore[return-value]
 
 
+def read_model(model_path, who: str):
+    """(the onnx.ModelProto a converting runtime reads, its input): SessionError saying `who` could not read it."""
+    import onnx
+
+    try:
+        model = onnx.load(str(model_path))
+    except Exception as e:
+        raise SessionError(f"cannot read the model for {who}: {first_line(e)}") from e
+    return model, model_input(model)
+
+
 def model_input(model) -> ModelInput:
     """The input (and first output) of an onnx.ModelProto, or SessionError if it has no single input."""
     import onnx

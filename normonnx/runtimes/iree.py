@@ -16,7 +16,7 @@ from .base import (
     SessionError,
     ShapeCompiled,
     missing_module,
-    model_input,
+    read_model,
     package_version,
     register,
     shape_text,
@@ -66,11 +66,7 @@ def _open(model_path, config: SessionConfig, module=None) -> Session:
         from iree.compiler.ir import Context
     except ImportError as e:
         raise SessionError(f"IREE cannot be imported ({first_line(e)}; {IREE_INSTALL})") from e
-    try:
-        model = onnx.load(str(model_path))
-    except Exception as e:
-        raise SessionError(f"cannot read the model for IREE: {first_line(e)}") from e
-    inp = model_input(model)
+    model, inp = read_model(model_path, "IREE")
 
     def compile_for(shape: tuple[int, ...]):
         m = model if inp.static == shape else _fixed(model, inp.name, shape)

@@ -34,7 +34,7 @@ from .base import (
     SessionConfig,
     SessionError,
     ShapeCompiled,
-    model_input,
+    read_model,
     module_found,
     package_version,
     register,
@@ -202,7 +202,6 @@ def _end_blobs(layers) -> tuple[str, str]:
 
 
 def _open(model_path, config: SessionConfig, module=None) -> Session:
-    import onnx
 
     exe = pnnx_executable()
     if exe is None:
@@ -211,11 +210,7 @@ def _open(model_path, config: SessionConfig, module=None) -> Session:
         import ncnn
     except Exception as e:
         raise SessionError(f"ncnn cannot be imported ({type(e).__name__}: {first_line(e)}; {NCNN_INSTALL})") from e
-    try:
-        model = onnx.load(str(model_path))
-    except Exception as e:
-        raise SessionError(f"cannot read the model for ncnn: {first_line(e)}") from e
-    inp = model_input(model)
+    model, inp = read_model(model_path, "ncnn")
     threads = config.threads or 1
 
     def compile_for(shape: tuple[int, ...]):

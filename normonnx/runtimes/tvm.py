@@ -16,7 +16,7 @@ from .base import (
     SessionError,
     ShapeCompiled,
     captured_fds,
-    model_input,
+    read_model,
     module_found,
     package_version,
     register,
@@ -52,7 +52,6 @@ def _relax_ops(mod) -> dict[str, int]:
 
 
 def _open(model_path, config: SessionConfig, module=None) -> Session:
-    import onnx
 
     try:
         with captured_fds():
@@ -61,11 +60,7 @@ def _open(model_path, config: SessionConfig, module=None) -> Session:
             from tvm.relax.frontend.onnx import from_onnx
     except Exception as e:  # ImportError, or a broken install's own error at import
         raise SessionError(f"TVM cannot be imported ({type(e).__name__}: {first_line(e)}; {TVM_INSTALL})") from e
-    try:
-        model = onnx.load(str(model_path))
-    except Exception as e:
-        raise SessionError(f"cannot read the model for TVM: {first_line(e)}") from e
-    inp = model_input(model)
+    model, inp = read_model(model_path, "TVM")
     dev = tvm.cpu()
 
     def compile_for(shape: tuple[int, ...]):
