@@ -188,6 +188,13 @@ def runtime_verdicts(rep) -> dict[str, dict]:
     return out
 
 
+def passed_where_checked(by_runtime: dict | None) -> bool:
+    """Per-runtime verdicts (runtime_verdicts) that passed on some runtime and failed on none, the others not
+    checked: fix writes such a form, scan --allow-not-checked accepts such a layer."""
+    per = (by_runtime or {}).values()
+    return any(d["status"] == PASS for d in per) and all(d["status"] in (PASS, NOT_CHECKED) for d in per)
+
+
 def runtime_facts(rep) -> dict[str, dict]:
     """What each runtime that opened the model says it ran: version, precision and (where it says) ran_as."""
     return {rt: {k: f[k] for k in FACT_KEYS if f.get(k) is not None}

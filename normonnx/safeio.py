@@ -45,6 +45,17 @@ def check_output_path(path: Path, what: str = "model") -> None:
         raise BadInput(f"cannot write {path}: folder {parent} is not writable")
 
 
+def check_output_folder(path: Path, what: str, alternative: str = "") -> None:
+    """BadInput unless `path` can become a new folder: absent (never a link, a file or an existing folder, whose
+    files would be mixed with the new ones), in a writable folder."""
+    path = Path(path)
+    if path.is_symlink() or path.exists():
+        raise BadInput(f"{what} {path} exists: give a new folder" + (f" ({alternative})" if alternative else ""))
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise BadInput(f"{what} {path}: folder {parent} does not exist or is not writable")
+
+
 def check_regular_file(path: Path, what: str) -> None:
     """BadInput unless `path`, links followed, is a regular file (checked before any open: a FIFO or a
     device would block or never end; a link to a regular file, as in a model hub's cache, is fine)."""

@@ -27,7 +27,7 @@ from ..judge import FAIL, INTERNAL, NOT_CHECKED, PASS, internal_reason
 from ..derive import derive_spec
 from ..cutout import Cutter
 from ..inputs import seeded_feeds
-from ..layers import LayerVerdict, layer_key, runtime_verdicts, validate_cached
+from ..layers import LayerVerdict, layer_key, passed_where_checked, runtime_verdicts, validate_cached
 from ..graph import load_model, ort_source
 from ..rewrite import apply, to_checked_proto
 from ..outputs import OutputDiff, compare_outputs
@@ -96,9 +96,7 @@ def first_line_of(whys: set[str], limit: int = 320) -> str:
 def passes_where_checked(c: Candidate) -> bool:
     """A form that passed every check on each runtime that could check it and failed none, where some runtime could
     not check it (a converter's refusal): fix writes it only as far as partial coverage is allowed."""
-    per = (c.by_runtime or {}).values()
-    return c.status == NOT_CHECKED and any(d["status"] == PASS for d in per) and \
-        all(d["status"] in (PASS, NOT_CHECKED) for d in per)
+    return c.status == NOT_CHECKED and passed_where_checked(c.by_runtime)
 
 
 def _worst(rep) -> tuple[str | None, float | None]:

@@ -20,7 +20,8 @@ from ..cutout import Cutter
 from ..fusion import ort_fusion, ort_optimized
 from ..graph import Graph, load_model, opset_of, sort_nodes
 from ..judge import NOT_CHECKED, PASS, Verdict, judge
-from ..layers import LayerVerdict, check_runtime_request, run_layer, validate_cached, validate_in_parallel, validate_layer
+from ..layers import (LayerVerdict, check_runtime_request, passed_where_checked, run_layer, validate_cached,
+                      validate_in_parallel, validate_layer)
 from ..patterns import FoundNorm, LeftOut
 from ..probe import find_layers
 from ..shapes import fix_input_shapes, infer_shapes
@@ -60,9 +61,8 @@ class ScanReport:
         v = judge(statuses, self.allow_not_checked)
         # a layer that passed on some runtime and failed on none was checked, if not everywhere: accepted as such
         # (by --allow-not-checked only), where no layer passed everywhere
-        partly = [lv for lv in self.validations.values() if lv.status == NOT_CHECKED and lv.by_runtime
-                  and any(d["status"] == PASS for d in lv.by_runtime.values())
-                  and all(d["status"] in (PASS, NOT_CHECKED) for d in lv.by_runtime.values())]
+        partly = [lv for lv in self.validations.values()
+                  if lv.status == NOT_CHECKED and passed_where_checked(lv.by_runtime)]
         if v.status == NOT_CHECKED and self.allow_not_checked and not v.failed and not v.internal and partly:
             v = replace(v, status=PASS, allowed=True)
         return v

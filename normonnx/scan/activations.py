@@ -794,12 +794,12 @@ class Golden:
     layer as `model.onnx` where it takes exactly the stored tensors, so ONNX Runtime's onnx_test_runner runs it."""
 
     def __init__(self, path: str | Path):
-        from ..safeio import check_output_path
+        from ..safeio import check_output_folder, check_output_path
 
         self.path = Path(path)
         self.folder = self.path.suffix != ".npz"
         if self.folder:
-            check_output_folder(self.path)
+            check_output_folder(self.path, "--save-outputs", "or a path ending in .npz for one file")
         else:
             check_output_path(self.path, "golden outputs")
         self.arrays: dict[str, np.ndarray] = {}
@@ -834,6 +834,8 @@ class Golden:
 
         from onnx import numpy_helper
 
+        from ..safeio import check_output_folder, umask
+
         stage = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}."))
         try:
             for layer in self.layers:
@@ -849,32 +851,14 @@ class Golden:
                         t = numpy_helper.from_array(self.arrays[f"{key}_{k}_{s}"], f"{what}_0")
                         (d / f"{what}_0.pb").write_bytes(t.SerializeToString())
             (stage / GOLDEN_META).write_text(json.dumps({"normonnx_golden": 2, "layers": self.layers}, indent=1))
-            os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700: the folder gets what mkdir would give it
-            check_output_folder(self.path)
+            os.chmod(stage, 0o777 & ~umask())  # mkdtemp makes 0700: the folder gets what mkdir would give it
+            check_output_folder(self.path, "--save-outputs", "or a path ending in .npz for one file")
             os.rename(stage, self.path)
         except BaseException:
             import shutil
 
             shutil.rmtree(stage, ignore_errors=True)
             raise
-
-
-def _umask() -> int:
-    from ..safeio import umask
-
-    return umask()
-
-
-def check_output_folder(path: Path) -> None:
-    """BadInput unless `path` can become a new folder: absent (never a link, a file or an existing folder, whose
-    files would be mixed with these), in a writable folder."""
-    import os
-
-    if path.is_symlink() or path.exists():
-        raise BadInput(f"--save-outputs {path} exists: give a new folder (or a path ending in .npz for one file)")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise BadInput(f"--save-outputs {path}: folder {parent} does not exist or is not writable")
 
 
 def _takes(layer_path: Path, x: np.ndarray, y: np.ndarray) -> bool:
