@@ -569,6 +569,7 @@ def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, ac
     inputs, --activations on the model's own activations."""
     from normonnx.render import activations_text, golden_text, scan_text
     from normonnx.scan import scan as run_scan
+    from normonnx.scan.capture import Capture
     from normonnx.shapes import parse_input_shapes
 
     for flag, value in (("--data", data), ("--save-outputs", save_outputs), ("--load-outputs", load_outputs)):
@@ -579,23 +580,26 @@ def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, ac
     progress = None if as_json or not do_validate else (
         lambda i, n, f: click.echo(f"  .. validating {i + 1}/{n}: {f.kind} {f.form} at {f.nodes[0]}", err=True))
     shapes = parse_input_shapes(input_shapes)
-    # --activations loads the model's weights once, for its run: ORT's optimizer on the whole model is plain scan's
-    report = run_scan(model, validate=do_validate, runtimes=runtimes, inputs=inputs, progress=progress,
-                      input_shapes=shapes, jobs=jobs, check_fusion=not (no_fusion or activations),
-                      allow_not_checked=allow_not_checked)
-    act = None
-    if activations and load_outputs is not None:
-        from normonnx.scan.activations import check_golden
+    # --activations loads the model's weights once, for its run (begun beside the probe): ORT's optimizer on the
+    # whole model is plain scan's
+    with Capture(model) if activations and load_outputs is None else contextlib.nullcontext() as capture:
+        report = run_scan(model, validate=do_validate, runtimes=runtimes, inputs=inputs, progress=progress,
+                          input_shapes=shapes, jobs=jobs, check_fusion=not (no_fusion or activations),
+                          allow_not_checked=allow_not_checked, confirming=capture.start if capture else None)
+        act = None
+        if activations and load_outputs is not None:
+            from normonnx.scan.activations import check_golden
 
-        act = check_golden(model, load_outputs, runtimes, shapes, progress=None if as_json else (
-            lambda i, n, f: click.echo(f"  .. replaying {i + 1}/{n}: {f.kind} {f.form} at {f.nodes[0]}", err=True)))
-    elif activations:
-        from normonnx.scan.activations import check_activations
+            act = check_golden(model, load_outputs, runtimes, shapes, progress=None if as_json else (
+                lambda i, n, f: click.echo(f"  .. replaying {i + 1}/{n}: {f.kind} {f.form} at {f.nodes[0]}", err=True)))
+        elif activations:
+            from normonnx.scan.activations import check_activations
 
-        act = check_activations(model, data=data, input_shapes=shapes, max_samples=max_samples,
-                                max_data_bytes=max_data_bytes, runtimes=runtimes, save_outputs=save_outputs,
-                                found=(report.norms, report.left_out), progress=None if as_json else (
-            lambda i, n, f: click.echo(f"  .. activations {i + 1}/{n}: {f.kind} {f.form} at {f.nodes[0]}", err=True)))
+            act = check_activations(model, data=data, input_shapes=shapes, max_samples=max_samples,
+                                    max_data_bytes=max_data_bytes, runtimes=runtimes, save_outputs=save_outputs,
+                                    found=(report.norms, report.left_out), capture=capture, progress=None if as_json
+                                    else (lambda i, n, f: click.echo(f"  .. activations {i + 1}/{n}: {f.kind} {f.form} "
+                                                                     f"at {f.nodes[0]}", err=True)))
     if act is not None:
         act.allow_not_checked = allow_not_checked
     if as_json:

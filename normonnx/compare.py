@@ -60,9 +60,15 @@ def ulp(values: np.ndarray, dtype: str) -> np.ndarray:
     # floor(log2 |a|) exactly, read from float64's exponent field (0 and subnormals read as -1023, below any
     # dtype's min_exp); then 2**(e - bits) written straight into an exponent field: integer work only, where
     # frexp/ldexp cost a large comparison most of its time
-    e = np.maximum((a.view(np.int64) >> 52) - 1023, min_exp)
-    spacing = ((e - bits + 1023) << 52).view(np.float64)
-    return np.where(e > 1023, np.inf, spacing)  # Inf and NaN (exponent field all ones): no spacing
+    e = a.view(np.int64) >> 52  # in place from here on: one array, where temporaries cost most of the time
+    e -= 1023
+    np.maximum(e, min_exp, out=e)
+    nonfinite = e > 1023  # Inf and NaN (exponent field all ones): no spacing
+    e += 1023 - bits
+    e <<= 52
+    spacing = e.view(np.float64)
+    spacing[nonfinite] = np.inf
+    return spacing
 
 
 @dataclass(frozen=True)

@@ -61,18 +61,20 @@ class Measured:
                 "dtype": self.dtype, "stats_dtype": self.stats_dtype}
 
 
-def find_layers(model: onnx.ModelProto, base: Path) -> tuple[list[FoundNorm], list[LeftOut]]:
+def find_layers(model: onnx.ModelProto, base: Path, confirming=None) -> tuple[list[FoundNorm], list[LeftOut]]:
     """Every norm of the (shape-inferred) model, written-out ones confirmed by what they compute, and what was
     left out (weight standardisation; possible norms not identified, with why): what scan, fix and
-    --activations all work on."""
+    --activations all work on. confirming(view, candidates): called before the probe measures the candidates
+    (--activations starts loading the whole model there, beside the probe)."""
     from .identify import find_all
 
     norms, left = find_all(model, infer=False, base=base)
-    norms, more = confirm(model, base, norms)
+    norms, more = confirm(model, base, norms, confirming)
     return norms, left + more
 
 
-def confirm(model: onnx.ModelProto, base: Path, norms: list[FoundNorm]) -> tuple[list[FoundNorm], list[LeftOut]]:
+def confirm(model: onnx.ModelProto, base: Path, norms: list[FoundNorm],
+            confirming=None) -> tuple[list[FoundNorm], list[LeftOut]]:
     """The norms with every written-out candidate confirmed (kind, axes, groups, eps, parameters measured), and
     the candidates the probe could not make a norm of, as possible norms with why. Candidates inside subgraphs
     keep what their structure says (they cannot be cut out; scan reports them not checked)."""
@@ -85,6 +87,8 @@ def confirm(model: onnx.ModelProto, base: Path, norms: list[FoundNorm]) -> tuple
     unknown = [f.input for f in todo if cutter.view.static_dims(cutter.view.value(f.input)) is None]
     frozen = [n for f in todo for n in f.candidate.frozen]
     ran = _run_values(model, base, unknown + frozen) if unknown or frozen else {}
+    if confirming is not None:  # after _run_values: its whole-model session is gone before another loads
+        confirming(cutter.view, norms)
     out, left = [], []
     for f in norms:
         if f.candidate is None or f.scope:

@@ -151,6 +151,20 @@ def test_scan_validate_in_parallel_stops_at_once(tmp_path):
     assert_stopped_cleanly(cmd, code, seconds, kids, 130)
 
 
+def test_scan_activations_stops_at_once_while_what_ifs_run_beside(tmp_path):
+    """The capture session's thread and the float16 what-ifs' threads end with the command: one line, exit 130."""
+    import numpy as np
+
+    model = tmp_path / "decoder.onnx"
+    corpus.external_decoder(model, hidden=256, layers=4, vocab=512, seq=64)
+    data = tmp_path / "ids.npz"
+    np.savez(data, input_ids=np.random.default_rng(0).integers(0, 512, (1000, 1, 64)))
+    cmd = Command("scan", str(model), "--activations", "--data", str(data), cwd=tmp_path)
+    cmd.wait_for("activations 2/")
+    code, seconds, kids = cmd.interrupt()
+    assert_stopped_cleanly(cmd, code, seconds, kids, 130)
+
+
 @pytest.mark.parametrize("moment", ["validating", "later"])
 def test_fix_stops_at_once_and_leaves_nothing_at_the_output(tmp_path, moment):
     src = corpus.gn_silu_block(tmp_path / "gn.onnx", 21, "dynamo")

@@ -120,13 +120,13 @@ class ScanReport:
 def scan(path: str | Path, *, validate: bool = False, runtimes: list[str] | None = None,
          inputs: list[str] | None = None, check_fusion: bool = True, progress=None,
          input_shapes: dict[str, tuple[int, ...]] | None = None, jobs: int = 1, memo: dict | None = None,
-         allow_not_checked: bool = False) -> ScanReport:
+         allow_not_checked: bool = False, confirming=None) -> ScanReport:
     """Find the norms of the model at `path`; with validate=True check each one in isolation.
     input_shapes: dims for graph inputs whose dims are symbolic (the CLI's --input-shape);
     jobs: processes validating layers in parallel; memo: validations already made of identical
     cut-out layers (normonnx fix passes its own, so a layer it did not change is not validated twice);
     allow_not_checked: the verdict is PASS when layers that could not be checked stand beside ones that
-    passed (they are still counted and listed)."""
+    passed (they are still counted and listed); confirming: find_layers' (--activations' Capture.start)."""
     if jobs < 1:
         raise BadInput(f"--jobs must be >= 1, got {jobs}")
     if validate:
@@ -138,7 +138,7 @@ def scan(path: str | Path, *, validate: bool = False, runtimes: list[str] | None
     sorted_note = sort_nodes(model.graph)  # ORT runs a graph out of order: so does normonnx, on its copy
     model = infer_shapes(model)  # value_info for the cut-outs and for dtypes
     main = Graph(model.graph)  # one index of the main graph for the fusion map
-    norms, left_out = find_layers(model, p.parent)
+    norms, left_out = find_layers(model, p.parent, confirming)
     report = ScanReport(str(p), opset_of(model), f"{model.producer_name} {model.producer_version}".strip(),
                         norms, left_out=left_out, validated=validate, allow_not_checked=allow_not_checked,
                         notes=[sorted_note] if sorted_note else [])

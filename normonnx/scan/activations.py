@@ -12,6 +12,7 @@ in float16 as a GPU provider does (ORT CPU computes them in float32 and would hi
 from __future__ import annotations
 
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -19,19 +20,21 @@ import numpy as np
 import onnx
 
 from ..errors import BadInput, ExitCode, NormonnxError, first_line, raised_by_normonnx
-from ..graph import Graph, check_external_data, load_model, over_proto_limit
+from ..graph import Graph, load_model
 from ..judge import FAIL, INTERNAL, NOT_CHECKED, PASS, internal_reason, judge, status_of
-from ..tables import DTYPES, PROVIDERS, dtype_of_onnx, per_feature
+from ..tables import DTYPES, per_feature
 from ..derive import derive_spec
 from ..cutout import Cutter
 from ..patterns import FoundNorm
 from ..probe import find_layers
+from .capture import Capture, batches, captured_names, fetch, nbytes, quantized_ends
 
 FLOAT16_MAX = 65504.0
 MAX_FETCH_BYTES = 1 << 30  # captured tensors fetched per model run: 1 GiB (more layers: more runs)
 MAX_SAMPLES = 1024  # --data samples (--max-samples raises it): each is one model run
 MAX_DATA_BYTES = 1 << 30  # --data arrays, decompressed (--max-data-bytes raises it)
 WHAT_IF_SAMPLES = 16  # the float16 what-if runs on onnx.reference, slowly: the first samples only
+WHAT_IF_THREADS = 2  # what-ifs at once, beside the main thread: more gains nothing against the GIL (measured)
 WHOLE_SAMPLES = 4  # the whole model on another runtime: the first samples (each a run on both)
 
 
@@ -284,15 +287,23 @@ def activation_stats(spec, x: np.ndarray) -> dict:
             "max_dev2_over_fp16_max": float(dev ** 2 / FLOAT16_MAX)}
 
 
-def _judge(spec, params, x, y, dtype: str) -> tuple[bool, dict]:
-    from ..compare import compare, tolerance_for
+def _oracle(spec, params, x) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(the float64 oracle's output, each element's conditioning, the scale weighing it) on input x: what any
+    output of the layer on x is compared against (the float16 what-if's two forms share one)."""
     from ..reference import normalized_stats, reference, scale_broadcast
 
     ref = reference(spec, params, np.asarray(x, np.float64))
     mag, std = normalized_stats(spec, params, x)
     with np.errstate(invalid="ignore", divide="ignore"):
         cond = mag / std
-    c = compare(np.asarray(y), ref, dtype, tolerance_for(dtype), cond, scale_broadcast(spec, params, np.shape(x)))
+    return ref, cond, scale_broadcast(spec, params, np.shape(x))
+
+
+def _judge(spec, params, x, y, dtype: str, oracle=None) -> tuple[bool, dict]:
+    from ..compare import compare, tolerance_for
+
+    ref, cond, scale = oracle if oracle is not None else _oracle(spec, params, x)
+    c = compare(np.asarray(y), ref, dtype, tolerance_for(dtype), cond, scale)
     d = c.to_dict()
     return c.passed, {k: d.get(k) for k in ("max_abs_err", "worst_index", "worst_got", "worst_expected", "reason")}
 
@@ -342,11 +353,15 @@ def _run_reference(path: Path, x: np.ndarray) -> np.ndarray:
     return get_runtime("reference").open(path, SessionConfig(), None).run(x)
 
 
-def _float16_verdict(path: Path, spec16, params, xs: list[np.ndarray], rule: str | None) -> dict:
-    """A float16 layer on the captured inputs, on onnx.reference, against the oracle at float16's tolerance."""
+def _float16_verdict(path: Path, spec16, params, xs: list[np.ndarray], oracles: dict, rule: str | None) -> dict:
+    """A float16 layer on the captured inputs (as float16), on onnx.reference, against the oracle at float16's
+    tolerance. oracles: {sample: _oracle}, filled on first use (both forms are judged against the same)."""
     try:
-        verdicts = [_judge(spec16, params, x.astype(np.float16), _run_reference(path, x.astype(np.float16)),
-                           "float16") for x in xs]
+        verdicts = []
+        for i, x in enumerate(xs):
+            if i not in oracles:
+                oracles[i] = _oracle(spec16, params, x)
+            verdicts.append(_judge(spec16, params, x, _run_reference(path, x), "float16", oracles[i]))
     except Exception as e:
         return {"status": NOT_CHECKED, "why": f"could not run on onnx.reference: {first_line(e, 120)}"}
     bad = [d for ok, d in verdicts if not ok]
@@ -365,7 +380,9 @@ def float16_what_if(layer_path: Path, spec, params, xs: list[np.ndarray], work: 
     except Exception as e:
         return {"converted": {"status": NOT_CHECKED, "why": f"the float16 converter failed: {first_line(e, 120)}"}}
     spec16 = spec.replace(dtype="float16")
-    out = {"converted": _float16_verdict(conv, spec16, params, xs, None)}
+    xs = [x.astype(np.float16) for x in xs]
+    oracles: dict = {}
+    out = {"converted": _float16_verdict(conv, spec16, params, xs, oracles, None)}
     fixed = work / f"{layer_path.stem}-fp16-fixed.onnx"
     try:  # the rules registry's first form, as `normonnx fix --no-proof` writes it
         proto, rules, why = first_forms(onnx.load(str(conv)), select(None, None), conv.parent)
@@ -377,7 +394,7 @@ def float16_what_if(layer_path: Path, spec, params, xs: list[np.ndarray], work: 
     if not rules:
         out["fp32_statistics"] = {"status": NOT_CHECKED, "why": f"not rewritten: {why}"}
     else:
-        out["fp32_statistics"] = _float16_verdict(fixed, spec16, params, xs, rules[0])
+        out["fp32_statistics"] = _float16_verdict(fixed, spec16, params, xs, oracles, rules[0])
     return out
 
 
@@ -385,13 +402,15 @@ def check_activations(path: str | Path, *, data: str | Path | None = None,
                       input_shapes: dict[str, tuple[int, ...]] | None = None, seed: int = 0, what_if: bool = True,
                       progress=None, max_fetch_bytes: int = MAX_FETCH_BYTES, max_samples: int = MAX_SAMPLES,
                       max_data_bytes: int = MAX_DATA_BYTES, runtimes: list[str] | None = None,
-                      save_outputs: str | Path | None = None, found: tuple | None = None) -> ActivationReport:
+                      save_outputs: str | Path | None = None, found: tuple | None = None,
+                      capture: Capture | None = None) -> ActivationReport:
     """Run the model on `data` (an .npz, one array per graph input, optional leading sample axis) or on
     seeded inputs, capture every main-graph norm's input and output, and judge each (see the module doc).
     runtimes: besides the capture on ORT, replay each cut-out layer on these runtimes on the captured
     inputs (`--runtimes openvino`); save_outputs: write each judged layer's captured inputs and outputs
     to this .npz (golden outputs that `--load-outputs` judges elsewhere); found: (norms, left out) as scan found
-    them in this model (scan --activations: the probe's work is not done twice)."""
+    them in this model (scan --activations: the probe's work is not done twice); capture: the Capture that
+    scan started beside its probe (find_layers' confirming), whose session this run takes."""
     import time
 
     from ..shapes import fix_input_shapes, infer_shapes
@@ -410,14 +429,15 @@ def check_activations(path: str | Path, *, data: str | Path | None = None,
     analysed.CopyFrom(stored)
     fix_input_shapes(analysed, {k: tuple(v) for k, v in shapes.items()})
     analysed = infer_shapes(analysed)
-    norms, left = found if found is not None else find_layers(analysed, p.parent)
-    layers = [LayerCheck(i, f) for i, f in enumerate(norms)]
-    report = ActivationReport(str(p), len(samples), source, shapes, layers,
-                              unidentified=[x for x in left if x.kind == "?"])
-    todo = _capturable(layers)
-    if todo:
-        _run_checks(p, stored, analysed, todo, samples, report, what_if=what_if, progress=progress,
-                    max_fetch_bytes=max_fetch_bytes, runtimes=runtimes, save_outputs=save_outputs)
+    with Capture(p) if capture is None else nullcontext(capture) as cap:
+        norms, left = found if found is not None else find_layers(analysed, p.parent, cap.start)
+        layers = [LayerCheck(i, f) for i, f in enumerate(norms)]
+        report = ActivationReport(str(p), len(samples), source, shapes, layers,
+                                  unidentified=[x for x in left if x.kind == "?"])
+        todo = _capturable(layers)
+        if todo:
+            _run_checks(p, cap, stored, analysed, todo, samples, report, what_if=what_if, progress=progress,
+                        max_fetch_bytes=max_fetch_bytes, runtimes=runtimes, save_outputs=save_outputs)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -436,7 +456,7 @@ def _capturable(layers: list[LayerCheck]) -> list[LayerCheck]:
     return todo
 
 
-def _run_checks(p: Path, stored: onnx.ModelProto, analysed: onnx.ModelProto, todo: list[LayerCheck], samples: list,
+def _run_checks(p: Path, cap: Capture, stored: onnx.ModelProto, analysed: onnx.ModelProto, todo: list[LayerCheck], samples: list,
                 report: ActivationReport, *, what_if: bool, progress, max_fetch_bytes: int, runtimes, save_outputs):
     """Capture, judge, replay and save each layer of `todo`, a batch of captured values at a time; then the whole
     model on each named runtime that runs whole models."""
@@ -446,26 +466,27 @@ def _run_checks(p: Path, stored: onnx.ModelProto, analysed: onnx.ModelProto, tod
     extractor = Cutter(analysed, p.parent)
     for lc in todo:
         lc.source, lc.grid = quantized_ends(extractor.view, lc.norm)
+    wanted = captured_names(extractor.view, [lc.norm for lc in todo])
     replays = _replay_runtimes(runtimes)
     golden = Golden(save_outputs) if save_outputs is not None else None
-    with tempfile.TemporaryDirectory(prefix="normonnx-act-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="normonnx-act-") as tmp, _WhatIfs(what_if) as what_ifs:
         work = Path(tmp)
-        sess, report.provider = _capture_session(p, stored, g, todo, work)
-        batches = _batches(todo, lambda n: _nbytes(g, n), max_fetch_bytes)
-        for batch in batches:
+        sess, report.provider = cap.session(wanted)
+        for batch in batches(todo, lambda n: nbytes(g, n), max_fetch_bytes):
             names = list(dict.fromkeys(n for lc in batch for n in (lc.source, *lc.norm.extra_inputs,
                                                                       lc.norm.output)))
-            got = _capture(sess, names, samples, report, f"{p} on {report.source.split(' (')[0]}")
+            got = fetch(sess, names, samples, report, f"{p} on {report.source.split(' (')[0]}")
             for lc in batch:
                 if progress:
                     progress(lc.index, len(report.layers), lc.norm)
-                xs = _check_layer(lc, got, extractor, work, what_if)
+                xs = _check_layer(lc, got, extractor, work, what_ifs.submit if what_if else None)
                 if xs is not None:
                     for rt in replays:
                         lc.on[rt] = replay(work / f"layer{lc.index}.onnx", lc, xs, rt)
                     if golden is not None:
                         golden.add(lc, xs, [_measured_layout(lc.norm, y) for y in got[lc.norm.output]],
                                    work / f"layer{lc.index}.onnx")
+            what_ifs.collect()
             del got  # one batch's tensors at a time
         whole = [rt for rt in replays if get_runtime(rt).open_model is not None]
         quantized = any(n.op_type == "QuantizeLinear" for n in stored.graph.node)
@@ -477,139 +498,6 @@ def _run_checks(p: Path, stored: onnx.ModelProto, analysed: onnx.ModelProto, tod
                                 "normonnx runs cut-out layers only there")
     if golden is not None:
         golden.write()
-
-
-def _capture_session(p: Path, stored: onnx.ModelProto, g: Graph, todo: list, work: Path):
-    """An ORT session of the model with every wanted value as an extra graph output, and its provider. The
-    weights stay in their files: ORT reads them from the model's folder (never re-saved, never held
-    here), each entry checked first. The model runs where it would be deployed: ORT CUDA when this
-    onnxruntime has it, else CPU."""
-    import onnxruntime as ort
-
-    from ..runtimes import get_runtime, ort_session
-
-    check_external_data(stored, p.parent)
-    full = stored
-    outputs = {o.name for o in full.graph.output}
-    wanted = list(dict.fromkeys(n for lc in todo for n in (lc.source, *lc.norm.extra_inputs, lc.norm.output)))
-    for name in wanted:
-        if name not in outputs:
-            full.graph.output.append(onnx.helper.make_tensor_value_info(name, _elem_type(g, name, todo), None))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    provider = "cuda" if get_runtime("cuda").unavailable() is None else "cpu"
-    capture = None if over_proto_limit(full) else full.SerializeToString()
-    if capture is not None:  # from bytes: ORT finds the external data in the model's own folder
-        so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(p.parent.resolve()))
-    else:  # a graph near protobuf's 2 GB of inline tensors: saved once, its tensors external
-        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in full.graph.initializer):
-            raise BadInput(f"{p}: its inline tensors and the norms' values as outputs pass protobuf's 2 GB "
-                           "limit: store all its weights as external data first")
-        capture = str(work / "capture.onnx")
-        onnx.save(full, capture, save_as_external_data=True, location="capture.data")
-    try:
-        return ort_session(capture, so, provider), PROVIDERS[provider]
-    except Exception as e:
-        raise BadInput(f"ORT cannot load {p} with its norms' values as outputs: {first_line(e, 200)}") \
-            from None
-
-
-SAMPLES_PER_RUN = 64  # samples stacked into one ORT run where the model's batch dim allows
-
-
-def _capture(sess, names: list[str], samples: list[dict], report, what: str) -> dict[str, list[np.ndarray]]:
-    """Every sample's values of `names`. Samples are stacked along the batch dim, SAMPLES_PER_RUN to a run,
-    when every graph input's first dim is symbolic and a first single-sample run shows each captured value
-    leading with that dim (k samples give k times its rows, the other dims alike); else one run a sample."""
-    def run(feeds):
-        try:
-            vals = sess.run(names, feeds)
-        except Exception as e:
-            raise BadInput(f"ORT cannot run {what}: {first_line(e, 200)}") from None
-        report.runs += 1
-        report.captured_bytes += sum(int(np.asarray(v).nbytes) for v in vals)
-        return [np.asarray(v) for v in vals]
-
-    got: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    first = run(samples[0])
-    for n, v in zip(names, first):
-        got[n].append(v)
-    rest = samples[1:]
-    symbolic = all(not (i.shape and isinstance(i.shape[0], int)) for i in sess.get_inputs())
-    leads = [np.shape(v)[0] if np.ndim(v) else None for v in first]
-    same = all(all(np.shape(s[k]) == np.shape(samples[0][k]) for k in s) for s in rest)
-    if not (rest and symbolic and same and all(leads) and all(np.ndim(v) for v in samples[0].values())):
-        for feeds in rest:
-            for n, v in zip(names, run(feeds)):
-                got[n].append(v)
-        return got
-    for at in range(0, len(rest), SAMPLES_PER_RUN):
-        chunk = rest[at:at + SAMPLES_PER_RUN]
-        feeds = {k: np.concatenate([s[k] for s in chunk]) for k in chunk[0]}
-        vals = run(feeds)
-        ok = all(np.shape(v)[0] == len(chunk) * lead and np.shape(v)[1:] == np.shape(f)[1:]
-                 for v, lead, f in zip(vals, leads, first))
-        if not ok:  # a value that does not lead with the batch: sample by sample
-            vals = None
-            for feeds1 in chunk:
-                for n, v in zip(names, run(feeds1)):
-                    got[n].append(v)
-            continue
-        for n, v, lead in zip(names, vals, leads):
-            got[n].extend(v[j * lead:(j + 1) * lead] for j in range(len(chunk)))
-    return got
-
-
-def _elem_type(g: Graph, name: str, todo: list) -> int:
-    """The element type to declare a captured value with: the inferred one, else (a norm's output that
-    shape inference left untyped, e.g. after GroupNormalization-21) its input's: norms keep the dtype."""
-    if g.types.get(name):
-        return g.types[name]
-    for lc in todo:
-        if lc.norm.output == name and g.types.get(lc.norm.input):
-            return g.types[lc.norm.input]
-    return onnx.TensorProto.FLOAT
-
-
-def _nbytes(g: Graph, name: str) -> int:
-    """A captured tensor's size from the inferred shape (symbolic dims count 1: a lower bound)."""
-    dims = g.shapes.get(name) or []
-    dt = dtype_of_onnx(g.types.get(name))
-    size = int(np.prod([d if isinstance(d, int) else 1 for d in dims])) if dims else 1
-    return size * (DTYPES[dt].itemsize if dt in DTYPES else 4)
-
-
-def _batches(todo: list, nbytes, limit: int) -> list[list]:
-    """Layers grouped so that one model run fetches at most `limit` bytes of captured tensors."""
-    out, cur, used = [], [], 0
-    for lc in todo:
-        need = sum(nbytes(n) for n in (lc.source, *lc.norm.extra_inputs, lc.norm.output))
-        if cur and used + need > limit:
-            out.append(cur)
-            cur, used = [], 0
-        cur.append(lc)
-        used += need
-    return out + ([cur] if cur else [])
-
-
-def quantized_ends(view, f: FoundNorm) -> tuple[str, float | None]:
-    """(the value a layer computes from, its output's int8 step) for a layer that runs between Q/DQ pairs: a Q/DQ
-    pair on its input is taken as the model takes it (the layer sees the dequantized values, and so does the
-    oracle); the step is the largest scale of the last pair in its region (None: no pair inside)."""
-    from ..irview import is_op, is_qdq_pair
-
-    names = set(f.nodes)
-    pairs = [n for n in view.nodes if view.name(n) in names and is_qdq_pair(n)]
-    if not pairs:
-        return f.input, None
-    x, source = view.value(f.input), f.input
-    first = [u.node for u in x.uses()] if x is not None else []
-    if len(first) == 1 and is_qdq_pair(first[0]) and view.name(first[0]) in names:
-        dq = first[0].outputs[0].uses()[0].node
-        if is_op(dq, "DequantizeLinear"):
-            source = dq.outputs[0].name
-    scale = view.const(pairs[-1].inputs[1])
-    return source, float(np.max(np.abs(scale))) if scale is not None and np.size(scale) else None
 
 
 def _float_run(layer_path: Path, xs: list) -> list:
@@ -635,8 +523,36 @@ def _int8(spec, params, xs: list, ys: list, grid: float, dtype: str) -> dict:
             "steps": worst / grid if grid else None, "why": bad[0] if bad else None}
 
 
-def _check_layer(lc: LayerCheck, got: dict, extractor: Cutter, work: Path, what_if: bool) -> list | None:
-    """Judge the layer's captured output; the inputs it was judged on (None when it could not be)."""
+class _WhatIfs:
+    """The float16 what-ifs on threads beside the next layers' checks (onnx.reference's ops and the oracle are numpy
+    on whole tensors, which lets go of the GIL: on two cores they overlap), collected before a batch's captured
+    tensors are let go. A context manager: leaving it cancels what has not started and waits for the rest."""
+
+    def __init__(self, on: bool):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=WHAT_IF_THREADS, thread_name_prefix="normonnx-what-if") if on else None
+        self.pending: list = []
+
+    def submit(self, lc: LayerCheck, *args) -> None:
+        self.pending.append((lc, self.pool.submit(float16_what_if, *args)))
+
+    def collect(self) -> None:
+        for lc, job in self.pending:
+            lc.fp16 = job.result()
+        self.pending.clear()
+
+    def __enter__(self) -> "_WhatIfs":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _check_layer(lc: LayerCheck, got: dict, extractor: Cutter, work: Path, what_if) -> list | None:
+    """Judge the layer's captured output; the inputs it was judged on (None when it could not be). what_if:
+    _WhatIfs.submit, given the float16 what-if's arguments (None: no what-if)."""
     f = lc.norm
     try:
         layer_path = extractor.extract(f, work / f"layer{lc.index}.onnx")
@@ -682,8 +598,8 @@ def _check_layer(lc: LayerCheck, got: dict, extractor: Cutter, work: Path, what_
     lc.error = bad[0] if bad else worst
     stats = [activation_stats(s_spec, x) for x in xs]
     lc.stats = {k: max((s[k] for s in stats if s[k] is not None), default=None) for k in stats[0]}
-    if what_if:
-        lc.fp16 = float16_what_if(layer_path, s_spec, params, xs[:WHAT_IF_SAMPLES], work)
+    if what_if is not None:
+        what_if(lc, layer_path, s_spec, params, xs[:WHAT_IF_SAMPLES], work)
     return xs
 
 
