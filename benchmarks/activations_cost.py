@@ -23,7 +23,7 @@ mode, path = sys.argv[1], sys.argv[2]
 t0 = time.perf_counter()
 if mode == "plain":
     import onnxruntime as ort
-    from normonnx.scan.activations import seeded_samples
+    from normonnx.scan.data import seeded_samples
     from normonnx.graph import load_model
     feeds = seeded_samples(load_model(path, load_external_data=False), None)[0]
     ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, feeds)

@@ -26,7 +26,7 @@ class Wrap(torch.nn.Module):
         self.model, self.names, self.out = model, names, out
 
     def forward(self, *args):
-        r = self.model(**dict(zip(self.names, args)))
+        r = self.model(**dict(zip(self.names, args, strict=False)))
         return getattr(r, self.out) if not isinstance(r, torch.Tensor) else r
 
 

@@ -168,7 +168,7 @@ def evaluate(corpora: list[Path], validate: bool, progress: bool = True) -> list
 def table(header: list[str], rows: list[list]) -> str:
     cells = [[str(c) for c in r] for r in [header, *rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip()  # noqa: E731
     return "\n".join([line(cells[0]), line(["-" * w for w in widths]), *map(line, cells[1:])])
 
 
@@ -194,22 +194,23 @@ def summary(rows: list[dict]) -> str:
                   "refused", "spec-diff", "exit codes"], out)
 
 
-def details(rows: list[dict]) -> str:
-    parts = []
+def _shapes(rows: list[dict]) -> dict:
+    """(producer, what, op chain) -> [count, example file] of missed, mislabelled and unexpected norms."""
     shapes = defaultdict(lambda: [0, ""])
     for r in rows:
-        for m in r["missed"]:
-            key = (r["producer"], "missed " + m["kind"], m["op_chain"] or "(not located)")
+        keys = ([(r["producer"], "missed " + m["kind"], m["op_chain"] or "(not located)") for m in r["missed"]] +
+                [(r["producer"], f"{m['expected']} reported as {m['found'].split()[0]}", m["op_chain"] or "")
+                 for m in r["mislabelled"]] +
+                [(r["producer"], f"unexpected {u['found'].split()[0]}", u["op_chain"]) for u in r["unexpected"]])
+        for key in keys:
             shapes[key][0] += 1
             shapes[key][1] = shapes[key][1] or r["file"]
-        for m in r["mislabelled"]:
-            key = (r["producer"], f"{m['expected']} reported as {m['found'].split()[0]}", m["op_chain"] or "")
-            shapes[key][0] += 1
-            shapes[key][1] = shapes[key][1] or r["file"]
-        for u in r["unexpected"]:
-            key = (r["producer"], f"unexpected {u['found'].split()[0]}", u["op_chain"])
-            shapes[key][0] += 1
-            shapes[key][1] = shapes[key][1] or r["file"]
+    return shapes
+
+
+def details(rows: list[dict]) -> str:
+    parts = []
+    shapes = _shapes(rows)
     parts.append("distinct op-chain shapes of missed, mislabelled and unexpected norms (count, example file):")
     for (producer, what, chain), (n, example) in sorted(shapes.items()):
         parts.append(f"  {producer}: {what} x{n}: {chain}  [{example}]")

@@ -114,7 +114,7 @@ def main() -> None:
             inputs = (model,) if storage == "inline" else (model, model.with_name(model.name + ".data"))
             before = digest(*inputs)
             runs: dict[str, list[dict]] = {name: [] for name in wanted}
-            for k in range(args.repeat):  # the commands in turn, then again: load that comes and goes hits all
+            for _ in range(args.repeat):  # the commands in turn, then again: load that comes and goes hits all
                 for name in wanted:
                     r = measure(commands[name](model), folder)
                     runs[name].append(r)
@@ -126,7 +126,7 @@ def main() -> None:
                          peak_mb=max(x["peak_mb"] for x in runs[name]), command=name, layers=layers,
                          weights_gb=size / 1e9, storage=storage)
                 if "plain" in runs:  # each round's own ratio: the command and the plain run of the same round
-                    r["ratios"] = sorted(x["seconds"] / p["seconds"] for x, p in zip(runs[name], runs["plain"]))
+                    r["ratios"] = sorted(x["seconds"] / p["seconds"] for x, p in zip(runs[name], runs["plain"], strict=True))
                 rows.append(r)
                 if name == "fix" and (folder / "fixed" / model.name).exists():
                     # not fix's word for it: the outputs of both, in a fresh process, and the input's hash

@@ -588,7 +588,7 @@ def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, ac
                           allow_not_checked=allow_not_checked, confirming=capture.start if capture else None)
         act = None
         if activations and load_outputs is not None:
-            from normonnx.scan.activations import check_golden
+            from normonnx.scan.golden import check_golden
 
             act = check_golden(model, load_outputs, runtimes, shapes, progress=None if as_json else (
                 lambda i, n, f: click.echo(f"  .. replaying {i + 1}/{n}: {f.kind} {f.form} at {f.nodes[0]}", err=True)))

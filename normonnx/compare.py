@@ -184,3 +184,26 @@ def compare(got: np.ndarray, ref: np.ndarray, dtype: str, tol: Tolerance,
         worst_allowed=float(allowed[idx]) if idx is not None else None,
         reason=reason,
     )
+
+
+@dataclass(frozen=True)
+class Oracle:
+    """The float64 oracle on one input, ready to judge any output of the layer on it: its answer, each element's
+    conditioning (max|x|/std of its normalization set) and the affine scale weighing it. validate, --activations,
+    its float16 what-if and its replays all judge an output through `Oracle.of(...).compare(...)`."""
+
+    expected: np.ndarray
+    cond: np.ndarray
+    scale: np.ndarray | None
+
+    @classmethod
+    def of(cls, spec, params: dict, x: np.ndarray) -> "Oracle":
+        from .reference import normalized_stats, reference, scale_broadcast
+
+        mag, std = normalized_stats(spec, params, x)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cond = mag / std
+        return cls(reference(spec, params, np.asarray(x, np.float64)), cond, scale_broadcast(spec, params, np.shape(x)))
+
+    def compare(self, got: np.ndarray, dtype: str, tol: Tolerance | None = None) -> Comparison:
+        return compare(got, self.expected, dtype, tolerance_for(dtype) if tol is None else tol, self.cond, self.scale)

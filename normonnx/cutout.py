@@ -62,28 +62,45 @@ class Cutter:
         """The layer alone: input f.input (at `dims` where given), output f.output. wrapped: in the layout and
         dtype the probe measured it in, Q/DQ pairs taken out (see the module doc). frozen: values of the shapes it
         reads from outside (a dynamic dim), as a run of the model gave them (default: what the probe measured)."""
+        x, y, nodes = self._region(f)
+        if frozen is None and f.derived is not None:
+            frozen = f.derived.frozen
+        g, drawn = self._graph(f, x, y, nodes, dims, frozen or {})
+        m = helper.make_model(g, opset_imports=self.opsets, ir_version=self.ir_version)
+        if self.functions and any(n.domain not in ("", "ai.onnx", MS) for n in g.node):
+            m.functions.extend(self.functions)
+        if any(n.domain == MS for n in g.node) and not any(o.domain == MS for o in m.opset_import):
+            m.opset_import.append(helper.make_opsetid(MS, 1))
+        if drawn:
+            helper.set_model_props(m, {DRAWN: ",".join(drawn)})
+        return wrap(m, f) if wrapped else m
+
+    def _region(self, f: FoundNorm) -> tuple:
+        """(input value, output value, the nodes between) of a layer that can be cut out; BadInput saying why not."""
         if f.scope:
             raise BadInput(f"inside {f.scope}: only main-graph layers can be extracted")
         if f.unvalidatable:
             raise BadInput(f.unvalidatable)
-        view = self.view
-        x, y = view.value(f.input), view.value(f.output)
+        x, y = self.view.value(f.input), self.view.value(f.output)
         if x is None or y is None:
             raise BadInput(f"cannot extract {f.nodes[0]}: its input or output value is not in the main graph")
-        nodes = region(view, x, y)
+        nodes = region(self.view, x, y)
         if not nodes:
             raise BadInput(f"cannot extract {f.nodes[0]}..{f.nodes[-1]}: no node computes {f.output} from {f.input}")
-        if frozen is None and f.derived is not None:
-            frozen = f.derived.frozen
-        feeders, inits, zeroed, drawn_inputs = self._reads(f, x, nodes, set(frozen or ()))
-        order = sorted(feeders, key=lambda n: view.pos.get(n, -1)) + nodes
-        g = helper.make_graph([], "layer", [self._value_info(x, dims)], [self._value_info(y, None)])
+        return x, y, nodes
+
+    def _graph(self, f: FoundNorm, x, y, nodes: list, dims, frozen: dict) -> tuple[onnx.GraphProto, list]:
+        """The layer's graph (what computes its constants in front of its nodes, its initializers and the frozen
+        shapes; Skip*'s residual and bias zeroed) and the graph inputs it draws."""
         import onnx_ir as ir
 
+        feeders, inits, zeroed, drawn_inputs = self._reads(f, x, nodes, set(frozen))
+        order = sorted(feeders, key=lambda n: self.view.pos.get(n, -1)) + nodes
+        g = helper.make_graph([], "layer", [self._value_info(x, dims)], [self._value_info(y, None)])
         g.node.extend(ir.serde.serialize_node(n) for n in order)
         for name in sorted(inits):
             g.initializer.append(self._initializer(name))
-        for name, value in (frozen or {}).items():
+        for name, value in frozen.items():
             g.initializer.append(onnx.numpy_helper.from_array(np.asarray(value), name))
         for v in zeroed:  # Skip*: with skip = 0 it is the norm of x alone
             zero = helper.make_tensor("zero", v.dtype.value if v.dtype is not None else onnx.TensorProto.FLOAT, [1], [0])
@@ -93,17 +110,7 @@ class Cutter:
             for t in g.initializer:
                 if t.name == f.pre_bias:
                     t.CopyFrom(helper.make_tensor(t.name, t.data_type, list(t.dims), [0] * math.prod(t.dims)))
-        drawn = self._draw(f, g, drawn_inputs)
-        m = helper.make_model(g, opset_imports=self.opsets, ir_version=self.ir_version)
-        if self.functions and any(n.domain not in ("", "ai.onnx", MS) for n in g.node):
-            m.functions.extend(self.functions)
-        if any(n.domain == MS for n in g.node) and not any(o.domain == MS for o in m.opset_import):
-            m.opset_import.append(helper.make_opsetid(MS, 1))
-        if drawn:
-            helper.set_model_props(m, {DRAWN: ",".join(drawn)})
-        if wrapped:
-            m = wrap(m, f)
-        return m
+        return g, self._draw(f, g, drawn_inputs)
 
     def _reads(self, f: FoundNorm, x, nodes: list, frozen: set = frozenset()) -> tuple[list, dict, list, list]:
         """What the region reads from outside: (constant-computing nodes in front of it, initializers by name,

@@ -24,7 +24,7 @@ def concrete_shape(f: FoundNorm, dims: list, params: dict[str, np.ndarray]) -> t
             start = min(a % rank for a in (f.axes or (-1,)))
             tail = list(np.shape(w))[-(rank - start):] if np.ndim(w) else []
             if len(tail) == rank - start:
-                for i, v in zip(range(start, rank), tail):
+                for i, v in zip(range(start, rank), tail, strict=False):
                     shape[i] = shape[i] or int(v)
         elif rank > 1 and shape[1] is None and f.param_layout != "per-group":
             shape[1] = int(np.size(w))
@@ -55,7 +55,7 @@ def _at_shape(layer: onnx.ModelProto, shape: tuple[int, ...]) -> onnx.ModelProto
     m.CopyFrom(layer)
     del m.graph.value_info[:]
     dims = m.graph.input[0].type.tensor_type.shape.dim
-    for d, v in zip(dims, shape):
+    for d, v in zip(dims, shape, strict=False):
         d.Clear()
         d.dim_value = int(v)
     try:
@@ -199,7 +199,7 @@ def _measured_spec(f: FoundNorm, layer: onnx.ModelProto) -> tuple[NormSpec, dict
     d = f.derived
     dims = [x.dim_value if x.HasField("dim_value") else None for x in layer.graph.input[0].type.tensor_type.shape.dim]
     probe = [d.dims[i] for i in d.perm] if d.perm is not None else list(d.dims)
-    shape = tuple(a or b for a, b in zip(dims, probe)) if len(dims) == len(probe) else tuple(probe)
+    shape = tuple(a or b for a, b in zip(dims, probe, strict=True)) if len(dims) == len(probe) else tuple(probe)
     if not np.isfinite(d.eps) or d.eps <= 0:
         raise BadInput(f"eps = {d.eps}: a zero-variance row divides by zero; the oracle needs a finite eps > 0")
     eps = float(np.format_float_positional(np.float32(d.eps), unique=True, trim="-"))

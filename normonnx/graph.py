@@ -128,7 +128,7 @@ def _mapped_tensor(buf, start: int, body: int, end: int, location: str) -> bytes
     if n < MAP_MIN_TENSOR:
         return bytes(buf[body:end])
     out = bytearray()
-    for f, wt, s, b, e in fields:
+    for f, _wire, s, _body, e in fields:
         if f not in (9, 14):
             out += buf[s:e]
     for key, value in (("location", location), ("offset", str(data)), ("length", str(n))):

@@ -241,7 +241,7 @@ def _native(view: View, n, opset: int) -> FoundNorm | None:
             params = (("weight", _name(inputs[1])), ("bias", _name(inputs[2])))
         elif per_feature(kind):
             axes = (int(attr(n, "axis", -1)),)
-            params = tuple((k, _name(v)) for k, v in zip(("weight", "bias"), inputs[1:3]) if v is not None)
+            params = tuple((k, _name(v)) for k, v in zip(("weight", "bias"), inputs[1:3], strict=False) if v is not None)
             if dt in LOW_PRECISION:
                 if attr(n, "stash_type", 1) != 1:
                     risks.append(risk("fp16-stash"))
@@ -344,7 +344,7 @@ def _same_shape(view: View, a, b) -> bool:
     da, db = view.dims(a), view.dims(b)
     if da is None or db is None or len(da) != len(db):
         return False
-    return all(not isinstance(x, int) or not isinstance(y, int) or x == y for x, y in zip(da, db))
+    return all(not isinstance(x, int) or not isinstance(y, int) or x == y for x, y in zip(da, db, strict=False))
 
 
 def merge_point(view: View, anchor, limit: int = MERGE_LIMIT) -> _Reached | None:
@@ -353,59 +353,72 @@ def merge_point(view: View, anchor, limit: int = MERGE_LIMIT) -> _Reached | None
     from the reduction, met a value that is): the end of the norm this reduction belongs to. None if it
     never merges within `limit` nodes, leaves the graph (a graph output, a subgraph) or meets an op no norm
     is made of."""
-    data = anchor.inputs[0]
-    live: dict[int, list] = {}
-    heap: list = []
-    queued: set[int] = set()
-    crossed = []
-    joined = rooted = False
+    flow = _Flow(view, anchor.inputs[0])
+    if not all(flow.add(o) for o in anchor.outputs):
+        return None
+    while flow.heap:
+        if flow.merged() is not None:
+            return flow.merged()
+        _, _, m = heapq.heappop(flow.heap)
+        if len(flow.crossed) >= limit or (m.domain not in DEFAULT_DOMAINS or m.op_type not in VOCABULARY):
+            return None
+        if not flow.cross(m):
+            return None
+    return flow.merged()
 
-    def add(v) -> bool:
+
+class _Flow:
+    """merge_point's walk: the values computed from the reduction still to be read (value, reads left), the nodes
+    queued in graph order, those crossed, whether the data path has joined and a square root been passed."""
+
+    def __init__(self, view: View, data):
+        self.view, self.data = view, data
+        self.live: dict[int, list] = {}
+        self.heap: list = []
+        self.queued: set[int] = set()
+        self.crossed: list = []
+        self.joined = self.rooted = False
+
+    def add(self, v) -> bool:
+        """v is computed from the reduction: queue its readers (False: it is read inside a subgraph)."""
         uses = v.uses()
         remaining = len(uses) + (1 if v.is_graph_output() else 0)  # a graph output is read after the graph
         if not remaining:
             return True
-        live[id(v)] = [v, remaining]
+        self.live[id(v)] = [v, remaining]
         for u in uses:
             m = u.node
-            if m not in view.pos:
+            if m not in self.view.pos:
                 return False  # read inside an If/Loop/Scan body
-            if id(m) not in queued:
-                queued.add(id(m))
-                heapq.heappush(heap, (view.pos[m], id(m), m))
+            if id(m) not in self.queued:
+                self.queued.add(id(m))
+                heapq.heappush(self.heap, (self.view.pos[m], id(m), m))
         return True
 
-    for o in anchor.outputs:
-        if not add(o):
-            return None
-    while heap:
-        if len(live) == 1 and joined and rooted:
-            (v, _), = live.values()
-            if _maybe_same_shape(view, v, data):
-                return _Reached(v, rooted, crossed)
-        _, _, m = heapq.heappop(heap)
-        if len(crossed) >= limit or (m.domain not in DEFAULT_DOMAINS or m.op_type not in VOCABULARY):
-            return None
-        crossed.append(m)
+    def cross(self, m) -> bool:
+        """Node m reads what the reduction computed: its inputs are read once more, its outputs carry it on."""
+        view = self.view
+        self.crossed.append(m)
         for i in m.inputs:
             if i is None:
                 continue
-            if id(i) in live:
-                live[id(i)][1] -= 1
-                if live[id(i)][1] <= 0:
-                    del live[id(i)]
-            elif not view.is_const(i) and _maybe_same_shape(view, i, data):
-                joined = True  # the data path meets the statistics
+            if id(i) in self.live:
+                self.live[id(i)][1] -= 1
+                if self.live[id(i)][1] <= 0:
+                    del self.live[id(i)]
+            elif not view.is_const(i) and _maybe_same_shape(view, i, self.data):
+                self.joined = True  # the data path meets the statistics
         if is_op(m, *SQRT_LIKE, "BatchNormalization") or (is_op(m, "Pow") and view.scalar(m.inputs[1]) in (0.5, -0.5)):
-            rooted = True
-        for o in m.outputs:
-            if not add(o):
-                return None
-    if len(live) == 1 and joined and rooted:
-        (v, _), = live.values()
-        if _maybe_same_shape(view, v, data):
-            return _Reached(v, rooted, crossed)
-    return None
+            self.rooted = True
+        return all(self.add(o) for o in m.outputs)
+
+    def merged(self) -> _Reached | None:
+        """The one value left, once the data has joined and a root been passed, if it has the data's shape."""
+        if len(self.live) == 1 and self.joined and self.rooted:
+            (v, _), = self.live.values()
+            if _maybe_same_shape(self.view, v, self.data):
+                return _Reached(v, self.rooted, self.crossed)
+        return None
 
 
 def _maybe_same_shape(view: View, a, b) -> bool:
@@ -495,7 +508,7 @@ def _written_out(view: View, used: set[int]) -> tuple[list[tuple[int, FoundNorm]
         if id(first) not in claimed:
             possible.append(LeftOut("?", view.name(first), f"possible norm, not identified: {why}"))
     flagged: set = set()
-    for n, reached in partial:  # a reduction no found norm explains, shaped like one: say so (once per structure)
+    for n, _reached in partial:  # a reduction no found norm explains, shaped like one: say so (once per structure)
         if id(n) in claimed or id(n) in flagged:
             continue
         got = _norm_like(view, n)
@@ -627,7 +640,7 @@ def _broadcasts(view: View, c, y) -> bool:
     cd, yd = view.dims(c), view.dims(y)
     if cd is None or yd is None or len(cd) > len(yd):
         return cd is not None and len(cd) <= 1
-    return all(a == 1 or not isinstance(b, int) or a == b for a, b in zip(reversed(cd), reversed(yd)))
+    return all(a == 1 or not isinstance(b, int) or a == b for a, b in zip(reversed(cd), reversed(yd), strict=False))
 
 
 def _layout_chain(view: View, x) -> list:

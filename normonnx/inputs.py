@@ -200,7 +200,7 @@ def _nonfinite(spec: NormSpec, rng) -> list:
     x = rng.standard_normal(spec.shape)
     flat = x.reshape(-1)
     pos = rng.choice(flat.size, size=min(3, flat.size), replace=False)
-    for p, v in zip(pos, (np.nan, np.inf, -np.inf)):
+    for p, v in zip(pos, (np.nan, np.inf, -np.inf), strict=False):
         flat[p] = v
     return [("nonfinite", x)]
 

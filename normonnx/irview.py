@@ -183,7 +183,7 @@ class View:
         if n.op_type == "Constant":
             return _constant_attr(n)
         args = [self.const(i) if i is not None else None for i in n.inputs]
-        if any(a is None for a, i in zip(args, n.inputs) if i is not None):
+        if any(a is None for a, i in zip(args, n.inputs, strict=False) if i is not None):
             return None
         if sum(a.nbytes for a in args if a is not None) > MAX_FOLD_BYTES:
             return None
@@ -285,59 +285,79 @@ def _np_dtype(onnx_type: int):
     return onnx.helper.tensor_dtype_to_np_dtype(int(onnx_type))
 
 
-def _fold(n, args: list, out) -> np.ndarray | None:
-    """Evaluate one node on constant numpy arguments, for the ops parameters come wrapped in."""
-    op = n.op_type if n.domain in DEFAULT_DOMAINS else None
-    a = args[0] if args else None
-    if op == "Identity":
-        return a
-    if op == "Cast":
-        return a.astype(_np_dtype(attr(n, "to")))
-    if op == "CastLike":
-        return a.astype(args[1].dtype)
-    if op == "DequantizeLinear":
-        scale = args[1].astype(np.float32)
-        zp = args[2] if len(args) > 2 and args[2] is not None else np.zeros((), a.dtype)
-        axis = attr(n, "axis", 1)
-        if scale.ndim == 1 and scale.size > 1:  # per-axis
-            shape = [1] * a.ndim
-            shape[axis % a.ndim] = scale.size
-            scale, zp = scale.reshape(shape), zp.reshape(shape)
-        return ((a.astype(np.int64) - zp.astype(np.int64)).astype(np.float32) * scale).astype(scale.dtype)
-    if op == "Neg":
-        return -a
-    if op in ("Add", "Sub", "Mul", "Div"):
-        b = args[1]
+def _dequantize(n, args: list) -> np.ndarray:
+    a, scale = args[0], args[1].astype(np.float32)
+    zp = args[2] if len(args) > 2 and args[2] is not None else np.zeros((), a.dtype)
+    axis = attr(n, "axis", 1)
+    if scale.ndim == 1 and scale.size > 1:  # per-axis
+        shape = [1] * a.ndim
+        shape[axis % a.ndim] = scale.size
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    return ((a.astype(np.int64) - zp.astype(np.int64)).astype(np.float32) * scale).astype(scale.dtype)
+
+
+def _arithmetic(ufunc):
+    def run(n, args: list) -> np.ndarray:
         with np.errstate(all="ignore"):
-            return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}[op](a, b).astype(a.dtype)
-    if op == "Sqrt":
-        return np.sqrt(a)
-    if op == "Reciprocal":
-        return (1 / a).astype(a.dtype)
-    if op == "Reshape":
-        shape = [int(s) for s in args[1].reshape(-1)]
-        shape = [a.shape[i] if s == 0 and not attr(n, "allowzero", 0) else s for i, s in enumerate(shape)]
-        return a.reshape(shape)
-    if op in ("Unsqueeze", "Squeeze"):
-        axes = attr(n, "axes") if len(args) < 2 or args[1] is None else [int(x) for x in args[1].reshape(-1)]
-        if op == "Squeeze":
-            return np.squeeze(a, axis=tuple(axes)) if axes is not None else np.squeeze(a)
-        r = a.ndim + len(axes)
-        for ax in sorted(x % r for x in axes):
-            a = np.expand_dims(a, ax)
-        return a
-    if op == "Transpose":
-        return np.transpose(a, attr(n, "perm"))
-    if op == "Expand":
-        return a * np.ones([int(s) for s in args[1].reshape(-1)], a.dtype)
-    if op == "ConstantOfShape":
-        value = attr(n, "value")
-        fill = value.numpy().reshape(-1)[0] if value is not None else np.float32(0)
-        shape = [int(s) for s in a.reshape(-1)]
-        return np.full(shape, fill, dtype=np.asarray(fill).dtype) if math.prod(shape) * 4 <= MAX_FOLD_BYTES else None
-    if op == "Shape":
-        return None  # a value's shape is no constant of the graph (static dims are read with `dims`)
-    return None
+            return ufunc(args[0], args[1]).astype(args[0].dtype)
+    return run
+
+
+def _reshape(n, args: list) -> np.ndarray:
+    a = args[0]
+    shape = [int(s) for s in args[1].reshape(-1)]
+    return a.reshape([a.shape[i] if s == 0 and not attr(n, "allowzero", 0) else s for i, s in enumerate(shape)])
+
+
+def _axes(n, args: list):
+    return attr(n, "axes") if len(args) < 2 or args[1] is None else [int(x) for x in args[1].reshape(-1)]
+
+
+def _squeeze(n, args: list) -> np.ndarray:
+    axes = _axes(n, args)
+    return np.squeeze(args[0], axis=tuple(axes)) if axes is not None else np.squeeze(args[0])
+
+
+def _unsqueeze(n, args: list) -> np.ndarray:
+    a, axes = args[0], _axes(n, args)
+    r = a.ndim + len(axes)
+    for ax in sorted(x % r for x in axes):
+        a = np.expand_dims(a, ax)
+    return a
+
+
+def _constant_of_shape(n, args: list) -> np.ndarray | None:
+    value = attr(n, "value")
+    fill = value.numpy().reshape(-1)[0] if value is not None else np.float32(0)
+    shape = [int(s) for s in args[0].reshape(-1)]
+    return np.full(shape, fill, dtype=np.asarray(fill).dtype) if math.prod(shape) * 4 <= MAX_FOLD_BYTES else None
+
+
+# the ops parameters come wrapped in, evaluated on constant numpy arguments (default domain); Shape is none of
+# them: a value's shape is no constant of the graph (static dims are read with `dims`)
+_FOLDS = {
+    "Identity": lambda n, args: args[0],
+    "Cast": lambda n, args: args[0].astype(_np_dtype(attr(n, "to"))),
+    "CastLike": lambda n, args: args[0].astype(args[1].dtype),
+    "DequantizeLinear": _dequantize,
+    "Neg": lambda n, args: -args[0],
+    "Add": _arithmetic(np.add), "Sub": _arithmetic(np.subtract),
+    "Mul": _arithmetic(np.multiply), "Div": _arithmetic(np.divide),
+    "Sqrt": lambda n, args: np.sqrt(args[0]),
+    "Reciprocal": lambda n, args: (1 / args[0]).astype(args[0].dtype),
+    "Reshape": _reshape,
+    "Squeeze": _squeeze,
+    "Unsqueeze": _unsqueeze,
+    "Transpose": lambda n, args: np.transpose(args[0], attr(n, "perm")),
+    "Expand": lambda n, args: args[0] * np.ones([int(s) for s in args[1].reshape(-1)], args[0].dtype),
+    "ConstantOfShape": _constant_of_shape,
+}
+
+
+def _fold(n, args: list, out) -> np.ndarray | None:
+    """Evaluate one node on constant numpy arguments, for the ops parameters come wrapped in (_FOLDS)."""
+    fold = _FOLDS.get(n.op_type) if n.domain in DEFAULT_DOMAINS and args else None
+    return fold(n, args) if fold is not None else None
 
 
 def views(irm, base: Path | None = None, protos: dict | None = None) -> Iterable[tuple[View, str]]:

@@ -125,7 +125,7 @@ def run_layer(f: FoundNorm, layer_path: Path, runtimes: list[str] | None, inputs
     m = onnx.load(str(layer_path))
     spec, params = derive_spec(f, m)
     # the shape may hold stand-ins for symbolic dims: fix them in the layer so shapes line up
-    for d, v in zip(m.graph.input[0].type.tensor_type.shape.dim, spec.shape):
+    for d, v in zip(m.graph.input[0].type.tensor_type.shape.dim, spec.shape, strict=False):
         if not d.HasField("dim_value"):
             d.dim_value = v
     onnx.save(m, str(layer_path))

@@ -46,7 +46,7 @@ def compare_outputs(names, expected: list, got: list, layer_dtypes: tuple[str, .
     original by float16 rounding, which later float32 layers carry to the output). Non-float outputs must be
     equal."""
     outputs, statuses = {}, []
-    for name, ya, yb in zip(names, expected, got):
+    for name, ya, yb in zip(names, expected, got, strict=False):
         ya, yb = np.asarray(ya), np.asarray(yb)
         dtype = str(ya.dtype)
         if not np.issubdtype(ya.dtype, np.floating) or dtype not in FLOATS:

@@ -132,7 +132,7 @@ def _run_values(model: onnx.ModelProto, base: Path, names: list[str]) -> dict[st
         so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(Path(base).resolve()))
         sess = ort.InferenceSession(full.SerializeToString(), so, providers=["CPUExecutionProvider"])
         outs = sess.run(list(dict.fromkeys(names)), seeded_feeds(model, None))
-        return {n: np.asarray(v) for n, v in zip(dict.fromkeys(names), outs)}
+        return {n: np.asarray(v) for n, v in zip(dict.fromkeys(names), outs, strict=True)}
     except Exception:  # the model does not run on seeded inputs here: stand-in dims are tried instead
         return {}
 
@@ -304,7 +304,7 @@ def _sets(run, x0, y0, low: bool) -> _Sets | str:
     if box is None:
         return "moving one input element changes no output, or not a block of them: not a norm"
     kinds = []
-    for (a, b), d in zip(box, shape):
+    for (a, b), d in zip(box, shape, strict=True):
         e = b - a
         kinds.append("unit" if d == 1 else "all" if e == d else "one" if e == 1 else e if d % e == 0 else None)
     if None in kinds:
@@ -315,7 +315,7 @@ def _sets(run, x0, y0, low: bool) -> _Sets | str:
     at = tuple(d - 1 for d in shape)
     want = np.zeros(shape, bool)
     want[tuple(slice(None) if k in ("all", "unit") else slice(i, i + 1) if k == "one" else
-               slice((i // k) * k, (i // k + 1) * k) for k, i in zip(kinds, at))] = True
+               slice((i // k) * k, (i // k + 1) * k) for k, i in zip(kinds, at, strict=True))] = True
     if not np.array_equal(_moved(run, x0, y0, at, low), want):
         return "a second input element moves another shape of outputs than the first: not a norm's sets"
     return _Sets(tuple(kinds))

@@ -52,8 +52,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], width: int |
     widths = _narrow(widths, headers, cells, width or terminal_width())
     def line(vals):  # one row, possibly over several lines
         parts = [textwrap.wrap(v, w, break_long_words=False, break_on_hyphens=False) or [""] if len(v) > w else [v]
-                 for v, w in zip(vals, widths)]
-        return "\n".join("  ".join((p[k] if k < len(p) else "").ljust(w) for p, w in zip(parts, widths)).rstrip()
+                 for v, w in zip(vals, widths, strict=False)]
+        return "\n".join("  ".join((p[k] if k < len(p) else "").ljust(w) for p, w in zip(parts, widths, strict=False)).rstrip()
                          for k in range(max(len(p) for p in parts)))
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
 
@@ -500,7 +500,7 @@ def activations_text(report) -> str:
     quantized = [lc for lc in report.layers if lc.int8]
     if quantized:  # a QDQ layer as the model runs it: int8 rounding between its nodes, in steps of its output grid
         heads.append("as run, int8")
-        for row, lc in zip(rows, report.layers):
+        for row, lc in zip(rows, report.layers, strict=False):
             row.append(_int8_cell(lc.int8))
     body = table(heads, rows)
     bad = [lc for lc in report.layers if lc.status == "fail"]

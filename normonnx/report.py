@@ -314,7 +314,7 @@ def ship_answer(records: list[dict]) -> list[dict]:
         for rt in judged:
             picks[same[rt]["recommended"]] += 1
         # the form most runtimes would pick alone, then the simplest
-        rank = lambda v: (-picks[v], _preference(v), v)  # noqa: E731
+        rank = lambda v, picks=picks: (-picks[v], _preference(v), v)  # noqa: E731
         if everywhere:
             lead = min(everywhere, key=rank)
             needs = needs_text(_common_units([same[rt] for rt in judged], lead))
@@ -427,7 +427,7 @@ def error_plot(records: list[dict]) -> str | None:
     for ax in axes.flat[len(norms):]:
         ax.axis("off")
     nan_level = 1e3
-    for ax, norm in zip(axes.flat, norms):
+    for ax, norm in zip(axes.flat, norms, strict=False):
         series = defaultdict(dict)
         for r in cases:
             if r["norm"] != norm:
@@ -445,9 +445,9 @@ def error_plot(records: list[dict]) -> str | None:
             xs = [i for i, s in enumerate(samples) if s in d]
             ys = [d[samples[i]] for i in xs]
             line = ax.plot(xs, [y if y > 0 else np.nan for y in ys], marker="o", ms=3, lw=1, label=key)[0]
-            zero_x = [x for x, y in zip(xs, ys) if y == 0]
+            zero_x = [x for x, y in zip(xs, ys, strict=True) if y == 0]
             ax.plot(zero_x, [zero_level] * len(zero_x), "v", ms=6, mfc="none", color=line.get_color())
-            nan_x = [x for x, y in zip(xs, ys) if y >= nan_level]
+            nan_x = [x for x, y in zip(xs, ys, strict=True) if y >= nan_level]
             ax.plot(nan_x, [nan_level] * len(nan_x), "kx", ms=7)
         # the pass line: atol at |y| ~ 0 (the rule adds rtol*|ref|, so a unit-scale output may err up to about twice)
         for dtype in sorted({r["dtype"] for r in cases if r["norm"] == norm}):
@@ -494,7 +494,7 @@ def latency_plot(records: list[dict]) -> str | None:
         los = np.array([_num(b.get(lo)) or b[key] for b in shown], dtype=float)
         his = np.array([_num(b.get(hi)) or b[key] for b in shown], dtype=float)
         bars = ax.barh(y, vals, color=colors, xerr=[vals - los, his - vals], error_kw={"lw": 0.8, "capsize": 2})
-        for bar, b in zip(bars, shown):
+        for bar, b in zip(bars, shown, strict=True):
             if not trustworthy(b):
                 bar.set_hatch("///")
                 bar.set_edgecolor("#c0392b")

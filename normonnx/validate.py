@@ -20,13 +20,12 @@ import numpy as np
 
 from . import inputs as suites_mod
 from .inputs import CheckOptions
-from .compare import Comparison, Tolerance, compare, tolerance_for
+from .compare import Comparison, Oracle, Tolerance, tolerance_for
 from .errors import BadInput, ExitCode, NormonnxError, RuntimeUnavailable, first_line, need_torch, raised_by_normonnx
 from .export import ExportOptions, case_id, export_report
 from .graph import load_model, metadata, model_facts, opset_of
 from .judge import FAIL, INTERNAL, NOT_CHECKED, PASS, SKIPPED, Verdict, internal_reason, judge, status_of
 from .params import make_params, params_as
-from .reference import normalized_stats, reference, scale_broadcast
 from .runtimes import REGISTRY as RUNTIMES
 from .runtimes import (
     RunOptions,
@@ -245,7 +244,7 @@ def _check_input(model, spec: NormSpec, path, shape: tuple[int, ...]) -> bool:
         raise BadInput(f"{path} takes a rank-{len(dims)} input but the spec's shape "
                        f"{'x'.join(map(str, shape))} has rank {len(shape)}")
     dynamic = False
-    for i, (d, want) in enumerate(zip(dims, shape)):
+    for i, (d, want) in enumerate(zip(dims, shape, strict=False)):
         if d.HasField("dim_value"):
             if d.dim_value != want:
                 raise BadInput(f"{path} input dim {i} is {d.dim_value} but the spec's shape has {want}")
@@ -370,11 +369,7 @@ class SuiteRunner:
         out = []
         for sample in suites_mod.samples(suite, s_spec, self.seed):
             label = f"{suite.name}:{sample.name}{tag}"
-            ref = reference(s_spec, mparams, sample.x)
-            mag, std = normalized_stats(s_spec, mparams, sample.x)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                cond = mag / std
-            scale = scale_broadcast(s_spec, mparams, sample.x.shape)
+            oracle = Oracle.of(s_spec, mparams, sample.x)
             outputs: dict[str, np.ndarray] = {}
             torch_out = None
             for n in sorted(self.active, key=lambda r: RUNTIMES[r].kind != "torch"):  # torch first
@@ -399,12 +394,12 @@ class SuiteRunner:
                 outputs[n] = y
                 if RUNTIMES[n].kind == "torch" and torch_out is None:
                     torch_out = np.asarray(y, dtype=np.float64)
-                c = compare(y, ref, src.spec.dtype, info.tol, cond, scale)
+                c = oracle.compare(y, src.spec.dtype, info.tol)
                 out.append(info.result(n, label, status_of(c.passed), comparison=c,
                                        vs_torch=_vs_torch(torch_out, y) if RUNTIMES[n].kind != "torch" else None))
             if self.save_inputs is not None:
                 buf = io.BytesIO()
-                np.savez(buf, x=sample.x.astype(np.float32) if src.spec.dtype == "bfloat16" else sample.x, oracle=ref,
+                np.savez(buf, x=sample.x.astype(np.float32) if src.spec.dtype == "bfloat16" else sample.x, oracle=oracle.expected,
                          **{f"out_{k.replace('-', '_')}": np.asarray(v) for k, v in outputs.items()})
                 atomic_write(self.save_inputs / f"{info.case_id}-{sample.name}{tag}.npz", buf.getvalue(),
                              "--save-inputs file")

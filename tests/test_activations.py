@@ -11,7 +11,8 @@ import pytest
 import corpus
 from conftest import run_cli
 from normonnx.errors import ExitCode
-from normonnx.scan.activations import check_activations, load_data
+from normonnx.scan.activations import check_activations
+from normonnx.scan.data import load_data
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +92,7 @@ def test_token_ids_are_drawn_in_the_vocabulary_range(tmp_path):
     transformers = pytest.importorskip("transformers")
     import torch
 
-    from normonnx.scan.activations import seeded_samples, vocab_sizes
+    from normonnx.scan.data import seeded_samples, vocab_sizes
     from normonnx.graph import load_model
 
     cfg = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=50, n_positions=64)

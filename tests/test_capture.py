@@ -15,7 +15,8 @@ import corpus
 from normonnx.errors import BadInput
 from normonnx.scan import capture as capture_mod
 from normonnx.scan import scan
-from normonnx.scan.activations import _WhatIfs, check_activations, float16_what_if
+from normonnx.scan.activations import check_activations
+from normonnx.scan.float16 import WhatIfs, float16_what_if
 from normonnx.scan.capture import Capture
 
 
@@ -111,7 +112,7 @@ def test_what_ifs_beside_the_checks_land_on_their_own_layers(decoder, tmp_path, 
     def alone(self, lc, *args):
         lc.fp16 = float16_what_if(*args)
 
-    monkeypatch.setattr(_WhatIfs, "submit", alone)
+    monkeypatch.setattr(WhatIfs, "submit", alone)
     inline = [check_activations(m) for m in (decoder, massive)]
     got = [[lc.fp16 for lc in r.layers] for r in beside]
     assert got == [[lc.fp16 for lc in r.layers] for r in inline]

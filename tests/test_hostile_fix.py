@@ -195,7 +195,7 @@ def _agree_on_random_inputs(src, out):
                 feeds[i.name] = np.asarray(rng.uniform(1e-3, 1e-1), np.float32)
             else:
                 feeds[i.name] = (rng.standard_normal(shape) * 3 + rng.normal(0, 5)).astype(np.float32)
-        for ya, yb in zip(a.run(None, feeds), b.run(None, feeds)):
+        for ya, yb in zip(a.run(None, feeds), b.run(None, feeds), strict=True):
             np.testing.assert_allclose(yb, ya, rtol=1e-3, atol=1e-3)
 
 

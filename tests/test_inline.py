@@ -58,7 +58,7 @@ def test_the_weights_are_read_where_they_lie_and_are_the_same(inline):
     moved = [t for t in mapped.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     assert len(moved) >= 5 and all({e.key: e.value for e in t.external_data}["location"] == src.name for t in moved)
     onnx.load_external_data_for_model(mapped, str(src.parent))
-    for a, b in zip(full.graph.initializer, mapped.graph.initializer):
+    for a, b in zip(full.graph.initializer, mapped.graph.initializer, strict=True):
         assert a.name == b.name and np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b)), a.name
     # ONNX Runtime runs the mapped model, its weights read from the .onnx itself, as it runs the file
     model, folder = ort_source(src)

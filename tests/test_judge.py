@@ -62,7 +62,7 @@ def test_every_entry_point_gives_one_verdict(name, monkeypatch):
     from normonnx.patterns import FoundNorm
     from normonnx.outputs import compare_outputs
     from normonnx.scan import ScanReport
-    from normonnx.scan.activations import _judge
+    from normonnx.scan.checks import against_oracle
     from normonnx.sweep import SweepSummary, case_status
     from normonnx.testing import check_report
 
@@ -102,7 +102,7 @@ def test_every_entry_point_gives_one_verdict(name, monkeypatch):
 
     monkeypatch.setattr(normonnx.reference, "reference", lambda spec, params, x: ref.reshape(1, 4))
     spec = NormSpec.make("ln", shape=(1, 4), affine=False)
-    ok, _ = _judge(spec, {}, np.array([[0.1, 0.2, 0.3, 0.4]]), got.reshape(1, 4), "float32")
+    ok, _ = against_oracle(spec, {}, np.array([[0.1, 0.2, 0.3, 0.4]]), got.reshape(1, 4), "float32")
     assert judge([status_of(ok)]).status == want
 
 

@@ -23,7 +23,7 @@ class Wrap(torch.nn.Module):
         self.model, self.names, self.out = model, names, out
 
     def forward(self, *args):
-        return getattr(self.model(**dict(zip(self.names, args))), self.out)
+        return getattr(self.model(**dict(zip(self.names, args, strict=False))), self.out)
 
 
 def _export(module, args, path, opset, names, dynamic=None):

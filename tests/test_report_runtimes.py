@@ -155,7 +155,7 @@ def test_a_sweep_over_three_runtimes_renders_a_column_per_runtime(three_runtimes
     p.feed(page)
     ship = p.tables["ship"]
     assert ship[0] == ["norm", "dtype", "ship", "needs", "cpu", "reference", "openvino"]
-    rows = {r[0]: dict(zip(ship[0], r)) for r in ship[1:]}
+    rows = {r[0]: dict(zip(ship[0], r, strict=False)) for r in ship[1:]}
     assert list(rows) == ["ln", "rms"]  # one row per norm x dtype, not per runtime
     assert rows["rms"]["ship"] == "native" and rows["rms"]["needs"] == "opset >= 23 (dynamo)"
     assert [rows["rms"][rt] for rt in ("cpu", "reference", "openvino")] == ["✓"] * 3

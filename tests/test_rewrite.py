@@ -65,6 +65,6 @@ def test_the_written_model_names_the_nodes_it_wrote(tmp_path):
     irm, written = apply(model, todo, norms)
     names = {n.name for n in irm.graph}
     assert todo and set(written) == set(todo)
-    for k, nodes in written.items():
+    for nodes in written.values():
         assert nodes and set(nodes) <= names
         assert not set(nodes) & {n.name for n in model.graph.node}  # fresh names, never the model's own

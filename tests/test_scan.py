@@ -115,7 +115,7 @@ def test_contrib_layers_validate_or_say_why(built):
 def test_contrib_layers_that_cannot_be_checked_say_why(built, name, reasons):
     report = scan(built[name][0], validate=True)
     assert [v.status for v in report.validations.values()] == ["not checked"] * len(reasons)
-    for v, why in zip(report.validations.values(), reasons):
+    for v, why in zip(report.validations.values(), reasons, strict=True):
         assert "not checked: " in v.validation and why in v.validation
     assert report.exit_code == 4  # found norms, validated none
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import platform
 import time
@@ -175,7 +176,7 @@ def fastest(paths: dict[str, Path], claim, seed: int = 0, rounds: int = 7, min_t
     for form, p in paths.items():
         s = _session(p, provider=provider)
         feed = {s.get_inputs()[0].name: x}
-        runs[form] = (lambda s, fd: lambda: s.run(None, fd))(s, feed)
+        runs[form] = functools.partial(s.run, None, feed)
     measured = timing.run_rounds(runs, lambda: None, rounds=rounds, min_time=min_time, warmup=2, seed=seed)
     ms = {f: float(np.median(v)) for f, v in measured.per_round.items()}
     first = next(iter(paths))
@@ -294,6 +295,11 @@ def against_current(c: Candidate, before: LayerVerdict | None, runtimes) -> tupl
     return better, worse, unknown
 
 
+def _spec_of(norm, path: Path):
+    """The layer's spec and parameters as the cut-out at `path` holds them (choose asks for it when it times)."""
+    return derive_spec(norm, onnx.load(str(path)))
+
+
 def judge_layers(analysed: onnx.ModelProto, base: Path, layers: list, plans: dict, work: Path, runtimes,
                  inputs: list[str] | None, memo: dict, *, timed: bool = True, least_bad: bool = False,
                  native: bool = False, progress=None) -> None:
@@ -337,7 +343,7 @@ def judge_layers(analysed: onnx.ModelProto, base: Path, layers: list, plans: dic
             lf.status, lf.reason = NOT_CHECKED, lf.before.validation
             continue
         lf.candidates = try_candidates(lf, cand_plans, start, path, work, runtimes, inputs, memo)
-        choose(lf, lf.candidates, work, lambda: derive_spec(lf.norm, onnx.load(str(path))), timed, least_bad,
+        choose(lf, lf.candidates, work, functools.partial(_spec_of, lf.norm, path), timed, least_bad,
                ort_target(runtimes))
 
 

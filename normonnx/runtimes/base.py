@@ -206,12 +206,13 @@ def load_plugins(registry: RuntimeRegistry | None = None) -> None:
     try:
         eps = list(_entry_points())
     except Exception as e:  # broken metadata in the environment: no plugins, said once
-        warnings.warn(f"normonnx: cannot read the {ENTRY_POINT_GROUP} entry points: {first_line(e)}")
+        warnings.warn(f"normonnx: cannot read the {ENTRY_POINT_GROUP} entry points: {first_line(e)}", stacklevel=2)
         return
     for ep in eps:
         if dict.__contains__(registry, ep.name):
             if dict.__getitem__(registry, ep.name).plugin is None:
-                warnings.warn(f"normonnx: plugin {ep.value!r} is ignored: the runtime name {ep.name!r} is built in")
+                warnings.warn(f"normonnx: plugin {ep.value!r} is ignored: the runtime name {ep.name!r} is built in",
+                              stacklevel=2)
             continue
         before = set(dict.keys(registry))
         try:

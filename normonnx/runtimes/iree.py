@@ -36,7 +36,7 @@ def _fixed(model, name: str, shape: tuple[int, ...]):
     m = type(model)()
     m.CopyFrom(model)
     inp = next(i for i in m.graph.input if i.name == name)
-    for d, n in zip(inp.type.tensor_type.shape.dim, shape):
+    for d, n in zip(inp.type.tensor_type.shape.dim, shape, strict=False):
         d.Clear()
         d.dim_value = n
     return m

@@ -176,7 +176,7 @@ def fetch(sess, names: list[str], samples: list[dict], report, what: str) -> dic
 
     got: dict[str, list[np.ndarray]] = {n: [] for n in names}
     first = run(samples[0])
-    for n, v in zip(names, first):
+    for n, v in zip(names, first, strict=True):
         got[n].append(v)
     rest = samples[1:]
     symbolic = all(not (i.shape and isinstance(i.shape[0], int)) for i in sess.get_inputs())
@@ -184,7 +184,7 @@ def fetch(sess, names: list[str], samples: list[dict], report, what: str) -> dic
     same = all(all(np.shape(s[k]) == np.shape(samples[0][k]) for k in s) for s in rest)
     if not (rest and symbolic and same and all(leads) and all(np.ndim(v) for v in samples[0].values())):
         for feeds in rest:
-            for n, v in zip(names, run(feeds)):
+            for n, v in zip(names, run(feeds), strict=True):
                 got[n].append(v)
         return got
     for at in range(0, len(rest), SAMPLES_PER_RUN):
@@ -192,13 +192,13 @@ def fetch(sess, names: list[str], samples: list[dict], report, what: str) -> dic
         feeds = {k: np.concatenate([s[k] for s in chunk]) for k in chunk[0]}
         vals = run(feeds)
         ok = all(np.shape(v)[0] == len(chunk) * lead and np.shape(v)[1:] == np.shape(f)[1:]
-                 for v, lead, f in zip(vals, leads, first))
+                 for v, lead, f in zip(vals, leads, first, strict=True))
         if not ok:  # a value that does not lead with the batch: sample by sample
             for feeds1 in chunk:
-                for n, v in zip(names, run(feeds1)):
+                for n, v in zip(names, run(feeds1), strict=True):
                     got[n].append(v)
             continue
-        for n, v, lead in zip(names, vals, leads):
+        for n, v, lead in zip(names, vals, leads, strict=True):
             got[n].extend(v[j * lead:(j + 1) * lead] for j in range(len(chunk)))
     return got
 

@@ -165,7 +165,7 @@ def all_values(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str
     except Exception:  # noqa: BLE001 - an untyped value ORT cannot expose: the typed ones only
         sess = ort_session(typed_only, optimize=False)
     names = [o.name for o in sess.get_outputs()]
-    values = dict(zip(names, sess.run(None, feeds)))
+    values = dict(zip(names, sess.run(None, feeds), strict=True))
     values.update(feeds)
     return {k: v for k, v in values.items() if np.issubdtype(np.asarray(v).dtype, np.floating)}
 
