@@ -14,7 +14,7 @@ import statistics
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -152,7 +152,7 @@ def machine_info() -> dict:
 
     from .errors import module_missing
 
-    torch = None
+    torch: Any = None  # the module, where installed
     if not module_missing("torch"):  # installed without torch, a sweep folder still says which machine
         import torch
     cpu = platform.processor() or platform.machine()
@@ -206,9 +206,9 @@ def benchmark(
     report = BenchReport(spec, machine=machine_info())
     report.machine["threads"] = threads or "default"
     say = progress or (lambda s: None)
-    base = dict(spec_id=spec.id, norm=spec.kind, dtype=spec.dtype, shape="x".join(map(str, spec.shape)))
+    base: dict[str, Any] = dict(spec_id=spec.id, norm=spec.kind, dtype=spec.dtype, shape="x".join(map(str, spec.shape)))
     with tempfile.TemporaryDirectory(prefix="normonnx-bench-") as tmp:
-        models = {}
+        models: dict[str, Path | NormonnxError] = {}  # the exported model, or why it could not be
         for v in variants:
             say(f"export {v}")
             try:

@@ -112,7 +112,8 @@ class Cutter:
                     t.CopyFrom(helper.make_tensor(t.name, t.data_type, list(t.dims), [0] * math.prod(t.dims)))
         return g, self._draw(f, g, drawn_inputs)
 
-    def _reads(self, f: FoundNorm, x, nodes: list, frozen: set = frozenset()) -> tuple[list, dict, list, list]:
+    def _reads(self, f: FoundNorm, x, nodes: list,
+               frozen: set | frozenset = frozenset()) -> tuple[list, dict, list, list]:
         """What the region reads from outside: (constant-computing nodes in front of it, initializers by name,
         Skip*'s residual values to zero, graph inputs to draw); anything else is refused."""
         view = self.view

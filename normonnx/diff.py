@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 from .errors import BadInput, ExitCode
 from .judge import PASS, status_name
@@ -130,7 +131,8 @@ def _timing_changes(case: str, a: dict, b: dict) -> list[Change]:
 def _sweep_case(case: str, a: dict, b: dict, factor: float, floor: float, timing: bool) -> list[Change]:
     if a.get("type") == "bench":
         return _timing_changes(case, a, b) if timing else []
-    sa, sb = a.get("status"), b.get("status")
+    # check_record gave every sweep record a str status
+    sa, sb = cast(str, a.get("status")), cast(str, b.get("status"))
     if _worse_status(sa, sb):
         failing = [n for n, x in sorted((b.get("inputs") or {}).items()) if isinstance(x, dict) and x.get("status") == "fail"]
         why = f"fails {', '.join(failing)}" if failing else b.get("error") or b.get("reason") or ""
@@ -144,7 +146,8 @@ def _layer_status(layer: dict) -> str:
     """A scan document's layer status: "status" since 0.3, the older "passed" flag before."""
     if isinstance(layer.get("status"), str):
         return status_name(layer["status"])
-    return {True: "pass", False: "fail"}.get(layer.get("passed"), "not checked")
+    by_flag: dict[object, str] = {True: "pass", False: "fail"}  # "passed" may be missing or not a bool
+    return by_flag.get(layer.get("passed"), "not checked")
 
 
 def _scan_layer(case: str, a: dict, b: dict) -> list[Change]:

@@ -100,7 +100,7 @@ def need_torch(what: str):
     return torch
 
 
-def first_line(e: BaseException, limit: int = 300) -> str:
+def first_line(e: BaseException | str, limit: int = 300) -> str:
     """An exception in one line for a message: its first non-blank line (cut at `limit`), or its type's
     name when it says nothing. Every "why" that quotes a library's exception goes through here."""
     for line in str(e).strip().splitlines():
@@ -148,13 +148,14 @@ def raised_by_normonnx(e: BaseException) -> bool:
         return False
     roots = source_roots()
     seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        tb, last = e.__traceback__, None
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        tb, last = cur.__traceback__, None
         while tb is not None:
             last = tb.tb_frame.f_code.co_filename
             tb = tb.tb_next
         if last and any(Path(last).resolve().is_relative_to(r) for r in roots):
             return True
-        e = e.__cause__ or e.__context__
+        cur = cur.__cause__ or cur.__context__
     return False

@@ -50,10 +50,11 @@ def tool_versions() -> dict[str, str]:
     torch = need_torch("export")
     try:
         import onnxscript  # the dynamo exporter's; the torchscript one runs without it
+
+        script = getattr(onnxscript, "__version__", "not installed")
     except ImportError:
-        onnxscript = None
-    return {"normonnx": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxscript": getattr(onnxscript, "__version__", "not installed")}
+        script = "not installed"
+    return {"normonnx": __version__, "torch": torch.__version__, "onnx": onnx.__version__, "onnxscript": script}
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from functools import lru_cache
-from typing import Callable
+from typing import Any, Callable, cast
 
 from .errors import TORCH_INSTALL, BadInput, RuntimeUnavailable, module_missing
 from .registry import Registry
@@ -52,7 +52,8 @@ class Exporter:
     first_opset: int
     max_opset: Callable[[], int] = field(repr=False, compare=False)  # torch's limit, looked up when asked
     native_from: int = 7  # below this the exporter converts (and may silently fail to)
-    run: Callable[..., None] = field(default=None, repr=False, compare=False)
+    # every registered exporter passes one: the None default only lets it follow the defaulted fields
+    run: Callable[..., None] = field(default=cast("Callable[..., None]", None), repr=False, compare=False)
     # the modules it imports to run, each an install away where missing (torch is normonnx's `torch` extra)
     needs: tuple[str, ...] = ("torch",)
 
@@ -170,9 +171,11 @@ def _reuse_torchlib_table() -> None:
             table.extend(build())
         return list(table)
 
-    reused._normonnx_reused = True
-    reused.original = build
+    marked: Any = reused  # a function takes attributes, which its Callable type does not declare
+    marked._normonnx_reused = True
+    marked.original = build
     # the name is re-exported down a chain of version modules (torch_2_11 from torch_2_9 ...): set it in each
+    mod: Any  # a module takes new attributes, which ModuleType's stub does not declare
     for name, mod in list(sys.modules.items()):
         if name.startswith("onnxscript._framework_apis.") and getattr(mod, "get_torchlib_ops", None) is build:
             mod.get_torchlib_ops = reused
@@ -185,7 +188,7 @@ def _run_dynamo(module, example, path: Path, opset: int, spec: NormSpec, variant
 
     from .variants import get_variant
 
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if dynamic:
         kwargs["dynamic_shapes"] = ({d: torch.export.Dim.DYNAMIC for d in _dynamic_dims(spec, variant)},)
     t = get_variant(variant).translation("dynamo")
@@ -200,7 +203,7 @@ def _run_torchscript(module, example, path: Path, opset: int, spec: NormSpec, va
 
     from .variants import get_variant
 
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if dynamic:
         dims = {d: f"d{d}" for d in _dynamic_dims(spec, variant)}
         kwargs["dynamic_axes"] = {"x": dims, "y": dims}

@@ -296,7 +296,8 @@ def tensor_nbytes(t: onnx.TensorProto) -> int | None:
         itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
     except Exception:
         return None
-    bits = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}.get(t.data_type)
+    packed: dict[int, int] = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}  # data_type is a plain int
+    bits = packed.get(t.data_type)
     n = math.prod(t.dims)
     return (n * bits + 7) // 8 if bits else n * itemsize
 
@@ -510,6 +511,7 @@ def check_node(node: onnx.NodeProto, opset: int) -> None:
     attrs = {a.name: a for a in node.attribute}
     n_in = len(node.input)
     schema = None
+    want: dict[str, tuple[int, bool]]  # attribute -> (AttributeProto type, required)
     if node.domain in DEFAULT_DOMAINS:
         try:
             schema = onnx.defs.get_schema(node.op_type, opset, "")
@@ -521,12 +523,13 @@ def check_node(node: onnx.NodeProto, opset: int) -> None:
         if not schema.min_input <= n_in <= schema.max_input or not node.input or not node.input[0]:
             raise BadInput(f"{where} has {n_in} inputs; {node.op_type}-{schema.since_version} takes "
                            f"{schema.min_input}..{schema.max_input}")
-        want = {k: (a.type, a.required) for k, a in schema.attributes.items()}
+        # onnx's stubs: OpSchema.AttrType is an IntEnum at runtime
+        want = {k: (a.type, a.required) for k, a in schema.attributes.items()}  # type: ignore[misc]
     elif node.domain in (MS, *DEFAULT_DOMAINS) and node.op_type in _CONTRIB_SCHEMA:
-        lo, required = _CONTRIB_SCHEMA[node.op_type]
+        lo, needed = _CONTRIB_SCHEMA[node.op_type]
         if n_in < lo or not node.input[0]:
             raise BadInput(f"{where} has {n_in} inputs; com.microsoft.{node.op_type} takes at least {lo}")
-        want = {k: (t, True) for k, t in required.items()}
+        want = {k: (t, True) for k, t in needed.items()}
         want.update({k: (t, False) for k, t in _ATTR_TYPES.items() if k not in want})
     else:
         return

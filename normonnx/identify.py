@@ -28,7 +28,7 @@ import onnx
 from .errors import BadInput
 from .graph import _all_graphs, check_initializers, check_node
 from .irview import DEFAULT_DOMAINS, MS, TRANSPARENT, View, attr, is_op, is_qdq_pair, region, views
-from .patterns import CONTRIB, NATIVE, WEIGHT_STD, FoundNorm, LeftOut, risk
+from .patterns import CONTRIB, NATIVE, WEIGHT_STD, FoundNorm, LeftOut, Risk, risk
 from .tables import LOW_PRECISION, per_feature
 
 MEAN_REDUCTIONS = ("ReduceMean", "GlobalAveragePool")
@@ -141,7 +141,7 @@ def _as_proto(n) -> onnx.NodeProto:
     p.input.extend(v.name if v is not None else "" for v in n.inputs)
     p.output.extend(v.name or "" for v in n.outputs)
     for key, a in n.attributes.items():
-        p.attribute.append(onnx.AttributeProto(name=key, type=int(a.type)))
+        p.attribute.append(onnx.AttributeProto(name=key, type=int(a.type)))  # type: ignore[arg-type]  # takes an int
     return p
 
 
@@ -192,6 +192,7 @@ def _instance_trick(view: View, n) -> FoundNorm | None:
     r2s = view.uses_through(n.outputs[0], "Reshape")
     if not is_op(r1, "Reshape") or len(r2s) != 1:
         return None
+    assert r1 is not None  # is_op is False for None
     scale = view.const(n.inputs[1])
     groups = int(scale.size) if scale is not None else None
     if groups is None:
@@ -278,6 +279,7 @@ def _contrib(view: View, n) -> FoundNorm:
     kind = CONTRIB[n.op_type] if n.domain == MS else "rms"
     eps = float(attr(n, "epsilon", 1e-5))
     extra: tuple[str, ...] = ()
+    risks: tuple[Risk, ...]
     groups, axes, pre_bias, blocked, risks = None, None, None, None, ()
 
     def named(*pairs):
@@ -503,7 +505,7 @@ def _written_out(view: View, used: set[int]) -> tuple[list[tuple[int, FoundNorm]
     found = [(pos, f, ids) for pos, f, ids in found if not any(ids < other for _, _, other in found)]
     for _, _, ids in found:
         claimed |= ids
-    found = [(pos, f) for pos, f, _ in found]
+    ranked = [(pos, f) for pos, f, _ in found]
     for first, why in failed:  # a reduction inside a found norm is that norm's, whatever else it reached
         if id(first) not in claimed:
             possible.append(LeftOut("?", view.name(first), f"possible norm, not identified: {why}"))
@@ -511,12 +513,12 @@ def _written_out(view: View, used: set[int]) -> tuple[list[tuple[int, FoundNorm]
     for n, _reached in partial:  # a reduction no found norm explains, shaped like one: say so (once per structure)
         if id(n) in claimed or id(n) in flagged:
             continue
-        got = _norm_like(view, n)
-        if got:
-            why, cone = got
+        like = _norm_like(view, n)
+        if like:
+            why, cone = like
             flagged |= cone
             possible.append(LeftOut("?", view.name(n), f"possible norm, not identified: {why}"))
-    return found, possible
+    return ranked, possible
 
 
 MIXING = ("MatMul", "Gemm", "Conv", "ConvTranspose", "Einsum", "Attention", "LSTM", "GRU", "RNN")
@@ -575,6 +577,7 @@ def _candidate(view: View, x, y, anchors) -> tuple[FoundNorm, list] | str:
         if n is None or not is_op(n, *LAYOUT) or not n.inputs or n.inputs[0] is None:
             break
         x = n.inputs[0]
+    assert outside is not None  # a pass that does not return found one
     m, i = outside
     return f"{view.name(m)} also reads {i.name}, which is neither its input {x.name} nor a constant: not a norm of one input"
 
@@ -772,12 +775,12 @@ def _structural_affine(view: View, nodes: list, y) -> tuple:
     if is_op(n, "Add") and n in nodes:
         c = next((i for i in n.inputs if i is not None and view.is_const(i)), None)
         other = next((i for i in n.inputs if i is not None and i is not c), None)
-        if c is not None and other is not None and view.const(c) is not None and view.const(c).size > 1:
+        if c is not None and other is not None and (k := view.const(c)) is not None and k.size > 1:
             bias = c
             n = view.origin(other).producer()
     if is_op(n, "Mul") and n in nodes:
         c = next((i for i in n.inputs if i is not None and view.is_const(i)), None)
-        if c is not None and view.const(c) is not None and view.const(c).size > 1:
+        if c is not None and (k := view.const(c)) is not None and k.size > 1:
             weight = c
     return weight, bias
 

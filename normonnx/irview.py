@@ -145,8 +145,9 @@ class View:
             if cur.is_initializer() and not self.overridable(cur):
                 self._constness[k] = True
             elif n is None:  # a graph input, or a value of the outer scope
-                outer = self.outer.value(cur.name) if self.outer is not None and cur.name else None
-                self._constness[k] = outer is not None and outer is not cur and self.outer.is_const(outer)
+                up = self.outer
+                outer = up.value(cur.name) if up is not None and cur.name else None
+                self._constness[k] = up is not None and outer is not None and outer is not cur and up.is_const(outer)
             else:
                 pending = [i for i in n.inputs if i is not None and id(i) not in self._constness]
                 if pending:
@@ -177,8 +178,9 @@ class View:
         if v.is_initializer():
             return self._tensor(v)
         if v.producer() is None:
-            outer = self.outer.value(v.name) if self.outer is not None else None
-            return self.outer.const(outer) if outer is not None else None
+            up = self.outer
+            outer = up.value(v.name) if up is not None else None
+            return up.const(outer) if up is not None and outer is not None else None
         n = v.producer()
         if n.op_type == "Constant":
             return _constant_attr(n)

@@ -8,6 +8,7 @@ import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, cast
 
 import onnx
 
@@ -52,7 +53,7 @@ class LayerVerdict:
 
     def to_dict(self) -> dict:
         # "passed" (True/False/None) is kept beside "status" for documents read by older tools
-        out = {"status": self.status, "passed": self.ok, "validation": self.validation}
+        out: dict[str, Any] = {"status": self.status, "passed": self.ok, "validation": self.validation}
         if self.spec_id is not None:
             out.update(spec_id=self.spec_id, counts=self.counts)
         if self.parameters_drawn:
@@ -72,7 +73,8 @@ def check_runtime_request(runtimes: list[str] | None, inputs: list[str] | None) 
     """Names checked before any work: an unknown name is BadInput (exit 2), a missing runtime
     RuntimeUnavailable (exit 3). Returns the runtimes to use (default: ORT CPU)."""
     suites.get_suites(inputs)
-    names = list(resolve_names(runtimes)) if runtimes else ["cpu"]  # "all": every ONNX runtime available here
+    # "all": every ONNX runtime available here; resolve_names answers None only for None
+    names = list(cast(tuple[str, ...], resolve_names(runtimes))) if runtimes else ["cpu"]
     for n in names:
         require(n)
     return names
@@ -131,7 +133,7 @@ def run_layer(f: FoundNorm, layer_path: Path, runtimes: list[str] | None, inputs
     onnx.save(m, str(layer_path))
     return validate(spec, model=layer_path, params=params,
                     run=RunOptions(tuple(runtimes or ["cpu"]), config=SessionConfig(threads=threads)),
-                    check=CheckOptions(inputs))
+                    check=CheckOptions(tuple(inputs) if inputs is not None else None))
 
 
 def validate_layer(f: FoundNorm, layer_path: Path, runtimes: list[str] | None, inputs: list[str] | None,

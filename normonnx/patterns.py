@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import onnx
 
@@ -78,9 +79,10 @@ class FoundNorm:
     notes: tuple[str, ...] = ()  # what a reader should know (it runs between Q/DQ pairs, ...)
     layout: tuple[int, ...] | None = None  # written out over another layout: the permutation to the standard one
     # a written-out norm before the probe confirms it (identify.Candidate), and what the probe measured
-    # (probe.Measured: the spec's fields and the parameters' values); neither compares nor hashes
-    candidate: object = dataclasses.field(default=None, compare=False, repr=False)
-    derived: object = dataclasses.field(default=None, compare=False, repr=False)
+    # (probe.Measured: the spec's fields and the parameters' values); neither compares nor hashes. Typed Any:
+    # both types live in modules that import this one (a cycle), or on a floor above (tests/test_floors.py)
+    candidate: Any = dataclasses.field(default=None, compare=False, repr=False)
+    derived: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict:
         out = {"kind": self.kind, "form": self.form, "op": self.op, "nodes": list(self.nodes), "input": self.input,

@@ -15,7 +15,7 @@ import contextlib
 import os
 import signal
 import time
-from typing import Callable, Hashable, Iterable
+from typing import Any, Callable, Hashable, Iterable, Iterator
 
 STOP_GRACE_S = 2.0  # a worker asked to stop has this long to run its `finally` blocks before SIGKILL
 
@@ -54,7 +54,7 @@ def stop_workers(procs: list, grace: float = STOP_GRACE_S) -> None:
 
 
 @contextlib.contextmanager
-def spawning():
+def spawning() -> Iterator[None]:
     """While workers are spawned: SIGINT blocked, so they start deaf to Ctrl-C (a spawned process inherits the
     mask), and Ctrl-C or SIGTERM held back until every one started here has its start-up data. Blocking the main
     thread alone is not enough: the signal can land on another thread, and Python then raises in the main thread
@@ -64,7 +64,7 @@ def spawning():
 
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     held: list[int] = []
-    before = {}
+    before: dict[int, Any] = {}  # signal number -> its handler (Signals are ints)
     if threading.current_thread() is threading.main_thread():
         before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         for s in before:

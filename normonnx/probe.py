@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -389,7 +390,7 @@ def _normalized(opt, x: np.ndarray, eps: float) -> np.ndarray:
         return d / np.sqrt((d * d).mean(axis=axes, keepdims=True) + eps)
 
 
-def _features(opt, shape_std) -> tuple[tuple[int, ...], callable]:
+def _features(opt, shape_std) -> tuple[tuple[int, ...], Callable[[np.ndarray], np.ndarray]]:
     """The parameters' shape, and a function taking a standard-layout array to (features, samples)."""
     kind, perm, nd, _ = opt
     rank = len(shape_std)
@@ -449,7 +450,7 @@ def _eps(opt, run, shape, np_dt, params, structural: tuple[float, ...], judged: 
     errs = {e: float(np.abs(predict(e) - y).max()) / scale for e in structural}
     good = [e for e, err in errs.items() if err <= max(FIT_TOL[judged] * 50, 1e-2)]
     if good:
-        return min(good, key=errs.get)
+        return min(good, key=errs.__getitem__)  # every good eps is in errs
     measured = _measure_eps(opt, x, y, w, b)
     if measured is None or not np.isfinite(measured) or measured <= 0:
         if structural:

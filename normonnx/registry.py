@@ -2,11 +2,16 @@
 dict whose lookups fail with the list of valid names."""
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from .errors import BadInput
 
-T = TypeVar("T")
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+T = TypeVar("T", bound=_Named)
 
 
 class Registry(dict, Generic[T]):

@@ -10,7 +10,7 @@ import json
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 
@@ -102,7 +102,7 @@ TIMING_FIELDS = ("p50_ms", "x_copy", "x_torch")
 def bench_rows(records: list[dict]) -> list[dict]:
     """Timed forms of every bench record; a row without numeric timings (a hand-edited or foreign
     file) is left out rather than plotted."""
-    out = []
+    out: list[dict] = []
     for r in records:
         if r.get("type") == "bench" and r.get("status") == "timed":
             out.extend(b for b in r.get("records", []) if all(isinstance(b.get(k), str) for k in
@@ -187,11 +187,12 @@ def _pick(ok: list[str], timing: dict[str, dict | None]) -> tuple[str | None, st
     """(form, why in a few words) among the passing forms, by trustworthy timing, else by preference."""
     if not ok:
         return None, ""
-    timed = [v for v in ok if timing[v] is not None and trustworthy(timing[v])]
+    timed = [v for v in ok if timing[v] is not None and trustworthy(cast(dict, timing[v]))]
     untrusted = [v for v in ok if timing[v] is not None and v not in timed]
     note = f"; timing of {', '.join(untrusted)} not trusted" if untrusted else ""
     if timed:
-        ci = {v: _ci(timing[v]) for v in timed}
+        found = cast("dict[str, dict]", timing)  # read at timed forms only, each with its timing
+        ci = {v: _ci(found[v]) for v in timed}
         fastest = min(timed, key=lambda v: ci[v][0])
         tied = [v for v in timed if v != fastest and not separated(ci[v], ci[fastest])]
         if tied:
@@ -199,9 +200,9 @@ def _pick(ok: list[str], timing: dict[str, dict | None]) -> tuple[str | None, st
             best = min([fastest, *tied], key=_preference)
             peers = sorted(v for v in [fastest, *tied] if v != best)
             return best, (f"as fast as {', '.join(peers)} (95% CIs overlap) and simpler; "
-                          f"{timing[best]['x_copy']:.2f}x copy{note}")
+                          f"{found[best]['x_copy']:.2f}x copy{note}")
         best = fastest
-        t = timing[best]
+        t = found[best]
         return best, (f"fastest of {len(ok)} passing: {t['x_copy']:.2f}x copy [{ci[best][1]:.2f}, "
                       f"{ci[best][2]:.2f}], {t['x_torch']:.2f}x torch{note}")
     best = min(ok, key=_preference)
@@ -273,12 +274,12 @@ def judged_runtimes(records: list[dict]) -> list[dict]:
     cases = [r for r in records if r.get("type", "case") == "case"]
     for rt in runtime_order(records):
         mine = [r for r in cases if r["provider"] == rt]
-        counts = defaultdict(int)
+        counts: defaultdict[str, int] = defaultdict(int)
         for r in mine:
             counts[r["status"]] += 1
         facts: dict = {"version": None, "precision": {}}
         for r in mine:
-            f = r.get("runtime_facts") if isinstance(r.get("runtime_facts"), dict) else {}
+            f = cast(dict, r.get("runtime_facts")) if isinstance(r.get("runtime_facts"), dict) else {}  # just checked
             if f.get("version") and not facts["version"]:
                 facts["version"] = str(f["version"])
             if f.get("precision"):
@@ -310,7 +311,7 @@ def ship_answer(records: list[dict]) -> list[dict]:
         # a form passes "on" a runtime at the units where it passed there; everywhere: one unit passing on all
         on = {v: [rt for rt in judged if v in same[rt]["passing"]] for v in forms}
         everywhere = [v for v in forms if len(on[v]) == len(judged) and _common_units([same[rt] for rt in judged], v)]
-        picks = defaultdict(int)
+        picks: defaultdict[str | None, int] = defaultdict(int)  # a runtime with no passing form picks None
         for rt in judged:
             picks[same[rt]["recommended"]] += 1
         # the form most runtimes would pick alone, then the simplest
@@ -380,6 +381,7 @@ def _preference(v: str) -> int:
 def _ci(b: dict) -> tuple[float, float, float]:
     x = _num(b.get("x_copy"))
     lo, hi = _num(b.get("ci_low")), _num(b.get("ci_high"))
+    assert x is not None  # bench_rows keeps a row without an error only with a numeric x_copy
     return (x, lo if lo is not None else x, hi if hi is not None else x)
 
 
@@ -428,7 +430,7 @@ def error_plot(records: list[dict]) -> str | None:
         ax.axis("off")
     nan_level = 1e3
     for ax, norm in zip(axes.flat, norms, strict=False):
-        series = defaultdict(dict)
+        series: defaultdict[str, dict[str, float]] = defaultdict(dict)
         for r in cases:
             if r["norm"] != norm:
                 continue
@@ -515,7 +517,7 @@ def _col_label(c) -> str:
 
 
 def summary_counts(records: list[dict]) -> dict:
-    c = defaultdict(int)
+    c: defaultdict[str, int] = defaultdict(int)
     for r in records:
         if r.get("type", "case") == "case":
             c[r["status"]] += 1
@@ -763,7 +765,7 @@ def render_markdown(records: list[dict], meta: dict) -> str:
     for row in rows:
         out = []
         for col in cols:
-            r = cells.get((row, col))
+            r: Any = cells.get((row, col))  # a record, or None where not tried: st says which
             st = r["status"] if r else "unsupported"
             out.append(icon.get(st, _md(st)) + (f" {_md(r.get('worst_input'))}" if st == "fail" and r.get("worst_input")
                                                 else ""))

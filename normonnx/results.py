@@ -25,8 +25,8 @@ SCHEMA = 3  # bump when a record's fields change meaning; 1 was normonnx 0.1 (no
 # schema 2 (normonnx 0.2) said "error" where 3 says "not checked" or "internal error": still read, upgraded
 READABLE = (2, 3)
 
-# type -> field -> Python type(s) every record of that type must carry
-FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+# type -> field -> Python type every record of that type must carry
+FIELDS: dict[str, dict[str, type]] = {
     "case": {"case_id": str, "status": str, "norm": str, "variant": str, "opset": int, "exporter": str,
              "dtype": str, "provider": str, "versions": dict},
     "bench": {"case_id": str, "status": str, "norm": str, "dtype": str, "provider": str, "opset": int,
@@ -34,8 +34,9 @@ FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
 }
 STATUSES = {"case": ("pass", "fail", "not checked", "internal error", "mismatch", "unsupported"),
             "bench": ("timed", "not checked", "internal error")}
-OPTIONAL = {"inputs": dict, "records": list, "reason": (str, type(None)), "error": (str, type(None)),
-            "max_abs_err": (int, float, type(None)), "ops": dict, "worst_input": (str, type(None))}
+OPTIONAL: dict[str, type | tuple[type, ...]] = {
+    "inputs": dict, "records": list, "reason": (str, type(None)), "error": (str, type(None)),
+    "max_abs_err": (int, float, type(None)), "ops": dict, "worst_input": (str, type(None))}
 
 
 class RecordError(ValueError):
@@ -68,8 +69,8 @@ def check_record(rec: object) -> dict:
                               f"must be {typ.__name__}")
     if rec["status"] not in STATUSES[t]:
         raise RecordError(f"status {rec['status']!r} is not one of {', '.join(STATUSES[t])}")
-    for name, typ in OPTIONAL.items():
-        if name in rec and not isinstance(rec[name], typ):
+    for name, types in OPTIONAL.items():
+        if name in rec and not isinstance(rec[name], types):
             raise RecordError(f"field {name!r} has the wrong type")
     if t == "bench" and rec["status"] == "timed" and not all(isinstance(b, dict) for b in rec.get("records", [])):
         raise RecordError("bench 'records' must be a list of objects")
@@ -96,7 +97,9 @@ def read_results(path: Path) -> tuple[list[dict], list[BadLine]]:
     except OSError as e:
         raise BadInput(f"cannot read {path}: {e.strerror}") from None
     lines = data.split(b"\n")
-    records, bad, seen = [], [], {}
+    records: list[dict] = []
+    bad: list[BadLine] = []
+    seen: dict[str, int] = {}
     for i, raw in enumerate(lines, 1):
         if not raw.strip():
             continue

@@ -67,8 +67,8 @@ def layer_region(view, f: FoundNorm) -> tuple[list, str, str | None]:
 
 
 def _site(g: Graph, f: FoundNorm, opset: int, start: str) -> Site:
-    dims = g.shapes.get(start, g.shapes.get(f.input))
-    dims = tuple(d if isinstance(d, int) and d > 0 else None for d in dims) if dims is not None else None
+    shape = g.shapes.get(start, g.shapes.get(f.input))
+    dims = tuple(d if isinstance(d, int) and d > 0 else None for d in shape) if shape is not None else None
     return Site(f, g, opset, dims, g.dtype(start), g.dtype(f.output))
 
 
@@ -145,6 +145,7 @@ def apply(model: onnx.ModelProto, todo: dict[int, tuple[Plan, str]], norms: dict
         out = values[f.output]
         old = region(View(graph), values[start], out)  # the graph as rewritten so far
         w = Writer(graph, values[start], prefix_of(k, plan.rule), opset, values, taken)
+        assert plan.write is not None  # only a plan that is not refused is applied
         y = plan.write(w)
         feeders = {v for n in old for v in n.inputs if v is not None and v.producer() not in old}
         ir.convenience.replace_nodes_and_values(graph, old[-1], old, w.nodes, [out], [y])
@@ -156,7 +157,8 @@ def apply(model: onnx.ModelProto, todo: dict[int, tuple[Plan, str]], norms: dict
 
 def _subgraph_names(graph: onnx.GraphProto) -> set[str]:
     """Every value and node name inside the graph's If/Loop/Scan bodies, at any depth."""
-    names, stack = set(), [graph]
+    names: set[str] = set()
+    stack = [graph]
     while stack:
         g = stack.pop()
         for n in g.node:

@@ -10,7 +10,7 @@ are not constants). Rules never change what a layer computes in exact arithmetic
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Sequence, overload
 
 import numpy as np
 
@@ -47,7 +47,7 @@ class Plan:
     rule: str
     form: str
     after: str
-    write: Callable[["Writer"], object] | None = None
+    write: Callable[["Writer"], Any] | None = None  # returns the output, an onnx_ir Value (imported lazily)
     refused: str | None = None
 
 
@@ -102,7 +102,8 @@ class Writer:
 
         name = self._name(what)
         t = ir.tensor(np.ascontiguousarray(array), name=name)
-        v = ir.Value(name=name, const_value=t, type=ir.TensorType(t.dtype), shape=ir.Shape(t.shape))
+        v = ir.Value(name=name, const_value=t, type=ir.TensorType(t.dtype),
+                     shape=ir.Shape(t.shape))  # type: ignore[arg-type]  # onnx_ir: t.shape is an ir.Shape, typed looser
         self.graph.register_initializer(v)
         return v
 
@@ -110,6 +111,7 @@ class Writer:
         import onnx_ir as ir
 
         node = ir.node(op_type, list(inputs), attrs or None, domain=domain, name=self._name(op_type))
+        assert node.name is not None  # named just above
         node.outputs[0].name = node.name + ":0"
         self.nodes.append(node)
         return node.outputs[0]
@@ -191,6 +193,7 @@ def gn_channel_affine(site: Site) -> tuple[np.ndarray | None, np.ndarray | None]
         if not isinstance(c, int):
             raise Refuse("GroupNormalization-18 with a symbolic channel dim and no per-channel Mul/Add: the channel "
                          "count is unknown; give --input-shape")
+        assert f.groups is not None  # identify sets the per-group layout only with num_groups
         rep = c // f.groups
         w = np.repeat(w.reshape(-1), rep) if w is not None else None
         b = np.repeat(b.reshape(-1), rep) if b is not None else None
@@ -219,6 +222,10 @@ def gn_channel_affine(site: Site) -> tuple[np.ndarray | None, np.ndarray | None]
     return w, b
 
 
+@overload
+def _per_channel(site: Site, v: np.ndarray, what: str) -> np.ndarray: ...
+@overload
+def _per_channel(site: Site, v: None, what: str) -> None: ...
 def _per_channel(site: Site, v: np.ndarray | None, what: str) -> np.ndarray | None:
     """A Mul/Add constant after the norm as C values or one, or Refuse. It broadcasts against (N, C, ...)
     from the trailing dims (numpy rules: a 1-D constant of C values scales the *last* dim), so it is per
@@ -293,6 +300,7 @@ def write_group_form(w: Writer, form: str, *, groups: int | None, eps: float, we
             scale = _scale_of_ones(w, 2, comp, r)
             n = w.op("LayerNormalization", r, scale, axis=2, epsilon=float(eps), stash_type=1)
         elif form == "instance-trick":
+            assert groups is not None  # _group_candidates never gives an InstanceNorm the instance-trick
             n = w.op("InstanceNormalization", r, w.const(np.ones(groups, npd), "ones"),
                      w.const(np.zeros(groups, npd), "zeros"), epsilon=float(eps))
         elif form in ("decomposed", "shifted"):
@@ -394,6 +402,7 @@ def _norm_axes(site: Site) -> tuple[int, ...]:
         axes = tuple(a - rank for a in axes)
     neg = sorted(set(axes))
     if neg != list(range(-len(neg), 0)):
+        assert f.axes is not None  # None stood in as (-1,), a trailing axis
         raise Refuse(f"normalizes axes {list(f.axes)}, not the trailing dims: no standard norm op computes that")
     return tuple(neg)
 
@@ -552,7 +561,7 @@ RULES.register(Rule(
     hidden=frozenset({"fp16-stash"})))
 
 
-def select(rules: list[str] | None, skip: list[str] | None) -> list[Rule]:
+def select(rules: Sequence[str] | None, skip: Sequence[str] | None) -> list[Rule]:
     """The rules to apply: `rules` if given (opt-in ones included), else every default rule; minus
     `skip`. Unknown names are BadInput listing the valid ones."""
     chosen = [RULES.lookup(n) for n in rules] if rules else [r for r in RULES.values() if r.default]

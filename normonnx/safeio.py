@@ -19,7 +19,7 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from .errors import BadInput
 
@@ -138,4 +138,5 @@ def open_own(path: Path, mode: str = "a", what: str = "file"):
         why = "has other hard links (writing it would change another file)" if stat.S_ISREG(st.st_mode) else \
             "is not a regular file"
         raise BadInput(f"{what} {path} {why}: remove it")
-    return os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+    text: dict[str, Any] = {} if "b" in mode else {"encoding": "utf-8"}  # Any: fdopen's overloads type each keyword
+    return os.fdopen(fd, mode, **text)

@@ -14,7 +14,7 @@ import traceback
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Hashable, Iterable
 
 from .errors import BadInput, ExitCode, ExportMismatch, Interrupted, NormonnxError, raised_by_normonnx
 from .export import check_request, tool_versions
@@ -176,7 +176,8 @@ def run_case(case: Case, inputs: list[str] | None = None, cache_dir: str | None 
     try:
         cache = ExportCache(cache_dir) if cache_dir else None
         report = validate(case.spec, export=ExportOptions(case.variant, case.opset, case.exporter),
-                          run=RunOptions.on(case.provider), check=CheckOptions(inputs, seed=seed), cache=cache)
+                          run=RunOptions.on(case.provider),
+                          check=CheckOptions(tuple(inputs) if inputs is not None else None, seed=seed), cache=cache)
     except ExportMismatch as e:
         return make_record("case", **rec, status="mismatch", reason=str(e), duration_s=time.perf_counter() - t0,
                            exports=cache.misses if cache else None)
@@ -363,7 +364,7 @@ def sweep(
     check: CheckOptions = CheckOptions(),
     bench: BenchOptions | None = None,
     case_runner: Callable[..., dict] = run_case,
-    warn: Callable[[str], None] | None = None,
+    warn: Callable[[str], object] | None = None,
 ) -> SweepSummary:
     """Run the matrix into OUT/results.jsonl, judged on `check`'s suites and seed (its tolerance is
     each dtype's own); with `bench`, timings after the cases. how.cache_dir=None disables the export cache.
@@ -445,6 +446,7 @@ def _sweep_locked(out: Path, matrix: Matrix, how: SweepOptions, check: CheckOpti
             _parallel(todo, jobs, lambda c: (case_runner, (c, inputs, cache, seed)), record)
         # timing runs alone, after the accuracy cases, so nothing else competes for the cores
         for n, d, p in groups:
+            assert bench is not None  # _bench_groups gives none without it
             record(run_bench_group(n, d, p, bench.opset, bench.min_time))
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: every finished case is already on disk
         raise Interrupted(getattr(e, "signum", 2), f"finished cases are in {results}; rerun with --resume") from None
@@ -488,7 +490,7 @@ def _parallel(todo: list[Case], jobs: int, call, record) -> None:
 
     from .pool import run_parallel
 
-    cases = {c.id: c for c in todo}
+    cases: dict[Hashable, Case] = {c.id: c for c in todo}  # run_parallel's keys
     try:
         run_parallel(((c.id, *call(c)) for c in todo), jobs, lambda _, rec: record(rec),
                      lambda key, e: record(error_record(cases[key], e)))  # a worker died: record it, go on
@@ -503,15 +505,15 @@ def merge(dirs: Iterable[str | Path], out: str | Path, *, force: bool = False) -
     """Combine shard outputs into OUT/results.jsonl. Refused, naming the file and line: a malformed
     line, a case in two folders, mixed tool versions, a corrupt meta.json, an output folder that
     already holds results (unless force). The merged meta.json's matrix is the union of the shards'."""
-    dirs = [Path(d) for d in dirs]
+    folders = [Path(d) for d in dirs]
     out = Path(out)
-    if any(d.resolve() == out.resolve() for d in dirs):
+    if any(d.resolve() == out.resolve() for d in folders):
         raise BadInput(f"the merge output {out} is also an input: choose another folder")
     seen: dict[str, str] = {}
     records: list[dict] = []
     ref_versions, ref_dir = None, None
     metas = []
-    for d in dirs:
+    for d in folders:
         path = d / RESULTS
         if not path.is_file():
             raise BadInput(f"{d} holds no {RESULTS}: give folders written by normonnx sweep")
@@ -545,7 +547,7 @@ def merge(dirs: Iterable[str | Path], out: str | Path, *, force: bool = False) -
 
         write_records(target, sorted(records, key=lambda r: r["case_id"]))
         if metas:
-            atomic_write(out / META, json.dumps(_merged_meta(metas, dirs), indent=1).encode())
+            atomic_write(out / META, json.dumps(_merged_meta(metas, folders), indent=1).encode())
     return len(records)
 
 

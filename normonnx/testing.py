@@ -30,8 +30,9 @@ def assert_export_matches(
 
     Returns the report when everything passed, so a test can assert more on it."""
     report = validate(spec, model=model, export=ExportOptions(variant, opset, exporter, dynamic),
-                      run=RunOptions(runtimes), check=CheckOptions(inputs, atol, rtol,
-                                                                   allow_not_checked=allow_not_checked))
+                      run=RunOptions(tuple(runtimes) if runtimes is not None else None),
+                      check=CheckOptions(tuple(inputs) if inputs is not None else None, atol, rtol,
+                                         allow_not_checked=allow_not_checked))
     return check_report(report)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, ContextManager
+from typing import Any, Callable, ContextManager
 
 from .spec import NormSpec
 from .tables import DTYPES
@@ -43,7 +43,8 @@ def _gn_only_context(make):
 def _gn_dynamo_translation(spec: NormSpec, opset: int):
     import onnxscript
 
-    op = getattr(onnxscript, f"opset{min(opset, 23)}", onnxscript.opset18)
+    # the opset module is picked by name at run time: its ops' per-opset type vars cannot be checked here
+    op: Any = getattr(onnxscript, f"opset{min(opset, 23)}", onnxscript.opset18)
     c, g, rank = spec.channels, spec.groups, len(spec.shape)
     view = [c] + [1] * (rank - 2)
 
@@ -125,7 +126,7 @@ def _gn_contrib_dynamo_translation(spec: NormSpec, opset: int):
     import onnxscript
     import torch
 
-    op = getattr(onnxscript, f"opset{min(max(opset, 18), 23)}", onnxscript.opset18)
+    op: Any = getattr(onnxscript, f"opset{min(max(opset, 18), 23)}", onnxscript.opset18)  # picked by name, as above
     group_norm_op = onnxscript.values.Op(onnxscript.values.Opset("com.microsoft", 1), "GroupNorm", _contrib_schema())
     c = spec.channels
 

@@ -14,7 +14,7 @@ import json
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import numpy as np
 
@@ -169,6 +169,7 @@ def resolve_source(spec: NormSpec | None, model: str | Path | None, *, variant: 
                    dynamic: bool, params: dict | None, do_export: Exporter, work: Path,
                    config: SessionConfig, runtimes: tuple[str, ...] = ("cpu",)) -> Source:
     if model is None:
+        assert spec is not None  # validate refuses neither a spec nor a model
         path = do_export(spec, work / "model.onnx")
         m = load_model(path)
         return Source(spec, make_params(spec), variant, exporter, opset_of(m), opset, path,
@@ -340,7 +341,7 @@ class SuiteRunner:
                 out += [got] if isinstance(got, Result) else self._run_samples(suite, *got, "-large")
         return out
 
-    def _export_for(self, label: str, s_spec: NormSpec):
+    def _export_for(self, label: str, s_spec: NormSpec) -> Result | tuple[NormSpec, Path, dict]:
         """(spec, model path, params) for a suite that runs at its own shape, or the Result saying why not;
         one export per shape (constant, offset and wide share the large one)."""
         info, src = self.info, self.src
@@ -365,7 +366,8 @@ class SuiteRunner:
         src, info = self.src, self.info
         sess = self.sessions_for(s_spec, s_path)
         # the oracle takes the parameters as the model stores them: rounded to its dtype
-        mparams = params_as(params_as(s_params, numpy_dtype(src.spec.dtype)), np.float32)
+        # cast: params_as's astype takes any dtype-like, a scalar type too
+        mparams = params_as(params_as(s_params, numpy_dtype(src.spec.dtype)), cast(np.dtype, np.float32))
         out = []
         for sample in suites_mod.samples(suite, s_spec, self.seed):
             label = f"{suite.name}:{sample.name}{tag}"
@@ -399,8 +401,10 @@ class SuiteRunner:
                                        vs_torch=_vs_torch(torch_out, y) if RUNTIMES[n].kind != "torch" else None))
             if self.save_inputs is not None:
                 buf = io.BytesIO()
+                # Any: savez's ** would also reach its allow_pickle keyword
+                arrays: dict[str, Any] = {f"out_{k.replace('-', '_')}": np.asarray(v) for k, v in outputs.items()}
                 np.savez(buf, x=sample.x.astype(np.float32) if src.spec.dtype == "bfloat16" else sample.x, oracle=oracle.expected,
-                         **{f"out_{k.replace('-', '_')}": np.asarray(v) for k, v in outputs.items()})
+                         **arrays)
                 atomic_write(self.save_inputs / f"{info.case_id}-{sample.name}{tag}.npz", buf.getvalue(),
                              "--save-inputs file")
         return out

@@ -26,7 +26,7 @@ from ..patterns import FoundNorm
 from ..rewrite import apply, layer_region, to_checked_proto
 from ..rules import RULES, Rule, select
 from ..safeio import check_output_path, publish, staging
-from ..scan import scan
+from ..scan import ScanReport, scan
 from ..shapes import fix_input_shapes, infer_shapes
 from . import proof as proving  # the module; `proof` is fix's ProofOptions
 
@@ -75,7 +75,7 @@ class FixReport:
     written: bool = False
     whole_model: proving.WholeModel | None = None
     timing: proving.ModelTiming | None = None
-    after: object = None  # the written model's ScanReport (the judge of the exit code)
+    after: ScanReport | None = None  # the written model's (the judge of the exit code)
     notes: list[str] = field(default_factory=list)
     allow_not_checked: bool = False  # ProofOptions.allow_not_checked
     data_output: str | None = None  # the weights' file written beside `output` (external data), if any
@@ -305,6 +305,7 @@ def fix(path: str | Path, output: str | Path | None = None, *, mode: str = "fix"
                     lf.status, lf.form, lf.after = "would rewrite", first.form, first.after
     if mode != "fix":
         return report
+    assert out is not None  # _check_output refused None in fix mode
     _write(report, model, converted, layers, plans, src, out, input_shapes, proof, memo)
     return report
 
@@ -383,6 +384,7 @@ def _prove_written(report: FixReport, layers: list[LayerFix], original: Path, ca
                                                         shared=weights, provider=proving.ort_target(report.runtimes))
     if timing and report.whole_model.status == PASS:
         # up to 9 interleaved rounds (each a run of both); a long run's stop at the first steady round from the third
+        assert loaded is not None  # compare_models gives the sessions with every comparison that passed
         report.timing = proving.time_models(loaded)
 
 
@@ -390,6 +392,7 @@ def _map_final(report: FixReport, layers: list[LayerFix]) -> None:
     """Each layer's verdict in the written model: the norm scan finds among the nodes the rewrite wrote
     for a rewritten layer, or at an unchanged layer's output."""
     after = report.after
+    assert after is not None  # _write scanned the written model just before
     for lf in layers:
         if lf.status == "rewritten":
             idx = [i for i, f in enumerate(after.norms) if not f.scope and set(f.nodes) & set(lf.written)]

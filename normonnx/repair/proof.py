@@ -19,6 +19,7 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -172,7 +173,7 @@ def fastest(paths: dict[str, Path], claim, seed: int = 0, rounds: int = 7, min_t
 
     spec, _ = claim
     x = samples(REGISTRY["normal"], spec, seed)[0].x
-    runs = {}
+    runs: dict[str, Callable[[], object]] = {}
     for form, p in paths.items():
         s = _session(p, provider=provider)
         feed = {s.get_inputs()[0].name: x}
@@ -207,7 +208,7 @@ def choose(lf, cands: list[Candidate], work: Path, claim_of, timed: bool, least_
     # never traded for a pass the current form has: where the candidate is not checked, the current form must not pass
     now = (lf.before.by_runtime or {}) if lf.before is not None else {}
     partial = [c for c in cands if passes_where_checked(c) and not any(
-        d["status"] != PASS and now.get(rt, {}).get("status") == PASS for rt, d in c.by_runtime.items())]
+        d["status"] != PASS and now.get(rt, {}).get("status") == PASS for rt, d in (c.by_runtime or {}).items())]
     if partial:  # right wherever it could be checked: written, and the proof's not checked decides (exit 4 or allowed)
         pick = partial[0]
         lf.status, lf.form, lf.after = "would rewrite", pick.form, pick.after

@@ -8,7 +8,7 @@ import tempfile
 import types
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -62,7 +62,7 @@ class Session:
     runtime: str
     run: Callable[[np.ndarray], np.ndarray]
     facts: dict = field(default_factory=dict)
-    handle: object = None  # the underlying ORT session / module, for the bench harness
+    handle: Any = None  # the underlying ORT session / module, for the bench harness (each runtime's own type)
     model_path: str | None = None
 
 
@@ -317,7 +317,7 @@ class ModelInput:
 
     @property
     def static(self) -> tuple[int, ...] | None:
-        return None if any(d is None for d in self.dims) else tuple(self.dims)  # type: ignore[return-value]
+        return None if any(d is None for d in self.dims) else tuple(d for d in self.dims if d is not None)
 
 
 def read_model(model_path, who: str):
@@ -356,7 +356,7 @@ def converter_reason(tool: str, e: BaseException | str, *, marker: str = "error"
 
 
 @contextlib.contextmanager
-def captured_fds():
+def captured_fds() -> Iterator[list[str]]:
     """Capture what native code writes to file descriptors 1 and 2 (converters print banners there, which
     would land in a --json document); yields a list that holds the text once the block ends."""
     import sys

@@ -125,6 +125,7 @@ def _open(model_path, config: SessionConfig, module=None) -> Session:
     with tempfile.TemporaryDirectory(prefix="normonnx-mnn-") as tmp:
         out = Path(tmp) / "model.mnn"
         convert(tools, raw_halves(model_path, Path(tmp)), out)
+        ran_as: dict[str, int] | str
         try:
             ran_as, in_dtype = ops_of(tools, out)
         except Exception as e:  # a nicety: never a reason not to check

@@ -127,7 +127,7 @@ def blob_finding(ly: Layer, blob, kept: tuple[int, ...] | None = None) -> str | 
     key = {"GroupNorm": "1", "InstanceNorm": "0", "BatchNorm": "0"}.get(ly.type)
     if key is None or key not in ly.params or int(ly.params[key]) == _channels(blob):
         return None
-    if batch is not None and batch > 1 and _channels(blob) == batch:
+    if kept and batch is not None and batch > 1 and _channels(blob) == batch:
         return (f"ncnn has no batch axis: pnnx kept this model's batch of {batch} as the leading axis of the blob "
                 f"({shape}) that ncnn's {ly.type} {ly.name} reads as {ly.params[key]} channels; ncnn runs one sample "
                 f"at a time (validate a batch-1 shape: --shape {'x'.join(map(str, (1, *kept[1:])))})")

@@ -44,7 +44,7 @@ def _ov_compile(model_path, config: SessionConfig, pinned: bool):
     import openvino as ov
 
     core = ov.Core()
-    props = {"INFERENCE_PRECISION_HINT": "f32"} if pinned else {}
+    props: dict[str, str | int] = {"INFERENCE_PRECISION_HINT": "f32"} if pinned else {}
     if config.threads:
         props["INFERENCE_NUM_THREADS"] = config.threads
     try:

@@ -70,6 +70,7 @@ def _open(model_path, config: SessionConfig, module=None) -> Session:
             except Exception as e:
                 raise SessionError(f"TVM's Relax ONNX frontend refused the model: {type(e).__name__}: "
                                    f"{first_line(e)}") from e
+            ran_as: dict[str, int] | str
             try:
                 ran_as = _relax_ops(mod)
             except Exception as e:  # a nicety: never a reason not to check

@@ -148,6 +148,7 @@ def scan(path: str | Path, *, validate: bool = False, runtimes: list[str] | None
         report.fused = ort_fusion(opt, main, norms)
     if not norms or not validate:
         return report
+    assert runtimes is not None  # validate: check_runtime_request named them above
     report.checked_on = (f"{', '.join(runtimes)}; input suites: {', '.join(inputs) if inputs else 'every one that applies'}")
     report.runtimes = list(runtimes)
     extractor = Cutter(model, p.parent)

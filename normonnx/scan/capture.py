@@ -180,7 +180,7 @@ def fetch(sess, names: list[str], samples: list[dict], report, what: str) -> dic
         got[n].append(v)
     rest = samples[1:]
     symbolic = all(not (i.shape and isinstance(i.shape[0], int)) for i in sess.get_inputs())
-    leads = [np.shape(v)[0] if np.ndim(v) else None for v in first]
+    leads = [np.shape(v)[0] if np.ndim(v) else 0 for v in first]  # 0: no leading dim to stack along
     same = all(all(np.shape(s[k]) == np.shape(samples[0][k]) for k in s) for s in rest)
     if not (rest and symbolic and same and all(leads) and all(np.ndim(v) for v in samples[0].values())):
         for feeds in rest:
@@ -213,7 +213,9 @@ def nbytes(g: Graph, name: str) -> int:
 
 def batches(todo: list, size, limit: int) -> list[list]:
     """Layers grouped so that one model run fetches at most `limit` bytes of captured tensors."""
-    out, cur, used = [], [], 0
+    out: list[list] = []
+    cur: list = []
+    used = 0
     for lc in todo:
         need = sum(size(n) for n in (lc.source, *lc.norm.extra_inputs, lc.norm.output))
         if cur and used + need > limit:

@@ -22,7 +22,7 @@ def _graph_inputs(model: onnx.ModelProto) -> list:
 def vocab_sizes(model: onnx.ModelProto) -> dict[str, int]:
     """Graph inputs used as Gather indices into a constant table (token ids): name -> rows of the table."""
     g = Graph(model.graph)
-    out = {}
+    out: dict[str, int] = {}
     names = {i.name for i in _graph_inputs(model)}
 
     def source(v: str) -> str:  # through the reshapes exporters put between ids and the lookup

@@ -120,6 +120,7 @@ class WhatIfs:
         self.pending: list = []
 
     def submit(self, lc: LayerCheck, *args) -> None:
+        assert self.pool is not None, "what-ifs were not asked for"
         self.pending.append((lc, self.pool.submit(float16_what_if, *args)))
 
     def collect(self) -> None:

@@ -56,7 +56,8 @@ class Golden:
             return self._write_folder()
         meta = np.frombuffer(json.dumps({"normonnx_golden": 1, "layers": self.layers}).encode(), np.uint8)
         buf = io.BytesIO()
-        np.savez_compressed(buf, __meta__=meta, **self.arrays)
+        # numpy's stub types **kwds as if a key could be its allow_pickle flag
+        np.savez_compressed(buf, __meta__=meta, **self.arrays)  # type: ignore[arg-type]
         atomic_write(self.path, buf.getvalue())
 
     def _write_folder(self) -> None:
@@ -130,11 +131,17 @@ def load_golden(path: str | Path) -> dict[str, tuple[list, list]]:
     return out
 
 
+def _tensors(sets: list[Path], what: str) -> list[np.ndarray]:
+    """Each test-data folder's `what`_0.pb (input or output) as an array."""
+    from onnx import numpy_helper
+
+    return [numpy_helper.to_array(onnx.load_tensor(str(s / f"{what}_0.pb"))) for s in sets]
+
+
 def _load_golden_folder(p: Path) -> dict[str, tuple[list, list]]:
     import json
 
     from google.protobuf.message import DecodeError
-    from onnx import numpy_helper
 
     from ..safeio import check_regular_file
 
@@ -148,8 +155,7 @@ def _load_golden_folder(p: Path) -> dict[str, tuple[list, list]]:
             for s in sets:
                 for f in ("input_0.pb", "output_0.pb"):
                     check_regular_file(s / f, "--load-outputs")
-            out[layer["layer"]] = tuple([numpy_helper.to_array(onnx.load_tensor(str(s / f"{w}_0.pb"))) for s in sets]
-                                        for w in ("input", "output"))
+            out[layer["layer"]] = (_tensors(sets, "input"), _tensors(sets, "output"))
     except BadInput as e:
         raise BadInput(f"--load-outputs {p} is not a folder `scan --activations --save-outputs` wrote ({e})") from None
     except (OSError, ValueError, KeyError, TypeError, DecodeError) as e:  # JSONDecodeError is a ValueError
