@@ -105,6 +105,32 @@ def export_options(f):
     return f
 
 
+# -- options several commands take, each declared once (a command gives its own help where the option means
+# something particular there) ------------------------------------------------------------------------------
+def json_option(help: str = "Print a JSON document instead of text."):
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def inputs_option(help: str = "Comma list of input suites (default: all that apply)."):
+    return click.option("--inputs", callback=_csv, default=None, help=help)
+
+
+def input_shape_option(example: str):
+    """--input-shape for a model file's symbolic dims; `example`: one in the command's own terms."""
+    return click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
+                        help=f"Dims for a graph input with symbolic dims, e.g. {example} (repeatable).")
+
+
+def runtime_option(help: str):
+    """--runtimes on the commands that never had --providers (runtimes_options: with it)."""
+    return click.option("--runtimes", callback=_runtime_names(), default=None, help=help)
+
+
+def opt_level_option(help: str | None = None):
+    return click.option("--opt-level", type=click.Choice(["all", "extended", "basic", "disabled"]), default="all",
+                        show_default=True, help=help)
+
+
 def allow_not_checked_option(f):
     """--allow-not-checked, the same on every command that judges: accept checks that could not run beside
     ones that passed (the verdict is then PASS, and the last line still counts them and says why)."""
@@ -307,7 +333,7 @@ def cli(debug):
 @export_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Where to write the .onnx file (default: ./<case id>.onnx).")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
+@json_option()
 def export(variant, opset, exporter, dynamic, allow_mismatch, output, as_json, **kw):
     """Export one norm to a self-contained, checked ONNX file."""
     spec = make_spec(**_spec_args(kw))
@@ -332,12 +358,10 @@ def export(variant, opset, exporter, dynamic, allow_mismatch, output, as_json, *
 @spec_options
 @export_options
 @click.option("--model", type=click.Path(), default=None, help="Validate this .onnx file instead of exporting.")
-@click.option("--runtimes", callback=_runtime_names(), default=None,
-              help="Comma list: cpu, cuda, reference, torch, torch-cuda, openvino, iree, tvm, mnn, ncnn, ... (see "
-                   "normonnx list), or all: every ONNX runtime available here (default: the default ones available).")
-@click.option("--inputs", callback=_csv, default=None, help="Comma list of input suites (default: all that apply).")
-@click.option("--opt-level", type=click.Choice(["all", "extended", "basic", "disabled"]), default="all",
-              show_default=True, help="ORT graph optimization level (disabled shows a decomposed graph's own numerics).")
+@runtime_option("Comma list: cpu, cuda, reference, torch, torch-cuda, openvino, iree, tvm, mnn, ncnn, ... (see "
+                "normonnx list), or all: every ONNX runtime available here (default: the default ones available).")
+@inputs_option()
+@opt_level_option("ORT graph optimization level (disabled shows a decomposed graph's own numerics).")
 @click.option("--threads", type=int, default=None, help="ORT intra-op threads (default: ORT's).")
 @click.option("--atol", type=float, default=None, help="Override the dtype's absolute tolerance.")
 @click.option("--rtol", type=float, default=None, help="Override the dtype's relative tolerance.")
@@ -346,7 +370,7 @@ def export(variant, opset, exporter, dynamic, allow_mismatch, output, as_json, *
               help="Write every input, oracle output and runtime output as .npz here.")
 @click.option("--skip-missing", is_flag=True, help="Skip requested runtimes that are unavailable instead of exit 3.")
 @allow_not_checked_option
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
+@json_option()
 def validate(variant, opset, exporter, dynamic, allow_mismatch, model, runtimes, inputs, opt_level, threads, atol, rtol,
              seed, save_inputs, skip_missing, allow_not_checked, as_json, **kw):
     """Check an exported norm against the float64 oracle on every runtime and input suite."""
@@ -381,10 +405,9 @@ def validate(variant, opset, exporter, dynamic, allow_mismatch, model, runtimes,
 @click.option("--rounds", type=click.IntRange(min=3), default=15, show_default=True,
               help="Interleaved rounds: every form runs a batch per round, in a shuffled order.")
 @click.option("--threads", type=int, default=None, help="Threads for ORT, torch and the copy (default: all cores).")
-@click.option("--opt-level", type=click.Choice(["all", "extended", "basic", "disabled"]), default="all",
-              show_default=True)
+@opt_level_option()
 @click.option("--no-validate", is_flag=True, help="Skip the validation that picks the fastest correct variant.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
+@json_option()
 def bench(variant_names, runtimes, providers_alias, opset, exporter, warmup, min_time, rounds, threads, opt_level,
           no_validate, as_json, **kw):
     """Time each graph form on ORT next to PyTorch eager and a copy of the same tensor.
@@ -434,7 +457,7 @@ def _ints(ctx, param, value):
 @click.option("--dtypes", callback=_csv, default=None, help="Comma list (default: float32,float16).")
 @runtimes_options("Comma list of runtimes, or all: every ONNX runtime available here (default: every ORT provider "
                   "available here).")
-@click.option("--inputs", callback=_csv, default=None, help="Comma list of input suites (default: all that apply).")
+@inputs_option()
 @click.option("--resume", is_flag=True, help="Skip the cases OUT/results.jsonl already holds.")
 @click.option("--force", is_flag=True, help="Discard OUT/results.jsonl and start over.")
 @click.option("--jobs", type=click.IntRange(1, 256), default=None,
@@ -450,7 +473,7 @@ def _ints(ctx, param, value):
               help="Judge the matrix: exit 1 if a case failed or is a mismatch, 4 if one could not be checked "
                    "(default: exit 0 once the matrix is recorded; 5 on normonnx's own failure either way).")
 @allow_not_checked_option
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@json_option("Print the summary as JSON.")
 def sweep(out, full, norms, variants, opsets, exporters, dtypes, runtimes, providers_alias, inputs, resume, force,
           jobs, shard, cache_dir, no_cache, bench, bench_opset, bench_min_time, strict, allow_not_checked, as_json):
     """Validate (and with --bench, time) a matrix into OUT/results.jsonl, resumably: by default the
@@ -507,7 +530,7 @@ def merge(dirs, out, force):
               help="Errors below this never count as grown (rounding noise).")
 @click.option("--timing", is_flag=True, help="Also compare latencies (sweep --bench): slower with 95 % intervals apart.")
 @click.option("--markdown", is_flag=True, help="Print Markdown (a pull-request comment) instead of text.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
+@json_option()
 def diff(base, new, factor, floor, timing, markdown, as_json):
     """The regression gate: what got worse from BASE to NEW (two sweep folders, or two `scan --validate --json`
     files of one model). Exit 1 on any regression, 0 otherwise, 2 on unusable input."""
@@ -534,12 +557,10 @@ def report(out, output):
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--validate", "do_validate", is_flag=True, help="Extract each norm and validate it against the oracle.")
-@click.option("--runtimes", callback=_runtime_names(), default=None,
-              help="Runtimes for --validate (default: cpu; all: every ONNX runtime available here); with --activations, "
-                   "each layer is also replayed on these.")
-@click.option("--inputs", callback=_csv, default=None, help="Input suites for --validate (default: all that apply).")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
-              help="Dims for a graph input with symbolic dims, e.g. input_ids=2x16 (repeatable).")
+@runtime_option("Runtimes for --validate (default: cpu; all: every ONNX runtime available here); with --activations, "
+                "each layer is also replayed on these.")
+@inputs_option("Input suites for --validate (default: all that apply).")
+@input_shape_option("input_ids=2x16")
 @click.option("--jobs", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Processes validating layers in parallel.")
 @click.option("--no-fusion", is_flag=True,
@@ -562,7 +583,7 @@ def report(out, output):
               help="--activations: replay the norms stored by --save-outputs on --runtimes (default cpu), against "
                    "the oracle and the stored outputs, instead of running the model.")
 @allow_not_checked_option
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
+@json_option()
 def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, activations, data, max_samples,
          max_data_bytes, save_outputs, load_outputs, allow_not_checked, as_json):
     """Find every normalization layer in MODEL, with its risks; --validate checks each one on stress
@@ -628,13 +649,11 @@ def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, ac
 @click.option("--opset", type=int, default=None,
               help="Raise the model's opset to this first and write the native op where it passes (e.g. 17 for "
                    "LayerNormalization); default: never.")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
-              help="Dims for a graph input with symbolic dims, e.g. x=1x3x64x64 (repeatable).")
-@click.option("--runtimes", callback=_runtime_names(), default=None,
-              help="The runtimes the model ships to: each layer gets a form that passes on all of them "
-                   "(default: cpu; add reference to run float16 ops in float16, as a GPU does; all: every ONNX "
-                   "runtime available here).")
-@click.option("--inputs", callback=_csv, default=None, help="Input suites of the per-layer proof (default: all).")
+@input_shape_option("x=1x3x64x64")
+@runtime_option("The runtimes the model ships to: each layer gets a form that passes on all of them "
+                "(default: cpu; add reference to run float16 ops in float16, as a GPU does; all: every ONNX "
+                "runtime available here).")
+@inputs_option("Input suites of the per-layer proof (default: all).")
 @click.option("--least-bad", is_flag=True,
               help="Where no form passes, keep the one that fails fewest checks if it fails fewer than the original.")
 @click.option("--no-proof", is_flag=True,
@@ -648,7 +667,7 @@ def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, ac
                    "writes a model that differs from the original.")
 @allow_not_checked_option
 @click.option("--list-rules", is_flag=True, help="Show the rules and exit.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of text.")
+@json_option()
 def fix(model, output, rules, skip_rules, dry_run, check, opset, input_shapes, runtimes, inputs, least_bad, no_proof,
         no_timing, write_unproven, allow_not_checked, list_rules, as_json):
     """Rewrite the norms of MODEL that fail on the runtimes it ships to into forms that pass there, and prove it."""
