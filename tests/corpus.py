@@ -434,12 +434,31 @@ class GNSiluBlock(nn.Module):
         return nn.functional.silu(self.n2(self.c2(h)))
 
 
+class GNSiluStack(nn.Module):
+    """`stages` Conv -> GroupNorm(8, 32) -> SiLU stages at 16x16: a fix with that many layers to validate and rewrite
+    (tests/test_interrupts.py stops it part-way)."""
+
+    def __init__(self, stages: int, c: int = 32, groups: int = 8):
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(4 if i == 0 else c, c, 3, padding=1) for i in range(stages)])
+        self.norms = nn.ModuleList([nn.GroupNorm(groups, c) for _ in range(stages)])
+
+    def forward(self, x):
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            x = nn.functional.silu(norm(conv(x)))
+        return x
+
+
 # the three ways torch writes it: GroupNormalization-21, and the instance-trick at 18 (dynamo) and 17
 GN_SILU_EXPORTS = {"op21-dynamo": (21, "dynamo"), "op18-dynamo": (18, "dynamo"), "op17-torchscript": (17, "torchscript")}
 
 
 def gn_silu_block(path: Path, opset: int, exporter: str) -> Path:
     return export_block(GNSiluBlock(), (1, 4, 32, 32), path, opset, exporter)
+
+
+def gn_silu_stack(path: Path, stages: int) -> Path:
+    return export_block(GNSiluStack(stages), (1, 4, 16, 16), path, 21, "dynamo")
 
 
 # -- models at their real size (external data) ------------------------------------------------------
