@@ -242,7 +242,8 @@ def _native(view: View, n, opset: int) -> FoundNorm | None:
             params = (("weight", _name(inputs[1])), ("bias", _name(inputs[2])))
         elif per_feature(kind):
             axes = (int(attr(n, "axis", -1)),)
-            params = tuple((k, _name(v)) for k, v in zip(("weight", "bias"), inputs[1:3], strict=False) if v is not None)
+            params = tuple((k, _name(v)) for k, v in zip(("weight", "bias"), inputs[1:3], strict=False)
+                           if v is not None)
             if dt in LOW_PRECISION:
                 if attr(n, "stash_type", 1) != 1:
                     risks.append(risk("fp16-stash"))

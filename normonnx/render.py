@@ -53,7 +53,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], width: int |
     def line(vals):  # one row, possibly over several lines
         parts = [textwrap.wrap(v, w, break_long_words=False, break_on_hyphens=False) or [""] if len(v) > w else [v]
                  for v, w in zip(vals, widths, strict=False)]
-        return "\n".join("  ".join((p[k] if k < len(p) else "").ljust(w) for p, w in zip(parts, widths, strict=False)).rstrip()
+        return "\n".join("  ".join((p[k] if k < len(p) else "").ljust(w)
+                                   for p, w in zip(parts, widths, strict=False)).rstrip()
                          for k in range(max(len(p) for p in parts)))
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
 

@@ -403,8 +403,8 @@ class SuiteRunner:
                 buf = io.BytesIO()
                 # Any: savez's ** would also reach its allow_pickle keyword
                 arrays: dict[str, Any] = {f"out_{k.replace('-', '_')}": np.asarray(v) for k, v in outputs.items()}
-                np.savez(buf, x=sample.x.astype(np.float32) if src.spec.dtype == "bfloat16" else sample.x, oracle=oracle.expected,
-                         **arrays)
+                np.savez(buf, x=sample.x.astype(np.float32) if src.spec.dtype == "bfloat16" else sample.x,
+                         oracle=oracle.expected, **arrays)
                 atomic_write(self.save_inputs / f"{info.case_id}-{sample.name}{tag}.npz", buf.getvalue(),
                              "--save-inputs file")
         return out

@@ -122,8 +122,9 @@ def _capturable(layers: list[LayerCheck]) -> list[LayerCheck]:
     return todo
 
 
-def _run_checks(p: Path, cap: Capture, stored: onnx.ModelProto, analysed: onnx.ModelProto, todo: list[LayerCheck], samples: list,
-                report: ActivationReport, *, what_if: bool, progress, max_fetch_bytes: int, runtimes, save_outputs):
+def _run_checks(p: Path, cap: Capture, stored: onnx.ModelProto, analysed: onnx.ModelProto, todo: list[LayerCheck],
+                samples: list, report: ActivationReport, *, what_if: bool, progress, max_fetch_bytes: int, runtimes,
+                save_outputs):
     """Capture, judge, replay and save each layer of `todo`, a batch of captured values at a time; then the whole
     model on each named runtime that runs whole models."""
     from ..runtimes import get_runtime
@@ -182,7 +183,8 @@ def _int8(spec, params, xs: list, ys: list, grid: float, dtype: str) -> dict:
 
     tol = tolerance_for(dtype)
     tol = Tolerance(tol.atol + 2 * grid, tol.rtol)
-    cs = [compare(np.asarray(y), reference(spec, params, np.asarray(x, np.float64)), dtype, tol) for x, y in zip(xs, ys, strict=True)]
+    cs = [compare(np.asarray(y), reference(spec, params, np.asarray(x, np.float64)), dtype, tol)
+          for x, y in zip(xs, ys, strict=True)]
     worst = max(c.max_abs_err for c in cs)
     bad = [c.reason for c in cs if not c.passed]
     return {"status": judge(status_of(c.passed) for c in cs).status, "max_abs_err": worst, "grid": grid,

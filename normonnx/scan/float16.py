@@ -75,8 +75,8 @@ def _float16_verdict(path: Path, spec16, params, xs: list[np.ndarray], oracles: 
     except Exception as e:
         return {"status": NOT_CHECKED, "why": f"could not run on onnx.reference: {first_line(e, 120)}"}
     bad = [d for ok, d in verdicts if not ok]
-    return {"status": judge(status_of(ok) for ok, _ in verdicts).status, "why": bad[0]["reason"] if bad else None, "rule": rule,
-            "max_abs_err": max((d["max_abs_err"] or 0.0) for _, d in verdicts)}
+    return {"status": judge(status_of(ok) for ok, _ in verdicts).status, "why": bad[0]["reason"] if bad else None,
+            "rule": rule, "max_abs_err": max((d["max_abs_err"] or 0.0) for _, d in verdicts)}
 
 
 def float16_what_if(layer_path: Path, spec, params, xs: list[np.ndarray], work: Path) -> dict:
@@ -116,7 +116,8 @@ class WhatIfs:
     def __init__(self, on: bool):
         from concurrent.futures import ThreadPoolExecutor
 
-        self.pool = ThreadPoolExecutor(max_workers=WHAT_IF_THREADS, thread_name_prefix="normonnx-what-if") if on else None
+        self.pool = (ThreadPoolExecutor(max_workers=WHAT_IF_THREADS, thread_name_prefix="normonnx-what-if") if on
+                     else None)
         self.pending: list = []
 
     def submit(self, lc: LayerCheck, *args) -> None:
