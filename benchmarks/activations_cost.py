@@ -23,13 +23,13 @@ mode, path = sys.argv[1], sys.argv[2]
 t0 = time.perf_counter()
 if mode == "plain":
     import onnxruntime as ort
-    from normonnx.scan.data import seeded_samples
-    from normonnx.graph import load_model
+    from normonnx.features.scan.data import seeded_samples
+    from normonnx.graph.graph import load_model
     feeds = seeded_samples(load_model(path, load_external_data=False), None)[0]
     ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, feeds)
     extra = {}
 else:
-    from normonnx.scan.activations import check_activations
+    from normonnx.features.scan.activations import check_activations
     rep = check_activations(path, what_if=mode == "what-if")
     extra = {"layers": len(rep.layers), "passed": sum(lc.status == "pass" for lc in rep.layers),
              "captured_mb": rep.captured_bytes / 1e6, "runs": rep.runs}

@@ -14,9 +14,9 @@ import os
 import sys
 import time
 
-from normonnx.bench import bench_spec, benchmark
-from normonnx.timing import TimingOptions
-from normonnx.render import bench_text
+from normonnx.engine.bench import bench_spec, benchmark
+from normonnx.core.timing import TimingOptions
+from normonnx.presentation.render import bench_text
 
 
 def hog(stop):

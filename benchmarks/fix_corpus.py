@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import normonnx
-from normonnx.scan import scan
+from normonnx.features.scan import scan
 
 
 class Wrap(torch.nn.Module):
@@ -40,7 +40,7 @@ class Decoder(torch.nn.Module):
 
 
 def export(module, args, path: Path, opset: int, names, dynamo: bool) -> Path:
-    from normonnx.exporters import quiet_export
+    from normonnx.exporting.exporters import quiet_export
 
     with quiet_export([]), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -134,7 +134,7 @@ def main() -> int:
                          "-" if failed_after is None else failed_after, int(rep.exit_code),
                          "-" if after is None else int(after.exit_code), "yes" if agree else "NO", f"{secs:.1f}"])
             print(f"  .. {name}: done", file=sys.stderr, flush=True)
-    from normonnx.render import table
+    from normonnx.presentation.render import table
 
     print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}; ORT CPU; torch {torch.__version__}")
     print(table(["model", "norms", "fail before", "rewritten", "forms", "fail after", "fix exit", "scan exit",

@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 from normonnx import NormSpec
-from normonnx.runtimes import get_runtime
-from normonnx.tables import ALL_KINDS
-from normonnx.export import ExportOptions
-from normonnx.runtimes import RunOptions
-from normonnx.validate import validate
-from normonnx.variants import usable_variants
+from normonnx.engine.runtimes import get_runtime
+from normonnx.core.tables import ALL_KINDS
+from normonnx.exporting.export import ExportOptions
+from normonnx.engine.runtimes import RunOptions
+from normonnx.engine.validate import validate
+from normonnx.exporting.variants import usable_variants
 
 SPECS = {"bn": {}, "ln": {}, "in": {"affine": True}, "gn": {"groups": 4}, "rms": {}}
 
@@ -93,7 +93,7 @@ def models_on(out: Path, runtime: str) -> list[dict]:
             if step == "scan-fixed" and not dst.exists():
                 continue
             t0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "normonnx.cli", *argv, "--runtimes", runtime],
+            proc = subprocess.run([sys.executable, "-m", "normonnx.presentation.cli", *argv, "--runtimes", runtime],
                                   capture_output=True, text=True)
             rows.append({"model": name, "step": step, "runtime": runtime, "exit": proc.returncode,
                          "seconds": round(time.perf_counter() - t0, 1), "stdout": proc.stdout[-3000:],

@@ -31,7 +31,7 @@ log "installed"
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; lscpu | grep -E "Model name|^CPU\(s\)";
   python3 -c "import torch, onnx, onnxruntime as o, numpy; o.preload_dlls() if hasattr(o, 'preload_dlls') else None
 print('torch', torch.__version__, torch.version.cuda, 'onnx', onnx.__version__, 'ort', o.__version__, o.get_available_providers(), 'numpy', numpy.__version__)";
-  python3 -m normonnx.cli list; } > "$work/env.txt" 2>&1
+  python3 -m normonnx.presentation.cli list; } > "$work/env.txt" 2>&1
 log "env: $(head -c 600 "$work/env.txt" | tr "\n" " ")"; pack
 # the correctness checks in parallel (16 cores; the GPU is barely loaded), then the timings alone
 # VALIDATE: extra arguments for the validate step (e.g. --kinds gn --variants contrib,native)

@@ -1,4 +1,4 @@
-"""Recall and precision of `normonnx.scan` on the intake corpus (ONNX files other toolchains write; built by
+"""Recall and precision of `normonnx.features.scan` on the intake corpus (ONNX files other toolchains write; built by
 tests/intake/build_foreign.py and tests/intake/build_local.py), per producer, with every missed,
 mislabelled and unexpected norm and the op chain around it.
 
@@ -29,8 +29,8 @@ import ground_truth as gt  # noqa: E402  (numpy/onnx only: the manifest format a
 
 def run_scan(path: Path, validate: bool) -> dict:
     """scan's norms, exit code and refusal (first line) for one file."""
-    from normonnx.errors import ExitCode, NormonnxError
-    from normonnx.scan import scan
+    from normonnx.core.errors import ExitCode, NormonnxError
+    from normonnx.features.scan import scan
 
     out = {"norms": [], "exit": None, "refused": None, "validations": {}}
     t0 = time.time()

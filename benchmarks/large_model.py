@@ -88,7 +88,7 @@ def main() -> None:
                     "largest peak")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    exe = [sys.executable, "-m", "normonnx.cli"]
+    exe = [sys.executable, "-m", "normonnx.presentation.cli"]
     commands = {
         "plain": lambda m: [sys.executable, "-c", PLAIN, m.name, str(args.vocab)],
         "scan": lambda m: [*exe, "scan", m.name],

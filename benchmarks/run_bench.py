@@ -13,9 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-from normonnx.bench import BENCH_SHAPES, SMALL_SHAPES, bench_spec, benchmark
-from normonnx.runtimes import RunOptions, SessionConfig, get_runtime
-from normonnx.timing import TimingOptions
+from normonnx.engine.bench import BENCH_SHAPES, SMALL_SHAPES, bench_spec, benchmark
+from normonnx.engine.runtimes import RunOptions, SessionConfig, get_runtime
+from normonnx.core.timing import TimingOptions
 
 
 def markdown(reports) -> str:

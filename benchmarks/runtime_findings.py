@@ -76,7 +76,8 @@ def cpu_flags() -> str:
 
 
 def sweep(folder: Path, config: Config, runtimes: list[str], jobs: int) -> None:
-    cmd = [sys.executable, "-m", "normonnx.cli", "sweep", "--out", str(folder), "--opsets", str(config.opset),
+    cmd = [sys.executable, "-m", "normonnx.presentation.cli", "sweep", "--out", str(folder),
+           "--opsets", str(config.opset),
            "--exporters", config.exporter, "--dtypes", ",".join(DTYPES), "--runtimes", ",".join(runtimes),
            "--jobs", str(jobs), "--resume"]
     print(f"sweep {config.name} on {', '.join(runtimes)} -> {folder}", file=sys.stderr, flush=True)
@@ -85,10 +86,10 @@ def sweep(folder: Path, config: Config, runtimes: list[str], jobs: int) -> None:
 
 def batch_sweep(folder: Path, config: Config, runtime: str) -> None:
     """sweep's own cases at config.batch, one at a time, resumable (the sweep command takes no shape)."""
-    from normonnx.cache import default_cache_dir
-    from normonnx.results import ResultsWriter
-    from normonnx.spec import DEFAULT_SHAPES, NormSpec
-    from normonnx.sweep import Case, Matrix, error_record, run_case
+    from normonnx.exporting.cache import default_cache_dir
+    from normonnx.core.results import ResultsWriter
+    from normonnx.core.spec import DEFAULT_SHAPES, NormSpec
+    from normonnx.features.sweep import Case, Matrix, error_record, run_case
 
     class Batched(Case):
         @property
@@ -115,7 +116,7 @@ def batch_sweep(folder: Path, config: Config, runtime: str) -> None:
 
 
 def records(folder: Path, every: bool = False) -> list[dict]:
-    from normonnx.results import read_results
+    from normonnx.core.results import read_results
 
     out, _bad = read_results(folder / "results.jsonl")
     return out if every else [r for r in out if r.get("type") == "case"]
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--no-run", action="store_true", help="only rewrite the tables from the sweeps in --out")
     args = ap.parse_args(argv)
-    from normonnx.runtimes import resolve_names
+    from normonnx.engine.runtimes import resolve_names
 
     runtimes = list(resolve_names(tuple(args.runtimes.split(","))))
     out = Path(args.out)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 PROBE = r"""
 import json, sys, time
-import normonnx.scan as S
+import normonnx.features.scan as S
 
 def hwm_kb():  # this process's peak RSS: VmHWM starts afresh at exec (ru_maxrss would carry the parent's)
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-CLI = [sys.executable, "-m", "normonnx.cli"]
+CLI = [sys.executable, "-m", "normonnx.presentation.cli"]
 
 
 def timed(args: list[str], cache: Path) -> float:

@@ -24,7 +24,7 @@ def run_cli(*args: str, cwd=None, columns: int = 1000) -> Run:
     phrase whole (tests/test_render_width.py checks the wrapping at a terminal's width)."""
     from click.testing import CliRunner
 
-    from normonnx.cli import cli
+    from normonnx.presentation.cli import cli
 
     with contextlib.chdir(cwd) if cwd else contextlib.nullcontext():
         r = CliRunner(env={"COLUMNS": str(columns)}).invoke(cli, list(args), prog_name="normonnx",
@@ -34,13 +34,14 @@ def run_cli(*args: str, cwd=None, columns: int = 1000) -> Run:
 
 def run_cli_process(*args: str, cwd=None, env=None) -> Run:
     """The installed `normonnx` command in a subprocess, as a user runs it (for end-to-end tests)."""
-    p = subprocess.run([sys.executable, "-m", "normonnx.cli", *args], capture_output=True, text=True, cwd=cwd,
+    p = subprocess.run([sys.executable, "-m", "normonnx.presentation.cli", *args], capture_output=True, text=True,
+                       cwd=cwd,
                        timeout=600, env={**os.environ, **(env or {})})
     return Run(p.returncode, p.stdout, p.stderr)
 
 
 def has_cuda_ep() -> bool:
-    from normonnx.runtimes import get_runtime
+    from normonnx.engine.runtimes import get_runtime
 
     return get_runtime("cuda").unavailable() is None
 

@@ -13,7 +13,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from normonnx.exporters import quiet_export
+from normonnx.exporting.exporters import quiet_export
 
 
 # -- PyTorch blocks -------------------------------------------------------------------------------
@@ -356,8 +356,8 @@ class NaiveRMSBlock(nn.Module):
 def unet_gn18_with_affine(path: Path) -> Path:
     """UNetBlock through dynamo at opset 18 with the GroupNorm translation normonnx's native variant
     uses: GroupNormalization-18 (identity per-group scale) then a per-channel Mul/Add."""
-    from normonnx.translations import _gn_dynamo_translation
-    from normonnx.spec import NormSpec
+    from normonnx.exporting.translations import _gn_dynamo_translation
+    from normonnx.core.spec import NormSpec
 
     spec = NormSpec.make("gn", shape=(2, 16, 8, 8), groups=4)
     with quiet_export([]), warnings.catch_warnings():

@@ -10,9 +10,9 @@ import pytest
 
 import corpus
 from conftest import run_cli
-from normonnx.errors import ExitCode
-from normonnx.scan.activations import check_activations
-from normonnx.scan.data import load_data
+from normonnx.core.errors import ExitCode
+from normonnx.features.scan.activations import check_activations
+from normonnx.features.scan.data import load_data
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +92,8 @@ def test_token_ids_are_drawn_in_the_vocabulary_range(tmp_path):
     transformers = pytest.importorskip("transformers")
     import torch
 
-    from normonnx.scan.data import seeded_samples, vocab_sizes
-    from normonnx.graph import load_model
+    from normonnx.features.scan.data import seeded_samples, vocab_sizes
+    from normonnx.graph.graph import load_model
 
     cfg = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=50, n_positions=64)
 
@@ -117,7 +117,7 @@ def test_token_ids_are_drawn_in_the_vocabulary_range(tmp_path):
 
 
 def test_load_data_takes_a_leading_sample_axis(models, tmp_path):
-    from normonnx.graph import load_model
+    from normonnx.graph.graph import load_model
 
     np.savez(tmp_path / "s.npz", x=np.zeros((3, 2, 8, 8, 8), np.float32))
     samples, shapes = load_data(tmp_path / "s.npz", load_model(models["gn21"], load_external_data=False))

@@ -4,9 +4,9 @@ provider). Never a wall-clock threshold: machines here are shared and noisy."""
 import pytest
 
 from normonnx import BadInput, NormSpec
-from normonnx.bench import BenchRecord, bench_spec, benchmark
-from normonnx.runtimes import RunOptions, SessionConfig
-from normonnx.timing import TimingOptions
+from normonnx.engine.bench import BenchRecord, bench_spec, benchmark
+from normonnx.engine.runtimes import RunOptions, SessionConfig
+from normonnx.core.timing import TimingOptions
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_bench_rejects_bad_input():
 def test_a_form_that_cannot_be_judged_is_said_so_and_the_others_go_on(monkeypatch):
     """One form's file refused by validation (on the first GPU run: a contrib GroupNorm file checked on the
     wrong provider) used to end the whole benchmark; now that form's row says why and the rest are timed."""
-    import normonnx.validate as validate_mod
+    import normonnx.engine.validate as validate_mod
 
     real = validate_mod.validate
 

@@ -12,12 +12,12 @@ import onnx
 import pytest
 
 import corpus
-from normonnx.errors import BadInput
-from normonnx.scan import capture as capture_mod
-from normonnx.scan import scan
-from normonnx.scan.activations import check_activations
-from normonnx.scan.float16 import WhatIfs, float16_what_if
-from normonnx.scan.capture import Capture
+from normonnx.core.errors import BadInput
+from normonnx.features.scan import capture as capture_mod
+from normonnx.features.scan import scan
+from normonnx.features.scan.activations import check_activations
+from normonnx.features.scan.float16 import WhatIfs, float16_what_if
+from normonnx.features.scan.capture import Capture
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def opened(monkeypatch):
 
 
 def test_the_session_begun_beside_the_probe_is_the_one_the_run_takes(decoder, opened, monkeypatch):
-    import normonnx.probe as probe
+    import normonnx.engine.probe as probe
 
     begun_before_measuring = []
     real_measure = probe.measure

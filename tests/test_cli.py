@@ -27,7 +27,7 @@ def test_readme_export_command_as_typed(tmp_path):
     assert proc.returncode == 0, proc.stderr
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["gn-g4-c8-2x8x16x16-fp32-native-op18-dynamo.onnx"]
-    from normonnx.graph import metadata
+    from normonnx.graph.graph import metadata
 
     assert metadata(onnx.load(str(tmp_path / files[0])))["variant"] == "native"
     for word in ("wrote", "opset    18", "GroupNormalization", "bytes"):
@@ -261,7 +261,8 @@ def test_progress_line_only_for_long_work_and_never_swallowed_by_the_export_sile
     import subprocess
     import sys
 
-    code = ("import time\nfrom normonnx.cli import working\nfrom normonnx.exporters import quiet_export\nlog = []\n"
+    code = ("import time\nfrom normonnx.presentation.cli import working\n"
+            "from normonnx.exporting.exporters import quiet_export\nlog = []\n"
             f"with working('exporting something', after=0.2):\n    with quiet_export(log):\n        time.sleep({work_s})\n"
             "print(repr(log))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from normonnx.compare import COND_K, U32, compare, tolerance_for, ulp
-from normonnx.errors import BadInput
+from normonnx.core.compare import COND_K, U32, compare, tolerance_for, ulp
+from normonnx.core.errors import BadInput
 
 T32 = tolerance_for("float32")  # atol 1e-4, rtol 1e-4
 INF, NAN = math.inf, math.nan
@@ -93,7 +93,7 @@ def test_tolerances_that_would_switch_the_check_off_are_refused(atol, rtol):
 
 def test_a_nan_tolerance_would_have_passed_garbage():
     """Why NaN is refused: with it, no element is ever 'outside' (every comparison with NaN is false)."""
-    from normonnx.compare import Tolerance
+    from normonnx.core.compare import Tolerance
 
     c = compare(np.array([5.0]), np.array([1.0]), "float32", Tolerance(NAN, NAN))
     assert c.passed  # the hole tolerance_for closes

@@ -9,9 +9,9 @@ import onnx
 import pytest
 
 from conftest import run_cli
-from normonnx.diff import diff
-from normonnx.inputs import CheckOptions
-from normonnx.sweep import BenchOptions, Matrix, sweep
+from normonnx.features.diff import diff
+from normonnx.engine.inputs import CheckOptions
+from normonnx.features.sweep import BenchOptions, Matrix, sweep
 
 CASE = "ln-n64-2x16x64-fp32-native-op18-dynamo-cpu"
 
@@ -137,7 +137,7 @@ def test_the_example_ci_workflow_calls_real_commands_with_real_options():
     import click
     import yaml
 
-    from normonnx.cli import cli
+    from normonnx.presentation.cli import cli
 
     wf = yaml.safe_load((Path(__file__).parents[1] / "examples" / "github-actions.yml").read_text())
     sweep_args = wf["env"]["SWEEP"]

@@ -9,14 +9,14 @@ import onnxruntime as ort
 import pytest
 
 from normonnx import BadInput, ExportMismatch, NormSpec, export, export_report
-from normonnx.compare import compare, tolerance_for
-from normonnx.exporters import REGISTRY as EXPORTERS
-from normonnx.export import check_request, verify_export
-from normonnx.graph import metadata
-from normonnx.params import make_params, params_as
-from normonnx.reference import reference
-from normonnx.spec import numpy_dtype
-from normonnx.variants import get_variant, variants_for
+from normonnx.core.compare import compare, tolerance_for
+from normonnx.exporting.exporters import REGISTRY as EXPORTERS
+from normonnx.exporting.export import check_request, verify_export
+from normonnx.graph.graph import metadata
+from normonnx.core.params import make_params, params_as
+from normonnx.core.reference import reference
+from normonnx.core.spec import numpy_dtype
+from normonnx.exporting.variants import get_variant, variants_for
 
 OPSETS = (13, 15, 17, 18, 21, 23)
 DTYPES = ("float32", "float16")
@@ -240,7 +240,7 @@ def test_reusing_the_torchlib_table_changes_no_exported_byte(tmp_path, monkeypat
     made with it is byte for byte the one made with onnxscript's own per-export rebuild."""
     import sys
 
-    from normonnx.exporters import _reuse_torchlib_table
+    from normonnx.exporting.exporters import _reuse_torchlib_table
 
     spec = NormSpec.make("gn", dtype="float16")
     export(spec, "native", 21, "dynamo", output=tmp_path / "reused.onnx")
@@ -250,6 +250,6 @@ def test_reusing_the_torchlib_table_changes_no_exported_byte(tmp_path, monkeypat
     assert reused  # the table is in place, where torch reads it
     for m in reused:
         monkeypatch.setattr(m, "get_torchlib_ops", m.get_torchlib_ops.original)
-    monkeypatch.setattr("normonnx.exporters._reuse_torchlib_table", lambda: None)
+    monkeypatch.setattr("normonnx.exporting.exporters._reuse_torchlib_table", lambda: None)
     export(spec, "native", 21, "dynamo", output=tmp_path / "rebuilt.onnx")
     assert (tmp_path / "reused.onnx").read_bytes() == (tmp_path / "rebuilt.onnx").read_bytes()

@@ -14,13 +14,14 @@ from onnx import numpy_helper
 
 import corpus
 from conftest import run_cli
-from normonnx.errors import ExitCode
+from normonnx.core.errors import ExitCode
 import normonnx
-from normonnx.repair import RULES, Rule, layer_region, proof
-from normonnx.rules import Plan, write_layer_norm
-from normonnx.reference import group_norm
-from normonnx.scan import scan
-from normonnx.repair import FixOptions, ProofOptions
+from normonnx.repair.fixer import RULES, Rule, layer_region
+from normonnx.repair import proof
+from normonnx.graph.rules import Plan, write_layer_norm
+from normonnx.core.reference import group_norm
+from normonnx.features.scan import scan
+from normonnx.repair.fixer import FixOptions, ProofOptions
 
 RUNTIMES = ["cpu", "reference"]
 
@@ -169,7 +170,7 @@ def test_no_form_passes_exits_1_and_names_the_closest(tmp_path, monkeypatch):
     worst suite -- never "best", since none fails fewer checks than the layer as it is (tests/test_verdict_runtimes.py
     has the rule) -- fix exits 1 and writes nothing (it writes only what it proved); --write-unproven writes
     it, exit still 1, and the last line says it is not proven -- and scan --validate fails it too."""
-    from normonnx import compare
+    from normonnx.core import compare
 
     src = corpus.gn_silu_block(tmp_path / "gn.onnx", 21, "dynamo")
     monkeypatch.setitem(compare.DEFAULT_TOLERANCES, "float32", compare.Tolerance(1e-12, 1e-12))
@@ -193,7 +194,7 @@ def test_no_form_passes_exits_1_and_names_the_closest(tmp_path, monkeypatch):
 
 
 def fix_summary_line(report) -> str:
-    from normonnx.render import fix_summary
+    from normonnx.presentation.render import fix_summary
 
     return fix_summary(report)
 
@@ -201,7 +202,7 @@ def fix_summary_line(report) -> str:
 def test_risk_messages_reworded_change_nothing_fix_does(tmp_path, monkeypatch):
     """Rules match risk codes, never message text: with every message reworded, fix rewrites the same
     layers into the same forms."""
-    from normonnx import patterns
+    from normonnx.graph import patterns
 
     src = tmp_path / "m.onnx"
     onnx.save(corpus.ln_chain(naive=True), str(src))
@@ -216,7 +217,7 @@ def test_risk_messages_reworded_change_nothing_fix_does(tmp_path, monkeypatch):
 def test_whole_model_check_sees_minus_inf_where_the_original_is_finite():
     """The one comparator places non-finite values by sign: -Inf where the original is finite fails,
     and so does -Inf where the original has +Inf; both alike passes."""
-    from normonnx.outputs import compare_outputs
+    from normonnx.core.outputs import compare_outputs
 
     a = np.array([1.0, 2.0, np.inf, np.nan], np.float32)
     for b, ok in ((a.copy(), True), (np.array([1.0, -np.inf, np.inf, np.nan], np.float32), False),
@@ -237,7 +238,7 @@ def test_output_is_faithful(fixed, name):
     assert {(o.domain, o.version) for o in a.opset_import} == {(o.domain, o.version) for o in b.opset_import}
     import onnx_ir as ir
 
-    from normonnx.irview import View
+    from normonnx.graph.irview import View
 
     view = View(ir.from_proto(a).graph)
     replaced = {view.name(n) for lf in report.layers for n in layer_region(view, lf.norm)[0]}
@@ -288,7 +289,7 @@ def test_zero_eps_is_refused(tmp_path):
 
 
 def _decomposed_ln(site):
-    from normonnx.rules import _feature_param, _norm_axes
+    from normonnx.graph.rules import _feature_param, _norm_axes
 
     f = site.norm
     if f.kind != "ln" or f.form != "decomposed":
@@ -483,7 +484,7 @@ def test_a_rewrite_scan_cannot_validate_in_place_is_not_proven(tmp_path, monkeyp
     (lf,) = report.layers
     assert lf.status == "rewritten" and lf.candidates[0].status == "pass" and lf.final is None, lf.to_dict()
     assert report.whole_model.status == "pass" and report.exit_code == ExitCode.NOT_CHECKED
-    from normonnx.render import fix_summary
+    from normonnx.presentation.render import fix_summary
 
     assert "not proven" in fix_summary(report) and fix_summary(report).startswith("NOT CHECKED")
     assert not report.written and not (tmp_path / "out.onnx").exists()

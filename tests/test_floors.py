@@ -11,18 +11,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# (floor, members, peers): a member is a module or a package with its submodules; on a floor of peers
-# no member imports another (scan and sweep are features side by side)
-FLOORS = [
-    ("ground", ["errors", "version", "tables", "registry", "spec", "params", "reference", "compare", "judge",
-                "timing", "safeio", "results", "outputs"], False),
-    ("model", ["graph", "shapes", "irview", "patterns", "identify", "cutout", "derive", "rules", "rewrite"], False),
-    ("export", ["models", "translations", "variants", "exporters", "export", "cache"], False),
-    ("engine", ["inputs", "runtimes", "fusion", "probe", "validate", "layers", "bench", "pool"], False),
-    ("features", ["scan", "sweep", "diff"], True),
-    ("fix", ["repair"], False),  # fix stands on scan: the written model is judged by scan --validate itself
-    ("presentation", ["render", "findings", "report", "catalog", "testing", "cli", ""], False),  # "": the facade
-]
+# The floors are the package's folders, bottom up (docs/layout.md). A module's floor is the folder it lives in;
+# normonnx.models (the checkout's models/) stands on the export floor, the facade (normonnx/__init__) on top.
+# On the features floor each child (scan/, sweep, diff) is a feature, and features never import each other.
+FLOORS = ["core", "graph", "exporting", "engine", "features", "repair", "presentation"]
+PEERS = {"features"}
+PLACED_ELSEWHERE = {"models": "exporting"}  # installed as normonnx.models through package-dir
 
 
 def modules(root: Path = ROOT) -> dict[str, Path]:
@@ -67,13 +61,20 @@ def import_edges(mods: dict[str, Path]) -> dict[str, set[str]]:
 
 
 def floor_of(module: str) -> tuple[int, str]:
-    """(floor index, member) for a module, e.g. normonnx.scan.activations -> (4, 'scan')."""
-    rel = module[len("normonnx."):] if module.startswith("normonnx.") else ""
-    for i, (_, members, _) in enumerate(FLOORS):
-        for member in members:
-            if rel == member or (member and rel.startswith(member + ".")):
-                return i, member
-    raise KeyError(module)
+    """(floor index, member) for a module, e.g. normonnx.features.scan.activations -> (4, 'scan'); the member
+    is the floor's child the module belongs to, which is what peers are told apart by."""
+    parts = module.split(".")[1:]
+    if not parts:
+        return len(FLOORS), ""  # the facade: above every floor
+    floor = PLACED_ELSEWHERE.get(parts[0], parts[0])
+    if floor not in FLOORS:
+        raise KeyError(module)
+    member = parts[0] if parts[0] in PLACED_ELSEWHERE else (parts[1] if len(parts) > 1 else "")
+    return FLOORS.index(floor), member
+
+
+def floor_name(i: int) -> str:
+    return FLOORS[i] if i < len(FLOORS) else "the facade"
 
 
 def violations(edges: dict[str, set[str]]) -> list[str]:
@@ -83,8 +84,8 @@ def violations(edges: dict[str, set[str]]) -> list[str]:
         for t in sorted(targets):
             ft, tmember = floor_of(t)
             if ft > fm:
-                out.append(f"{m} ({FLOORS[fm][0]}) imports {t} ({FLOORS[ft][0]}): upward")
-            elif ft == fm and FLOORS[fm][2] and tmember != member:
+                out.append(f"{m} ({floor_name(fm)}) imports {t} ({floor_name(ft)}): upward")
+            elif ft == fm and floor_name(fm) in PEERS and tmember != member and member and tmember:
                 out.append(f"{m} imports {t}: features are peers and never import each other")
     return out
 
@@ -127,7 +128,7 @@ def test_every_module_stands_on_a_floor():
             floor_of(m)
         except KeyError:
             unplaced.append(m)
-    assert not unplaced, f"place these modules on a floor in FLOORS (and in docs/layout.md): {unplaced}"
+    assert not unplaced, f"put these modules in a floor's folder (FLOORS, docs/layout.md): {unplaced}"
 
 
 def test_imports_only_go_down_and_features_are_peers():
@@ -142,9 +143,10 @@ def test_no_import_cycle():
 
 # the checks themselves must be able to fail: a tree with an upward import, a sideways one and a cycle
 @pytest.mark.parametrize("source, edge, expected", [
-    ("normonnx/graph.py", "from .validate import validate\n", "upward"),
-    ("normonnx/scan/__init__.py", "def f():\n    from ..sweep import sweep\n", "never import each other"),
-    ("normonnx/validate.py", "def f():\n    from .repair import fix\n", "upward"),
+    ("normonnx/graph/graph.py", "from ..engine.validate import validate\n", "upward"),
+    ("normonnx/features/scan/__init__.py", "def f():\n    from ..sweep import sweep\n", "never import each other"),
+    ("normonnx/engine/validate.py", "def f():\n    from ..repair import fix\n", "upward"),
+    ("normonnx/core/spec.py", "import normonnx.presentation.render\n", "upward"),
 ])
 def test_the_walk_catches_a_bad_import_even_inside_a_function(tmp_path, source, edge, expected):
     for folder in ("normonnx", "models"):
@@ -161,3 +163,49 @@ def test_the_walk_catches_a_bad_import_even_inside_a_function(tmp_path, source, 
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_package_is_its_floors():
+    """`ls normonnx/` shows the floors: every folder is one, each says in its __init__ docstring what lives there
+    and what it may import, and no module stands loose beside them but the facade."""
+    top = ROOT / "normonnx"
+    folders = sorted(p.name for p in top.iterdir() if p.is_dir() and p.name != "__pycache__")
+    assert folders == sorted(FLOORS)
+    assert sorted(p.name for p in top.glob("*.py")) == ["__init__.py"]
+    for floor in FLOORS:
+        doc = ast.get_docstring(ast.parse((top / floor / "__init__.py").read_text()))
+        assert doc and "Imports:" in doc, f"normonnx/{floor}/__init__.py: say what lives there and what it imports"
+
+
+def test_the_wheel_lists_every_package():
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {m for m, p in modules().items() if p.name == "__init__.py"}
+    assert listed == found, f"pyproject.toml [tool.setuptools] packages: add {found - listed}, drop {listed - found}"
+
+
+@pytest.mark.parametrize("old, new", [
+    ("normonnx.validate", "normonnx.engine.validate"),
+    ("normonnx.sweep", "normonnx.features.sweep"),
+    ("normonnx.report", "normonnx.presentation.report"),
+    ("normonnx.testing", "normonnx.presentation.testing"),
+    ("normonnx.errors", "normonnx.core.errors"),
+    ("normonnx.runtimes.ort", "normonnx.engine.runtimes.ort"),
+    ("normonnx.scan.activations", "normonnx.features.scan.activations"),
+])
+def test_the_paths_from_before_the_floors_are_the_same_modules(old, new):
+    import importlib
+    import sys
+
+    import normonnx
+
+    moved = importlib.import_module(old)
+    assert moved is importlib.import_module(new) and sys.modules[old] is sys.modules[new]
+    assert moved.__spec__.name == new, "the alias must not rename the module it stands for"
+    assert callable(normonnx.export) and not isinstance(normonnx.export, type(sys))
+
+
+def test_a_name_that_never_was_is_still_missing():
+    with pytest.raises(ModuleNotFoundError):
+        __import__("normonnx.no_such_module")

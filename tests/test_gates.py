@@ -113,7 +113,7 @@ def test_validate_with_a_runtime_that_cannot_run_the_model_is_not_checked(tmp_pa
     assert r.returncode == 4 and "NOT CHECKED: 1 passed, 0 failed, 1 not checked" in r.stdout, r.stdout
     r = run_cli(*args, "--allow-not-checked")
     assert r.returncode == 0 and "(accepted by --allow-not-checked)" in last_line(r.stdout)
-    from normonnx.testing import assert_export_matches
+    from normonnx.presentation.testing import assert_export_matches
 
     with pytest.raises(AssertionError, match="not checked"):
         assert_export_matches(model=tmp_path / "m.onnx", runtimes=["cpu", "reference"], inputs=["normal"])
@@ -123,16 +123,16 @@ def test_validate_with_a_runtime_that_cannot_run_the_model_is_not_checked(tmp_pa
 
 # -- internal errors ------------------------------------------------------------------------------------
 def test_an_internal_error_on_one_layer_of_five_is_exit_5(tmp_path, monkeypatch):
-    import normonnx.layers
+    import normonnx.engine.layers
 
-    real = normonnx.layers.run_layer
+    real = normonnx.engine.layers.run_layer
 
     def buggy(f, *a, **k):
         if f.nodes[0] == "ln2":
             raise KeyError("scale")  # a bug in normonnx's own code, on one layer
         return real(f, *a, **k)
 
-    monkeypatch.setattr(normonnx.layers, "run_layer", buggy)
+    monkeypatch.setattr(normonnx.engine.layers, "run_layer", buggy)
     m = five_lns(tmp_path / "m.onnx")
     for extra in ((), ("--allow-not-checked",)):  # never accepted: it is normonnx's failure, not the model's
         r = run_cli("scan", str(m), "--validate", "--inputs", "normal", *extra)
@@ -144,12 +144,12 @@ def test_an_internal_error_on_one_layer_of_five_is_exit_5(tmp_path, monkeypatch)
 def test_a_suites_own_export_failure_is_internal_and_an_exporter_refusal_is_not_checked(monkeypatch):
     """validate exports a suite's large shape itself: normonnx's own failure there is exit 5 (as export
     would say), the exporter refusing it is not checked (4), never a FAIL."""
-    import normonnx.validate as v
-    from normonnx.errors import ExportMismatch
-    from normonnx.export import ExportOptions
-    from normonnx.inputs import CheckOptions
-    from normonnx.runtimes import RunOptions
-    from normonnx.spec import NormSpec
+    import normonnx.engine.validate as v
+    from normonnx.core.errors import ExportMismatch
+    from normonnx.exporting.export import ExportOptions
+    from normonnx.engine.inputs import CheckOptions
+    from normonnx.engine.runtimes import RunOptions
+    from normonnx.core.spec import NormSpec
 
     real = v.export_report
     for error, want in ((ZeroDivisionError("a bug"), "internal error"), (ExportMismatch("refused"), "not checked")):
@@ -201,8 +201,8 @@ def test_sweep_strict_with_a_case_not_checked_is_4(tmp_path):
 
 
 def test_sweep_records_an_internal_error_and_exits_5_without_strict(tmp_path):
-    from normonnx.inputs import CheckOptions
-    from normonnx.sweep import Matrix, SweepOptions, sweep
+    from normonnx.engine.inputs import CheckOptions
+    from normonnx.features.sweep import Matrix, SweepOptions, sweep
 
     def crash(case, *args):
         raise AttributeError("simulated bug")
@@ -217,8 +217,8 @@ def test_sweep_records_an_internal_error_and_exits_5_without_strict(tmp_path):
 def test_fix_writes_nothing_when_the_whole_model_differs(tmp_path, monkeypatch):
     """The whole model judged at a tolerance no rewrite meets (here: exact equality): the layer's proof
     passes, the whole model differs, and nothing reaches -o -- not even with --write-unproven."""
-    import normonnx.outputs as outputs
-    from normonnx.compare import Tolerance
+    import normonnx.core.outputs as outputs
+    from normonnx.core.compare import Tolerance
 
     monkeypatch.setattr(outputs, "tolerance_for", lambda *a, **k: Tolerance(0.0, 0.0))  # fix's whole-model check
     src = corpus.gn_silu_block(tmp_path / "gn.onnx", 21, "dynamo")
@@ -230,7 +230,7 @@ def test_fix_writes_nothing_when_the_whole_model_differs(tmp_path, monkeypatch):
 
 
 def test_fix_that_cannot_make_a_layer_pass_writes_nothing_from_the_cli(tmp_path, monkeypatch):
-    from normonnx import compare
+    from normonnx.core import compare
 
     src = corpus.gn_silu_block(tmp_path / "gn.onnx", 21, "dynamo")
     monkeypatch.setitem(compare.DEFAULT_TOLERANCES, "float32", compare.Tolerance(1e-12, 1e-12))
@@ -242,7 +242,7 @@ def test_fix_that_cannot_make_a_layer_pass_writes_nothing_from_the_cli(tmp_path,
 
 # -- diff -----------------------------------------------------------------------------------------------------
 def _folder(path: Path, statuses: dict[str, str], schema: int = 3) -> Path:
-    from normonnx.results import RESULTS, make_record
+    from normonnx.core.results import RESULTS, make_record
 
     path.mkdir()
     lines = []
@@ -295,7 +295,7 @@ def test_validate_model_on_a_whole_model_says_to_scan_it(tmp_path):
 def torch_block(path: Path) -> Path:
     import torch
 
-    from normonnx.exporters import quiet_export
+    from normonnx.exporting.exporters import quiet_export
 
     block = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.GroupNorm(8, 32), torch.nn.SiLU()).eval()
     with quiet_export([]):
@@ -307,7 +307,7 @@ def torch_block(path: Path) -> Path:
 WRITERS = r"""
 import os, sys, numpy as np
 from pathlib import Path
-from normonnx.cli import main
+from normonnx.presentation.cli import main
 out = Path(sys.argv[1])
 def run(*a):
     try:

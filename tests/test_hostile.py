@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import has_cuda_ep, one_line_error, run_cli
-from normonnx.scan import scan
+from normonnx.features.scan import scan
 
 C = 16
 
@@ -156,12 +156,12 @@ def test_symbolic_dims_take_the_size_the_weights_fix(tmp_path):
 def test_a_tool_failure_is_never_a_fail(tmp_path, monkeypatch):
     """Fault injection: the oracle itself raising is normonnx's own failure: the row says so and the exit
     code is 5 (internal error), never FAIL, never hidden."""
-    import normonnx.reference
+    import normonnx.core.reference
 
     def broken(*a, **k):
         raise RuntimeError("oracle exploded")
 
-    monkeypatch.setattr(normonnx.reference, "reference", broken)  # compare.Oracle asks for it when it is made
+    monkeypatch.setattr(normonnx.core.reference, "reference", broken)  # compare.Oracle asks for it when it is made
     proc = run_cli("scan", _ln_model(tmp_path / "m.onnx"), "--validate")
     assert proc.returncode == 5, proc.stdout
     assert "internal error (RuntimeError: oracle exploded); please report it" in proc.stdout
@@ -175,7 +175,7 @@ def test_an_internal_error_is_exit_5_and_one_line_unless_debug(tmp_path, monkeyp
         raise ZeroDivisionError("simulated bug")
 
     # normonnx.export is also the name of a function: patch the module itself
-    monkeypatch.setattr(sys.modules["normonnx.export"], "check_model", broken)
+    monkeypatch.setattr(sys.modules["normonnx.exporting.export"], "check_model", broken)
     one_line_error(run_cli("export", "-o", str(tmp_path / "m.onnx")), 5, "internal error (ZeroDivisionError",
                    "please report it", "normonnx --debug")
     proc = run_cli("--debug", "export", "-o", str(tmp_path / "m.onnx"))

@@ -259,8 +259,8 @@ def test_fix_never_writes_through_a_link_planted_beside_the_output(tmp_path):
 
 @pytest.mark.parametrize("kind", ["symlink", "hardlink"])
 def test_a_lock_file_that_is_a_link_is_refused(tmp_path, kind):
-    from normonnx.errors import BadInput
-    from normonnx.results import LOCK, FolderLock
+    from normonnx.core.errors import BadInput
+    from normonnx.core.results import LOCK, FolderLock
 
     victim = tmp_path / "victim.txt"
     victim.write_bytes(b"victim")
@@ -302,8 +302,8 @@ def test_too_many_samples_is_exit_2_before_any_run(tmp_path):
 def test_a_fifo_checksum_in_the_cache_is_a_miss_not_a_hang(tmp_path):
     import warnings
 
-    from normonnx.cache import ExportCache
-    from normonnx.spec import NormSpec
+    from normonnx.exporting.cache import ExportCache
+    from normonnx.core.spec import NormSpec
 
     cache = ExportCache(tmp_path / "c")
     ln = NormSpec.make("ln")

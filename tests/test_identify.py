@@ -141,7 +141,7 @@ SPELLINGS = {f.__name__: f for f in (folded_affine, one_pass_max_guard, rms_cast
 
 @pytest.mark.parametrize("name", SPELLINGS)
 def test_a_spelling_is_found_measured_and_validated(tmp_path, name):
-    from normonnx.scan import scan
+    from normonnx.features.scan import scan
 
     model, (kind, eps, groups) = SPELLINGS[name]()
     onnx.save(model, str(tmp_path / "m.onnx"))
@@ -187,7 +187,7 @@ def test_structure_that_is_no_norm_is_not_called_a_possible_norm(tmp_path):
     soft = g.op("Div", e, g.op("ReduceSum", e, g.c([-1], np.int64)))
     l2 = g.op("Div", soft, g.op("Sqrt", g.op("ReduceSum", g.op("Mul", soft, soft), g.c([-1], np.int64))))
     onnx.save(g.model(l2, (2, D, 4, 4)), str(tmp_path / "m.onnx"))
-    from normonnx.scan import scan
+    from normonnx.features.scan import scan
 
     rep = scan(tmp_path / "m.onnx")
     assert not rep.norms and not rep.unidentified, rep.left_out
@@ -198,7 +198,7 @@ def test_the_empty_name_is_no_value_and_an_unsorted_graph_is_sorted(tmp_path):
     LayerNormalization with its optional outputs left empty is in order (ORT-optimized diffusion UNets write
     this; it was refused as "not in topological order"). And a graph whose nodes come out of order (ORT's
     float16 converter with keep_io_types) is sorted on normonnx's copy, with a note, as ORT sorts it."""
-    from normonnx.scan import scan
+    from normonnx.features.scan import scan
 
     resize = helper.make_node("Resize", ["x", "", "sc"], ["r"], name="resize", mode="nearest")
     ln = helper.make_node("LayerNormalization", ["r", "s", "b"], ["y", "", ""], name="ln", axis=-1)
@@ -216,8 +216,8 @@ def test_the_empty_name_is_no_value_and_an_unsorted_graph_is_sorted(tmp_path):
 
 # -- every form normonnx itself exports ------------------------------------------------------------------------
 def _exported_forms() -> list:
-    from normonnx.spec import NormSpec
-    from normonnx.variants import usable_variants
+    from normonnx.core.spec import NormSpec
+    from normonnx.exporting.variants import usable_variants
 
     out = []
     for kind in ("bn", "ln", "in", "gn", "rms"):
@@ -235,9 +235,9 @@ def _exported_forms() -> list:
 def test_every_form_normonnx_exports_is_found_as_its_norm(tmp_path, kind, dtype, variant):
     """At the default spec's size, where a float16 output can round to the same value when one input moves (the
     probe once lost InstanceNorm and GroupNorm in float16 so: 2 of 256 outputs of a set did not move)."""
-    from normonnx.export import export_report
-    from normonnx.scan import scan
-    from normonnx.spec import NormSpec
+    from normonnx.exporting.export import export_report
+    from normonnx.features.scan import scan
+    from normonnx.core.spec import NormSpec
 
     spec = NormSpec.make(kind, dtype=dtype, **({"groups": 4} if kind == "gn" else {}))
     path = export_report(spec, variant, 18, output=tmp_path / "m.onnx").path

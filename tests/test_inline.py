@@ -17,11 +17,11 @@ import pytest
 from onnx import numpy_helper
 
 import corpus
-from normonnx.errors import BadInput
-from normonnx.graph import MAP_INLINE_ABOVE, load_model, map_inline, ort_source
-from normonnx.repair import FixOptions, ProofOptions, fix
-from normonnx.scan import scan
-from normonnx.scan.activations import check_activations
+from normonnx.core.errors import BadInput
+from normonnx.graph.graph import MAP_INLINE_ABOVE, load_model, map_inline, ort_source
+from normonnx.repair.fixer import FixOptions, ProofOptions, fix
+from normonnx.features.scan import scan
+from normonnx.features.scan.activations import check_activations
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def hwm():
         f.write(kb)
 atexit.register(hwm)
 sys.argv = ["normonnx", *sys.argv[1:]]
-runpy.run_module("normonnx.cli", run_name="__main__")
+runpy.run_module("normonnx.presentation.cli", run_name="__main__")
 """
 
 

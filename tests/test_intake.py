@@ -72,7 +72,7 @@ def _pairs(expected: list[dict], found: list) -> tuple[list, list, list]:
 
 
 def _judge_corpus(folder: Path) -> dict:
-    from normonnx.scan import scan
+    from normonnx.features.scan import scan
 
     totals = {"expected": 0, "found": 0, "matched": 0, "refused": [], "missed": [], "unexpected": [],
               "not_checked": [], "wrong_spec": [], "unidentified_on_norms": []}
@@ -145,7 +145,7 @@ def test_foreign_corpus_is_found_and_validated():
 def test_a_file_out_of_topological_order_is_scanned_as_ort_runs_it(local):
     """ORT's float16 converter with keep_io_types writes the input Casts after the nodes that read them: ORT
     sorts and runs such a graph, so scan does too, and says so."""
-    from normonnx.scan import scan
+    from normonnx.features.scan import scan
 
     files = [e["file"] for e in _manifest(local) if e["producer"] == "fp16-ort-transformers"]
     assert files

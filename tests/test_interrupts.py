@@ -29,7 +29,7 @@ class Command:
         # checkout's normonnx/ (without normonnx.models, which is installed from models/) would shadow
         # the installed package, as it does in CI's non-editable install
         env = {**os.environ, "COLUMNS": "200"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "normonnx.cli", *args], cwd=cwd, env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "normonnx.presentation.cli", *args], cwd=cwd, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         self.lines: list[str] = []
         self.out: list[str] = []
@@ -110,7 +110,7 @@ SWEEP = ("sweep", "--norms", "ln,bn,rms", "--variants", "native,decomposed", "--
 
 def _check_folder(out: Path) -> None:
     """Every line whole, the lock free: a second writer can take the folder at once."""
-    from normonnx.results import RESULTS, FolderLock, read_results
+    from normonnx.core.results import RESULTS, FolderLock, read_results
 
     _, bad = read_results(out / RESULTS)
     assert not bad, bad
@@ -132,10 +132,10 @@ def test_sweep_stops_at_once_and_resume_loses_nothing(tmp_path, moment, sig, wan
     assert_stopped_cleanly(cmd, code, seconds, kids, want)
     assert "rerun with --resume" in "\n".join(cmd.lines)
     _check_folder(out)
-    from normonnx.results import RESULTS, read_results
+    from normonnx.core.results import RESULTS, read_results
 
     before = {r["case_id"]: r["status"] for r in read_results(out / RESULTS)[0]}
-    done = subprocess.run([sys.executable, "-m", "normonnx.cli", *SWEEP, "-o", str(out), "--resume"],
+    done = subprocess.run([sys.executable, "-m", "normonnx.presentation.cli", *SWEEP, "-o", str(out), "--resume"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-1500:]
     after = {r["case_id"]: r["status"] for r in read_results(out / RESULTS)[0]}
@@ -181,7 +181,7 @@ def test_a_signal_while_workers_are_spawned_waits_until_they_have_started():
     """Ctrl-C half-way through a worker's launch left it reading an empty pipe (multiprocessing's traceback on
     the terminal, seen in CI): while spawning, the signal is held and handled, by the handler that was there, on
     the way out -- never inside."""
-    from normonnx.pool import spawning
+    from normonnx.engine.pool import spawning
 
     reached = []
     other = threading.Thread(target=time.sleep, args=(5,), daemon=True)  # a thread that does not block it (the

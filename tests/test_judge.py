@@ -1,6 +1,6 @@
 """One judge: the same outputs fed through every place a verdict is made (validate's report and exit
 code, scan's layer row, fix's layers and whole-model check, scan --activations, sweep records, bench's
-validation column and its fastest form, normonnx.testing) get one verdict. Plus the sabotages a review
+validation column and its fastest form, normonnx.presentation.testing) get one verdict. Plus the sabotages a review
 found no test caught."""
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import onnx
 import pytest
 
-from normonnx.compare import compare, tolerance_for
-from normonnx.errors import ExitCode
-from normonnx.judge import combined_exit, judge, status_of
-from normonnx.spec import NormSpec
-from normonnx.validate import CaseInfo, ValidationReport
+from normonnx.core.compare import compare, tolerance_for
+from normonnx.core.errors import ExitCode
+from normonnx.core.judge import combined_exit, judge, status_of
+from normonnx.core.spec import NormSpec
+from normonnx.engine.validate import CaseInfo, ValidationReport
 
 TOL = tolerance_for("float32")
 REF = np.array([0.5, -1.0, 2.0, 0.0], np.float64)
@@ -57,14 +57,14 @@ def _report(got, ref, others) -> ValidationReport:
 
 @pytest.mark.parametrize("name", CASES)
 def test_every_entry_point_gives_one_verdict(name, monkeypatch):
-    from normonnx.bench import _fastest, _validation
-    from normonnx.layers import summarize
-    from normonnx.patterns import FoundNorm
-    from normonnx.outputs import compare_outputs
-    from normonnx.scan import ScanReport
-    from normonnx.scan.checks import against_oracle
-    from normonnx.sweep import SweepSummary, case_status
-    from normonnx.testing import check_report
+    from normonnx.engine.bench import _fastest, _validation
+    from normonnx.engine.layers import summarize
+    from normonnx.graph.patterns import FoundNorm
+    from normonnx.core.outputs import compare_outputs
+    from normonnx.features.scan import ScanReport
+    from normonnx.features.scan.checks import against_oracle
+    from normonnx.features.sweep import SweepSummary, case_status
+    from normonnx.presentation.testing import check_report
 
     got, ref, others, want = CASES[name]
     rep = _report(got, ref, others)
@@ -80,12 +80,12 @@ def test_every_entry_point_gives_one_verdict(name, monkeypatch):
     assert case_status(rep.results) == want
     assert SweepSummary("out", 1, 0, statuses=[case_status(rep.results)]).exit_code(strict=True) == rep.exit_code
     # bench's validation column and its fastest form: the same model run through bench's own validation
-    monkeypatch.setattr("normonnx.validate.validate", lambda *a, **k: rep)
+    monkeypatch.setattr("normonnx.engine.validate.validate", lambda *a, **k: rep)
     col = _validation(None, "cpu", None)
     assert col["check"] == want
     rows = {"copy": {"form": "copy", "x_copy": 1.0}, "form": {"form": "form", "x_copy": 1.5, "stable": True, **col}}
     assert (_fastest(rows) == "form") is (want == "pass")
-    # normonnx.testing
+    # normonnx.presentation.testing
     if want == "pass":
         check_report(rep)
     else:
@@ -98,9 +98,9 @@ def test_every_entry_point_gives_one_verdict(name, monkeypatch):
     assert whole.status == want, whole
     # scan --activations: a captured output against the oracle (the table's oracle stands in for the
     # reference of the captured input)
-    import normonnx.reference
+    import normonnx.core.reference
 
-    monkeypatch.setattr(normonnx.reference, "reference", lambda spec, params, x: ref.reshape(1, 4))
+    monkeypatch.setattr(normonnx.core.reference, "reference", lambda spec, params, x: ref.reshape(1, 4))
     spec = NormSpec.make("ln", shape=(1, 4), affine=False)
     ok, _ = against_oracle(spec, {}, np.array([[0.1, 0.2, 0.3, 0.4]]), got.reshape(1, 4), "float32")
     assert judge([status_of(ok)]).status == want
@@ -139,7 +139,7 @@ def test_the_judge_orders_fail_before_internal_before_not_checked_before_pass():
 ], ids=["ci-12%", "ci-7%", "copy-20%", "copy-10%", "others-0.30", "others-0.20"])
 def test_noise_verdict_edges(args, stable):
     """Each noise limit checked just past and just inside it: a limit made 3x looser (or tighter) fails here."""
-    from normonnx import timing
+    from normonnx.core import timing
 
     v = timing.Noise.of(args["ratio"], args["copy_cv"], None, 2, args["others"])
     assert v.stable is stable, v.reason
@@ -149,7 +149,7 @@ def test_activations_check_the_skip_layernorm_on_input_plus_residual(tmp_path):
     """SkipLayerNormalization normalizes input + skip (+ bias): the captured check must add the residual.
     Judged on x alone (the residual dropped), the captured output would disagree with the oracle."""
     import corpus
-    from normonnx.scan.activations import check_activations
+    from normonnx.features.scan.activations import check_activations
 
     path = tmp_path / "skip.onnx"
     onnx.save(corpus.contrib_skip_with_bias(), str(path))

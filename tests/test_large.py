@@ -17,10 +17,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import corpus
-from normonnx.graph import check_external_data, copy_external_data
-from normonnx.repair import FixOptions, ProofOptions, fix
+from normonnx.graph.graph import check_external_data, copy_external_data
+from normonnx.repair.fixer import FixOptions, ProofOptions, fix
 from normonnx.repair.proof import shared_weights
-from normonnx.scan.activations import check_activations
+from normonnx.features.scan.activations import check_activations
 
 
 def _digest(*paths: Path) -> list[str]:
@@ -178,12 +178,12 @@ def test_bfloat16_weights_are_copied_but_not_shared(tmp_path):
 def test_a_graph_past_protobufs_limit_is_written_with_external_data(tmp_path, monkeypatch):
     """A graph whose inline tensors would pass protobuf's 2 GB limit is written with its tensors in
     FIXED.onnx.data (the limit lowered here: a 2 GB model has no place in a unit test)."""
-    import normonnx.graph
+    import normonnx.graph.graph
 
     a, _ = _shared_file_models(tmp_path)
     inline = onnx.load(str(a))  # the same model with its weights inline
     onnx.save(inline, str(tmp_path / "inline.onnx"))
-    monkeypatch.setattr(normonnx.graph, "PROTO_LIMIT", 4096)  # fix, its checker step and the capture graph
+    monkeypatch.setattr(normonnx.graph.graph, "PROTO_LIMIT", 4096)  # fix, its checker step and the capture graph
     rep = fix(tmp_path / "inline.onnx", tmp_path / "out.onnx", proof=ProofOptions(timing=False))
     assert rep.written and any("2 GB limit" in n for n in rep.notes)
     assert (tmp_path / "out.onnx.data").stat().st_size >= 64 * 64 * 4
@@ -197,7 +197,7 @@ def test_a_folder_without_room_for_the_weights_is_refused_before_any_work(decode
     import shutil
     from collections import namedtuple
 
-    from normonnx.errors import BadInput
+    from normonnx.core.errors import BadInput
 
     src, weights = decoder
     usage = namedtuple("usage", "total used free")
@@ -211,7 +211,7 @@ def test_a_folder_without_room_for_the_weights_is_refused_before_any_work(decode
 def test_shape_inference_copies_no_inline_weights(decoder):
     """An inline model (torch writes everything inline under 2 GB) is shape-inferred on a copy without
     its weights' bytes; the result lands on the model itself."""
-    from normonnx.shapes import infer_shapes
+    from normonnx.graph.shapes import infer_shapes
 
     src, weights = decoder
     model = onnx.load(str(src))  # the weights inline now

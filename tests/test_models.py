@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from normonnx.params import make_params
-from normonnx.spec import NormSpec
-from normonnx.variants import get_variant, usable_variants
+from normonnx.core.params import make_params
+from normonnx.core.spec import NormSpec
+from normonnx.exporting.variants import get_variant, usable_variants
 
 SPECS = [
     NormSpec.make("bn", shape="3x5"),

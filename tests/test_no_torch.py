@@ -65,7 +65,7 @@ def _run(ws: dict, *args: str, block: str = NO_TORCH) -> Run:
     argv = [a.format(**ws) for a in args]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ws["blocker"]), *filter(None, [os.environ.get(
         "PYTHONPATH")])]), "NORMONNX_TEST_BLOCK": block, "COLUMNS": "1000"}
-    p = subprocess.run([sys.executable, "-m", "normonnx.cli", *argv], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "normonnx.presentation.cli", *argv], capture_output=True, text=True,
                        cwd=ws["tmp"], env=env, timeout=600)
     return Run(p.returncode, p.stdout, p.stderr)
 
@@ -74,7 +74,7 @@ def _run(ws: dict, *args: str, block: str = NO_TORCH) -> Run:
 def ws(tmp_path_factory) -> dict:
     """The workspace: the blocker, two models, a sweep folder (one record, as the light-command test makes)."""
     import normonnx
-    from normonnx.results import RESULTS, make_record
+    from normonnx.core.results import RESULTS, make_record
 
     tmp = tmp_path_factory.mktemp("no-torch")
     blocker = tmp / "blocker"
@@ -186,8 +186,8 @@ def test_dynamo_without_onnxscript_says_so_and_torchscript_still_exports(ws):
 
 # -- the library: the same checks, without a subprocess ------------------------------------------------------------
 def test_need_torch_is_runtime_unavailable_with_the_install_line(monkeypatch):
-    from normonnx.errors import ExitCode, RuntimeUnavailable, need_torch, torch_missing
-    from normonnx.exporters import get_exporter
+    from normonnx.core.errors import ExitCode, RuntimeUnavailable, need_torch, torch_missing
+    from normonnx.exporting.exporters import get_exporter
 
     monkeypatch.setitem(sys.modules, "torch", None)  # how Python marks a module missing
     with pytest.raises(RuntimeUnavailable) as e:

@@ -13,9 +13,9 @@ from onnx import TensorProto, helper
 
 from conftest import run_cli
 from normonnx import NormSpec
-from normonnx.inputs import CheckOptions
-from normonnx.runtimes import RunOptions
-from normonnx.validate import validate
+from normonnx.engine.inputs import CheckOptions
+from normonnx.engine.runtimes import RunOptions
+from normonnx.engine.validate import validate
 
 openvino = pytest.importorskip("openvino", reason="the openvino extra is not installed")
 
@@ -84,7 +84,7 @@ def test_scan_validates_on_openvino(tmp_path):
 def test_without_openvino_naming_it_is_exit_3_with_the_install_line():
     # the package hidden the way Python hides a missing module (None in sys.modules): the real code path
     code = ("import sys; sys.modules['openvino'] = None\n"
-            "from normonnx.cli import main\n"
+            "from normonnx.presentation.cli import main\n"
             "sys.argv = ['normonnx', 'validate', '--norm', 'ln', '--runtimes', 'cpu,openvino']\n"
             "main()")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -96,8 +96,8 @@ def test_a_sweep_across_runtimes_recommends_per_runtime_and_marks_portable_forms
     """ORT CPU's LayerNormalization is exact on a zero-variance row, OpenVINO's is not (measured): the report
     recommends native LN for cpu, says no LN form passes on openvino with the least bad one, and marks the
     RMSNorm forms that pass on both runtimes portable."""
-    from normonnx.report import load, recommendations
-    from normonnx.sweep import Matrix, sweep
+    from normonnx.presentation.report import load, recommendations
+    from normonnx.features.sweep import Matrix, sweep
 
     sweep(tmp_path, Matrix(norms=("ln", "rms"), variants=("native", "decomposed"), opsets=(23,), exporters=("dynamo",),
                            dtypes=("float32",), providers=("cpu", "openvino")),
@@ -112,8 +112,8 @@ def test_a_sweep_across_runtimes_recommends_per_runtime_and_marks_portable_forms
 
 
 def test_bench_times_openvino_beside_copy_and_torch():
-    from normonnx.bench import benchmark
-    from normonnx.timing import TimingOptions
+    from normonnx.engine.bench import benchmark
+    from normonnx.core.timing import TimingOptions
 
     rep = benchmark(NormSpec.make("ln", shape=(4, 64, 128)), ["native", "decomposed"], run=RunOptions.on("openvino"),
                     opset=18, timing=TimingOptions(warmup=1, min_time=0.05, rounds=3))

@@ -8,13 +8,13 @@ import pytest
 
 import normonnx
 from normonnx import BadInput, NormSpec
-from normonnx.export import ExportOptions
-from normonnx.inputs import CheckOptions
-from normonnx.repair import FixOptions, ProofOptions
-from normonnx.runtimes import RunOptions
-from normonnx.sweep import BenchOptions, SweepOptions
-from normonnx.timing import TimingOptions
-from normonnx.validate import validate
+from normonnx.exporting.export import ExportOptions
+from normonnx.engine.inputs import CheckOptions
+from normonnx.repair.fixer import FixOptions, ProofOptions
+from normonnx.engine.runtimes import RunOptions
+from normonnx.features.sweep import BenchOptions, SweepOptions
+from normonnx.core.timing import TimingOptions
+from normonnx.engine.validate import validate
 
 NAMES = [(RunOptions, "runtimes"), (CheckOptions, "inputs"), (FixOptions, "rules"), (FixOptions, "skip_rules"),
          (ProofOptions, "runtimes"), (ProofOptions, "inputs")]

@@ -18,10 +18,10 @@ def _editable() -> bool:
 
 
 def test_the_package_holds_models_and_cli():
-    import normonnx.cli
+    import normonnx.presentation.cli
     import normonnx.models
 
-    assert callable(normonnx.cli.main) and hasattr(normonnx.models, "native_module")
+    assert callable(normonnx.presentation.cli.main) and hasattr(normonnx.models, "native_module")
 
 
 @pytest.mark.parametrize("name", ["normonnx.setup", "normonnx.tests", "normonnx.benchmarks", "normonnx.conftest"])
@@ -41,7 +41,7 @@ def test_the_installed_distribution_is_what_runs():
 
 PROBE = """
 import sys
-from normonnx.cli import main
+from normonnx.presentation.cli import main
 try:
     main(sys.argv[1:])
 except SystemExit as e:
@@ -66,7 +66,7 @@ def test_light_commands_start_without_torch(tmp_path, args):
     import subprocess
     import sys
 
-    from normonnx.results import RESULTS, make_record
+    from normonnx.core.results import RESULTS, make_record
 
     out = tmp_path / "sweep"
     out.mkdir()

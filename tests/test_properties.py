@@ -7,11 +7,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from normonnx.compare import compare, tolerance_for
+from normonnx.core.compare import compare, tolerance_for
 from normonnx.models import native_module
-from normonnx.params import make_params
-from normonnx.reference import reference
-from normonnx.spec import NormSpec
+from normonnx.core.params import make_params
+from normonnx.core.reference import reference
+from normonnx.core.spec import NormSpec
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -101,7 +101,7 @@ def test_int8_rounding_far_off_its_grid_is_a_failed_what_if_not_a_failed_layer(t
 def test_a_qdq_models_whole_run_on_another_runtime_is_a_what_if(tmp_path, name):
     """Runtimes round a QDQ model's int8 steps differently (OpenVINO's whole run of these blocks is a step or more
     from ORT's): the whole-model run is shown, marked a what-if, and never the exit code; the layers judge it."""
-    from normonnx.runtimes import get_runtime
+    from normonnx.engine.runtimes import get_runtime
 
     if get_runtime("openvino").unavailable():
         pytest.skip(get_runtime("openvino").unavailable())

@@ -33,7 +33,7 @@ def _run(command: str, cwd: Path) -> subprocess.CompletedProcess:
     if argv[0] == "python":
         argv[0] = sys.executable
     elif argv[0] == "normonnx":
-        argv = [sys.executable, "-m", "normonnx.cli", *argv[1:]]
+        argv = [sys.executable, "-m", "normonnx.presentation.cli", *argv[1:]]
     return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "COLUMNS": "120"})
 

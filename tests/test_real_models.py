@@ -9,8 +9,8 @@ from collections import Counter
 import pytest
 import torch
 
-from normonnx.scan import scan
-from normonnx.repair import FixOptions, ProofOptions
+from normonnx.features.scan import scan
+from normonnx.repair.fixer import FixOptions, ProofOptions
 
 transformers = pytest.importorskip("transformers", reason="the real-model corpus needs transformers (test extras)")
 

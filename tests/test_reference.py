@@ -11,9 +11,9 @@ import onnx
 import pytest
 import torch
 
-from normonnx import reference as R
-from normonnx.params import make_params
-from normonnx.spec import NormSpec
+from normonnx.core import reference as R
+from normonnx.core.params import make_params
+from normonnx.core.spec import NormSpec
 
 
 # -- broken oracles: each must be caught --------------------------------------------------------

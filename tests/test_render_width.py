@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from normonnx.render import table, terminal_width
+from normonnx.presentation.render import table, terminal_width
 
 ADVICE = ("CUDAExecutionProvider is not available: install onnxruntime-gpu instead of onnxruntime "
           "(pip uninstall onnxruntime && pip install onnxruntime-gpu) and check that CUDA 12 libraries load")

@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from normonnx.report import judged_runtimes, judged_sentence, render_html, render_markdown, ship_answer
+from normonnx.presentation.report import judged_runtimes, judged_sentence, render_html, render_markdown, ship_answer
 
 FACTS = {"cpu": {"version": "1.32.0", "precision": "as the graph's types"},
          "openvino": {"version": "2026.4.1-22982-e213a147257-releases/2026/4", "precision": "f32"},
@@ -136,9 +136,9 @@ def three_runtimes(tmp_path_factory):
     is exact on a constant row of 4096 features, OpenVINO's is not (tests/test_openvino.py); RMSNorm passes
     on all three."""
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
-    from normonnx.inputs import CheckOptions
-    from normonnx.report import load
-    from normonnx.sweep import Matrix, SweepOptions, sweep
+    from normonnx.engine.inputs import CheckOptions
+    from normonnx.presentation.report import load
+    from normonnx.features.sweep import Matrix, SweepOptions, sweep
 
     root = tmp_path_factory.mktemp("three")
     sweep(root / "out", Matrix(norms=("ln", "rms"), variants=("native",), opsets=(23,),

@@ -10,9 +10,9 @@ import shutil
 
 import pytest
 
-from normonnx.report import render_html
-from normonnx.inputs import CheckOptions
-from normonnx.sweep import SweepOptions, Matrix, sweep
+from normonnx.presentation.report import render_html
+from normonnx.engine.inputs import CheckOptions
+from normonnx.features.sweep import SweepOptions, Matrix, sweep
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -48,7 +48,7 @@ def report_file(tmp_path_factory):
     m = Matrix.quick(variants=("native", "decomposed", "layernorm-trick"), providers=("cpu",))
     sweep(root / "out", m, how=SweepOptions(cache_dir=root / "cache", progress=False),
           check=CheckOptions(inputs=["normal", "offset", "constant"]))
-    from normonnx.report import write_report
+    from normonnx.presentation.report import write_report
 
     return write_report(root / "out", root / "report.html")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from normonnx.findings import group_failures
-from normonnx.report import needs_text, recommendations, visible_matrix
-from normonnx.sweep import Matrix
+from normonnx.presentation.findings import group_failures
+from normonnx.presentation.report import needs_text, recommendations, visible_matrix
+from normonnx.features.sweep import Matrix
 
 
 def case(variant="native", opset=18, status="pass", exporter="dynamo", norm="gn", dtype="float32", fails=(),

@@ -12,11 +12,11 @@ import onnx
 import pytest
 
 from conftest import one_line_error, run_cli
-from normonnx.cache import ExportCache
-from normonnx.results import RESULTS, FolderLock, make_record, read_results
-from normonnx.spec import NormSpec
-from normonnx.inputs import CheckOptions
-from normonnx.sweep import SweepOptions, Matrix, sweep
+from normonnx.exporting.cache import ExportCache
+from normonnx.core.results import RESULTS, FolderLock, make_record, read_results
+from normonnx.core.spec import NormSpec
+from normonnx.engine.inputs import CheckOptions
+from normonnx.features.sweep import SweepOptions, Matrix, sweep
 
 ONE = Matrix(norms=("ln",), variants=("native",), opsets=(17, 18), exporters=("dynamo",), dtypes=("float32",),
              providers=("cpu",))
@@ -130,7 +130,7 @@ def test_two_sweeps_racing_for_one_folder_record_each_case_once(done, tmp_path):
     """Two real processes started together on one folder: one holds the lock; the other either is
     refused (exit 2) or, arriving after, finds every case done. Never a case recorded twice."""
     out = tmp_path / "o"
-    cmd = [sys.executable, "-m", "normonnx.cli", "sweep", "-o", str(out), "--resume", *SWEEP_ARGS,
+    cmd = [sys.executable, "-m", "normonnx.presentation.cli", "sweep", "-o", str(out), "--resume", *SWEEP_ARGS,
            "--cache-dir", str(done / "cache")]
     # cwd outside the checkout: its normonnx/ would shadow the installed package (CI's install is not editable)
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
@@ -195,7 +195,7 @@ def test_a_poisoned_cache_entry_is_a_miss_and_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="holds another model .*spec"):
         p = again.export(ln, "native", 18, "dynamo")
     assert again.misses == 1 and again.rejected == 1
-    from normonnx.graph import metadata
+    from normonnx.graph.graph import metadata
 
     assert json.loads(metadata(onnx.load(str(p)))["spec"]) == ln.to_dict()
     # a flipped byte: the checksum catches it
@@ -215,7 +215,7 @@ def test_an_unusable_cache_folder_is_exit_2_before_any_case(tmp_path, where):
         cache = "/proc/normonnx-cache"
     proc = run_cli("sweep", "-o", str(tmp_path / "o"), *SWEEP_ARGS, "--cache-dir", str(cache))
     one_line_error(proc, 2, *(["is a file"] if where == "file" else ["cannot use cache folder", "--no-cache"]))
-    from normonnx.errors import BadInput
+    from normonnx.core.errors import BadInput
 
     with pytest.raises(BadInput, match="cannot use cache folder .*--no-cache"):  # the library says it too
         ExportCache(cache)
@@ -263,7 +263,7 @@ def test_an_edited_reference_module_is_exported_afresh(tmp_path, monkeypatch):
 
     import normonnx.models
 
-    export_mod = importlib.import_module("normonnx.export")
+    export_mod = importlib.import_module("normonnx.exporting.export")
 
     copy = tmp_path / "models"
     shutil.copytree(next(iter(normonnx.models.__path__)), copy)
@@ -284,7 +284,7 @@ def test_an_edited_reference_module_is_exported_afresh(tmp_path, monkeypatch):
 def test_a_failure_in_normonnx_own_translation_is_internal_and_never_cached(tmp_path, monkeypatch):
     """An exception raised inside normonnx's exporter translation (not inside torch's exporter) is exit 5
     with the report-it line, and leaves no cache entry, error or model."""
-    import normonnx.translations as translations
+    import normonnx.exporting.translations as translations
 
     # a bug inside normonnx's own code: the translation factory handed a spec it cannot read
     real = translations._gn_dynamo_translation

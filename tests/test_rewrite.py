@@ -9,10 +9,10 @@ import onnx_ir as ir
 import pytest
 
 import corpus
-from normonnx.irview import View, region
-from normonnx.rewrite import apply, plan_layers
-from normonnx.rules import RULES
-from normonnx.shapes import infer_shapes
+from normonnx.graph.irview import View, region
+from normonnx.graph.rewrite import apply, plan_layers
+from normonnx.graph.rules import RULES
+from normonnx.graph.shapes import infer_shapes
 
 MODELS = [*corpus.HAND_CORPUS, "encoder-op14-torchscript", "unet-op18-dynamo", "rms-decoder-op18-dynamo"]
 

@@ -1,4 +1,4 @@
-"""The converting runtimes (normonnx/runtimes/: IREE, TVM, MNN, ncnn through pnnx; TensorRT and ORT's TensorRT
+"""The converting runtimes (normonnx/engine/runtimes/: IREE, TVM, MNN, ncnn through pnnx; TensorRT and ORT's TensorRT
 provider where installed), table-driven: each skips with why where its package is missing; where installed,
 a LayerNorm and a GroupNorm validate with finished comparisons, a model its converter refuses is "not
 checked" (never fail), `normonnx list` shows it with its availability. MNN's converter installs and sends
@@ -22,12 +22,12 @@ from onnx import TensorProto, helper
 
 from conftest import run_cli
 from normonnx import NormSpec
-from normonnx.export import ExportOptions
-from normonnx.inputs import CheckOptions
-from normonnx.judge import FAIL, NOT_CHECKED, PASS, SKIPPED
-from normonnx.runtimes import REGISTRY, ENTRY_POINT_GROUP, RunOptions, RuntimeRegistry, get_runtime, load_plugins, \
-    resolve_names
-from normonnx.validate import validate
+from normonnx.exporting.export import ExportOptions
+from normonnx.engine.inputs import CheckOptions
+from normonnx.core.judge import FAIL, NOT_CHECKED, PASS, SKIPPED
+from normonnx.engine.runtimes import REGISTRY, ENTRY_POINT_GROUP, RunOptions, RuntimeRegistry, get_runtime, \
+    load_plugins, resolve_names
+from normonnx.engine.validate import validate
 
 NEW = ("iree", "tvm", "mnn", "ncnn")
 GPU_ONLY = ("tensorrt", "ort-tensorrt")
@@ -200,7 +200,7 @@ def _trapped(tmp_path: Path, body: str, strace: str | None = None) -> tuple[dict
 
 MNN_PLUGIN = """
     import numpy as np
-    from normonnx.runtimes import SessionConfig, get_runtime
+    from normonnx.engine.runtimes import SessionConfig, get_runtime
     s = get_runtime("mnn").open(sys.argv[0].replace("child.py", "ln.onnx"), SessionConfig())
     x = np.random.default_rng(0).standard_normal((2, 4, 16)).astype(np.float32)
     y = s.run(x)
@@ -273,7 +273,7 @@ INSTALL = {"iree": 'pip install "normonnx[iree]"', "tvm": 'pip install "normonnx
 def test_each_runtime_says_how_to_install_it_where_it_is_missing():
     code = ("import sys, json\n"
             f"for m in {sum(HIDE.values(), [])!r}: sys.modules[m] = None\n"
-            "from normonnx.runtimes import get_runtime\n"
+            "from normonnx.engine.runtimes import get_runtime\n"
             f"print(json.dumps({{n: get_runtime(n).unavailable() for n in {list(HIDE)!r}}}))\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
@@ -284,7 +284,7 @@ def test_each_runtime_says_how_to_install_it_where_it_is_missing():
 
 def test_ncnn_without_pnnx_says_to_install_it_without_its_dependencies():
     code = ("import sys; sys.modules['pnnx'] = None\n"
-            "from normonnx.runtimes import get_runtime\n"
+            "from normonnx.engine.runtimes import get_runtime\n"
             "print(get_runtime('ncnn').unavailable())\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert "pip install --no-deps pnnx" in p.stdout, (p.stdout, p.stderr)
@@ -293,7 +293,7 @@ def test_ncnn_without_pnnx_says_to_install_it_without_its_dependencies():
 def test_naming_a_missing_runtime_is_exit_3_with_why():
     code = ("import sys\n"
             "for m in ('iree', 'iree.compiler', 'iree.runtime'): sys.modules[m] = None\n"
-            "from normonnx.cli import main\n"
+            "from normonnx.presentation.cli import main\n"
             "sys.argv = ['normonnx', 'validate', '--norm', 'ln', '--runtimes', 'iree']\n"
             "main()")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -322,10 +322,10 @@ def test_all_is_every_onnx_runtime_available_here():
     assert [n for n in NEW if get_runtime(n).unavailable() is None] == [n for n in names if n in NEW]
     assert resolve_names(["cpu", "all"])[0] == "cpu" and len(set(resolve_names(["cpu", "all"]))) == len(names)
     # the library's entry points take it too: validate, scan and fix, sweep, bench (what it can time)
-    from normonnx.bench import _check_request, can_time
-    from normonnx.layers import check_runtime_request
-    from normonnx.sweep import Matrix
-    from normonnx.validate import choose_runtimes
+    from normonnx.engine.bench import _check_request, can_time
+    from normonnx.engine.layers import check_runtime_request
+    from normonnx.features.sweep import Matrix
+    from normonnx.engine.validate import choose_runtimes
 
     assert choose_runtimes(("all",), False)[0] == list(names)
     assert check_runtime_request(["all"], None) == list(names)
@@ -347,7 +347,7 @@ def test_validate_runtimes_all_runs_on_every_runtime_here():
 # -- third-party runtimes -------------------------------------------------------------------------------------
 PLUGIN = '''
 """A third-party runtime: ONNX Runtime CPU under another name (what a plugin package would ship)."""
-from normonnx.runtimes import Runtime, Session, get_runtime
+from normonnx.engine.runtimes import Runtime, Session, get_runtime
 
 
 def _open(model_path, config, module=None):
@@ -379,7 +379,7 @@ def test_a_plugin_registers_through_the_entry_point_group_lazily(tmp_path):
     code = textwrap.dedent("""
         import json, sys, warnings
         warnings.simplefilter("ignore")
-        import normonnx.runtimes as rt
+        import normonnx.engine.runtimes as rt
         lazy = "fake_rt" not in sys.modules
         names = list(rt.REGISTRY)
         out = {"lazy": lazy, "names": names, "loaded": "fake_rt" in sys.modules,
@@ -403,17 +403,19 @@ def test_a_plugin_registers_through_the_entry_point_group_lazily(tmp_path):
 def test_list_and_validate_with_a_plugin_and_a_broken_one(tmp_path):
     site = _plugin_dist(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(site)}  # the installed normonnx, never the checkout (CI installs a wheel)
-    listed = subprocess.run([sys.executable, "-m", "normonnx.cli", "list"], capture_output=True, text=True,
+    listed = subprocess.run([sys.executable, "-m", "normonnx.presentation.cli", "list"], capture_output=True, text=True,
                             timeout=300, env={**env, "COLUMNS": "300"}, cwd=tmp_path)
     assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
     rows = {ln.split()[0]: ln for ln in listed.stdout.splitlines() if ln.split()}
     assert " yes " in rows["fake"] and " no: the plugin broken_rt:RUNTIME failed to load" in rows["broken"], rows
-    ok = subprocess.run([sys.executable, "-m", "normonnx.cli", "validate", "--norm", "ln", "--runtimes", "fake",
+    ok = subprocess.run([sys.executable, "-m", "normonnx.presentation.cli", "validate", "--norm", "ln",
+                         "--runtimes", "fake",
                          "--inputs", "normal", "--json"], capture_output=True, text=True, timeout=300, env=env,
                         cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["runtimes"]["fake"]["wraps"] == "cpu"
-    bad = subprocess.run([sys.executable, "-m", "normonnx.cli", "validate", "--norm", "ln", "--runtimes", "broken",
+    bad = subprocess.run([sys.executable, "-m", "normonnx.presentation.cli", "validate", "--norm", "ln",
+                          "--runtimes", "broken",
                           "--inputs", "normal"], capture_output=True, text=True, timeout=300, env=env,
                          cwd=tmp_path)
     assert bad.returncode == 3 and "failed to load" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
@@ -424,7 +426,7 @@ def test_load_plugins_takes_runtimes_lists_and_factories(monkeypatch):
     availability check that raises."""
     from importlib.metadata import EntryPoint
 
-    import normonnx.runtimes as rt
+    import normonnx.engine.runtimes as rt
 
     mod = type(sys)("normonnx_test_plugins")
     mk = lambda name: rt.Runtime(name, "test", lambda: None, lambda *a: None, default=False)  # noqa: E731
@@ -446,7 +448,7 @@ def test_load_plugins_takes_runtimes_lists_and_factories(monkeypatch):
     got = {n: dict.__getitem__(reg, n) for n in dict.keys(reg)}
     assert set(got) == {"many", "many-b", "factory", "wrong", "other", "someone-else", "crashy"}
     assert got["many-b"].plugin == "normonnx_test_plugins:many" and got["factory"].unavailable() is None
-    assert "gave object, not a normonnx.runtimes.Runtime" in got["wrong"].unavailable()
+    assert "gave object, not a normonnx.engine.runtimes.Runtime" in got["wrong"].unavailable()
     assert "registered no runtime named 'other'" in got["other"].unavailable()
     # a plugin whose availability check raises is unavailable with why (`normonnx list` asks every runtime)
     assert "failed to say whether it is available (OSError: libfake.so.2" in got["crashy"].unavailable()
@@ -467,7 +469,7 @@ def test_mnn_takes_float16_parameters_held_in_int32_data(tmp_path):
                                 opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "ln16.onnx"))
     code = textwrap.dedent("""
         import sys, numpy as np
-        from normonnx.runtimes import SessionConfig, get_runtime
+        from normonnx.engine.runtimes import SessionConfig, get_runtime
         s = get_runtime("mnn").open(sys.argv[1], SessionConfig())
         x = np.random.default_rng(0).standard_normal((2, 4, 16)).astype(np.float16)
         m, v = x.astype(np.float64).mean(-1, keepdims=True), x.astype(np.float64).var(-1, keepdims=True)

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 import corpus
 from conftest import run_cli
 from normonnx import BadInput
-from normonnx.scan import scan
+from normonnx.features.scan import scan
 
 NAMES = list(corpus.TORCH_CORPUS) + list(corpus.HAND_CORPUS)
 

@@ -13,16 +13,16 @@ from torch import nn
 import corpus
 import normonnx
 from normonnx import NormSpec, export_report
-from normonnx.errors import ExitCode
-from normonnx.export import ExportOptions
-from normonnx.inputs import CheckOptions
-from normonnx.repair import ProofOptions
-from normonnx.rewrite import apply, plan_layers, to_checked_proto
-from normonnx.rules import RULES
-from normonnx.runtimes import RunOptions
-from normonnx.scan import scan
-from normonnx.shapes import infer_shapes
-from normonnx.validate import validate
+from normonnx.core.errors import ExitCode
+from normonnx.exporting.export import ExportOptions
+from normonnx.engine.inputs import CheckOptions
+from normonnx.repair.fixer import ProofOptions
+from normonnx.graph.rewrite import apply, plan_layers, to_checked_proto
+from normonnx.graph.rules import RULES
+from normonnx.engine.runtimes import RunOptions
+from normonnx.features.scan import scan
+from normonnx.graph.shapes import infer_shapes
+from normonnx.engine.validate import validate
 
 requires_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
                                        reason="the openvino extra is not installed")

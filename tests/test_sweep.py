@@ -9,10 +9,10 @@ import pytest
 
 from conftest import has_cuda_ep, run_cli
 from normonnx import BadInput
-from normonnx.report import recommendations, write_report
-from normonnx.results import RESULTS, read_results as read_results_and_bad
-from normonnx.inputs import CheckOptions
-from normonnx.sweep import BenchOptions, SweepOptions, Matrix, merge, parse_shard, run_case, shard_cases, sweep
+from normonnx.presentation.report import recommendations, write_report
+from normonnx.core.results import RESULTS, read_results as read_results_and_bad
+from normonnx.engine.inputs import CheckOptions
+from normonnx.features.sweep import BenchOptions, SweepOptions, Matrix, merge, parse_shard, run_case, shard_cases, sweep
 
 
 def read_results(path):
@@ -61,7 +61,7 @@ def test_resume_after_interruption_completes_without_duplicates(full, tmp_path):
         calls.append(case.id)
         return run_case(case, *args)
 
-    from normonnx.errors import Interrupted
+    from normonnx.core.errors import Interrupted
 
     with pytest.raises(Interrupted, match="") as stopped:  # a KeyboardInterrupt saying how to go on
         sweep(tmp_path / "o", SMALL, how=SweepOptions(cache_dir=full / "cache", progress=False),
@@ -252,7 +252,7 @@ def test_resume_refuses_results_of_other_tool_versions(full, tmp_path):
 
 def test_report_orders_samples_by_the_suite_registry():
     """Derived from the input-suite registry: 'dynamic' used to vanish from the error plot."""
-    from normonnx.report import sample_order
+    from normonnx.presentation.report import sample_order
 
     got = sample_order(["nonfinite", "offset-1e3", "dynamic-3x19x64", "normal", "offset-1e2", "zz-unknown"])
     assert got == ["normal", "offset-1e2", "offset-1e3", "nonfinite", "dynamic-3x19x64", "zz-unknown"]
@@ -289,7 +289,7 @@ def test_recommendation_uses_only_trustworthy_separated_timings(kw, recommended,
 
 
 def test_report_shows_a_banner_when_a_timing_is_not_trusted(tmp_path):
-    from normonnx.report import render_html, render_markdown
+    from normonnx.presentation.report import render_html, render_markdown
 
     calm, noisy = _bench_records(), _bench_records(stable_native=False)
     assert "Timings not trusted" not in render_html(calm, {}) and "Timings not trusted" not in render_markdown(calm, {})
@@ -300,7 +300,7 @@ def test_eta_adds_each_kind_of_step_at_its_own_pace():
     """Ten fast cases done, two slow timing groups left: the ETA is the groups' pace, not the cases'."""
     import io
 
-    from normonnx.sweep import Progress
+    from normonnx.features.sweep import Progress
 
     bar = Progress(12, stream=io.StringIO(), remaining={"case": 10, "bench": 2}, first_guess={"bench": 30.0})
     for i in range(10):

@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from normonnx import timing
-from normonnx.bench import _fastest
+from normonnx.core import timing
+from normonnx.engine.bench import _fastest
 
 
 class FakeMachine:

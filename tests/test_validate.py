@@ -10,13 +10,13 @@ from onnx import TensorProto, helper
 
 from conftest import requires_cuda
 from normonnx import NormSpec, export_report
-from normonnx.graph import META_PREFIX
-from normonnx.testing import assert_export_matches
-from normonnx.export import ExportOptions
-from normonnx.inputs import CheckOptions
-from normonnx.runtimes import RunOptions, SessionConfig
-from normonnx.validate import validate
-from normonnx.variants import usable_variants
+from normonnx.graph.graph import META_PREFIX
+from normonnx.presentation.testing import assert_export_matches
+from normonnx.exporting.export import ExportOptions
+from normonnx.engine.inputs import CheckOptions
+from normonnx.engine.runtimes import RunOptions, SessionConfig
+from normonnx.engine.validate import validate
+from normonnx.exporting.variants import usable_variants
 
 RUNTIMES = ["cpu", "reference", "torch"]
 LARGE = lambda names: {f"{n}-large" for n in names}  # noqa: E731 - the same samples at a realistic set size
@@ -133,9 +133,9 @@ def test_decomposed_ln_fuses_only_when_optimizations_are_on(tmp_path):
     import torch
 
 
-    from normonnx.graph import set_metadata
+    from normonnx.graph.graph import set_metadata
     from normonnx.models import native_module
-    from normonnx.params import make_params
+    from normonnx.core.params import make_params
 
     spec = NormSpec.make("ln")
     path = tmp_path / "ln13.onnx"
@@ -293,7 +293,7 @@ def test_a_given_file_is_loaded_on_the_runtime_it_runs_on(tmp_path):
     never refused for what ORT CPU cannot load (the first GPU run found scan, fix and bench refusing it so);
     validated on cpu it is bad input, with ORT's own reason."""
     from conftest import has_cuda_ep
-    from normonnx.errors import BadInput
+    from normonnx.core.errors import BadInput
 
     path = export_report(NormSpec.make("gn", groups=4), "contrib", 18, "dynamo", False, tmp_path / "m.onnx").path
     report = validate(model=path, run=RunOptions(runtimes=["cuda"], skip_missing=True),

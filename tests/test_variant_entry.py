@@ -11,13 +11,13 @@ import torch
 from torch import nn
 
 from normonnx import NormSpec, export_report
-from normonnx.inputs import CheckOptions
-from normonnx.sweep import Matrix, sweep
-from normonnx.translations import Translation
-from normonnx.export import ExportOptions
-from normonnx.runtimes import RunOptions
-from normonnx.validate import validate
-from normonnx.variants import REGISTRY, Variant
+from normonnx.engine.inputs import CheckOptions
+from normonnx.features.sweep import Matrix, sweep
+from normonnx.exporting.translations import Translation
+from normonnx.exporting.export import ExportOptions
+from normonnx.engine.runtimes import RunOptions
+from normonnx.engine.validate import validate
+from normonnx.exporting.variants import REGISTRY, Variant
 
 
 class PowLayerNorm(nn.Module):

@@ -12,11 +12,11 @@ import pytest
 
 import normonnx
 from conftest import run_cli
-from normonnx.judge import FAIL, NOT_CHECKED, PASS, judge
-from normonnx.layers import LayerVerdict
-from normonnx.patterns import FoundNorm
-from normonnx.render import facts_text
-from normonnx.repair import FixOptions, LayerFix, ProofOptions
+from normonnx.core.judge import FAIL, NOT_CHECKED, PASS, judge
+from normonnx.engine.layers import LayerVerdict
+from normonnx.graph.patterns import FoundNorm
+from normonnx.presentation.render import facts_text
+from normonnx.repair.fixer import FixOptions, LayerFix, ProofOptions
 from normonnx.repair.proof import Candidate, choose
 
 import corpus
@@ -185,7 +185,7 @@ def test_scan_on_one_runtime_keeps_its_words(instance_trick):
 def no_shifted(monkeypatch):
     """The group-norm rule without the shifted form: then no form of a GroupNorm passes a constant 32x32 group on
     OpenVINO (measured: the layernorm-trick errs 0.0097 there; on ORT CPU it passes)."""
-    from normonnx.rules import RULES
+    from normonnx.graph.rules import RULES
 
     g = RULES["group-norm"]
 
@@ -199,7 +199,7 @@ def no_shifted(monkeypatch):
 
 def test_fix_says_which_runtime_each_candidate_fails_on_and_when_least_bad_helps(tmp_path, no_shifted):
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
-    from normonnx.render import fix_summary, fix_text
+    from normonnx.presentation.render import fix_summary, fix_text
 
     src = corpus.gn_silu_block(tmp_path / "gn.onnx", 21, "dynamo")
     kw = dict(change=FixOptions(rules=[no_shifted]))
@@ -252,8 +252,8 @@ def test_validate_shows_each_runtimes_precision():
 def test_list_precision_asks_each_runtime(monkeypatch):
     """list --precision opens a small LayerNorm on each runtime here; a runtime that refuses a dtype says why
     instead of a precision (the check can fail: a made-up runtime that refuses float16)."""
-    from normonnx import catalog
-    from normonnx.runtimes import REGISTRY, Runtime, RuntimeRegistry, SessionError, register
+    from normonnx.presentation import catalog
+    from normonnx.engine.runtimes import REGISTRY, Runtime, RuntimeRegistry, SessionError, register
 
     reg = RuntimeRegistry("runtime")
     reg._plugins_loaded = True
@@ -282,7 +282,7 @@ def test_list_precision_on_the_command_line():
     """`normonnx list --precision` is the command the catalog's own text names; plain `list` probes nothing."""
     from click.testing import CliRunner
 
-    from normonnx.cli import cli
+    from normonnx.presentation.cli import cli
 
     probed = CliRunner().invoke(cli, ["list", "--precision"], env={"COLUMNS": "1000"})
     assert probed.exit_code == 0, probed.output
@@ -309,7 +309,7 @@ SCAN_PARTIAL = {
 
 @pytest.mark.parametrize("name", SCAN_PARTIAL)
 def test_scan_accepts_a_layer_checked_on_some_runtimes_only_when_allowed(name):
-    from normonnx.scan import ScanReport
+    from normonnx.features.scan import ScanReport
 
     layers, allow, want = SCAN_PARTIAL[name]
     norms = [FoundNorm("gn", "native", "GroupNormalization", (f"n{i}",), "x", f"y{i}") for i in range(len(layers))]

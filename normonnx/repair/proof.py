@@ -1,4 +1,4 @@
-"""The proof behind `normonnx fix`, judged as `scan --validate` judges (normonnx.judge):
+"""The proof behind `normonnx fix`, judged as `scan --validate` judges (normonnx.core.judge):
 
 - every layer is cut out and validated on every input suite on every target runtime, with the
   function scan uses (`layers.validate_layer`);
@@ -24,16 +24,16 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from ..errors import BadInput, NormonnxError, first_line
-from ..judge import FAIL, INTERNAL, NOT_CHECKED, PASS, internal_reason
-from ..derive import derive_spec
-from ..cutout import Cutter
-from ..inputs import seeded_feeds
-from ..layers import LayerVerdict, layer_key, passed_where_checked, runtime_verdicts, validate_cached
-from ..graph import load_model, ort_source
-from ..rewrite import apply, to_checked_proto
-from ..outputs import OutputDiff, compare_outputs
-from ..tables import PROVIDERS
+from ..core.errors import BadInput, NormonnxError, first_line
+from ..core.judge import FAIL, INTERNAL, NOT_CHECKED, PASS, internal_reason
+from ..core.outputs import OutputDiff, compare_outputs
+from ..core.tables import PROVIDERS
+from ..engine.inputs import seeded_feeds
+from ..engine.layers import LayerVerdict, layer_key, passed_where_checked, runtime_verdicts, validate_cached
+from ..graph.cutout import Cutter
+from ..graph.derive import derive_spec
+from ..graph.graph import load_model, ort_source
+from ..graph.rewrite import apply, to_checked_proto
 
 # the runtimes a fix is proven on by default: the one a plain `pip install onnxruntime` gives
 DEFAULT_RUNTIMES = ("cpu",)
@@ -112,9 +112,9 @@ def _worst(rep) -> tuple[str | None, float | None]:
 
 def validate_candidate(path: Path, claim, runtimes, inputs, form: str, after: str) -> Candidate:
     """The candidate layer at `path` against the original layer's claim (spec, params)."""
-    from ..inputs import CheckOptions
-    from ..runtimes import RunOptions
-    from ..validate import validate
+    from ..engine.inputs import CheckOptions
+    from ..engine.runtimes import RunOptions
+    from ..engine.validate import validate
 
     spec, params = claim
     try:
@@ -168,8 +168,8 @@ def fastest(paths: dict[str, Path], claim, seed: int = 0, rounds: int = 7, min_t
             provider: str = "cpu") -> tuple[str, dict]:
     """The form whose layer runs measurably fastest on ORT `provider` (interleaved rounds; its per-round
     ratio's 95 % CI to the first form lies below 1), else the first form. Returns (form, {form: median ms})."""
-    from .. import timing
-    from ..inputs import REGISTRY, samples
+    from ..core import timing
+    from ..engine.inputs import REGISTRY, samples
 
     spec, _ = claim
     x = samples(REGISTRY["normal"], spec, seed)[0].x
@@ -354,7 +354,7 @@ def _session(path: Path, shared: dict | None = None, provider: str = "cpu"):
     own copy (see shared_weights), with prepacking off, so two sessions of one large model hold its weights once."""
     import onnxruntime as ort
 
-    from ..runtimes import ort_session
+    from ..engine.runtimes import ort_session
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -488,9 +488,9 @@ LONG_RUN_S = 0.1  # a whole-model run this long or longer: its timing stops at t
 
 def time_models(loaded: Loaded, *, rounds: int = 9, min_time: float = 1.0, seed: int = 0) -> ModelTiming:
     """Latency of both models (the sessions compare_models made, on its provider), interleaved rounds
-    (normonnx.timing): per-model median and the fixed/original ratio with its 95 % CI, so the cost of the
+    (normonnx.core.timing): per-model median and the fixed/original ratio with its 95 % CI, so the cost of the
     fix is visible."""
-    from .. import timing
+    from ..core import timing
 
     (sa, sb, shared), feeds = loaded.sessions, loaded.feeds
 
