@@ -6,9 +6,10 @@ from .core.errors import BadInput, CheckFailed, ExitCode, ExportMismatch, Normon
 from .core.params import make_params
 from .core.spec import NormSpec
 from .core.version import __version__
-from .exporting.export import ExportOptions, case_id, export, export_report
+from .exporting.export import ExportOptions, case_id, export, export_report, export_result
 
-__all__ = ["NormSpec", "export", "export_report", "case_id", "benchmark", "fix", "make_params", "BadInput",
+__all__ = ["NormSpec", "export", "export_result", "export_report", "case_id", "benchmark", "fix", "make_params",
+           "BadInput",
            "ExportOptions", "RunOptions", "CheckOptions", "FixOptions", "ProofOptions",
            "CheckFailed", "ExitCode", "ExportMismatch", "NormonnxError", "NotChecked", "RuntimeUnavailable", "__version__"]
 

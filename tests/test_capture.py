@@ -116,6 +116,6 @@ def test_what_ifs_beside_the_checks_land_on_their_own_layers(decoder, tmp_path, 
     inline = [check_activations(m) for m in (decoder, massive)]
     got = [[lc.fp16 for lc in r.layers] for r in beside]
     assert got == [[lc.fp16 for lc in r.layers] for r in inline]
-    errors = [f["converted"]["max_abs_err"] for f in got[0]]
+    errors = [f.converted.max_abs_err for f in got[0]]
     assert len(set(errors)) == 5 and np.isfinite(errors).all()
-    assert got[1][0]["converted"]["status"] == "fail" and got[1][0]["fp32_statistics"]["status"] == "pass"
+    assert got[1][0].converted.status == "fail" and got[1][0].fp32_statistics.status == "pass"

@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from normonnx import BadInput, ExportMismatch, NormSpec, export, export_report
+from normonnx import BadInput, ExportMismatch, NormSpec, export, export_result
 from normonnx.core.compare import compare, tolerance_for
 from normonnx.exporting.exporters import REGISTRY as EXPORTERS
 from normonnx.exporting.export import check_request, verify_export
@@ -57,10 +57,10 @@ def test_export_matrix_runs_on_ort_cpu_and_matches_oracle(spec, variant, opset, 
     out = tmp_path / "m.onnx"
     if expected == "unsupported":  # refused before exporting: an opset below the variant's, or a spec it cannot express
         with pytest.raises(BadInput, match="opset|cannot express"):
-            export_report(spec, variant, opset, exporter, output=out)
+            export_result(spec, variant, opset, exporter, output=out)
         return
     try:
-        rep = export_report(spec, variant, opset, exporter, output=out)
+        rep = export_result(spec, variant, opset, exporter, output=out)
     except ExportMismatch as e:
         assert expected == "converted-or-refused", f"unexpected refusal: {e}"
         assert f"requested opset {opset} but the model declares opset" in str(e)
@@ -93,9 +93,9 @@ def test_dynamo_below_18_is_refused_not_kept(tmp_path):
     BatchNorm at 18, and normonnx refuses the file instead of passing it off as opset 13."""
     out = tmp_path / "bn13.onnx"
     with pytest.raises(ExportMismatch, match="requested opset 13 but the model declares opset 18"):
-        export_report(SPEC_BY_KIND["bn"], "native", 13, "dynamo", output=out)
+        export_result(SPEC_BY_KIND["bn"], "native", 13, "dynamo", output=out)
     assert not out.exists()
-    rep = export_report(SPEC_BY_KIND["bn"], "native", 13, "dynamo", output=out, allow_mismatch=True)
+    rep = export_result(SPEC_BY_KIND["bn"], "native", 13, "dynamo", output=out, allow_mismatch=True)
     assert rep.opset == 18 and "requested opset 13" in rep.mismatch
 
 
@@ -103,7 +103,7 @@ def test_dynamo_below_18_is_refused_not_kept(tmp_path):
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
 def test_dynamic_export_runs_at_another_shape(kind, exporter, tmp_path):
     spec = SPEC_BY_KIND[kind]
-    rep = export_report(spec, "native", 18, exporter, dynamic=True, output=tmp_path / "d.onnx")
+    rep = export_result(spec, "native", 18, exporter, dynamic=True, output=tmp_path / "d.onnx")
     dims = [d.dim_param or d.dim_value for d in onnx.load(str(rep.path)).graph.input[0].type.tensor_type.shape.dim]
     assert isinstance(dims[0], str), f"batch dim is not symbolic: {dims}"
     shape = list(spec.shape)
@@ -119,7 +119,7 @@ def test_dynamic_export_runs_at_another_shape(kind, exporter, tmp_path):
 
 def test_bfloat16_export_is_a_checked_model(tmp_path):
     spec = SPEC_BY_KIND["ln"].replace(dtype="bfloat16")
-    rep = export_report(spec, "native", 18, "dynamo", output=tmp_path / "b.onnx")
+    rep = export_result(spec, "native", 18, "dynamo", output=tmp_path / "b.onnx")
     model = onnx.load(str(rep.path))
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16
     node = next(n for n in model.graph.node if n.op_type == "LayerNormalization")
@@ -130,15 +130,15 @@ def test_bfloat16_export_is_a_checked_model(tmp_path):
 
 def test_native_gn_18_uses_per_group_identity_and_per_channel_affine(tmp_path):
     spec = SPEC_BY_KIND["gn"]
-    rep = export_report(spec, "native", 18, "torchscript", output=tmp_path / "g.onnx")
+    rep = export_result(spec, "native", 18, "torchscript", output=tmp_path / "g.onnx")
     assert rep.ops.get("GroupNormalization") == 1 and "Mul" in rep.ops and "Add" in rep.ops
-    rep21 = export_report(spec, "native", 21, "dynamo", output=tmp_path / "g21.onnx")
+    rep21 = export_result(spec, "native", 21, "dynamo", output=tmp_path / "g21.onnx")
     assert rep21.ops == {"GroupNormalization": 1}
 
 
 def test_verify_export_reports_opset_and_op_mismatch(tmp_path):
     spec = SPEC_BY_KIND["ln"]
-    rep = export_report(spec, "native", 18, "torchscript", output=tmp_path / "l.onnx")
+    rep = export_result(spec, "native", 18, "torchscript", output=tmp_path / "l.onnx")
     model = onnx.load(str(rep.path))
     assert verify_export(model, spec, "native", 18) is None
     assert "requested opset 17 but the model declares opset 18" in verify_export(model, spec, "native", 17)
@@ -147,7 +147,7 @@ def test_verify_export_reports_opset_and_op_mismatch(tmp_path):
 
 def test_allow_mismatch_keeps_and_labels_the_file(tmp_path):
     spec = SPEC_BY_KIND["ln"]
-    rep = export_report(spec, "decomposed", 13, "dynamo", output=tmp_path / "m.onnx", allow_mismatch=True)
+    rep = export_result(spec, "decomposed", 13, "dynamo", output=tmp_path / "m.onnx", allow_mismatch=True)
     if rep.mismatch is None:
         pytest.skip("this torch converted down to 13 by itself")
     assert rep.opset == 18 and "declares opset 18" in rep.mismatch
@@ -168,14 +168,14 @@ def _elem_types(model) -> dict[str, int]:
 def test_fp32_accumulation_is_casts_around_the_statistics(kind, variant, op, exporter, tmp_path):
     """A float16 model in and out, and every reduction (or InstanceNormalization) reading float32."""
     spec = SPEC_BY_KIND[kind].replace(dtype="float16")
-    model = onnx.load(str(export_report(spec, variant, 18, exporter, output=tmp_path / "m.onnx").path))
+    model = onnx.load(str(export_result(spec, variant, 18, exporter, output=tmp_path / "m.onnx").path))
     types = _elem_types(model)
     f16, f32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
     assert types[model.graph.input[0].name] == f16 and types[model.graph.output[0].name] == f16
     stats = [n for n in model.graph.node if n.op_type == op]
     assert stats and all(types[n.input[0]] == f32 for n in stats), [(n.name, types[n.input[0]]) for n in stats]
     assert any(n.op_type == "Cast" for n in model.graph.node)
-    plain = onnx.load(str(export_report(spec, variant.removesuffix("-fp32acc"), 18, exporter,
+    plain = onnx.load(str(export_result(spec, variant.removesuffix("-fp32acc"), 18, exporter,
                                         output=tmp_path / "p.onnx").path))
     ptypes = _elem_types(plain)
     assert all(ptypes[n.input[0]] == f16 for n in plain.graph.node if n.op_type == op)  # the form it fixes
@@ -183,13 +183,13 @@ def test_fp32_accumulation_is_casts_around_the_statistics(kind, variant, op, exp
 
 def test_fp32_accumulation_is_refused_for_float32_with_why():
     with pytest.raises(BadInput, match="float32 statistics are what float32 graphs compute already"):
-        export_report(SPEC_BY_KIND["ln"], "decomposed-fp32acc")
+        export_result(SPEC_BY_KIND["ln"], "decomposed-fp32acc")
 
 
 @pytest.mark.parametrize("kind", ["gn", "in"])
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
 def test_layernorm_trick_graph(kind, exporter, tmp_path):
-    model = onnx.load(str(export_report(SPEC_BY_KIND[kind], "layernorm-trick", 18, exporter,
+    model = onnx.load(str(export_result(SPEC_BY_KIND[kind], "layernorm-trick", 18, exporter,
                                         output=tmp_path / "m.onnx").path))
     ops = [n.op_type for n in model.graph.node if n.op_type != "Constant"]
     assert ops.count("LayerNormalization") == 1 and ops.count("Reshape") == 2
@@ -201,7 +201,7 @@ def test_layernorm_trick_graph(kind, exporter, tmp_path):
 def test_layernorm_trick_dynamic_builds_its_scale_at_run_time(tmp_path):
     """Exported with symbolic dims, the LayerNormalization's scale is expanded to the row length at run time."""
     spec = SPEC_BY_KIND["gn"]
-    rep = export_report(spec, "layernorm-trick", 18, "dynamo", dynamic=True, output=tmp_path / "d.onnx")
+    rep = export_result(spec, "layernorm-trick", 18, "dynamo", dynamic=True, output=tmp_path / "d.onnx")
     x = np.random.default_rng(3).standard_normal((3, 8, 5, 7)).astype(np.float32)
     y = ort.InferenceSession(str(rep.path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     ref = reference(spec, make_params(spec), x)
@@ -210,7 +210,7 @@ def test_layernorm_trick_dynamic_builds_its_scale_at_run_time(tmp_path):
 
 def test_layernorm_trick_refuses_instance_norm_with_running_stats():
     with pytest.raises(BadInput, match="running statistics"):
-        export_report(NormSpec.make("in", track_running_stats=True), "layernorm-trick", 18)
+        export_result(NormSpec.make("in", track_running_stats=True), "layernorm-trick", 18)
 
 
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
@@ -218,21 +218,21 @@ def test_contrib_graphs(exporter, tmp_path):
     """contrib: Transpose -> com.microsoft GroupNorm(channels_last=1) -> Transpose, NCHW in and out;
     contrib-nhwc: the op alone on NHWC tensors (the module's permutes cancel the op's Transposes)."""
     spec = SPEC_BY_KIND["gn"]
-    nchw = onnx.load(str(export_report(spec, "contrib", 18, exporter, output=tmp_path / "a.onnx").path))
+    nchw = onnx.load(str(export_result(spec, "contrib", 18, exporter, output=tmp_path / "a.onnx").path))
     gn = next(n for n in nchw.graph.node if n.op_type == "GroupNorm")
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in gn.attribute}
     assert gn.domain == "com.microsoft" and attrs["channels_last"] == 1 and attrs["groups"] == 4
     assert [n.op_type for n in nchw.graph.node if n.op_type in ("Transpose", "GroupNorm")] == \
         ["Transpose", "GroupNorm", "Transpose"]
     if exporter == "dynamo":
-        nhwc = onnx.load(str(export_report(spec, "contrib-nhwc", 18, exporter, output=tmp_path / "b.onnx").path))
+        nhwc = onnx.load(str(export_result(spec, "contrib-nhwc", 18, exporter, output=tmp_path / "b.onnx").path))
         assert [n.op_type for n in nhwc.graph.node if n.op_type != "Constant"] == ["GroupNorm"]
         assert [d.dim_value for d in nhwc.graph.input[0].type.tensor_type.shape.dim] == [2, 6, 6, 8]
 
 
 def test_contrib_refuses_what_the_kernel_cannot_take():
     with pytest.raises(BadInput, match="4-D"):
-        export_report(NormSpec.make("gn", shape="2x8x16", groups=4), "contrib")
+        export_result(NormSpec.make("gn", shape="2x8x16", groups=4), "contrib")
 
 
 def test_reusing_the_torchlib_table_changes_no_exported_byte(tmp_path, monkeypatch):

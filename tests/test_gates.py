@@ -151,14 +151,14 @@ def test_a_suites_own_export_failure_is_internal_and_an_exporter_refusal_is_not_
     from normonnx.engine.runtimes import RunOptions
     from normonnx.core.spec import NormSpec
 
-    real = v.export_report
+    real = v.export_result
     for error, want in ((ZeroDivisionError("a bug"), "internal error"), (ExportMismatch("refused"), "not checked")):
         def failing(spec, *a, error=error, **k):
             if spec.shape != NormSpec.make("ln").shape:
                 raise error
             return real(spec, *a, **k)
 
-        monkeypatch.setattr(v, "export_report", failing)
+        monkeypatch.setattr(v, "export_result", failing)
         rep = v.validate(NormSpec.make("ln"), export=ExportOptions("native", 18), run=RunOptions.on("cpu"),
                          check=CheckOptions(["normal", "constant"]))
         assert rep.verdict.status == want and rep.exit_code == {"internal error": 5, "not checked": 4}[want]

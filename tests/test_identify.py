@@ -235,12 +235,12 @@ def _exported_forms() -> list:
 def test_every_form_normonnx_exports_is_found_as_its_norm(tmp_path, kind, dtype, variant):
     """At the default spec's size, where a float16 output can round to the same value when one input moves (the
     probe once lost InstanceNorm and GroupNorm in float16 so: 2 of 256 outputs of a set did not move)."""
-    from normonnx.exporting.export import export_report
+    from normonnx.exporting.export import export_result
     from normonnx.features.scan import scan
     from normonnx.core.spec import NormSpec
 
     spec = NormSpec.make(kind, dtype=dtype, **({"groups": 4} if kind == "gn" else {}))
-    path = export_report(spec, variant, 18, output=tmp_path / "m.onnx").path
+    path = export_result(spec, variant, 18, output=tmp_path / "m.onnx").path
     rep = scan(path)
     # the layernorm-trick is a LayerNormalization over the reshaped tensor, and is found as what it computes
     want = ("ln", None) if variant == "layernorm-trick" else (kind, spec.groups if kind == "gn" else None)

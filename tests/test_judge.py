@@ -12,7 +12,7 @@ from normonnx.core.compare import compare, tolerance_for
 from normonnx.core.errors import ExitCode
 from normonnx.core.judge import combined_exit, judge, status_of
 from normonnx.core.spec import NormSpec
-from normonnx.engine.validate import CaseInfo, ValidationReport
+from normonnx.engine.validate import CaseInfo, ValidationResult
 
 TOL = tolerance_for("float32")
 REF = np.array([0.5, -1.0, 2.0, 0.0], np.float64)
@@ -45,14 +45,14 @@ CASES = {
 }
 
 
-def _report(got, ref, others) -> ValidationReport:
+def _report(got, ref, others) -> ValidationResult:
     spec = NormSpec.make("ln", shape=(1, 4))
     info = CaseInfo("c", spec.id, "native", 18, "dynamo", "float32", TOL)
     c = compare(got, ref, "float32", TOL)
     results = [info.result("cpu", "normal:normal", status_of(c.passed), comparison=c)]
     results += [info.result("cpu", f"other:{k}", st, error="could not run" if st != "skipped" else None)
                 for k, st in enumerate(others)]
-    return ValidationReport(spec, "c", "test", {}, {}, results)
+    return ValidationResult(spec, "c", "test", {}, {}, results)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -61,10 +61,10 @@ def test_every_entry_point_gives_one_verdict(name, monkeypatch):
     from normonnx.engine.layers import summarize
     from normonnx.graph.patterns import FoundNorm
     from normonnx.core.outputs import compare_outputs
-    from normonnx.features.scan import ScanReport
+    from normonnx.features.scan import ScanResult
     from normonnx.features.scan.checks import against_oracle
     from normonnx.features.sweep import SweepSummary, case_status
-    from normonnx.presentation.testing import check_report
+    from normonnx.presentation.testing import check_result
 
     got, ref, others, want = CASES[name]
     rep = _report(got, ref, others)
@@ -74,7 +74,7 @@ def test_every_entry_point_gives_one_verdict(name, monkeypatch):
     f = FoundNorm("ln", "native", "LayerNormalization", ("n",), "x", "y")
     row = summarize(f, rep)
     assert row.status == want
-    scanned = ScanReport("m.onnx", 18, "", [f], validations={0: row}, validated=True)
+    scanned = ScanResult("m.onnx", 18, "", [f], validations={0: row}, validated=True)
     assert scanned.exit_code == rep.exit_code
     # a sweep record, and sweep --strict over it
     assert case_status(rep.results) == want
@@ -87,10 +87,10 @@ def test_every_entry_point_gives_one_verdict(name, monkeypatch):
     assert (_fastest(rows) == "form") is (want == "pass")
     # normonnx.presentation.testing
     if want == "pass":
-        check_report(rep)
+        check_result(rep)
     else:
         with pytest.raises(AssertionError):
-            check_report(rep)
+            check_result(rep)
     if others:
         return  # the two below judge one output alone
     # fix's whole-model check: the same arrays as a model's output against the original's

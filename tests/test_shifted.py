@@ -12,7 +12,7 @@ from torch import nn
 
 import corpus
 import normonnx
-from normonnx import NormSpec, export_report
+from normonnx import NormSpec, export_result
 from normonnx.core.errors import ExitCode
 from normonnx.exporting.export import ExportOptions
 from normonnx.engine.inputs import CheckOptions
@@ -37,7 +37,7 @@ def test_float16_statistics_are_float32_between_casts(kind, tmp_path):
     """float16 in and out, a Slice for the shift, every ReduceMean reading float32 (with float16 statistics
     the reference runtime, which computes float16 in float16 as a GPU does, overflows: measured)."""
     spec = NormSpec.make(kind, dtype="float16", **({"groups": 4} if kind == "gn" else {}))
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(export_report(spec, "shifted", 18,
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(export_result(spec, "shifted", 18,
                                                                           output=tmp_path / "m.onnx").path)))
     types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.input,
                                                            *model.graph.output)}
@@ -108,7 +108,7 @@ WRITTEN = {
 @pytest.mark.parametrize("name", WRITTEN)
 def test_the_rules_write_a_shifted_form_scan_finds_as_the_same_norm(name, tmp_path):
     variant, opset, spec = WRITTEN[name]
-    src = export_report(spec, variant, opset, output=tmp_path / "m.onnx").path
+    src = export_result(spec, variant, opset, output=tmp_path / "m.onnx").path
     model = onnx.load(str(src))
     covered, plans = plan_layers(infer_shapes(onnx.load(str(src))), list(RULES.values()))
     (k, planned), = plans.items()

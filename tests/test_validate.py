@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from conftest import requires_cuda
-from normonnx import NormSpec, export_report
+from normonnx import NormSpec, export_result
 from normonnx.graph.graph import META_PREFIX
 from normonnx.presentation.testing import assert_export_matches
 from normonnx.exporting.export import ExportOptions
@@ -175,7 +175,7 @@ def _retag(path, **spec_changes):
 
 def test_model_with_wrong_eps_fails(tmp_path):
     """An LN exported with eps=1e-1 but claiming 1e-5 computes another function: validate must say so."""
-    path = export_report(NormSpec.make("ln", eps=1e-1), output=tmp_path / "ln.onnx").path
+    path = export_result(NormSpec.make("ln", eps=1e-1), output=tmp_path / "ln.onnx").path
     assert validate(model=path, run=RunOptions.on("cpu"), check=CheckOptions(["normal"])).verdict.status == "pass"
     _retag(path, eps=1e-5)
     report = validate(model=path, run=RunOptions.on("cpu"), check=CheckOptions(["normal", "constant"]))
@@ -185,7 +185,7 @@ def test_model_with_wrong_eps_fails(tmp_path):
 
 def test_foreign_model_params_read_from_graph(tmp_path):
     spec = NormSpec.make("gn", groups=4)
-    path = export_report(spec, "native", 21, output=tmp_path / "g.onnx").path
+    path = export_result(spec, "native", 21, output=tmp_path / "g.onnx").path
     m = onnx.load(str(path))
     del m.metadata_props[:]
     onnx.save(m, str(path))
@@ -242,7 +242,7 @@ def test_save_inputs_replays(tmp_path):
     assert len(files) == 6 and sum("-large" in f.name for f in files) == 3  # the spec's size and the large one
     data = np.load(next(f for f in files if "-large" not in f.name))
     assert {"x", "oracle", "out_cpu"} <= set(data.files)
-    path = export_report(NormSpec.make("in", affine=True), output=tmp_path / "i.onnx").path
+    path = export_result(NormSpec.make("in", affine=True), output=tmp_path / "i.onnx").path
     import onnxruntime as ort
 
     y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": data["x"]})[0]
@@ -295,7 +295,7 @@ def test_a_given_file_is_loaded_on_the_runtime_it_runs_on(tmp_path):
     from conftest import has_cuda_ep
     from normonnx.core.errors import BadInput
 
-    path = export_report(NormSpec.make("gn", groups=4), "contrib", 18, "dynamo", False, tmp_path / "m.onnx").path
+    path = export_result(NormSpec.make("gn", groups=4), "contrib", 18, "dynamo", False, tmp_path / "m.onnx").path
     report = validate(model=path, run=RunOptions(runtimes=["cuda"], skip_missing=True),
                       check=CheckOptions(["normal", "offset"]))
     cuda_rows = [r for r in report.results if r.runtime == "cuda"]

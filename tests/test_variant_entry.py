@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from normonnx import NormSpec, export_report
+from normonnx import NormSpec, export_result
 from normonnx.engine.inputs import CheckOptions
 from normonnx.features.sweep import Matrix, sweep
 from normonnx.exporting.translations import Translation
@@ -58,7 +58,7 @@ def toy():
 def test_a_toy_variant_declared_once_exports_validates_and_sweeps(toy, tmp_path):
     v, entered = toy
     spec = NormSpec.make("ln", shape=(2, 4, 16))
-    rep = export_report(spec, v.name, 18, "dynamo", output=tmp_path / "toy.onnx")
+    rep = export_result(spec, v.name, 18, "dynamo", output=tmp_path / "toy.onnx")
     assert "Pow" in rep.ops and entered == [(spec.id, 18)]
     assert validate(spec, export=ExportOptions(variant=v.name, opset=18), run=RunOptions.on("cpu"),
                     check=CheckOptions(["normal"])).verdict.status == "pass"

@@ -309,11 +309,11 @@ SCAN_PARTIAL = {
 
 @pytest.mark.parametrize("name", SCAN_PARTIAL)
 def test_scan_accepts_a_layer_checked_on_some_runtimes_only_when_allowed(name):
-    from normonnx.features.scan import ScanReport
+    from normonnx.features.scan import ScanResult
 
     layers, allow, want = SCAN_PARTIAL[name]
     norms = [FoundNorm("gn", "native", "GroupNormalization", (f"n{i}",), "x", f"y{i}") for i in range(len(layers))]
-    report = ScanReport("m.onnx", 21, "test", norms, validations={i: _before(**rts) for i, rts in enumerate(layers)},
+    report = ScanResult("m.onnx", 21, "test", norms, validations={i: _before(**rts) for i, rts in enumerate(layers)},
                         validated=True, allow_not_checked=allow)
     v = report.verdict
     assert v.status == want, v

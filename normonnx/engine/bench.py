@@ -23,7 +23,7 @@ from ..core.params import make_params
 from ..core.spec import NormSpec
 from ..core.tables import DTYPES
 from ..core.timing import TimingOptions
-from ..exporting.export import DEFAULT_EXPORTER, export_report
+from ..exporting.export import DEFAULT_EXPORTER, export_result
 from ..exporting.exporters import get_exporter
 from ..exporting.variants import get_variant, usable_variants
 from .runtimes import RunOptions, get_runtime, ort_session, resolve_names, session_options
@@ -120,7 +120,7 @@ class BenchRecord:
 
 
 @dataclass
-class BenchReport:
+class BenchResult:
     spec: NormSpec
     records: list[BenchRecord] = field(default_factory=list)
     machine: dict = field(default_factory=dict)
@@ -144,6 +144,10 @@ class BenchReport:
                 "verdict": line, "records": [r.to_dict() for r in self.records],
                 # what the `valid` field covers (validate judges every stress suite)
                 "checked": "valid: normal inputs only, to time forms that compute a norm; not the stress suites"}
+
+
+# the name before issue 35 ("report" is now only the HTML/Markdown report), kept for code that imports it
+BenchReport = BenchResult
 
 
 def machine_info() -> dict:
@@ -188,7 +192,7 @@ def benchmark(
     timing: TimingOptions = TimingOptions(),
     validate_first: bool = True,
     progress: Callable[[str], None] | None = None,
-) -> BenchReport:
+) -> BenchResult:
     """Time every variant of `spec` (default: every one that can express it at `opset`) on each of
     run's providers (default: cpu; run.config's threads and optimization level) next to torch eager and a
     copy, interleaved as `timing` says; see normonnx.core.timing."""
@@ -203,7 +207,7 @@ def benchmark(
     config, threads = run.config, run.config.threads
     if threads:
         torch.set_num_threads(threads)
-    report = BenchReport(spec, machine=machine_info())
+    report = BenchResult(spec, machine=machine_info())
     report.machine["threads"] = threads or "default"
     say = progress or (lambda s: None)
     base: dict[str, Any] = dict(spec_id=spec.id, norm=spec.kind, dtype=spec.dtype, shape="x".join(map(str, spec.shape)))
@@ -212,7 +216,7 @@ def benchmark(
         for v in variants:
             say(f"export {v}")
             try:
-                models[v] = export_report(spec, v, opset, exporter, output=Path(tmp) / f"{v}.onnx").path
+                models[v] = export_result(spec, v, opset, exporter, output=Path(tmp) / f"{v}.onnx").path
             except NormonnxError as e:
                 models[v] = e
         for p in providers:
@@ -330,7 +334,7 @@ def _bound_run(model: Path, variant, p: str, config, x, y, row: dict) -> Callabl
     return run
 
 
-def _time(forms: dict, rows: dict, sync, spec: NormSpec, report: BenchReport, *, rounds: int, min_time: float,
+def _time(forms: dict, rows: dict, sync, spec: NormSpec, report: BenchResult, *, rounds: int, min_time: float,
           warmup: int, seed: int) -> None:
     """Run the interleaved rounds and put each timed form's figures in its row."""
     import torch

@@ -122,7 +122,7 @@ def validate_cached(f: FoundNorm, path: Path, runtimes, inputs, memo: dict) -> L
 
 def run_layer(f: FoundNorm, layer_path: Path, runtimes: list[str] | None, inputs: list[str] | None,
               threads: int | None = None):
-    """The validate engine on one extracted layer: its ValidationReport. BadInput when the layer
+    """The validate engine on one extracted layer: its ValidationResult. BadInput when the layer
     cannot be read as the norm it claims to be."""
     m = onnx.load(str(layer_path))
     spec, params = derive_spec(f, m)
@@ -164,7 +164,7 @@ def _worst(fails) -> tuple[str, float | None]:
 
 
 def runtime_verdicts(rep) -> dict[str, dict]:
-    """Each runtime's own verdict on one ValidationReport, in the order they ran: status (the judge's over
+    """Each runtime's own verdict on one ValidationResult, in the order they ran: status (the judge's over
     that runtime's checks), failed (how many of them failed), counts, validation (its first failing check
     with why, or why it was not checked, or "pass"), and for a failure worst (the worst check and its error)
     and max_abs_err. Checks that belong to no runtime (a suite skipped for the model) are left out."""
@@ -204,7 +204,7 @@ def runtime_facts(rep) -> dict[str, dict]:
 
 
 def summarize(f: FoundNorm, rep) -> LayerVerdict:
-    """A layer's ValidationReport as scan's row: the judge's verdict and its first reason (naming the runtime
+    """A layer's ValidationResult as scan's row: the judge's verdict and its first reason (naming the runtime
     where several ran), each runtime's own verdict, and what each runtime ran in."""
     spec, v = rep.spec, rep.verdict
     c = v.counts()

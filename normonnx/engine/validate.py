@@ -33,7 +33,7 @@ from ..core.params import make_params, params_as
 from ..core.safeio import atomic_write
 from ..core.spec import NormSpec, numpy_dtype
 from ..core.tables import DTYPES, NATIVE_OPS, PROVIDERS, dtype_of_onnx
-from ..exporting.export import ExportOptions, case_id, export_report
+from ..exporting.export import ExportOptions, case_id, export_result
 from ..exporting.variants import get_variant
 from ..graph.graph import load_model, metadata, model_facts, opset_of
 from . import inputs as suites_mod
@@ -116,7 +116,7 @@ class CaseInfo:
 
 
 @dataclass
-class ValidationReport:
+class ValidationResult:
     spec: NormSpec
     case_id: str
     source: str  # "export" or the user's file
@@ -148,6 +148,10 @@ class ValidationReport:
                 "model": self.model, "runtimes": self.runtimes, "verdict": self.verdict.status,
                 "passed": self.verdict.status == PASS, "exit_code": int(self.exit_code), "counts": self.counts,
                 "results": [r.to_dict() for r in self.results]}
+
+
+# the name before issue 35 ("report" is now only the HTML/Markdown report), kept for code that imports it
+ValidationReport = ValidationResult
 
 
 # -- step 1: the source ---------------------------------------------------------------------------
@@ -517,7 +521,7 @@ def validate(
     workdir: str | Path | None = None,
     progress=None,
     cache=None,
-) -> ValidationReport:
+) -> ValidationResult:
     """Validate a spec (exported on the fly as `export` says) or a model file against the float64 oracle,
     on the runtimes `run` names (see RunOptions; a missing one raises RuntimeUnavailable unless
     skip_missing), with the suites, tolerance and seed `check` names.
@@ -541,7 +545,7 @@ def validate(
     def do_export(s: NormSpec, out: Path) -> Path:
         if cache is not None:
             return cache.export(s, x.variant, x.opset, x.exporter, x.dynamic, None, x.allow_mismatch)
-        return export_report(s, x.variant, x.opset, x.exporter, x.dynamic, out, x.allow_mismatch).path
+        return export_result(s, x.variant, x.opset, x.exporter, x.dynamic, out, x.allow_mismatch).path
 
     with tempfile.TemporaryDirectory(prefix="normonnx-validate-") as tmp:
         work = Path(workdir or tmp)
@@ -553,7 +557,7 @@ def validate(
                         src.spec.dtype, tol)
         model_info = {"opset_requested": src.opset_requested, "opset": src.opset, "ops": src.ops,
                       "variant": src.variant, "exporter": src.exporter, "dynamic": src.dynamic}
-        report = ValidationReport(src.spec, src.case_id, src.label, model_info, {})
+        report = ValidationResult(src.spec, src.case_id, src.label, model_info, {})
         report.allow_not_checked = check.allow_not_checked
         report.results += [info.result(n, "*", SKIPPED, reason=f"runtime unavailable: {why}")
                            for n, why in skipped.items()]

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..core.errors import BadInput, ExportMismatch
 from ..core.safeio import atomic_write
 from ..core.spec import NormSpec
-from .export import export_report, source_digest, tool_versions
+from .export import export_result, source_digest, tool_versions
 
 
 class CacheWarning(UserWarning):
@@ -82,7 +82,7 @@ class ExportCache:
                     p.unlink()
             with tempfile.TemporaryDirectory(dir=folder, prefix=".tmp-") as tmp:
                 try:
-                    export_report(spec, variant, opset, exporter, dynamic, Path(tmp) / "m.onnx", allow_mismatch)
+                    export_result(spec, variant, opset, exporter, dynamic, Path(tmp) / "m.onnx", allow_mismatch)
                 except ExportMismatch as e:
                     atomic_write(failure, json.dumps({"error": str(e)}).encode())
                     raise

@@ -58,7 +58,7 @@ def tool_versions() -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class ExportReport:
+class ExportResult:
     """What was written and what it holds; `mismatch` says how it differs from the request, if it does."""
 
     path: Path
@@ -77,6 +77,10 @@ class ExportReport:
         return {"path": str(self.path), "spec_id": self.spec.id, "spec": self.spec.to_dict(), "variant": self.variant,
                 "exporter": self.exporter, "opset_requested": self.opset_requested, "opset": self.opset,
                 "ops": self.ops, "size_bytes": self.size_bytes, "dynamic": self.dynamic, "mismatch": self.mismatch}
+
+
+# the name before issue 35 ("report" is now only the HTML/Markdown report), kept for code that imports it
+ExportReport = ExportResult
 
 
 def check_request(spec: NormSpec, variant: str, opset: int, exporter: str) -> None:
@@ -138,7 +142,7 @@ def source_digest() -> str:
     return h.hexdigest()[:16]
 
 
-def export_report(
+def export_result(
     spec: NormSpec,
     variant: str = DEFAULT_VARIANT,
     opset: int = DEFAULT_OPSET,
@@ -146,7 +150,7 @@ def export_report(
     dynamic: bool = False,
     output: str | Path | None = None,
     allow_mismatch: bool = False,
-) -> ExportReport:
+) -> ExportResult:
     """Export `spec` as `variant` at `opset` with `exporter` into one .onnx file (no side file).
 
     The file passes onnx.checker with full shape inference and carries the spec, variant, exporter
@@ -196,8 +200,12 @@ def export_report(
         onnx.save_model(model, str(folder / out.name), save_as_external_data=False)
         publish(folder / out.name, out, "model")
     facts = model_facts(model, out)
-    return ExportReport(out, spec, variant, exporter, opset, facts["opset"], facts["ops"], facts["size_bytes"],
+    return ExportResult(out, spec, variant, exporter, opset, facts["opset"], facts["ops"], facts["size_bytes"],
                         dynamic, mismatch, tuple(log))
+
+
+# the name before issue 35 ("report" is now only the HTML/Markdown report), kept for code that imports it
+export_report = export_result
 
 
 def export(
@@ -209,5 +217,5 @@ def export(
     output: str | Path | None = None,
     allow_mismatch: bool = False,
 ) -> Path:
-    """Export and return the written path (see export_report for what it checks)."""
-    return export_report(spec, variant, opset, exporter, dynamic, output, allow_mismatch).path
+    """Export and return the written path (see export_result for what it checks)."""
+    return export_result(spec, variant, opset, exporter, dynamic, output, allow_mismatch).path

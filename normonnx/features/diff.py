@@ -29,7 +29,7 @@ class Change:
 
 
 @dataclass
-class DiffReport:
+class DiffResult:
     base: str
     new: str
     what: str  # "sweep" or "scan"
@@ -160,7 +160,7 @@ def _scan_layer(case: str, a: dict, b: dict) -> list[Change]:
 
 
 def diff(base: str | Path, new: str | Path, *, factor: float = FACTOR, floor: float = FLOOR,
-         timing: bool = False) -> DiffReport:
+         timing: bool = False) -> DiffResult:
     """Every case of `base` looked up in `new` by case id (a scan's layers by their first node's name)."""
     if factor <= 1:
         raise BadInput(f"--factor must be > 1, got {factor}")
@@ -169,7 +169,7 @@ def diff(base: str | Path, new: str | Path, *, factor: float = FACTOR, floor: fl
     kind_b, b, vb = _load(new)
     if kind_a != kind_b:
         raise BadInput(f"{base} is a {kind_a} and {new} a {kind_b}: compare two sweep folders or two scan documents")
-    rep = DiffReport(str(base), str(new), kind_a, {"base": va, "new": vb})
+    rep = DiffResult(str(base), str(new), kind_a, {"base": va, "new": vb})
     if versions_diff(va, vb):
         rep.notes.append("versions differ: " + ", ".join(f"{k} {va.get(k)} -> {vb.get(k)}" for k in versions_diff(va, vb)))
     if kind_a == "sweep" and not timing and any(r.get("type") == "bench" for r in a.values()):

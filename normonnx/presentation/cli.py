@@ -20,7 +20,7 @@ from ..core.errors import ExitCode, Interrupted, NormonnxError, first_line
 from ..core.spec import NormSpec
 from ..core.tables import ALL_KINDS, DTYPES
 from ..core.version import __version__
-from ..exporting.export import DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_VARIANT, export_report
+from ..exporting.export import DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_VARIANT, export_result
 from .render import json_text
 
 
@@ -338,7 +338,7 @@ def export(variant, opset, exporter, dynamic, allow_mismatch, output, as_json, *
     """Export one norm to a self-contained, checked ONNX file."""
     spec = make_spec(**_spec_args(kw))
     with working(f"exporting {spec.id} ({variant}, opset {opset}, {exporter})", not as_json):
-        rep = export_report(spec, variant, opset, exporter, dynamic, output, allow_mismatch)
+        rep = export_result(spec, variant, opset, exporter, dynamic, output, allow_mismatch)
     if as_json:
         click.echo(json_text(rep.to_dict()))
         return

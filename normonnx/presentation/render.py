@@ -112,7 +112,7 @@ def facts_text(facts: dict) -> list[str]:
 
 def precision_table(by_runtime: dict[str, dict], title: str = "ran on:") -> str:
     """Each runtime's version and the precision it ran in, one row a runtime: `by_runtime` maps a runtime to
-    {"version": ..., "precision": {dtype: precision}} (ScanReport.runtime_facts); a runtime whose precision
+    {"version": ..., "precision": {dtype: precision}} (ScanResult.runtime_facts); a runtime whose precision
     differs by dtype says which dtype ran in which. Empty when no session said."""
     rows = []
     for rt, d in by_runtime.items():
@@ -137,7 +137,7 @@ def merge_facts(entries) -> dict[str, dict]:
 
 
 def validation_text(report) -> str:
-    """Table of a normonnx.engine.validate.ValidationReport: one row per runtime x input sample."""
+    """Table of a normonnx.engine.validate.ValidationResult: one row per runtime x input sample."""
     rows = []
     for r in report.results:
         detail = r.reason or r.error or ""
@@ -175,7 +175,7 @@ def validation_text(report) -> str:
 
 
 def bench_text(report) -> str:
-    """Table of a normonnx.engine.bench.BenchReport: median ratios with their 95 % CI per form, the noise
+    """Table of a normonnx.engine.bench.BenchResult: median ratios with their 95 % CI per form, the noise
     verdict per row, '*' on the fastest variant that passed validation with a trustworthy timing, and
     a last line saying whether the timings can be trusted."""
     rows = []
@@ -209,7 +209,7 @@ def bench_text(report) -> str:
 
 
 def scan_text(report) -> str:
-    """Table of a normonnx.features.scan.ScanReport: one row per norm found."""
+    """Table of a normonnx.features.scan.ScanResult: one row per norm found."""
     head = f"{report.model}: opset {report.opset}, {report.producer or 'unknown producer'}; {len(report.norms)} norms"
     if not report.norms:
         out = head + " found (searched the main graph, If/Loop/Scan bodies and model-local functions)" + \
@@ -366,7 +366,7 @@ def _verdict_lines(i: int, name: str, v, several: bool) -> str:
 
 
 def fix_text(report) -> str:
-    """Table of a normonnx.repair.fixer.FixReport: one row per norm (its validation before and, in the written
+    """Table of a normonnx.repair.fixer.FixResult: one row per norm (its validation before and, in the written
     model, after), the candidates each rewritten or failing layer had, the whole-model proof and timing,
     and a last line that says what the table says."""
     rts = ",".join(report.runtimes)
@@ -471,17 +471,17 @@ def rules_text() -> str:
                                                                    for r in RULES.values())
 
 
-def _what_if_cell(d: dict | None) -> str:
-    if not d:
+def _what_if_cell(v) -> str:
+    """A Float16Verdict (or None: no what-if)."""
+    if v is None:
         return "-"
-    if d.get("status") not in ("pass", "fail"):
-        return f"- ({d.get('why') or 'not run'})"
-    word = status_cell(d["status"])
-    return f"{word} {d['max_abs_err']:.2g}" + (f" [{d['rule']}]" if d.get("rule") else "")
+    if v.status not in ("pass", "fail"):
+        return f"- ({v.why or 'not run'})"
+    return f"{status_cell(v.status)} {v.max_abs_err:.2g}" + (f" [{v.rule}]" if v.rule else "")
 
 
 def activations_text(report) -> str:
-    """Table of a normonnx.features.scan.activations.ActivationReport: per norm, its captured input's statistics,
+    """Table of a normonnx.features.scan.activations.ActivationResult: per norm, its captured input's statistics,
     the model's output against the oracle, and the float16 what-if."""
     rows = []
     for lc in report.layers:
@@ -489,10 +489,12 @@ def activations_text(report) -> str:
         verdict = status_cell(lc.status)
         if lc.status not in ("pass", "fail"):
             verdict = f"{lc.status}: {lc.why}"
-        err = lc.error.get("max_abs_err") if lc.error else None
+        err = lc.error.max_abs_err if lc.error else None
+        fp16 = lc.fp16
         rows.append([lc.index, f.nodes[0][:36], f"{f.kind} {f.form}", st.get("max_abs"), st.get("max_offset_over_std"),
-                     st.get("max_x2_over_fp16_max" if f.kind == "rms" else "max_dev2_over_fp16_max"), err, verdict, _what_if_cell(lc.fp16.get("converted")),
-                     _what_if_cell(lc.fp16.get("fp32_statistics"))])
+                     st.get("max_x2_over_fp16_max" if f.kind == "rms" else "max_dev2_over_fp16_max"), err, verdict,
+                     _what_if_cell(fp16.converted if fp16 else None),
+                     _what_if_cell(fp16.fp32_statistics if fp16 else None)])
     head = (f"on the model's activations ({report.source}; {report.provider or 'ORT'}; {report.samples} samples, "
             f"{report.runs} model runs, "
             f"{report.captured_bytes / 1e6:.3g} MB captured, {report.seconds:.3g} s)")
@@ -507,7 +509,7 @@ def activations_text(report) -> str:
     bad = [lc for lc in report.layers if lc.status == "fail"]
     out = head + "\n\n" + body
     for lc in bad:
-        out += f"\nFAIL #{lc.index} {lc.norm.nodes[0]}: {lc.error.get('reason')}"
+        out += f"\nFAIL #{lc.index} {lc.norm.nodes[0]}: {lc.error.reason if lc.error else None}"
     out += ("\n\nmax|x|: largest captured input; offset/std: largest |mean|/std over its normalization sets (where "
             "E[x^2]-E[x]^2 and one-pass kernels break); dev^2/fp16 max: largest squared deviation from the set's mean "
             "(rms: largest x^2) over float16's largest value (> 1: a float16 variance overflows). As float16: the layer through "
@@ -528,11 +530,12 @@ def activations_text(report) -> str:
     return out
 
 
-def _int8_cell(v: dict | None) -> str:
-    if not v:
+def _int8_cell(v) -> str:
+    """An Int8Rounding (or None: not a QDQ layer)."""
+    if v is None:
         return "-"
-    text = f"{status_cell(v['status'])} {v['max_abs_err']:.2g}"
-    return text + (f" ({v['steps']:.2g} steps)" if v.get("steps") is not None else "")
+    text = f"{status_cell(v.status)} {v.max_abs_err:.2g}"
+    return text + (f" ({v.steps:.2g} steps)" if v.steps is not None else "")
 
 
 def _whole_text(report) -> str:
@@ -556,13 +559,14 @@ def _whole_text(report) -> str:
     return out
 
 
-def _replay_cell(v: dict | None) -> str:
-    if not v:
+def _replay_cell(v) -> str:
+    """A Replay (or None: the layer was not replayed on that runtime)."""
+    if v is None:
         return "-"
-    if v["status"] not in ("pass", "fail"):
-        return v["why"]
-    text = f"{status_cell(v['status'])} {v['max_abs_err']:.2g}"
-    return text + (f", {v['max_diff_from_stored']:.2g} from stored" if "max_diff_from_stored" in v else "")
+    if v.status not in ("pass", "fail"):
+        return v.why
+    text = f"{status_cell(v.status)} {v.max_abs_err:.2g}"
+    return text + (f", {v.max_diff_from_stored:.2g} from stored" if v.max_diff_from_stored is not None else "")
 
 
 def _replays_text(report, title: str = "on other runtimes, each layer cut out and run on the same inputs (error "
@@ -577,8 +581,8 @@ def _replays_text(report, title: str = "on other runtimes, each layer cut out an
     out += table(["#", "layer", *names], rows)
     for lc in report.layers:
         for rt, v in lc.on.items():
-            if v["status"] == "fail":
-                out += f"\nFAIL #{lc.index} {lc.norm.nodes[0]} on {rt}: {v['why']}"
+            if v.status == "fail":
+                out += f"\nFAIL #{lc.index} {lc.norm.nodes[0]} on {rt}: {v.why}"
     return out
 
 
@@ -613,7 +617,7 @@ def _versions_line(report) -> str:
 
 
 def diff_text(report) -> str:
-    """A normonnx.features.diff.DiffReport for the terminal: both sides' versions, the changes, the verdict line."""
+    """A normonnx.features.diff.DiffResult for the terminal: both sides' versions, the changes, the verdict line."""
     out = _versions_line(report)
     if report.changes:
         out += "\n\n" + table(["change", "case", "what"], _diff_rows(report))

@@ -6,7 +6,7 @@ from pathlib import Path
 from ..core.spec import NormSpec
 from ..engine.inputs import CheckOptions
 from ..engine.runtimes import RunOptions
-from ..engine.validate import ValidationReport, validate
+from ..engine.validate import ValidationResult, validate
 from ..exporting.export import ExportOptions
 
 
@@ -23,7 +23,7 @@ def assert_export_matches(
     rtol: float | None = None,
     dynamic: bool = False,
     allow_not_checked: bool = False,
-) -> ValidationReport:
+) -> ValidationResult:
     """Validate and raise AssertionError naming every failing (or not checked) runtime x input with its worst
     element, by the one judge: a check that could not run fails the assertion too, unless allow_not_checked
     (then at least one check must have run and passed).
@@ -33,10 +33,10 @@ def assert_export_matches(
                       run=RunOptions(tuple(runtimes) if runtimes is not None else None),
                       check=CheckOptions(tuple(inputs) if inputs is not None else None, atol, rtol,
                                          allow_not_checked=allow_not_checked))
-    return check_report(report)
+    return check_result(report)
 
 
-def check_report(report: ValidationReport) -> ValidationReport:
+def check_result(report: ValidationResult) -> ValidationResult:
     """Raise AssertionError unless the one judge (normonnx.core.judge) says the report passed."""
     v = report.verdict
     if v.status == "pass":

@@ -4,6 +4,6 @@ norm, compares the whole models and times them. It stands on the features floor:
 judged by `scan --validate` itself. Imports: every floor below but presentation.
 
 `from normonnx.repair.fixer import fix, FixOptions, ProofOptions` is the public way in, as before the floors."""
-from .fixer import FixOptions, FixReport, LayerFix, ProofOptions, fix, plan_layers
+from .fixer import FixOptions, FixReport, FixResult, LayerFix, ProofOptions, fix, plan_layers
 
-__all__ = ["fix", "FixOptions", "ProofOptions", "FixReport", "LayerFix", "plan_layers"]
+__all__ = ["fix", "FixOptions", "ProofOptions", "FixResult", "FixReport", "LayerFix", "plan_layers"]

@@ -21,7 +21,7 @@ from ..core.judge import FAIL, NOT_CHECKED, PASS, Verdict, judge
 from ..core.registry import freeze_names
 from ..core.safeio import check_output_path, publish, staging
 from ..engine.layers import LayerVerdict, check_runtime_request
-from ..features.scan import ScanReport, scan
+from ..features.scan import ScanResult, scan
 from ..graph import rewrite
 from ..graph.graph import (
     check_external_data,
@@ -38,7 +38,7 @@ from ..graph.rules import RULES, Rule, select
 from ..graph.shapes import fix_input_shapes, infer_shapes
 from . import proof as proving  # the module; `proof` is fix's ProofOptions
 
-__all__ = ["fix", "FixReport", "LayerFix", "RULES", "Rule", "select", "layer_region"]
+__all__ = ["fix", "FixResult", "LayerFix", "RULES", "Rule", "select", "layer_region"]
 
 @dataclass
 class LayerFix:
@@ -72,7 +72,7 @@ class LayerFix:
 
 
 @dataclass
-class FixReport:
+class FixResult:
     model: str
     output: str | None
     opset: int
@@ -83,7 +83,7 @@ class FixReport:
     written: bool = False
     whole_model: proving.WholeModel | None = None
     timing: proving.ModelTiming | None = None
-    after: ScanReport | None = None  # the written model's (the judge of the exit code)
+    after: ScanResult | None = None  # the written model's (the judge of the exit code)
     notes: list[str] = field(default_factory=list)
     allow_not_checked: bool = False  # ProofOptions.allow_not_checked
     data_output: str | None = None  # the weights' file written beside `output` (external data), if any
@@ -147,6 +147,10 @@ class FixReport:
                 "whole_model": self.whole_model.to_dict() if self.whole_model else None,
                 "timing": self.timing.to_dict() if self.timing else None, "notes": self.notes,
                 "exit_code": int(self.exit_code)}
+
+
+# the name before issue 35 ("report" is now only the HTML/Markdown report), kept for code that imports it
+FixReport = FixResult
 
 
 # -- inputs ----------------------------------------------------------------------------------------
@@ -264,7 +268,7 @@ MODES = ("fix", "dry-run", "check")
 
 
 def fix(path: str | Path, output: str | Path | None = None, *, mode: str = "fix", change: FixOptions = FixOptions(),
-        proof: ProofOptions = ProofOptions(), progress=None) -> FixReport:
+        proof: ProofOptions = ProofOptions(), progress=None) -> FixResult:
     """Rewrite the norms of the model at `path` that fail on the target runtimes (default: ORT CPU)
     into forms that pass there, into `output` (never the input), proving each rewrite (see normonnx.repair.proof).
     mode dry-run/check only says what would change (check: exit code 1 if anything would change or a
@@ -295,7 +299,7 @@ def fix(path: str | Path, output: str | Path | None = None, *, mode: str = "fix"
         fix_input_shapes(analysed, input_shapes)
     analysed = infer_shapes(analysed)
     layers, plans = plan_layers(analysed, chosen, base=src.parent)
-    report = FixReport(str(src), str(out) if out and mode == "fix" else None, opset_of(converted), layers, mode,
+    report = FixResult(str(src), str(out) if out and mode == "fix" else None, opset_of(converted), layers, mode,
                        tuple(runtimes), prove, allow_not_checked=proof.allow_not_checked)
     if sorted_note:
         report.notes.append(sorted_note)
@@ -318,7 +322,7 @@ def fix(path: str | Path, output: str | Path | None = None, *, mode: str = "fix"
     return report
 
 
-def _write(report: FixReport, model: onnx.ModelProto, converted: onnx.ModelProto, layers: list, plans: dict,
+def _write(report: FixResult, model: onnx.ModelProto, converted: onnx.ModelProto, layers: list, plans: dict,
            src: Path, out: Path, input_shapes: dict | None, proof: ProofOptions, memo: dict) -> None:
     """Rewrite the chosen layers, stage the output beside -o, prove it, and publish it only if proven."""
     norms = {lf.index: lf.norm for lf in layers}
@@ -351,7 +355,7 @@ def _write(report: FixReport, model: onnx.ModelProto, converted: onnx.ModelProto
             report.written = True
 
 
-def _may_publish(report: FixReport, write_unproven: bool) -> bool:
+def _may_publish(report: FixResult, write_unproven: bool) -> bool:
     """fix writes only what it proved: the judge's PASS, or an explicit flag (--no-proof: nothing proven;
     --write-unproven: not proven, but never a model that differs from the original). A note says why not."""
     if not report.proven or report.verdict.status == PASS:
@@ -371,7 +375,7 @@ def _may_publish(report: FixReport, write_unproven: bool) -> bool:
     return False
 
 
-def _prove_written(report: FixReport, layers: list[LayerFix], original: Path, cand: Path, input_shapes, inputs,
+def _prove_written(report: FixResult, layers: list[LayerFix], original: Path, cand: Path, input_shapes, inputs,
                    memo: dict, timing: bool, shared: tuple | None) -> None:
     """The written model judged by scan --validate itself (memo: unchanged layers are not re-run), and run
     beside the original on seeded inputs when anything changed (with nothing rewritten the output is the
@@ -396,7 +400,7 @@ def _prove_written(report: FixReport, layers: list[LayerFix], original: Path, ca
         report.timing = proving.time_models(loaded)
 
 
-def _map_final(report: FixReport, layers: list[LayerFix]) -> None:
+def _map_final(report: FixResult, layers: list[LayerFix]) -> None:
     """Each layer's verdict in the written model: the norm scan finds among the nodes the rewrite wrote
     for a rewritten layer, or at an unchanged layer's output."""
     after = report.after

@@ -33,12 +33,12 @@ from ...graph.graph import Graph, load_model, opset_of, sort_nodes
 from ...graph.patterns import FoundNorm, LeftOut
 from ...graph.shapes import fix_input_shapes, infer_shapes
 
-__all__ = ["scan", "ScanReport", "FoundNorm", "LeftOut", "find_layers", "find_norms", "derive_spec", "concrete_shape",
+__all__ = ["scan", "ScanResult", "FoundNorm", "LeftOut", "find_layers", "find_norms", "derive_spec", "concrete_shape",
            "params_from_model", "validate_layer", "run_layer", "LayerVerdict"]
 
 
 @dataclass
-class ScanReport:
+class ScanResult:
     model: str
     opset: int
     producer: str
@@ -127,7 +127,7 @@ class ScanReport:
 def scan(path: str | Path, *, validate: bool = False, runtimes: list[str] | None = None,
          inputs: list[str] | None = None, check_fusion: bool = True, progress=None,
          input_shapes: dict[str, tuple[int, ...]] | None = None, jobs: int = 1, memo: dict | None = None,
-         allow_not_checked: bool = False, confirming=None) -> ScanReport:
+         allow_not_checked: bool = False, confirming=None) -> ScanResult:
     """Find the norms of the model at `path`; with validate=True check each one in isolation.
     input_shapes: dims for graph inputs whose dims are symbolic (the CLI's --input-shape);
     jobs: processes validating layers in parallel; memo: validations already made of identical
@@ -146,7 +146,7 @@ def scan(path: str | Path, *, validate: bool = False, runtimes: list[str] | None
     model = infer_shapes(model)  # value_info for the cut-outs and for dtypes
     main = Graph(model.graph)  # one index of the main graph for the fusion map
     norms, left_out = find_layers(model, p.parent, confirming)
-    report = ScanReport(str(p), opset_of(model), f"{model.producer_name} {model.producer_version}".strip(),
+    report = ScanResult(str(p), opset_of(model), f"{model.producer_name} {model.producer_version}".strip(),
                         norms, left_out=left_out, validated=validate, allow_not_checked=allow_not_checked,
                         notes=[sorted_note] if sorted_note else [])
     # one ORT session over the whole model (a thread beside the search was measured slower on 2 cores)

@@ -27,7 +27,7 @@ from ...graph.derive import derive_spec
 from ...graph.graph import Graph, load_model
 from ...graph.patterns import FoundNorm
 from .capture import Capture, batches, captured_names, fetch, nbytes, quantized_ends
-from .checks import ActivationReport, LayerCheck, against_oracle
+from .checks import ActivationResult, Int8Rounding, LayerCheck, against_oracle
 from .data import MAX_DATA_BYTES, MAX_SAMPLES, load_data, seeded_samples
 from .float16 import WHAT_IF_SAMPLES, WhatIfs
 from .golden import Golden
@@ -69,7 +69,7 @@ def check_activations(path: str | Path, *, data: str | Path | None = None,
                       progress=None, max_fetch_bytes: int = MAX_FETCH_BYTES, max_samples: int = MAX_SAMPLES,
                       max_data_bytes: int = MAX_DATA_BYTES, runtimes: list[str] | None = None,
                       save_outputs: str | Path | None = None, found: tuple | None = None,
-                      capture: Capture | None = None) -> ActivationReport:
+                      capture: Capture | None = None) -> ActivationResult:
     """Run the model on `data` (an .npz, one array per graph input, optional leading sample axis) or on
     seeded inputs, capture every main-graph norm's input and output, and judge each (see the module doc).
     runtimes: besides the capture on ORT, replay each cut-out layer on these runtimes on the captured
@@ -98,7 +98,7 @@ def check_activations(path: str | Path, *, data: str | Path | None = None,
     with Capture(p) if capture is None else nullcontext(capture) as cap:
         norms, left = found if found is not None else find_layers(analysed, p.parent, cap.start)
         layers = [LayerCheck(i, f) for i, f in enumerate(norms)]
-        report = ActivationReport(str(p), len(samples), source, shapes, layers,
+        report = ActivationResult(str(p), len(samples), source, shapes, layers,
                                   unidentified=[x for x in left if x.kind == "?"])
         todo = _capturable(layers)
         if todo:
@@ -123,7 +123,7 @@ def _capturable(layers: list[LayerCheck]) -> list[LayerCheck]:
 
 
 def _run_checks(p: Path, cap: Capture, stored: onnx.ModelProto, analysed: onnx.ModelProto, todo: list[LayerCheck],
-                samples: list, report: ActivationReport, *, what_if: bool, progress, max_fetch_bytes: int, runtimes,
+                samples: list, report: ActivationResult, *, what_if: bool, progress, max_fetch_bytes: int, runtimes,
                 save_outputs):
     """Capture, judge, replay and save each layer of `todo`, a batch of captured values at a time; then the whole
     model on each named runtime that runs whole models."""
@@ -175,7 +175,7 @@ def _float_run(layer_path: Path, xs: list) -> list:
     return [sess.run(np.ascontiguousarray(x)) for x in xs]
 
 
-def _int8(spec, params, xs: list, ys: list, grid: float, dtype: str) -> dict:
+def _int8(spec, params, xs: list, ys: list, grid: float, dtype: str) -> Int8Rounding:
     """The model's own output of a QDQ layer against the oracle, at its dtype's tolerance plus two steps of its
     output's int8 grid: what int8 rounding between the norm's nodes costs (a what-if's status: never the exit)."""
     from ...core.compare import Tolerance, compare, tolerance_for
@@ -187,8 +187,8 @@ def _int8(spec, params, xs: list, ys: list, grid: float, dtype: str) -> dict:
           for x, y in zip(xs, ys, strict=True)]
     worst = max(c.max_abs_err for c in cs)
     bad = [c.reason for c in cs if not c.passed]
-    return {"status": judge(status_of(c.passed) for c in cs).status, "max_abs_err": worst, "grid": grid,
-            "steps": worst / grid if grid else None, "why": bad[0] if bad else None}
+    return Int8Rounding(judge(status_of(c.passed) for c in cs).status, worst, grid, worst / grid if grid else None,
+                        bad[0] if bad else None)
 
 
 def _check_layer(lc: LayerCheck, got: dict, extractor: Cutter, work: Path, what_if) -> list | None:
@@ -235,7 +235,7 @@ def _check_layer(lc: LayerCheck, got: dict, extractor: Cutter, work: Path, what_
         return None
     bad = [d for ok, d in verdicts if not ok]
     lc.status = judge(status_of(ok) for ok, _ in verdicts).status
-    worst = max((d for _, d in verdicts), key=lambda d: d["max_abs_err"] or 0.0)
+    worst = max((d for _, d in verdicts), key=lambda d: d.max_abs_err or 0.0)
     lc.error = bad[0] if bad else worst
     stats = [activation_stats(s_spec, x) for x in xs]
     lc.stats = {k: max((s[k] for s in stats if s[k] is not None), default=None) for k in stats[0]}

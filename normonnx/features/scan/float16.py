@@ -12,7 +12,7 @@ import onnx
 from ...core.compare import Oracle
 from ...core.errors import first_line
 from ...core.judge import NOT_CHECKED, judge, status_of
-from .checks import LayerCheck, against_oracle
+from .checks import Float16Verdict, Float16WhatIf, LayerCheck, against_oracle
 
 WHAT_IF_SAMPLES = 16  # the float16 what-if runs on onnx.reference, slowly: the first samples only
 WHAT_IF_THREADS = 2  # what-ifs at once, beside the main thread: more gains nothing against the GIL (measured)
@@ -63,7 +63,8 @@ def _run_reference(path: Path, x: np.ndarray) -> np.ndarray:
     return get_runtime("reference").open(path, SessionConfig(), None).run(x)
 
 
-def _float16_verdict(path: Path, spec16, params, xs: list[np.ndarray], oracles: dict, rule: str | None) -> dict:
+def _float16_verdict(path: Path, spec16, params, xs: list[np.ndarray], oracles: dict,
+                     rule: str | None) -> Float16Verdict:
     """A float16 layer on the captured inputs (as float16), on onnx.reference, against the oracle at float16's
     tolerance. oracles: {sample: _oracle}, filled on first use (both forms are judged against the same)."""
     try:
@@ -73,39 +74,36 @@ def _float16_verdict(path: Path, spec16, params, xs: list[np.ndarray], oracles: 
                 oracles[i] = Oracle.of(spec16, params, x)
             verdicts.append(against_oracle(spec16, params, x, _run_reference(path, x), "float16", oracles[i]))
     except Exception as e:
-        return {"status": NOT_CHECKED, "why": f"could not run on onnx.reference: {first_line(e, 120)}"}
+        return Float16Verdict(NOT_CHECKED, f"could not run on onnx.reference: {first_line(e, 120)}")
     bad = [d for ok, d in verdicts if not ok]
-    return {"status": judge(status_of(ok) for ok, _ in verdicts).status, "why": bad[0]["reason"] if bad else None,
-            "rule": rule, "max_abs_err": max((d["max_abs_err"] or 0.0) for _, d in verdicts)}
+    return Float16Verdict(judge(status_of(ok) for ok, _ in verdicts).status, bad[0].reason if bad else None, rule,
+                          max((d.max_abs_err or 0.0) for _, d in verdicts))
 
 
-def float16_what_if(layer_path: Path, spec, params, xs: list[np.ndarray], work: Path) -> dict:
-    """{converted: {...}, fp32_statistics: {...}}: the layer in float16 (onnxruntime's converter), and
-    that float16 layer with float32 statistics (normonnx fix), on the captured inputs."""
+def float16_what_if(layer_path: Path, spec, params, xs: list[np.ndarray], work: Path) -> Float16WhatIf:
+    """The layer in float16 (onnxruntime's converter), and that float16 layer with float32 statistics
+    (normonnx fix), on the captured inputs."""
     from ...graph.rewrite import first_forms
     from ...graph.rules import select
 
     try:
         conv = _fp16_layer(layer_path, work / f"{layer_path.stem}-fp16.onnx")
     except Exception as e:
-        return {"converted": {"status": NOT_CHECKED, "why": f"the float16 converter failed: {first_line(e, 120)}"}}
+        return Float16WhatIf(Float16Verdict(NOT_CHECKED, f"the float16 converter failed: {first_line(e, 120)}"))
     spec16 = spec.replace(dtype="float16")
     xs = [x.astype(np.float16) for x in xs]
     oracles: dict = {}
-    out = {"converted": _float16_verdict(conv, spec16, params, xs, oracles, None)}
+    converted = _float16_verdict(conv, spec16, params, xs, oracles, None)
     fixed = work / f"{layer_path.stem}-fp16-fixed.onnx"
     try:  # the rules registry's first form, as `normonnx fix --no-proof` writes it
         proto, rules, why = first_forms(onnx.load(str(conv)), select(None, None), conv.parent)
         if proto is not None:
             onnx.save(proto, str(fixed))
     except Exception as e:
-        out["fp32_statistics"] = {"status": NOT_CHECKED, "why": f"the rewrite failed: {first_line(e, 120)}"}
-        return out
+        return Float16WhatIf(converted, Float16Verdict(NOT_CHECKED, f"the rewrite failed: {first_line(e, 120)}"))
     if not rules:
-        out["fp32_statistics"] = {"status": NOT_CHECKED, "why": f"not rewritten: {why}"}
-    else:
-        out["fp32_statistics"] = _float16_verdict(fixed, spec16, params, xs, oracles, rules[0])
-    return out
+        return Float16WhatIf(converted, Float16Verdict(NOT_CHECKED, f"not rewritten: {why}"))
+    return Float16WhatIf(converted, _float16_verdict(fixed, spec16, params, xs, oracles, rules[0]))
 
 
 class WhatIfs:

@@ -13,7 +13,7 @@ from ...core.errors import BadInput, first_line
 from ...engine.probe import find_layers
 from ...graph.cutout import Cutter
 from ...graph.graph import load_model
-from .checks import ActivationReport, LayerCheck
+from .checks import ActivationResult, LayerCheck
 from .replay import replay
 
 GOLDEN_META = "normonnx-golden.json"  # in a --save-outputs folder: which layer each test-data folder holds
@@ -164,7 +164,7 @@ def _load_golden_folder(p: Path) -> dict[str, tuple[list, list]]:
 
 
 def check_golden(path: str | Path, golden: str | Path, runtimes: list[str] | None = None,
-                 input_shapes: dict | None = None, progress=None) -> ActivationReport:
+                 input_shapes: dict | None = None, progress=None) -> ActivationResult:
     """--load-outputs: each stored layer of the model at `path`, cut out and run on each runtime (default:
     ORT CPU) on the stored inputs, judged against the oracle of those inputs, with its distance from the
     stored outputs. A stored layer the model no longer has, or a layer with nothing stored, is said so."""
@@ -183,7 +183,7 @@ def check_golden(path: str | Path, golden: str | Path, runtimes: list[str] | Non
     analysed = infer_shapes(model)
     norms, _ = find_layers(analysed, p.parent)
     layers = [LayerCheck(i, f, replayed_only=True) for i, f in enumerate(norms)]
-    report = ActivationReport(str(p), 0, f"--load-outputs {golden}", {}, layers)
+    report = ActivationResult(str(p), 0, f"--load-outputs {golden}", {}, layers)
     missing = sorted(set(stored) - {f.nodes[0] for f in norms})
     if missing:
         report.notes.append(f"stored layers this model does not have: {', '.join(missing[:5])}")

@@ -2,6 +2,7 @@
 judged by the same oracle, and the whole model run there against ORT's float32 run."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from ...core.errors import BadInput, NormonnxError, first_line, raised_by_normon
 from ...core.judge import FAIL, INTERNAL, NOT_CHECKED, PASS, internal_reason, judge, status_of
 from ...core.tables import DTYPES
 from ...graph.derive import derive_spec
-from .checks import LayerCheck, WholeRun, against_oracle
+from .checks import LayerCheck, Replay, WholeRun, against_oracle
 
 WHOLE_SAMPLES = 4  # the whole model on another runtime: the first samples (each a run on both)
 
@@ -51,7 +52,7 @@ def replay_runtimes(runtimes: list[str] | None) -> list[str]:
 
 
 def replay(layer_path: Path, lc: LayerCheck, xs: list[np.ndarray], runtime: str,
-           stored: list[np.ndarray] | None = None) -> dict:
+           stored: list[np.ndarray] | None = None) -> Replay:
     """The cut-out layer on `runtime` on each input in xs, judged against the oracle (and, given the
     outputs stored by --save-outputs, how far this runtime's outputs are from them)."""
     from ...engine.runtimes import SessionConfig, SessionError, get_runtime
@@ -62,29 +63,30 @@ def replay(layer_path: Path, lc: LayerCheck, xs: list[np.ndarray], runtime: str,
         sess = get_runtime(runtime).open(layer_path, SessionConfig(), None)
         ys = [sess.run(np.ascontiguousarray(x.astype(DTYPES[spec.dtype].numpy))) for x in xs]
     except (NormonnxError, SessionError) as e:
-        return {"status": NOT_CHECKED, "why": f"not replayed on {runtime}: {first_line(e, 160)}"}
+        return Replay(NOT_CHECKED, f"not replayed on {runtime}: {first_line(e, 160)}")
     except Exception as e:  # the runtime failed to run the layer (or normonnx's wrapper did): no verdict
         if raised_by_normonnx(e):
-            return {"status": INTERNAL, "why": f"not replayed on {runtime}: {internal_reason(e, 120)}"}
-        return {"status": NOT_CHECKED, "why": f"not replayed: {runtime} failed to run the layer "
-                                              f"({type(e).__name__}: {first_line(e, 140)})"}
+            return Replay(INTERNAL, f"not replayed on {runtime}: {internal_reason(e, 120)}")
+        return Replay(NOT_CHECKED, f"not replayed: {runtime} failed to run the layer "
+                                   f"({type(e).__name__}: {first_line(e, 140)})")
     try:
         verdicts = [against_oracle(spec, params, x, y, spec.dtype) for x, y in zip(xs, ys, strict=True)]
     except Exception as e:  # normonnx's own failure is never a verdict on the layer
-        return {"status": INTERNAL, "why": internal_reason(e, 120)}
+        return Replay(INTERNAL, internal_reason(e, 120))
     bad = [d for ok, d in verdicts if not ok]
-    out = {"status": judge(status_of(ok) for ok, _ in verdicts).status,
-           "max_abs_err": max((d["max_abs_err"] or 0.0) for _, d in verdicts), "why": bad[0]["reason"] if bad else None}
-    if stored is not None:
-        out.update(_against_stored(ys, stored, spec.dtype))
-        if out["status"] == PASS and not out["matches_stored"]:
-            out["status"] = FAIL
-            out["why"] = (f"differs from the stored outputs beyond twice the {spec.dtype} tolerance (the layer or its "
-                          f"parameters changed since they were stored): {out['stored_reason']}")
+    out = Replay(judge(status_of(ok) for ok, _ in verdicts).status, bad[0].reason if bad else None,
+                 max((d.max_abs_err or 0.0) for _, d in verdicts))
+    if stored is None:
+        return out
+    out = _against_stored(out, ys, stored, spec.dtype)
+    if out.status == PASS and not out.matches_stored:
+        out = replace(out, status=FAIL, why=(f"differs from the stored outputs beyond twice the {spec.dtype} tolerance "
+                                             f"(the layer or its parameters changed since they were stored): "
+                                             f"{out.stored_reason}"))
     return out
 
 
-def _against_stored(ys: list, stored: list, dtype: str) -> dict:
+def _against_stored(out: Replay, ys: list, stored: list, dtype: str) -> Replay:
     """How far this run's outputs are from the stored ones, through compare.compare (the one comparator:
     non-finite values placed alike, shapes equal) at twice the dtype's tolerance (two correct runtimes may
     each be one tolerance from the oracle)."""
@@ -94,5 +96,5 @@ def _against_stored(ys: list, stored: list, dtype: str) -> dict:
     tol = tolerance_for(dtype, 2 * tol.atol, 2 * tol.rtol)
     cs = [compare(y, np.asarray(z, np.float64), dtype, tol) for y, z in zip(ys, stored, strict=True)]
     bad = next((c for c in cs if not c.passed), None)
-    return {"max_diff_from_stored": max((c.max_abs_err for c in cs), default=0.0), "matches_stored": bad is None,
-            "stored_reason": bad.reason if bad else None}
+    return replace(out, max_diff_from_stored=max((c.max_abs_err for c in cs), default=0.0), matches_stored=bad is None,
+                   stored_reason=bad.reason if bad else None)
