@@ -207,8 +207,8 @@ def benchmark(
     config, threads = run.config, run.config.threads
     if threads:
         torch.set_num_threads(threads)
-    report = BenchResult(spec, machine=machine_info())
-    report.machine["threads"] = threads or "default"
+    result = BenchResult(spec, machine=machine_info())
+    result.machine["threads"] = threads or "default"
     say = progress or (lambda s: None)
     base: dict[str, Any] = dict(spec_id=spec.id, norm=spec.kind, dtype=spec.dtype, shape="x".join(map(str, spec.shape)))
     with tempfile.TemporaryDirectory(prefix="normonnx-bench-") as tmp:
@@ -222,10 +222,10 @@ def benchmark(
         for p in providers:
             forms, rows, sync = _forms(spec, p, variants, models, opset, exporter, config, validate_first, say)
             say(f"{p}: timing {', '.join(forms)} in {t.rounds} interleaved rounds")
-            _time(forms, rows, sync, spec, report, rounds=t.rounds, min_time=t.min_time, warmup=t.warmup, seed=t.seed)
+            _time(forms, rows, sync, spec, result, rounds=t.rounds, min_time=t.min_time, warmup=t.warmup, seed=t.seed)
             fastest = _fastest(rows)
             for name, r in rows.items():
-                report.records.append(BenchRecord(
+                result.records.append(BenchRecord(
                     **base, provider=p, form=r["form"], opset=r["opset"], exporter=r["exporter"], **r.get("times", {}),
                     **{k: r.get(k) for k in ("gbps", "x_copy", "x_torch", "ci_low", "ci_high", "x_torch_ci_low",
                                              "x_torch_ci_high", "stable", "unstable_reason", "implausible", "rounds",
@@ -234,7 +234,7 @@ def benchmark(
                     opt_level=config.opt_level if r["form"] not in ("copy", "torch") else None,
                     threads=threads or "default", fastest=name == fastest, error=r.get("error"),
                     unsupported=r.get("unsupported")))
-    return report
+    return result
 
 
 def _check_request(spec: NormSpec, variants, providers, opset: int, warmup: int, min_time: float,
@@ -334,7 +334,7 @@ def _bound_run(model: Path, variant, p: str, config, x, y, row: dict) -> Callabl
     return run
 
 
-def _time(forms: dict, rows: dict, sync, spec: NormSpec, report: BenchResult, *, rounds: int, min_time: float,
+def _time(forms: dict, rows: dict, sync, spec: NormSpec, result: BenchResult, *, rounds: int, min_time: float,
           warmup: int, seed: int) -> None:
     """Run the interleaved rounds and put each timed form's figures in its row."""
     import torch
@@ -345,7 +345,7 @@ def _time(forms: dict, rows: dict, sync, spec: NormSpec, report: BenchResult, *,
     with torch.inference_mode(), timing.OtherCpu() as others:
         measured = timing.run_rounds(forms, sync, rounds=rounds, min_time=min_time, warmup=warmup, seed=seed)
     load1 = timing.load_average()
-    report.machine["other_cores_while_timing"] = others.cores
+    result.machine["other_cores_while_timing"] = others.cores
     load = (load0, load1) if load0 is not None and load1 is not None else None
     vs_copy = timing.paired_ratios(measured.per_round, "copy")
     vs_torch = timing.paired_ratios(measured.per_round, "torch")

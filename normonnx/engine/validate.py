@@ -557,11 +557,11 @@ def validate(
                         src.spec.dtype, tol)
         model_info = {"opset_requested": src.opset_requested, "opset": src.opset, "ops": src.ops,
                       "variant": src.variant, "exporter": src.exporter, "dynamic": src.dynamic}
-        report = ValidationResult(src.spec, src.case_id, src.label, model_info, {})
-        report.allow_not_checked = check.allow_not_checked
-        report.results += [info.result(n, "*", SKIPPED, reason=f"runtime unavailable: {why}")
+        result = ValidationResult(src.spec, src.case_id, src.label, model_info, {})
+        result.allow_not_checked = check.allow_not_checked
+        result.results += [info.result(n, "*", SKIPPED, reason=f"runtime unavailable: {why}")
                            for n, why in skipped.items()]
         runner = SuiteRunner(src, active, run.config, info, check.seed, do_export, work, save_dir)
-        report.results += runner.run(suites, progress)
-        report.runtimes = runtime_facts(runner, check.seed)
-        return report
+        result.results += runner.run(suites, progress)
+        result.runtimes = runtime_facts(runner, check.seed)
+        return result

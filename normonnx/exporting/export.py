@@ -155,7 +155,7 @@ def export_result(
 
     The file passes onnx.checker with full shape inference and carries the spec, variant, exporter
     and tool versions in metadata_props. If the exporter wrote another opset or op set than asked,
-    raise ExportMismatch, or with allow_mismatch=True keep the file and say so in the report."""
+    raise ExportMismatch, or with allow_mismatch=True keep the file and say so in the result."""
     check_request(spec, variant, opset, exporter)
     out = Path(output) if output is not None else Path(case_id(spec, variant, opset, exporter, dynamic) + ".onnx")
     check_output_path(out, "model")

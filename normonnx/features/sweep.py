@@ -175,7 +175,7 @@ def run_case(case: Case, inputs: list[str] | None = None, cache_dir: str | None 
     cache = None
     try:
         cache = ExportCache(cache_dir) if cache_dir else None
-        report = validate(case.spec, export=ExportOptions(case.variant, case.opset, case.exporter),
+        result = validate(case.spec, export=ExportOptions(case.variant, case.opset, case.exporter),
                           run=RunOptions.on(case.provider),
                           check=CheckOptions(tuple(inputs) if inputs is not None else None, seed=seed), cache=cache)
     except ExportMismatch as e:
@@ -184,7 +184,7 @@ def run_case(case: Case, inputs: list[str] | None = None, cache_dir: str | None 
     except Exception as e:  # recorded, never fatal to the sweep
         return error_record(case, e, duration_s=time.perf_counter() - t0,
                             traceback=traceback.format_exc(limit=3)[-1500:])
-    samples = [r for r in report.results if r.runtime == case.provider]
+    samples = [r for r in result.results if r.runtime == case.provider]
     # only a finished comparison makes a case "fail"; a check that could not run makes it "not checked"
     failed = [r for r in samples if r.status == FAIL]
     bad = failed or [r for r in samples if r.status in (INTERNAL, NOT_CHECKED)]
@@ -202,10 +202,10 @@ def run_case(case: Case, inputs: list[str] | None = None, cache_dir: str | None 
         inputs={r.inputs.split(":")[-1] if r.inputs != "*" else r.inputs: {
             "status": r.status, "max_abs_err": r.max_abs_err, "max_rel_err": r.max_rel_err,
             "nonfinite_mismatch": r.nonfinite_mismatch, "reason": r.reason or r.error}
-            for r in report.results if r.runtime in (case.provider, "*")},
-        model_opset=report.model["opset"],
-        ops=report.model["ops"],
-        runtime_facts=report.runtimes.get(case.provider, {}),
+            for r in result.results if r.runtime in (case.provider, "*")},
+        model_opset=result.model["opset"],
+        ops=result.model["ops"],
+        runtime_facts=result.runtimes.get(case.provider, {}),
         exports=cache.misses if cache else None,  # 0 when every export came from the cache
         duration_s=time.perf_counter() - t0,
     )

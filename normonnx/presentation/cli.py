@@ -383,12 +383,12 @@ def validate(variant, opset, exporter, dynamic, allow_mismatch, model, runtimes,
     spec = make_spec(**_spec_args(kw), default_norm=None if model else "ln")
     what = model or f"{spec.id if spec else ''} ({variant}, opset {opset}, {exporter})"
     with working(f"validating {what} on every input suite and runtime", not as_json):
-        report = run_validate(
+        result = run_validate(
             spec, model=model, export=ExportOptions(variant, opset, exporter, dynamic, allow_mismatch),
             run=RunOptions(runtimes, skip_missing, SessionConfig(opt_level, threads)),
             check=CheckOptions(inputs, atol, rtol, seed, save_inputs, allow_not_checked))
-    click.echo(json_text(report.to_dict()) if as_json else validation_text(report))
-    return report.exit_code
+    click.echo(json_text(result.to_dict()) if as_json else validation_text(result))
+    return result.exit_code
 
 
 @cli.command()
@@ -428,10 +428,10 @@ def bench(variant_names, runtimes, providers_alias, opset, exporter, warmup, min
                       track_running_stats=args.pop("track_running_stats"))
     variants = None if variant_names in (None, "all") else [v.strip() for v in variant_names.split(",") if v.strip()]
     progress = None if as_json else (lambda s: click.echo(f"  .. {s}", err=True))
-    report = benchmark(spec, variants, run=RunOptions(providers, config=SessionConfig(opt_level, threads)),
+    result = benchmark(spec, variants, run=RunOptions(providers, config=SessionConfig(opt_level, threads)),
                        opset=opset, exporter=exporter, timing=TimingOptions(warmup, min_time, rounds),
                        validate_first=not no_validate, progress=progress)
-    click.echo(json_text(report.to_dict()) if as_json else bench_text(report))
+    click.echo(json_text(result.to_dict()) if as_json else bench_text(result))
 
 
 def _ints(ctx, param, value):
@@ -605,7 +605,7 @@ def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, ac
     # --activations loads the model's weights once, for its run (begun beside the probe): ORT's optimizer on the
     # whole model is plain scan's
     with Capture(model) if activations and load_outputs is None else contextlib.nullcontext() as capture:
-        report = run_scan(model, validate=do_validate, runtimes=runtimes, inputs=inputs, progress=progress,
+        result = run_scan(model, validate=do_validate, runtimes=runtimes, inputs=inputs, progress=progress,
                           input_shapes=shapes, jobs=jobs, check_fusion=not (no_fusion or activations),
                           allow_not_checked=allow_not_checked, confirming=capture.start if capture else None)
         act = None
@@ -619,22 +619,22 @@ def scan(model, do_validate, runtimes, inputs, input_shapes, jobs, no_fusion, ac
 
             act = check_activations(model, data=data, input_shapes=shapes, max_samples=max_samples,
                                     max_data_bytes=max_data_bytes, runtimes=runtimes, save_outputs=save_outputs,
-                                    found=(report.norms, report.left_out), capture=capture, progress=None if as_json
+                                    found=(result.norms, result.left_out), capture=capture, progress=None if as_json
                                     else (lambda i, n, f: click.echo(f"  .. activations {i + 1}/{n}: {f.kind} {f.form} "
                                                                      f"at {f.nodes[0]}", err=True)))
     if act is not None:
         act.allow_not_checked = allow_not_checked
     if as_json:
-        doc = report.to_dict()
+        doc = result.to_dict()
         if act is not None:
             doc["activations"] = act.to_dict()
         click.echo(json_text(doc))
     else:
         shown = "" if act is None else golden_text(act) if load_outputs is not None else activations_text(act)
-        click.echo(scan_text(report) + ("\n\n" + shown if shown else ""))
+        click.echo(scan_text(result) + ("\n\n" + shown if shown else ""))
     from ..core.judge import combined_exit
 
-    return combined_exit(report.exit_code, *([act.exit_code] if act is not None else []))
+    return combined_exit(result.exit_code, *([act.exit_code] if act is not None else []))
 
 
 @cli.command()
@@ -684,12 +684,12 @@ def fix(model, output, rules, skip_rules, dry_run, check, opset, input_shapes, r
         raise click.UsageError("Missing argument 'MODEL'.")
     progress = None if as_json else (
         lambda i, n, f: click.echo(f"  .. validating {i + 1}/{n}: {f.kind} {f.form} at {f.nodes[0]}", err=True))
-    report = run_fix(model, output, mode="check" if check else "dry-run" if dry_run else "fix",
+    result = run_fix(model, output, mode="check" if check else "dry-run" if dry_run else "fix",
                      change=FixOptions(rules, skip_rules, opset, parse_input_shapes(input_shapes)),
                      proof=ProofOptions(not no_proof, runtimes, inputs, not no_timing, least_bad, allow_not_checked,
                                         write_unproven), progress=progress)
-    click.echo(json_text(report.to_dict()) if as_json else fix_text(report))
-    return report.exit_code
+    click.echo(json_text(result.to_dict()) if as_json else fix_text(result))
+    return result.exit_code
 
 
 @cli.command("list")

@@ -136,20 +136,20 @@ def merge_facts(entries) -> dict[str, dict]:
     return out
 
 
-def validation_text(report) -> str:
+def validation_text(result) -> str:
     """Table of a normonnx.engine.validate.ValidationResult: one row per runtime x input sample."""
     rows = []
-    for r in report.results:
+    for r in result.results:
         detail = r.reason or r.error or ""
         if r.status == "pass":
             detail = ""
         rows.append([r.runtime, r.inputs, status_cell(r.status), r.max_abs_err,
                      r.max_rel_err, r.max_ulp, r.vs_torch_max_abs, detail])
-    m = report.model
-    head = [f"{report.case_id}  (source: {report.source})",
+    m = result.model
+    head = [f"{result.case_id}  (source: {result.source})",
             f"model: opset {m['opset']}" + (f" (requested {m['opset_requested']})" if m.get("opset_requested") not in
                                           (None, m["opset"]) else "") + f"; ops: {ops_line(m['ops'])}"]
-    for name, f in report.runtimes.items():
+    for name, f in result.runtimes.items():
         notes = []
         if f.get("error"):
             notes.append(f["error"])
@@ -163,23 +163,23 @@ def validation_text(report) -> str:
         if f.get("inlined"):
             notes.append(f["inlined"])
         if f.get("casts_inserted"):
-            notes.append(f"ORT inserted {f['casts_inserted']} Cast nodes: {report.spec.dtype} ops ran in float32 here")
+            notes.append(f"ORT inserted {f['casts_inserted']} Cast nodes: {result.spec.dtype} ops ran in float32 here")
         if f.get("placement"):
             notes.append(f"placement: {f['placement']}")
         if notes:
             head.append(wrap(f"{name}: " + "; ".join(str(n) for n in notes)))
     body = table(["runtime", "inputs", "status", "max_abs", "max_rel", "max_ulp", "vs_torch", "reason"], rows)
-    v = report.verdict
-    tail = f"{verdict_word(report.exit_code)}: {v.summary()}, {v.skipped} skipped"
+    v = result.verdict
+    tail = f"{verdict_word(result.exit_code)}: {v.summary()}, {v.skipped} skipped"
     return "\n".join(head) + "\n\n" + body + "\n\n" + tail
 
 
-def bench_text(report) -> str:
+def bench_text(result) -> str:
     """Table of a normonnx.engine.bench.BenchResult: median ratios with their 95 % CI per form, the noise
     verdict per row, '*' on the fastest variant that passed validation with a trustworthy timing, and
     a last line saying whether the timings can be trusted."""
     rows = []
-    for r in report.records:
+    for r in result.records:
         if r.error:
             rows.append([r.form, r.provider, None, None, None, None, None, None, "ERROR", r.error])
             continue
@@ -195,12 +195,12 @@ def bench_text(report) -> str:
                      "IMPLAUSIBLE" if r.implausible else ("stable" if r.stable else "UNSTABLE"), check, "", note])
     for row in rows:
         del row[-2]
-    m = report.machine
-    head = (f"{report.spec.id}: {m.get('cpu')} ({m.get('cores')} cores), threads {m.get('threads')}"
+    m = result.machine
+    head = (f"{result.spec.id}: {m.get('cpu')} ({m.get('cores')} cores), threads {m.get('threads')}"
             + (f", GPU {m['gpu']}" if m.get("gpu") else "") + f"; torch {m.get('torch')}, onnxruntime {m.get('onnxruntime')}")
     body = table(["form", "provider", "p50 ms", "GB/s", "x copy [95% CI]", "x torch [95% CI]", "timing", "valid",
                   "note"], rows)
-    _, verdict = report.trusted
+    _, verdict = result.trusted
     return head + "\n\n" + body + "\n\nvalid: checked on normal inputs only, to time correct forms; the stress " \
         "suites (offsets, zero variance) are normonnx validate's verdict, and a form can pass here and fail there" \
         "\n* fastest variant that passed validation on normal inputs with a stable, " \
@@ -208,56 +208,56 @@ def bench_text(report) -> str:
         "95% interval; GB/s counts x read once and y written once\n" + verdict
 
 
-def scan_text(report) -> str:
+def scan_text(result) -> str:
     """Table of a normonnx.features.scan.ScanResult: one row per norm found."""
-    head = f"{report.model}: opset {report.opset}, {report.producer or 'unknown producer'}; {len(report.norms)} norms"
-    if not report.norms:
+    head = f"{result.model}: opset {result.opset}, {result.producer or 'unknown producer'}; {len(result.norms)} norms"
+    if not result.norms:
         out = head + " found (searched the main graph, If/Loop/Scan bodies and model-local functions)" + \
-            _left_out_lines(report)
-        if report.validated:
-            out += f"\n\n{verdict_word(report.exit_code)}: " + (
-                f"{report.verdict.summary()}" if report.unidentified else "no norm found, so nothing was checked")
+            _left_out_lines(result)
+        if result.validated:
+            out += f"\n\n{verdict_word(result.exit_code)}: " + (
+                f"{result.verdict.summary()}" if result.unidentified else "no norm found, so nothing was checked")
         return out
-    inner = sum(1 for f in report.norms if f.scope)
+    inner = sum(1 for f in result.norms if f.scope)
     if inner:
         head += f" ({inner} inside subgraphs or functions)"
     headers = ["#", "kind", "form", "nodes", "axes/groups", "eps", "affine", "dtype", "ORT fuses", "risks"]
-    if report.validated:
+    if result.validated:
         headers.append("validate")
-    out = head + "\n\n" + table(headers, _scan_rows(report)) + _norm_notes(report) + _left_out_lines(report)
-    if report.fusion_note:
-        out += f"\n\nORT fuses: unknown ({report.fusion_note})"
-    if report.validated:
-        out += _scan_verdict_text(report)
+    out = head + "\n\n" + table(headers, _scan_rows(result)) + _norm_notes(result) + _left_out_lines(result)
+    if result.fusion_note:
+        out += f"\n\nORT fuses: unknown ({result.fusion_note})"
+    if result.validated:
+        out += _scan_verdict_text(result)
     return out
 
 
-def _scan_rows(report) -> list[list]:
+def _scan_rows(result) -> list[list]:
     """One row per norm found: where, its measured claim, ORT's fusion, its risks (and its verdict)."""
     rows = []
-    for i, f in enumerate(report.norms):
+    for i, f in enumerate(result.norms):
         where = f.nodes[0] if len(f.nodes) == 1 else f"{f.nodes[0]} .. {f.nodes[-1]} ({len(f.nodes)} nodes)"
         if f.scope:
             where = f"[{f.scope}] {where}"
         shape = f"groups={f.groups}" if f.groups else (f"axes={list(f.axes)}" if f.axes is not None else "")
-        v = report.fused.get(i)
+        v = result.fused.get(i)
         fused = v if isinstance(v, str) else {True: "fused", False: "no", None: "-"}[v]
         dtype = (f.dtype or "-") + (f" (stats {f.stats_dtype})" if f.stats_dtype and f.dtype and
                                     f.stats_dtype != f.dtype else "")
         row = [i, f.kind, f.form, where[:60], shape, f"{f.eps:.3g}" if f.eps is not None else "-",
                "yes" if f.affine else "no", dtype, fused, "; ".join(map(str, f.risks)) or "-"]
-        if report.validated:
-            v = report.validations.get(i)
+        if result.validated:
+            v = result.validations.get(i)
             row.append("-" if v is None else _validation_cell(v) if v.status in ("pass", "fail") or
                        len(v.by_runtime or {}) > 1 else v.validation)
         rows.append(row)
     return rows
 
 
-def _norm_notes(report) -> str:
+def _norm_notes(result) -> str:
     """Each norm's notes: its layout, and what was measured by running a written-out one."""
     out = ""
-    for i, f in enumerate(report.norms):
+    for i, f in enumerate(result.norms):
         said = list(f.notes) + ([f"written over another layout: checked after moving its axes {list(f.layout)}"]
                                 if f.layout is not None else [])
         if f.derived is not None:
@@ -270,43 +270,43 @@ def _norm_notes(report) -> str:
     return out
 
 
-def _scan_verdict_text(report) -> str:
+def _scan_verdict_text(result) -> str:
     """scan --validate's verdicts: per runtime where several ran, each layer's lines, the precisions, the last line."""
     out = ""
-    several = len(report.runtimes) > 1
+    several = len(result.runtimes) > 1
     if several:
-        out += _per_runtime_table(report.runtimes, [(i, report.norms[i].nodes[0], {rt: _runtime_cell(v, rt)
-                                                     for rt in report.runtimes})
-                                                    for i, v in sorted(report.validations.items())]) + "\n"
-    for i, v in sorted(report.validations.items()):
-        out += _verdict_lines(i, report.norms[i].nodes[0], v, several)
-    facts = precision_table(report.runtime_facts())
+        out += _per_runtime_table(result.runtimes, [(i, result.norms[i].nodes[0], {rt: _runtime_cell(v, rt)
+                                                     for rt in result.runtimes})
+                                                    for i, v in sorted(result.validations.items())]) + "\n"
+    for i, v in sorted(result.validations.items()):
+        out += _verdict_lines(i, result.norms[i].nodes[0], v, several)
+    facts = precision_table(result.runtime_facts())
     if facts:
         out += "\n\n" + facts
-    verdict = report.verdict
-    out += f"\n\n{verdict_word(report.exit_code)}: {verdict.summary()}"
+    verdict = result.verdict
+    out += f"\n\n{verdict_word(result.exit_code)}: {verdict.summary()}"
     if verdict.not_checked and not verdict.failed and not verdict.allowed and verdict.passed:
         out += "\n" + wrap(f"not checked: {verdict.not_checked} layers could not be checked (the table says why), so "
                             "the model is not proven; --allow-not-checked accepts that and says so")
-    if report.checked_on:  # what this verdict covers (--activations judges the model's own activations)
-        out += "\n" + wrap(f"checked: each layer cut out and run on {report.checked_on} (stress inputs aimed at "
+    if result.checked_on:  # what this verdict covers (--activations judges the model's own activations)
+        out += "\n" + wrap(f"checked: each layer cut out and run on {result.checked_on} (stress inputs aimed at "
                             "how norms break; the model's own activations: scan --activations)")
     if verdict.failed:
-        out += "\n" + wrap(f"next: normonnx fix {report.model} -o FIXED.onnx gives each failing layer a form that "
+        out += "\n" + wrap(f"next: normonnx fix {result.model} -o FIXED.onnx gives each failing layer a form that "
                             "passes, or says why not")
     return out
 
 
-def _left_out_lines(report) -> str:
+def _left_out_lines(result) -> str:
     """What scan did not list as a norm, with why: weight standardisation (left out), structure shaped like a
     norm that could not be made one (a possible norm: not checked), and what normonnx did to read the model."""
     out = ""
-    for x in report.left_out:
+    for x in result.left_out:
         if x.kind == "?":
             out += "\n" + wrap(f"possible norm at {x.node}: {x.reason.removeprefix('possible norm, ')}")
         else:
             out += f"\nleft out: {x.kind} at {x.node}: {x.reason}"
-    for note in getattr(report, "notes", []):
+    for note in getattr(result, "notes", []):
         out += "\n" + wrap(f"note: {note}")
     return out
 
@@ -365,39 +365,39 @@ def _verdict_lines(i: int, name: str, v, several: bool) -> str:
     return out
 
 
-def fix_text(report) -> str:
+def fix_text(result) -> str:
     """Table of a normonnx.repair.fixer.FixResult: one row per norm (its validation before and, in the written
     model, after), the candidates each rewritten or failing layer had, the whole-model proof and timing,
     and a last line that says what the table says."""
-    rts = ",".join(report.runtimes)
-    head = f"{report.model}: opset {report.opset}; {len(report.layers)} norms; target runtimes: {rts}"
-    if not report.layers:
-        return head + "\n\nnothing to fix: no norm found\n\n" + fix_summary(report)
+    rts = ",".join(result.runtimes)
+    head = f"{result.model}: opset {result.opset}; {len(result.layers)} norms; target runtimes: {rts}"
+    if not result.layers:
+        return head + "\n\nnothing to fix: no norm found\n\n" + fix_summary(result)
     rows = []
-    for lf in report.layers:
+    for lf in result.layers:
         f = lf.norm
         where = f.nodes[0] if len(f.nodes) == 1 else f"{f.nodes[0]} .. ({len(f.nodes)} nodes)"
         rows.append([lf.index, where[:36], f.kind, f.op[:30], lf.status, lf.form or "-",
                      _validation_cell(lf.before), _validation_cell(lf.final)])
     out = head + "\n\n" + table(["#", "layer", "kind", "before", "status", "form", "validate before",
                                   "validate after"], rows)
-    if len(report.runtimes) > 1:
+    if len(result.runtimes) > 1:
         def cell(lf, rt):
             before = _runtime_cell(lf.before, rt)
             return before if lf.final is None else f"{before} -> {_runtime_cell(lf.final, rt)}"
-        out += _per_runtime_table(report.runtimes, [(lf.index, lf.norm.nodes[0], {rt: cell(lf, rt) for rt in
-                                                     report.runtimes}) for lf in report.layers
+        out += _per_runtime_table(result.runtimes, [(lf.index, lf.norm.nodes[0], {rt: cell(lf, rt) for rt in
+                                                     result.runtimes}) for lf in result.layers
                                                     if lf.before is not None or lf.final is not None])
-    tried = [lf for lf in report.layers if lf.candidates]
+    tried = [lf for lf in result.layers if lf.candidates]
     if tried:
         out += f"\n\ncandidate forms, each validated against the layer's own norm on {rts}:"
         for lf in tried:
-            sep = "; " if len(report.runtimes) == 1 else "\n      "  # several runtimes: a line a candidate
+            sep = "; " if len(result.runtimes) == 1 else "\n      "  # several runtimes: a line a candidate
             out += f"\n  #{lf.index}: " + sep.join(c.summary() for c in lf.candidates)
-    for lf in report.layers:
+    for lf in result.layers:
         if lf.reason and lf.status in ("refused", "failing", "rewritten", "would rewrite"):
             out += f"\n{lf.status}: #{lf.index} {lf.norm.nodes[0]}: {lf.reason}"
-    w = report.whole_model
+    w = result.whole_model
     if w is not None:
         if w.status not in ("pass", "fail"):
             out += f"\n\nwhole model: not compared ({w.error})"
@@ -405,60 +405,60 @@ def fix_text(report) -> str:
             shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in w.inputs.items())
             out += (f"\n\nwhole model on ORT {w.provider.upper()}, seeded inputs ({shapes}): largest output difference "
                     f"{w.max_abs_diff:.3g} " + ("(within tolerance)" if w.status == "pass" else "(OUTSIDE tolerance)"))
-    t = report.timing
+    t = result.timing
     if t:
         lo, hi = t.ratio_ci
         out += (f"\ntiming on ORT {t.provider.upper()} ({t.rounds} interleaved rounds): original {t.original_ms:.3g} ms, fixed "
                 f"{t.fixed_ms:.3g} ms, fixed/original {t.ratio:.2f}x (95% CI {lo:.2f}-{hi:.2f}"
                 + ("" if t.stable else "; unstable: a busy machine") + ")")
-    facts = precision_table(merge_facts((rt, f, lf.norm.dtype) for lf in report.layers
+    facts = precision_table(merge_facts((rt, f, lf.norm.dtype) for lf in result.layers
                                         for v in (lf.before, lf.final) if v is not None
                                         for rt, f in (v.runtime_facts or {}).items()))
     if facts:
         out += "\n\n" + facts
-    for note in report.notes:
+    for note in result.notes:
         out += f"\nnote: {note}"
-    return out + "\n\n" + fix_summary(report)
+    return out + "\n\n" + fix_summary(result)
 
 
-def fix_summary(report) -> str:
+def fix_summary(result) -> str:
     """The last line: the judge's word and the counts behind it, and whether the output was written."""
-    n, failing = len(report.changes), len(report.failing)
+    n, failing = len(result.changes), len(result.failing)
     states = [(lf.final or lf.before).status if (lf.final or lf.before) is not None else "not checked"
-              for lf in report.layers]
+              for lf in result.layers]
     unchecked = sum(st not in ("pass", "fail") for st in states)
-    rts = ",".join(report.runtimes)
-    tail = (f"; {failing} fail on {','.join(report.failing_on()) or rts} (no form passes)" if failing else "") + (
+    rts = ",".join(result.runtimes)
+    tail = (f"; {failing} fail on {','.join(result.failing_on()) or rts} (no form passes)" if failing else "") + (
         f"; {unchecked} not checked" if unchecked else "") + (
-        f" ({report.verdict.internal} internal errors: please report them)" if report.verdict.internal else "")
-    if report.mode == "check":
-        word = verdict_word(report.exit_code)
+        f" ({result.verdict.internal} internal errors: please report them)" if result.verdict.internal else "")
+    if result.mode == "check":
+        word = verdict_word(result.exit_code)
         return (f"{word}: {n} layers would change{tail}"
-                + (f" (normonnx fix {report.model} -o FIXED.onnx)" if n else "")
+                + (f" (normonnx fix {result.model} -o FIXED.onnx)" if n else "")
                 + ("" if n or failing or unchecked else f"; every layer passes on {rts}"))
-    if report.mode == "dry-run":
+    if result.mode == "dry-run":
         return f"dry run: {n} layers would change{tail}; nothing written"
-    if not report.proven:
+    if not result.proven:
         return f"NOT PROVEN: {n} layers rewritten without a proof (--no-proof); " + (
-            f"wrote {report.output}" if report.written else "nothing written")
-    v = report.verdict
-    word = verdict_word(report.exit_code)
-    if not report.layers:
+            f"wrote {result.output}" if result.written else "nothing written")
+    v = result.verdict
+    word = verdict_word(result.exit_code)
+    if not result.layers:
         return f"{word}: no norm found, so nothing was checked; nothing written"
-    unproven = [lf for lf in report.unproven if lf.final is None]
+    unproven = [lf for lf in result.unproven if lf.final is None]
     tail += f"; {len(unproven)} rewritten layers not found in the written model (not proven)" if unproven else ""
-    w = report.whole_model
+    w = result.whole_model
     whole = "" if w is None else {"fail": "; the whole model differs from the original",
                                   "not checked": "; the whole model could not be compared (not proven)"}.get(w.status, "")
-    if not report.written:
+    if not result.written:
         wrote = "nothing written"
     elif v.status == "pass":
-        wrote = (f"wrote {report.output}"
-                 + (f" (weights in {Path(report.data_output).name} beside it)" if report.data_output else "")
+        wrote = (f"wrote {result.output}"
+                 + (f" (weights in {Path(result.data_output).name} beside it)" if result.data_output else "")
                  + (" (not-checked layers accepted by --allow-not-checked)" if v.allowed else ""))
     else:
-        wrote = f"wrote {report.output} anyway (--write-unproven): it is NOT proven"
-    done = "rewritten" if report.written or not n else "rewritten in a model not written"
+        wrote = f"wrote {result.output} anyway (--write-unproven): it is NOT proven"
+    done = "rewritten" if result.written or not n else "rewritten in a model not written"
     return f"{word}: {n} layers {done}{tail}{whole}; {wrote}"
 
 
@@ -480,11 +480,11 @@ def _what_if_cell(v) -> str:
     return f"{status_cell(v.status)} {v.max_abs_err:.2g}" + (f" [{v.rule}]" if v.rule else "")
 
 
-def activations_text(report) -> str:
+def activations_text(result) -> str:
     """Table of a normonnx.features.scan.activations.ActivationResult: per norm, its captured input's statistics,
     the model's output against the oracle, and the float16 what-if."""
     rows = []
-    for lc in report.layers:
+    for lc in result.layers:
         f, st = lc.norm, lc.stats
         verdict = status_cell(lc.status)
         if lc.status not in ("pass", "fail"):
@@ -495,18 +495,18 @@ def activations_text(report) -> str:
                      st.get("max_x2_over_fp16_max" if f.kind == "rms" else "max_dev2_over_fp16_max"), err, verdict,
                      _what_if_cell(fp16.converted if fp16 else None),
                      _what_if_cell(fp16.fp32_statistics if fp16 else None)])
-    head = (f"on the model's activations ({report.source}; {report.provider or 'ORT'}; {report.samples} samples, "
-            f"{report.runs} model runs, "
-            f"{report.captured_bytes / 1e6:.3g} MB captured, {report.seconds:.3g} s)")
+    head = (f"on the model's activations ({result.source}; {result.provider or 'ORT'}; {result.samples} samples, "
+            f"{result.runs} model runs, "
+            f"{result.captured_bytes / 1e6:.3g} MB captured, {result.seconds:.3g} s)")
     heads = ["#", "layer", "norm", "max|x|", "offset/std", "dev^2/fp16 max", "error", "float32 verdict",
              "as float16", "float16 + float32 stats [rule]"]
-    quantized = [lc for lc in report.layers if lc.int8]
+    quantized = [lc for lc in result.layers if lc.int8]
     if quantized:  # a QDQ layer as the model runs it: int8 rounding between its nodes, in steps of its output grid
         heads.append("as run, int8")
-        for row, lc in zip(rows, report.layers, strict=False):
+        for row, lc in zip(rows, result.layers, strict=False):
             row.append(_int8_cell(lc.int8))
     body = table(heads, rows)
-    bad = [lc for lc in report.layers if lc.status == "fail"]
+    bad = [lc for lc in result.layers if lc.status == "fail"]
     out = head + "\n\n" + body
     for lc in bad:
         out += f"\nFAIL #{lc.index} {lc.norm.nodes[0]}: {lc.error.reason if lc.error else None}"
@@ -519,14 +519,14 @@ def activations_text(report) -> str:
         out += ("\nas run, int8: a QDQ layer's own output in the model (int8 rounding between its nodes) against the "
                 "oracle, passing within two steps of its output's int8 grid; a what-if, never the exit code (the float32 "
                 "verdict judges the layer as float on the dequantized input the model feeds it).")
-    out += _replays_text(report)
-    out += _whole_text(report)
-    out += "".join(f"\nnote: {n}" for n in report.notes)
-    out += f"\n\n{verdict_word(report.exit_code)}: {report.verdict.summary()} on the model's activations"
-    out += (f"\nchecked: each layer on the activations {report.samples} model inputs ({report.source}) give it, not on stress inputs "
+    out += _replays_text(result)
+    out += _whole_text(result)
+    out += "".join(f"\nnote: {n}" for n in result.notes)
+    out += f"\n\n{verdict_word(result.exit_code)}: {result.verdict.summary()} on the model's activations"
+    out += (f"\nchecked: each layer on the activations {result.samples} model inputs ({result.source}) give it, not on stress inputs "
             "(offsets, zero variance: scan --validate); a pass here says this data is safe, not every input")
-    if report.verdict.failed:
-        out += f"\nnext: normonnx fix {report.model} -o FIXED.onnx gives each failing layer a form that passes, or says why not"
+    if result.verdict.failed:
+        out += f"\nnext: normonnx fix {result.model} -o FIXED.onnx gives each failing layer a form that passes, or says why not"
     return out
 
 
@@ -538,22 +538,22 @@ def _int8_cell(v) -> str:
     return text + (f" ({v.steps:.2g} steps)" if v.steps is not None else "")
 
 
-def _whole_text(report) -> str:
+def _whole_text(result) -> str:
     """The whole model on each named runtime against the float32 run on ORT: part of the verdict."""
-    if not report.whole:
+    if not result.whole:
         return ""
     def verdict(w) -> str:
         text = status_cell(w.status) if w.status in ("pass", "fail") else f"{w.status}: {w.why}"
         return text if w.judged else f"{text} (what-if)"
 
     rows = [[name, w.precision or "-", w.samples, "-" if w.max_abs_diff is None else f"{w.max_abs_diff:.3g}",
-             verdict(w)] for name, w in report.whole.items()]
+             verdict(w)] for name, w in result.whole.items()]
     out = ("\n\nthe whole model on each runtime against the float32 run on ORT (its outputs, at their dtype's "
            "tolerance):\n\n" + table(["runtime", "precision", "samples", "largest output difference", "verdict"], rows))
-    for name, w in report.whole.items():
+    for name, w in result.whole.items():
         if w.status == "fail":
             out += f"\n{'FAIL' if w.judged else 'what-if FAIL'} whole model on {name}: {w.why}"
-    if any(not w.judged for w in report.whole.values()):
+    if any(not w.judged for w in result.whole.values()):
         out += ("\nwhat-if: a quantized (QDQ) model; runtimes round its int8 steps differently, so a whole run a step "
                 "or more apart is shown, not judged (each layer's verdict above judges it as float)")
     return out
@@ -569,70 +569,70 @@ def _replay_cell(v) -> str:
     return text + (f", {v.max_diff_from_stored:.2g} from stored" if v.max_diff_from_stored is not None else "")
 
 
-def _replays_text(report, title: str = "on other runtimes, each layer cut out and run on the same inputs (error "
+def _replays_text(result, title: str = "on other runtimes, each layer cut out and run on the same inputs (error "
                                          "against the oracle):") -> str:
     """Each layer replayed on the other runtimes on the captured (or stored) inputs: the same oracle and rule."""
-    names = list(dict.fromkeys(rt for lc in report.layers for rt in lc.on))
+    names = list(dict.fromkeys(rt for lc in result.layers for rt in lc.on))
     if not names:
         return ""
     rows = [[lc.index, lc.norm.nodes[0][:36], *(_replay_cell(lc.on.get(rt)) for rt in names)]
-            for lc in report.layers if lc.on]
+            for lc in result.layers if lc.on]
     out = f"\n\n{title}\n\n"
     out += table(["#", "layer", *names], rows)
-    for lc in report.layers:
+    for lc in result.layers:
         for rt, v in lc.on.items():
             if v.status == "fail":
                 out += f"\nFAIL #{lc.index} {lc.norm.nodes[0]} on {rt}: {v.why}"
     return out
 
 
-def golden_text(report) -> str:
+def golden_text(result) -> str:
     """`scan --activations --load-outputs`: each stored layer replayed here, against the oracle and the stored outputs."""
-    head = f"stored outputs ({report.source}; {report.samples} samples a layer) replayed on {report.provider}"
-    notes = "".join(f"\nnote: {n}" for n in report.notes)
+    head = f"stored outputs ({result.source}; {result.samples} samples a layer) replayed on {result.provider}"
+    notes = "".join(f"\nnote: {n}" for n in result.notes)
     title = "each stored layer cut out of this model and run on the stored inputs (error against the oracle, distance " \
             "from the stored outputs):"
-    return (head + _replays_text(report, title) + notes + f"\n\n{verdict_word(report.exit_code)}: "
-            f"{report.verdict.summary()} (layer x runtime)")
+    return (head + _replays_text(result, title) + notes + f"\n\n{verdict_word(result.exit_code)}: "
+            f"{result.verdict.summary()} (layer x runtime)")
 
 
-def _diff_rows(report) -> list[list[str]]:
+def _diff_rows(result) -> list[list[str]]:
     order = {"regression": 0, "improvement": 1, "new": 2}
-    return [[c.kind, c.case, c.what] for c in sorted(report.changes, key=lambda c: (order[c.kind], c.case))]
+    return [[c.kind, c.case, c.what] for c in sorted(result.changes, key=lambda c: (order[c.kind], c.case))]
 
 
-def _diff_summary(report) -> str:
-    n = len(report.regressions)
-    better = sum(c.kind == "improvement" for c in report.changes)
-    new = sum(c.kind == "new" for c in report.changes)
-    if not n and not report.compared:
+def _diff_summary(result) -> str:
+    n = len(result.regressions)
+    better = sum(c.kind == "improvement" for c in result.changes)
+    new = sum(c.kind == "new" for c in result.changes)
+    if not n and not result.compared:
         return f"NOT CHECKED: nothing to compare (the base holds no case; {new} new)"
     head = f"FAILED: {n} regressions" if n else "PASSED: no regression"
-    return f"{head} in {report.compared} cases compared ({better} improved, {new} new)"
+    return f"{head} in {result.compared} cases compared ({better} improved, {new} new)"
 
 
-def _versions_line(report) -> str:
+def _versions_line(result) -> str:
     fmt = lambda v: ", ".join(f"{k} {v[k]}" for k in sorted(v)) or "not recorded"  # noqa: E731
-    return f"base: {report.base} ({fmt(report.versions['base'])})\nnew:  {report.new} ({fmt(report.versions['new'])})"
+    return f"base: {result.base} ({fmt(result.versions['base'])})\nnew:  {result.new} ({fmt(result.versions['new'])})"
 
 
-def diff_text(report) -> str:
+def diff_text(result) -> str:
     """A normonnx.features.diff.DiffResult for the terminal: both sides' versions, the changes, the verdict line."""
-    out = _versions_line(report)
-    if report.changes:
-        out += "\n\n" + table(["change", "case", "what"], _diff_rows(report))
-    for note in report.notes:
+    out = _versions_line(result)
+    if result.changes:
+        out += "\n\n" + table(["change", "case", "what"], _diff_rows(result))
+    for note in result.notes:
         out += f"\nnote: {note}"
-    return out + "\n\n" + _diff_summary(report)
+    return out + "\n\n" + _diff_summary(result)
 
 
-def diff_markdown(report) -> str:
+def diff_markdown(result) -> str:
     """The same as Markdown, for a pull-request comment or a CI job summary."""
     esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    lines = [f"### normonnx diff: {_diff_summary(report)}", "", "```", _versions_line(report), "```", ""]
-    if report.changes:
+    lines = [f"### normonnx diff: {_diff_summary(result)}", "", "```", _versions_line(result), "```", ""]
+    if result.changes:
         lines += ["| change | case | what |", "|---|---|---|"]
         lines += [f"| {'**regression**' if k == 'regression' else k} | `{esc(c)}` | {esc(w)} |"
-                  for k, c, w in _diff_rows(report)]
-    lines += [f"\n_{esc(n)}_" for n in report.notes]
+                  for k, c, w in _diff_rows(result)]
+    lines += [f"\n_{esc(n)}_" for n in result.notes]
     return "\n".join(lines) + "\n"

@@ -28,23 +28,23 @@ def assert_export_matches(
     element, by the one judge: a check that could not run fails the assertion too, unless allow_not_checked
     (then at least one check must have run and passed).
 
-    Returns the report when everything passed, so a test can assert more on it."""
-    report = validate(spec, model=model, export=ExportOptions(variant, opset, exporter, dynamic),
+    Returns the result when everything passed, so a test can assert more on it."""
+    result = validate(spec, model=model, export=ExportOptions(variant, opset, exporter, dynamic),
                       run=RunOptions(tuple(runtimes) if runtimes is not None else None),
                       check=CheckOptions(tuple(inputs) if inputs is not None else None, atol, rtol,
                                          allow_not_checked=allow_not_checked))
-    return check_result(report)
+    return check_result(result)
 
 
-def check_result(report: ValidationResult) -> ValidationResult:
-    """Raise AssertionError unless the one judge (normonnx.core.judge) says the report passed."""
-    v = report.verdict
+def check_result(result: ValidationResult) -> ValidationResult:
+    """Raise AssertionError unless the one judge (normonnx.core.judge) says the result passed."""
+    v = result.verdict
     if v.status == "pass":
-        return report
-    bad = report.failures()
+        return result
+    bad = result.failures()
     if bad:
-        lines = [f"{report.case_id}: {v.status.upper()}: {v.summary('checks')}"]
+        lines = [f"{result.case_id}: {v.status.upper()}: {v.summary('checks')}"]
         for r in bad:
             lines.append(f"  {r.runtime} on {r.inputs}: {r.status}: {r.reason or r.error}")
         raise AssertionError("\n".join(lines))
-    raise AssertionError(f"{report.case_id}: nothing was checked (every runtime or input suite was skipped)")
+    raise AssertionError(f"{result.case_id}: nothing was checked (every runtime or input suite was skipped)")

@@ -299,10 +299,10 @@ def fix(path: str | Path, output: str | Path | None = None, *, mode: str = "fix"
         fix_input_shapes(analysed, input_shapes)
     analysed = infer_shapes(analysed)
     layers, plans = plan_layers(analysed, chosen, base=src.parent)
-    report = FixResult(str(src), str(out) if out and mode == "fix" else None, opset_of(converted), layers, mode,
+    result = FixResult(str(src), str(out) if out and mode == "fix" else None, opset_of(converted), layers, mode,
                        tuple(runtimes), prove, allow_not_checked=proof.allow_not_checked)
     if sorted_note:
-        report.notes.append(sorted_note)
+        result.notes.append(sorted_note)
     memo: dict = {}
     with tempfile.TemporaryDirectory(prefix="normonnx-fix-") as tmp:
         work = Path(tmp)
@@ -316,24 +316,24 @@ def fix(path: str | Path, output: str | Path | None = None, *, mode: str = "fix"
                     first = plans[lf.index].plans[0]
                     lf.status, lf.form, lf.after = "would rewrite", first.form, first.after
     if mode != "fix":
-        return report
+        return result
     assert out is not None  # _check_output refused None in fix mode
-    _write(report, model, converted, layers, plans, src, out, input_shapes, proof, memo)
-    return report
+    _write(result, model, converted, layers, plans, src, out, input_shapes, proof, memo)
+    return result
 
 
-def _write(report: FixResult, model: onnx.ModelProto, converted: onnx.ModelProto, layers: list, plans: dict,
+def _write(result: FixResult, model: onnx.ModelProto, converted: onnx.ModelProto, layers: list, plans: dict,
            src: Path, out: Path, input_shapes: dict | None, proof: ProofOptions, memo: dict) -> None:
     """Rewrite the chosen layers, stage the output beside -o, prove it, and publish it only if proven."""
     norms = {lf.index: lf.norm for lf in layers}
     todo = {lf.index: (next(p for p in plans[lf.index].plans if p.form == lf.form), plans[lf.index].start)
-            for lf in report.changes}
+            for lf in result.changes}
     irm, written = apply(converted, todo, norms)
     fixed, note = to_checked_proto(irm, converted)
     del irm
     if note:
-        report.notes.append(note)
-    for lf in report.changes:
+        result.notes.append(note)
+    for lf in result.changes:
         lf.status, lf.written = "rewritten", written[lf.index]
     inputs = list(proof.inputs) if proof.inputs else None
     # the candidate is the output itself, staged beside -o (its weights streamed there once), judged,
@@ -346,64 +346,64 @@ def _write(report: FixResult, model: onnx.ModelProto, converted: onnx.ModelProto
         # model computes is caught too), its weights shared with the output's session
         own = _sources(onnx.load(str(cand), load_external_data=False), cand.parent) if external else None
         shared = (model, _sources(model, src.parent), cand_src, own) if external else None
-        _prove_written(report, layers, src, cand, input_shapes, inputs, memo, proof.timing, shared)
-        if _may_publish(report, proof.write_unproven):
+        _prove_written(result, layers, src, cand, input_shapes, inputs, memo, proof.timing, shared)
+        if _may_publish(result, proof.write_unproven):
             if cand.with_name(cand.name + ".data").exists():
                 publish(cand.with_name(cand.name + ".data"), _data_path(out), "fixed model's weights")
-                report.data_output = str(_data_path(out))
+                result.data_output = str(_data_path(out))
             publish(cand, out, "fixed model")
-            report.written = True
+            result.written = True
 
 
-def _may_publish(report: FixResult, write_unproven: bool) -> bool:
+def _may_publish(result: FixResult, write_unproven: bool) -> bool:
     """fix writes only what it proved: the judge's PASS, or an explicit flag (--no-proof: nothing proven;
     --write-unproven: not proven, but never a model that differs from the original). A note says why not."""
-    if not report.proven or report.verdict.status == PASS:
+    if not result.proven or result.verdict.status == PASS:
         return True
-    w = report.whole_model
+    w = result.whole_model
     if w is not None and w.status == FAIL:
-        report.notes.append("nothing written: the fixed model differs from the original on seeded inputs")
+        result.notes.append("nothing written: the fixed model differs from the original on seeded inputs")
         return False
     if write_unproven:
         return True
-    failing = ",".join(report.failing_on() or report.runtimes)
-    why = ("a layer still fails on " + failing if report.verdict.status == FAIL else
-           "normonnx failed on a check (an internal error)" if report.verdict.internal else
+    failing = ",".join(result.failing_on() or result.runtimes)
+    why = ("a layer still fails on " + failing if result.verdict.status == FAIL else
+           "normonnx failed on a check (an internal error)" if result.verdict.internal else
            "the whole model could not be compared with the original" if w is not None and w.status != PASS else
            "something could not be checked")
-    report.notes.append(f"nothing written: the fixed model is not proven ({why}); --write-unproven writes it anyway")
+    result.notes.append(f"nothing written: the fixed model is not proven ({why}); --write-unproven writes it anyway")
     return False
 
 
-def _prove_written(report: FixResult, layers: list[LayerFix], original: Path, cand: Path, input_shapes, inputs,
+def _prove_written(result: FixResult, layers: list[LayerFix], original: Path, cand: Path, input_shapes, inputs,
                    memo: dict, timing: bool, shared: tuple | None) -> None:
     """The written model judged by scan --validate itself (memo: unchanged layers are not re-run), and run
     beside the original on seeded inputs when anything changed (with nothing rewritten the output is the
     input re-serialized: nothing to compare), one ORT session per model for both the outputs and the timing.
     shared: (model, where the original's and the output's weights came from): the two sessions then read
     the weights both have from the input's files, once."""
-    if not report.proven:
+    if not result.proven:
         return
-    report.after = scan(cand, validate=True, runtimes=list(report.runtimes), inputs=inputs,
+    result.after = scan(cand, validate=True, runtimes=list(result.runtimes), inputs=inputs,
                         input_shapes=input_shapes, check_fusion=False, memo=memo,
-                        allow_not_checked=report.allow_not_checked)
-    _map_final(report, layers)
-    if not report.changes:
+                        allow_not_checked=result.allow_not_checked)
+    _map_final(result, layers)
+    if not result.changes:
         return
-    dtypes = tuple(sorted({lf.norm.dtype for lf in report.changes if lf.norm.dtype}))
+    dtypes = tuple(sorted({lf.norm.dtype for lf in result.changes if lf.norm.dtype}))
     weights = proving.shared_weights(*shared) if shared else {}
-    report.whole_model, loaded = proving.compare_models(original, cand, input_shapes, layer_dtypes=dtypes,
-                                                        shared=weights, provider=proving.ort_target(report.runtimes))
-    if timing and report.whole_model.status == PASS:
+    result.whole_model, loaded = proving.compare_models(original, cand, input_shapes, layer_dtypes=dtypes,
+                                                        shared=weights, provider=proving.ort_target(result.runtimes))
+    if timing and result.whole_model.status == PASS:
         # up to 9 interleaved rounds (each a run of both); a long run's stop at the first steady round from the third
         assert loaded is not None  # compare_models gives the sessions with every comparison that passed
-        report.timing = proving.time_models(loaded)
+        result.timing = proving.time_models(loaded)
 
 
-def _map_final(report: FixResult, layers: list[LayerFix]) -> None:
+def _map_final(result: FixResult, layers: list[LayerFix]) -> None:
     """Each layer's verdict in the written model: the norm scan finds among the nodes the rewrite wrote
     for a rewritten layer, or at an unchanged layer's output."""
-    after = report.after
+    after = result.after
     assert after is not None  # _write scanned the written model just before
     for lf in layers:
         if lf.status == "rewritten":

@@ -146,18 +146,18 @@ def scan(path: str | Path, *, validate: bool = False, runtimes: list[str] | None
     model = infer_shapes(model)  # value_info for the cut-outs and for dtypes
     main = Graph(model.graph)  # one index of the main graph for the fusion map
     norms, left_out = find_layers(model, p.parent, confirming)
-    report = ScanResult(str(p), opset_of(model), f"{model.producer_name} {model.producer_version}".strip(),
+    result = ScanResult(str(p), opset_of(model), f"{model.producer_name} {model.producer_version}".strip(),
                         norms, left_out=left_out, validated=validate, allow_not_checked=allow_not_checked,
                         notes=[sorted_note] if sorted_note else [])
     # one ORT session over the whole model (a thread beside the search was measured slower on 2 cores)
     if check_fusion and any(f.form == "decomposed" and not f.scope for f in norms):
-        opt, report.fusion_note = ort_optimized(p)
-        report.fused = ort_fusion(opt, main, norms)
+        opt, result.fusion_note = ort_optimized(p)
+        result.fused = ort_fusion(opt, main, norms)
     if not norms or not validate:
-        return report
+        return result
     assert runtimes is not None  # validate: check_runtime_request named them above
-    report.checked_on = (f"{', '.join(runtimes)}; input suites: {', '.join(inputs) if inputs else 'every one that applies'}")
-    report.runtimes = list(runtimes)
+    result.checked_on = (f"{', '.join(runtimes)}; input suites: {', '.join(inputs) if inputs else 'every one that applies'}")
+    result.runtimes = list(runtimes)
     extractor = Cutter(model, p.parent)
     with tempfile.TemporaryDirectory(prefix="normonnx-scan-") as tmp:
         layers = {}
@@ -165,23 +165,23 @@ def scan(path: str | Path, *, validate: bool = False, runtimes: list[str] | None
             try:
                 layers[i] = extractor.extract(f, Path(tmp) / f"layer{i}.onnx")
             except BadInput as e:
-                report.validations[i] = LayerVerdict.not_checked(str(e))
+                result.validations[i] = LayerVerdict.not_checked(str(e))
             except Exception as e:  # normonnx's own failure on this layer: exit 5, the others still judged
-                report.validations[i] = LayerVerdict.internal(e)
+                result.validations[i] = LayerVerdict.internal(e)
         if jobs == 1 or memo is not None:
             memo = {} if memo is None else memo
             for n, (i, layer) in enumerate(layers.items()):
                 if progress:
                     progress(n, len(layers), norms[i])
-                report.validations[i] = validate_cached(norms[i], layer, runtimes, inputs, memo)
+                result.validations[i] = validate_cached(norms[i], layer, runtimes, inputs, memo)
         else:
-            report.validations.update(validate_in_parallel(norms, layers, runtimes, inputs, jobs, progress))
-    report.validations = dict(sorted(report.validations.items()))
-    return report
+            result.validations.update(validate_in_parallel(norms, layers, runtimes, inputs, jobs, progress))
+    result.validations = dict(sorted(result.validations.items()))
+    return result
 
 
 def find_norms(path: str | Path) -> list[FoundNorm]:
-    """Every norm of the model at `path`, written-out ones confirmed: scan's list, without the report."""
+    """Every norm of the model at `path`, written-out ones confirmed: scan's list, without the checks of its result."""
     p = Path(path)
     model = infer_shapes(load_model(p, load_external_data=False))
     return find_layers(model, p.parent)[0]

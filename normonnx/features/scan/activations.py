@@ -98,14 +98,14 @@ def check_activations(path: str | Path, *, data: str | Path | None = None,
     with Capture(p) if capture is None else nullcontext(capture) as cap:
         norms, left = found if found is not None else find_layers(analysed, p.parent, cap.start)
         layers = [LayerCheck(i, f) for i, f in enumerate(norms)]
-        report = ActivationResult(str(p), len(samples), source, shapes, layers,
+        result = ActivationResult(str(p), len(samples), source, shapes, layers,
                                   unidentified=[x for x in left if x.kind == "?"])
         todo = _capturable(layers)
         if todo:
-            _run_checks(p, cap, stored, analysed, todo, samples, report, what_if=what_if, progress=progress,
+            _run_checks(p, cap, stored, analysed, todo, samples, result, what_if=what_if, progress=progress,
                         max_fetch_bytes=max_fetch_bytes, runtimes=runtimes, save_outputs=save_outputs)
-    report.seconds = time.perf_counter() - t0
-    return report
+    result.seconds = time.perf_counter() - t0
+    return result
 
 
 def _capturable(layers: list[LayerCheck]) -> list[LayerCheck]:
@@ -123,7 +123,7 @@ def _capturable(layers: list[LayerCheck]) -> list[LayerCheck]:
 
 
 def _run_checks(p: Path, cap: Capture, stored: onnx.ModelProto, analysed: onnx.ModelProto, todo: list[LayerCheck],
-                samples: list, report: ActivationResult, *, what_if: bool, progress, max_fetch_bytes: int, runtimes,
+                samples: list, result: ActivationResult, *, what_if: bool, progress, max_fetch_bytes: int, runtimes,
                 save_outputs):
     """Capture, judge, replay and save each layer of `todo`, a batch of captured values at a time; then the whole
     model on each named runtime that runs whole models."""
@@ -138,14 +138,14 @@ def _run_checks(p: Path, cap: Capture, stored: onnx.ModelProto, analysed: onnx.M
     golden = Golden(save_outputs) if save_outputs is not None else None
     with tempfile.TemporaryDirectory(prefix="normonnx-act-") as tmp, WhatIfs(what_if) as what_ifs:
         work = Path(tmp)
-        sess, report.provider = cap.session(wanted)
+        sess, result.provider = cap.session(wanted)
         for batch in batches(todo, lambda n: nbytes(g, n), max_fetch_bytes):
             names = list(dict.fromkeys(n for lc in batch for n in (lc.source, *lc.norm.extra_inputs,
                                                                       lc.norm.output)))
-            got = fetch(sess, names, samples, report, f"{p} on {report.source.split(' (')[0]}")
+            got = fetch(sess, names, samples, result, f"{p} on {result.source.split(' (')[0]}")
             for lc in batch:
                 if progress:
-                    progress(lc.index, len(report.layers), lc.norm)
+                    progress(lc.index, len(result.layers), lc.norm)
                 xs = _check_layer(lc, got, extractor, work, what_ifs.submit if what_if else None)
                 if xs is not None:
                     for rt in replays:
@@ -159,9 +159,9 @@ def _run_checks(p: Path, cap: Capture, stored: onnx.ModelProto, analysed: onnx.M
         quantized = any(n.op_type == "QuantizeLinear" for n in stored.graph.node)
         for rt in whole:
             w = whole_run(p, sess, [o.name for o in stored.graph.output], samples[:WHOLE_SAMPLES], rt)
-            report.whole[rt] = replace(w, judged=False) if quantized else w
+            result.whole[rt] = replace(w, judged=False) if quantized else w
         if len(whole) < len(replays):
-            report.notes.append(f"the whole model is not compared on {', '.join(r for r in replays if r not in whole)}: "
+            result.notes.append(f"the whole model is not compared on {', '.join(r for r in replays if r not in whole)}: "
                                 "normonnx runs cut-out layers only there")
     if golden is not None:
         golden.write()

@@ -161,7 +161,7 @@ class Capture:
         self.close()
 
 
-def fetch(sess, names: list[str], samples: list[dict], report, what: str) -> dict[str, list[np.ndarray]]:
+def fetch(sess, names: list[str], samples: list[dict], result, what: str) -> dict[str, list[np.ndarray]]:
     """Every sample's values of `names`. Samples are stacked along the batch dim, SAMPLES_PER_RUN to a run,
     when every graph input's first dim is symbolic and a first single-sample run shows each captured value
     leading with that dim (k samples give k times its rows, the other dims alike); else one run a sample."""
@@ -170,8 +170,8 @@ def fetch(sess, names: list[str], samples: list[dict], report, what: str) -> dic
             vals = sess.run(names, feeds)
         except Exception as e:
             raise BadInput(f"ORT cannot run {what}: {first_line(e, 200)}") from None
-        report.runs += 1
-        report.captured_bytes += sum(int(np.asarray(v).nbytes) for v in vals)
+        result.runs += 1
+        result.captured_bytes += sum(int(np.asarray(v).nbytes) for v in vals)
         return [np.asarray(v) for v in vals]
 
     got: dict[str, list[np.ndarray]] = {n: [] for n in names}

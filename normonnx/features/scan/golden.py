@@ -183,10 +183,10 @@ def check_golden(path: str | Path, golden: str | Path, runtimes: list[str] | Non
     analysed = infer_shapes(model)
     norms, _ = find_layers(analysed, p.parent)
     layers = [LayerCheck(i, f, replayed_only=True) for i, f in enumerate(norms)]
-    report = ActivationResult(str(p), 0, f"--load-outputs {golden}", {}, layers)
+    result = ActivationResult(str(p), 0, f"--load-outputs {golden}", {}, layers)
     missing = sorted(set(stored) - {f.nodes[0] for f in norms})
     if missing:
-        report.notes.append(f"stored layers this model does not have: {', '.join(missing[:5])}")
+        result.notes.append(f"stored layers this model does not have: {', '.join(missing[:5])}")
     extractor = Cutter(analysed, p.parent)
     with tempfile.TemporaryDirectory(prefix="normonnx-golden-") as tmp:
         for lc in layers:
@@ -194,7 +194,7 @@ def check_golden(path: str | Path, golden: str | Path, runtimes: list[str] | Non
                 lc.why = "nothing stored for this layer"
                 continue
             xs, ys = stored[lc.norm.nodes[0]]
-            report.samples = max(report.samples, len(xs))
+            result.samples = max(result.samples, len(xs))
             if progress:
                 progress(lc.index, len(layers), lc.norm)
             try:
@@ -204,5 +204,5 @@ def check_golden(path: str | Path, golden: str | Path, runtimes: list[str] | Non
                 continue
             for rt in names:
                 lc.on[rt] = replay(path_l, lc, xs, rt, stored=ys)
-    report.provider = ",".join(names)
-    return report
+    result.provider = ",".join(names)
+    return result
