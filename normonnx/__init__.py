@@ -36,6 +36,10 @@ def __getattr__(name: str):
 
 
 # -- where modules lived before the floors (issue 35) -------------------------------------------------------
+import importlib as _importlib  # noqa: E402  (standard library only: `import normonnx` stays light)
+import importlib.util as _util  # noqa: E402
+import sys as _sys  # noqa: E402
+
 # `from normonnx.validate import validate` and the other paths docs/python-api.md gave keep working: each old
 # name is the module at its new place (the same object, so a class or registry is never loaded twice).
 # `normonnx.export` is left out: importing it would put a module where the export() function is.
@@ -56,18 +60,16 @@ class _OldPaths:
     under the old package name) that answers only the old names, with the module at its new place."""
 
     def find_spec(self, fullname, path=None, target=None):
-        import importlib.util
-
+        # asked for every module imported after normonnx: decide from the name alone, importing nothing (an
+        # import here, of a module not loaded yet, would ask this finder again, without end)
         head, _, rest = fullname.partition(".")
         if head != "normonnx" or rest.split(".")[0] not in _MOVED:
             return None
-        return importlib.util.spec_from_loader(fullname, self)
+        return _util.spec_from_loader(fullname, self)
 
     def create_module(self, spec):
-        import importlib
-
         first, _, tail = spec.name[len("normonnx."):].partition(".")
-        module = importlib.import_module(f"normonnx.{_MOVED[first]}" + (f".{tail}" if tail else ""))
+        module = _importlib.import_module(f"normonnx.{_MOVED[first]}" + (f".{tail}" if tail else ""))
         spec.loader_state = module.__spec__  # the import system writes the alias's spec on it: put back below
         return module
 
@@ -76,10 +78,8 @@ class _OldPaths:
 
 
 def _install_old_paths() -> None:
-    import sys
-
-    if not any(isinstance(f, _OldPaths) for f in sys.meta_path):
-        sys.meta_path.insert(0, _OldPaths())
+    if not any(isinstance(f, _OldPaths) for f in _sys.meta_path):
+        _sys.meta_path.insert(0, _OldPaths())
 
 
 _install_old_paths()

@@ -224,3 +224,21 @@ def test_the_result_types_answer_to_their_old_names(module, old, new):
 
     m = importlib.import_module(module)
     assert getattr(m, old) is getattr(m, new)
+
+
+def test_the_finder_of_old_paths_imports_nothing_itself():
+    """A plain install starts with little loaded (here: python -S, no site hooks, as CI's wheel found it): the
+    finder is asked for every module imported after normonnx, and an import inside it recursed without end."""
+    import os
+    import site
+    import subprocess
+    import sys
+
+    import normonnx
+
+    paths = [str(Path(normonnx.__file__).resolve().parents[1]), *site.getsitepackages()]
+    code = ("import sys\nassert 'importlib.util' not in sys.modules, 'the check needs a bare start'\n"
+            "import normonnx, json, normonnx.validate\nprint(normonnx.validate.__name__)")
+    p = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)})
+    assert p.returncode == 0 and p.stdout.strip() == "normonnx.engine.validate", p.stderr[-800:]
