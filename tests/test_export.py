@@ -236,20 +236,28 @@ def test_contrib_refuses_what_the_kernel_cannot_take():
 
 
 def test_reusing_the_torchlib_table_changes_no_exported_byte(tmp_path, monkeypatch):
-    """The per-process torchlib table (exporters._reuse_torchlib_table) only saves time: a dynamo export
-    made with it is byte for byte the one made with onnxscript's own per-export rebuild."""
+    """The per-process torchlib table and signatures (exporters._reuse_torchlib_table,
+    _reuse_op_signatures) only save time: a dynamo export made with them is byte for byte the one made
+    with onnxscript's and torch's own per-export rebuild. Where a torch or onnxscript release moves what
+    they replace, the `assert reused` lines fail: the saving is gone, and this says where."""
     import sys
 
-    from normonnx.exporting.exporters import _reuse_torchlib_table
+    from torch.onnx._internal.exporter import _schemas
+
+    from normonnx.exporting.exporters import _reuse_op_signatures, _reuse_torchlib_table
 
     spec = NormSpec.make("gn", dtype="float16")
     export(spec, "native", 21, "dynamo", output=tmp_path / "reused.onnx")
     _reuse_torchlib_table()
+    _reuse_op_signatures()
     reused = [m for n, m in sys.modules.items() if n.startswith("onnxscript._framework_apis.")
               and getattr(getattr(m, "get_torchlib_ops", None), "_normonnx_reused", False)]
     assert reused  # the table is in place, where torch reads it
+    assert getattr(_schemas.op_signature_from_function, "_normonnx_reused", False)  # and the signatures
     for m in reused:
         monkeypatch.setattr(m, "get_torchlib_ops", m.get_torchlib_ops.original)
+    monkeypatch.setattr(_schemas, "op_signature_from_function", _schemas.op_signature_from_function.original)
     monkeypatch.setattr("normonnx.exporting.exporters._reuse_torchlib_table", lambda: None)
+    monkeypatch.setattr("normonnx.exporting.exporters._reuse_op_signatures", lambda: None)
     export(spec, "native", 21, "dynamo", output=tmp_path / "rebuilt.onnx")
     assert (tmp_path / "reused.onnx").read_bytes() == (tmp_path / "rebuilt.onnx").read_bytes()

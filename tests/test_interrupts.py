@@ -104,7 +104,8 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-SWEEP = ("sweep", "--norms", "ln,bn,rms", "--variants", "native,decomposed", "--opsets", "18", "--exporters", "dynamo",
+# eight cases, two at a time: at "3/" five are left, at least one of them in flight
+SWEEP = ("sweep", "--norms", "ln,bn", "--variants", "native,decomposed", "--opsets", "18", "--exporters", "dynamo",
          "--dtypes", "float32,float16", "--inputs", "normal,offset", "--jobs", "2", "--no-cache")
 
 
@@ -139,7 +140,7 @@ def test_sweep_stops_at_once_and_resume_loses_nothing(tmp_path, moment, sig, wan
                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-1500:]
     after = {r["case_id"]: r["status"] for r in read_results(out / RESULTS)[0]}
-    assert len(after) == 12 and all(after[k] == v for k, v in before.items())  # every case once, none lost
+    assert len(after) == 8 and all(after[k] == v for k, v in before.items())  # every case once, none lost
 
 
 def test_scan_validate_in_parallel_stops_at_once(tmp_path):
