@@ -26,14 +26,16 @@ def worker_init(torch_threads: bool = True) -> None:
     def stop(signum, frame):  # the parent asks: leave through the finally blocks (temporary folders)
         raise SystemExit(128 + signum)
 
-    signal.signal(signal.SIGTERM, stop)
+    # stopped while still starting (importing torch: seconds), a worker has nothing to clean up and ends as
+    # SIGTERM's default ends it; a SystemExit raised here would be logged by concurrent.futures as a traceback
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     from ..core.errors import module_missing
 
-    if not torch_threads or module_missing("torch"):  # no torch work here, or installed without torch: nothing to pin
-        return
-    import torch
+    if torch_threads and not module_missing("torch"):  # torch work here: one thread per worker
+        import torch
 
-    torch.set_num_threads(1)
+        torch.set_num_threads(1)
+    signal.signal(signal.SIGTERM, stop)
 
 
 def stop_workers(procs: list, grace: float = STOP_GRACE_S) -> None:
