@@ -101,6 +101,8 @@ SLOW = {
     "test_fp32_accumulation_is_casts_around_the_statistics": lambda p: (p["exporter"], p["kind"]) != ("dynamo", "ln"),
     "test_dynamic_export_runs_at_another_shape": lambda p: p["kind"] != "ln",
     "test_every_file_normonnx_writes_gets_the_umasks_mode": lambda p: p["umask"] != 0o027,  # one umask quickly
+    "test_a_norm_validates_with_finished_comparisons": lambda p: p["kind"] != "ln",  # each runtime once quickly
+    "test_checking_onnx_files_needs_no_torch": lambda p: p["args"][0] == "fix",  # fix: 4 s of candidate forms
     "test_detections_match_the_corpus": lambda p: True,
     "test_fix_repairs_and_scan_agrees": lambda p: True,
     "test_malformed_line_is_named_skipped_by_report_refused_by_merge_rerun_by_resume": lambda p: True,
@@ -119,6 +121,14 @@ SLOW = {
         "test_an_edited_reference_module_is_exported_afresh",
         "test_layernorm_trick_is_exact_on_zero_variance_groups_where_instance_norm_is_not",
         "test_the_ci_example_in_the_python_api_doc_passes_as_written",
+        # 2-4 s each, end to end (a sweep, a corpus, a browser, a second process): the quick tier's 60 s
+        "test_a_sweep_across_runtimes_recommends_per_runtime_and_marks_portable_forms",
+        "test_conformance_single_op_models_are_found_and_validated", "test_a_second_writer_is_refused_at_once",
+        "test_list_precision_on_the_command_line", "test_the_one_screen_check_fails_when_the_table_is_longer",
+        "test_the_answer_for_seven_runtimes_fits_one_screen",
+        "test_diffusers_unet_after_ort_optimizer_shows_its_group_norms", "test_cli_sweep_and_report",
+        "test_the_whole_matrix_fits_1400_px", "test_bench_times_openvino_beside_copy_and_torch",
+        "test_shifted_gn_passes_constant_large_on_openvino_where_the_layernorm_trick_fails",
     ]),
 }
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -304,36 +302,33 @@ def torch_block(path: Path) -> Path:
 
 
 # -- what normonnx writes gets the umask's mode -----------------------------------------------------------
-WRITERS = r"""
-import os, sys, numpy as np
-from pathlib import Path
-from normonnx.presentation.cli import main
-out = Path(sys.argv[1])
-def run(*a):
-    try:
-        main(list(a))
-    except SystemExit as e:
-        assert e.code in (0, 1), (a, e.code)
-run("export", "--norm", "ln", "-o", str(out / "ln.onnx"))
-run("sweep", "-o", str(out / "s"), "--norms", "ln", "--variants", "native", "--opsets", "18", "--dtypes", "float32",
-    "--inputs", "normal", "--jobs", "1", "--cache-dir", str(out / "cache"))
-run("report", str(out / "s"), "-o", str(out / "report.html"))
-run("merge", str(out / "s"), "-o", str(out / "m"))
-run("validate", "--model", str(out / "ln.onnx"), "--inputs", "normal", "--save-inputs", str(out / "inputs"))
-run("scan", str(out / "ln.onnx"), "--activations", "--save-outputs", str(out / "golden.npz"))
-run("fix", sys.argv[2], "-o", str(out / "fixed.onnx"), "--no-timing")
-"""
+def _write_everything(out: Path, src: Path) -> None:
+    """Every command that writes a file, through the command line, in this process."""
+    cache = ["--cache-dir", str(out / "cache")]
+    for args in (["export", "--norm", "ln", "-o", str(out / "ln.onnx")],
+                 ["sweep", "-o", str(out / "s"), "--norms", "ln", "--variants", "native", "--opsets", "18",
+                  "--dtypes", "float32", "--inputs", "normal", "--jobs", "1", *cache],
+                 ["report", str(out / "s"), "-o", str(out / "report.html")],
+                 ["merge", str(out / "s"), "-o", str(out / "m")],
+                 ["validate", "--model", str(out / "ln.onnx"), "--inputs", "normal", "--save-inputs", str(out / "inputs")],
+                 ["scan", str(out / "ln.onnx"), "--activations", "--save-outputs", str(out / "golden.npz")],
+                 ["fix", str(src), "-o", str(out / "fixed.onnx"), "--no-timing"]):
+        r = run_cli(*args)
+        assert r.returncode in (0, 1), (args, r.returncode, r.stderr[-2000:])
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_every_file_normonnx_writes_gets_the_umasks_mode(tmp_path, umask):
+    """In this process under the umask (it is the process's own, restored after): a subprocess cost 7 s a run, most
+    of it importing torch and the exporter."""
     src = corpus.gn_silu_block(tmp_path / "gn.onnx", 21, "dynamo")
     out = tmp_path / "out"
     out.mkdir()
-    env = {**os.environ, "NORMONNX_CACHE": str(out / "cache")}
-    p = subprocess.run([sys.executable, "-c", WRITERS, str(out), str(src)], env=env, capture_output=True, text=True,
-                       cwd=tmp_path, timeout=600, preexec_fn=lambda: os.umask(umask))
-    assert p.returncode == 0, p.stderr[-2000:]
+    before = os.umask(umask)
+    try:
+        _write_everything(out, src)
+    finally:
+        os.umask(before)
     files = [f for f in out.rglob("*") if f.is_file() and f.name != ".lock"]
     names = {f.name for f in files}
     assert {"ln.onnx", "results.jsonl", "meta.json", "report.html", "golden.npz", "fixed.onnx"} <= names, names

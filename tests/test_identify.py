@@ -226,7 +226,8 @@ def _exported_forms() -> list:
             for variant in usable_variants(spec, 18):
                 if (kind, variant) == ("bn", "decomposed"):
                     continue  # inference BN written out is a per-channel affine of constants: no statistics to find
-                marks = [pytest.mark.slow] if dtype == "float32" else []
+                # quickly: float16 InstanceNorm and GroupNorm, the forms the probe once lost (below)
+                marks = [pytest.mark.slow] if dtype == "float32" or kind not in ("in", "gn") else []
                 out.append(pytest.param(kind, dtype, variant, marks=marks, id=f"{kind}-{dtype}-{variant}"))
     return out
 

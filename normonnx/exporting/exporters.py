@@ -182,8 +182,8 @@ def _reuse_torchlib_table() -> None:
 
 def _reuse_op_signatures() -> None:
     """Infer each torchlib function's signature once per process. Each dynamo export builds a registry
-    whose ~1,600 entries infer their signature from the function's type annotations again: 0.3 s of a
-    ~0.9 s export here. A signature depends only on the function (torch's own graph builder keeps it on
+    whose ~1,600 entries infer their signature from the function's type annotations again: ~0.2 s of a
+    ~0.8 s export here (benchmarks/export_speed.py). A signature depends only on the function (torch's own graph builder keeps it on
     the function the same way, as `_pt_onnx_signature`). Where torch lays this out otherwise, exports go
     on as they are."""
     try:
@@ -193,15 +193,14 @@ def _reuse_op_signatures() -> None:
     infer = getattr(_schemas, "op_signature_from_function", None)
     if infer is None or getattr(infer, "_normonnx_reused", False):
         return
-    # keyed by the function's id, the function kept beside its signature so that the id is never reused
+    # keyed by the function's id, the function kept beside its signature: alive, its id is never reused
     seen: dict[tuple, tuple[Any, Any]] = {}
 
     def reused(func, domain, name=None, overload="", *, since_version=1):
         key = (id(func), domain, name, overload, since_version)
-        hit = seen.get(key)
-        if hit is None or hit[0] is not func:
-            hit = seen[key] = (func, infer(func, domain, name, overload, since_version=since_version))
-        return hit[1]
+        if key not in seen:
+            seen[key] = (func, infer(func, domain, name, overload, since_version=since_version))
+        return seen[key][1]
 
     marked: Any = reused
     marked._normonnx_reused = True
@@ -209,11 +208,42 @@ def _reuse_op_signatures() -> None:
     _schemas.op_signature_from_function = marked
 
 
+def _reuse_cia_materialization() -> None:
+    """Materialize torch's CompositeImplicitAutograd ops only when the dispatcher's list of them changed. Each
+    dynamo export's decomposition collects them once per op namespace (~27), and each collection first walks the
+    dispatcher's whole list to create the op objects in torch.ops: ~30 ms of a ~190 ms export here, for objects
+    that already exist. The walk has no other effect, so it is skipped exactly when the list is the one walked
+    last (a newly registered op changes the list and is walked). Where torch lays this out otherwise, exports
+    go on as they are."""
+    try:
+        import torch
+        from torch._export import utils
+    except ImportError:
+        return
+    walk = getattr(utils, "_materialize_cpp_cia_ops", None)
+    registrations = getattr(torch._C, "_dispatch_get_registrations_for_dispatch_key", None)
+    if walk is None or registrations is None or getattr(walk, "_normonnx_reused", False):
+        return
+    walked: list = [None]
+
+    def reused() -> None:
+        now = registrations("CompositeImplicitAutograd")
+        if now != walked[0]:
+            walk()
+            walked[0] = now
+
+    marked: Any = reused
+    marked._normonnx_reused = True
+    marked.original = walk
+    utils._materialize_cpp_cia_ops = marked
+
+
 def _run_dynamo(module, example, path: Path, opset: int, spec: NormSpec, variant: str, dynamic: bool) -> None:
     import torch
 
     _reuse_torchlib_table()
     _reuse_op_signatures()
+    _reuse_cia_materialization()
 
     from .variants import get_variant
 
