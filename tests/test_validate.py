@@ -280,6 +280,22 @@ def test_cuda_runtime(kind, variant, dtype):
     print(kind, variant, dtype, {r.inputs: r.status for r in cuda_rows}, report.runtimes["cuda"].get("placement"))
 
 
+def test_torch_on_cpu_and_on_cuda_in_one_run_each_keep_their_weights():
+    """Both eager runtimes in one validation (a GPU machine's default): nn.Module.to moves the module itself, and the
+    first GPU run of `validate --model` found the CPU rows not checked ("weight is on cuda:0"). Each session holds
+    its own copy; on a machine without torch's CUDA the CPU one still runs beside a skipped torch-cuda."""
+    report = validate(NormSpec.make("ln"), run=RunOptions(runtimes=["torch", "torch-cuda"], skip_missing=True),
+                      check=CheckOptions(["normal"]))
+    rows = {(r.runtime, r.status) for r in report.results}
+    assert ("torch", "pass") in rows, [(r.runtime, r.status, r.error) for r in report.results]
+    assert not [r for r in report.results if r.status in ("not checked", "internal error")], \
+        [(r.runtime, r.error) for r in report.results]
+    import torch
+
+    if torch.cuda.is_available():
+        assert ("torch-cuda", "pass") in rows
+
+
 def test_contrib_groupnorm_is_unsupported_on_cpu_with_why_not_an_error():
     report = validate(NormSpec.make("gn"), export=ExportOptions(variant="contrib"), run=RunOptions.on("cpu"),
                       check=CheckOptions(["normal", "offset"]))

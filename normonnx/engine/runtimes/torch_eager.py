@@ -2,6 +2,7 @@
 exported from, run on the same inputs."""
 from __future__ import annotations
 
+import copy
 import os
 
 import numpy as np
@@ -15,7 +16,9 @@ def _open_torch(device: str):
         torch = need_torch(f"runtime {'torch' if device == 'cpu' else 'torch-' + device}")
         if module is None:
             raise SessionError("no PyTorch source module for this model")
-        m = module.to(device)
+        # nn.Module.to moves the module itself: each session gets its own copy, so that "torch" and "torch-cuda"
+        # in one run do not pull each other's weights across devices (seen on a GPU machine: the CPU rows failed)
+        m = copy.deepcopy(module).to(device)
         if config.threads:
             torch.set_num_threads(config.threads)
 
