@@ -45,7 +45,10 @@ def _float16_twin(kind: str, variant: str, opset: int, exporter: str, dtype: str
     native = EXPORTERS["dynamo"].native_from
     if exporter != "dynamo" or dtype != "float16" or opset == native:
         return False
-    return opset < native or opset not in Matrix(opsets=OPSETS, only_changes=True).form_opsets(kind, variant)
+    return opset < native or opset not in _CHANGES.form_opsets(kind, variant)
+
+
+_CHANGES = Matrix(opsets=OPSETS, only_changes=True)  # sweep's rule: the opsets where a form's ops change
 
 
 MATRIX = list(_matrix())
