@@ -64,13 +64,15 @@ MUST_FAIL = {
     # tensor computes its variance in one pass (error 1.6 at offset 1e3 where a contiguous tensor errs
     # 5e-5); the ORT graph (com.microsoft GroupNorm) runs on CUDA only
     ("float32", "gn", "contrib-nhwc", "torch"): GN_FUNCTION_BODY | LARGE(GN_FUNCTION_BODY),
-    ("float16", "gn", "contrib-nhwc", "torch"): {"offset-1e3", "offset-1e4"} | LARGE(OFFSETS),
+    ("float16", "gn", "contrib-nhwc", "torch"): {"offset-1e3", "offset-1e4"} | LARGE({"offset-1e3", "offset-1e4"}),
 }
 # float16 results within ~2x of the tolerance either way: recorded, not asserted
 MAY_FAIL = {
     ("float16", "gn", "decomposed", "torch"): {"offset-1e4", "offset-1e4-large"},
     ("float16", "gn", "instance-trick", "torch"): {"offset-1e4", "offset-1e4-large"},
     ("float16", "gn", "native", "reference"): {"spatial-1"},
+    # PyTorch 2.11 (the H200's, CUDA build) passes offset-1e2 at the large size on CPU; 2.13 fails it
+    ("float16", "gn", "contrib-nhwc", "torch"): {"offset-1e2-large"},
 }
 
 CASES = [(dt, k, v) for dt in ("float32", "float16") for k in ("bn", "ln", "in", "gn")
